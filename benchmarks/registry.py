@@ -1,0 +1,49 @@
+"""Registered benchmarks: a name, the stream factory, the paper's training protocol and where the data come from."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, Optional, Tuple
+
+from clframework.registry import Registry
+
+BENCHMARKS = Registry("benchmark", entry_point_group="clframework.benchmarks")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How the paper trains on a benchmark: model, optimizer and schedule, and strategy hyperparameters."""
+
+    model: str = "mlp"
+    hidden: Tuple[int, ...] = (256, 256)
+    dropout: float = 0.0
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    reset_optimizer: bool = True
+    strategy_hparams: Dict[str, dict] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+def register_benchmark(name: str, *, protocol: Protocol, source: str,
+                       available: Callable[[Optional[str]], bool] = lambda root: True, description: str = ""):
+    """Decorator for a function `(seed=..., **options) -> Stream`; `source` says where its data come from and
+    `available(data_root)` whether they are on this machine."""
+    return BENCHMARKS.register(name, description=description, protocol=protocol, source=source, available=available)
+
+
+def available_benchmarks() -> list:
+    return BENCHMARKS.names()
+
+
+def benchmark_protocol(name: str) -> Protocol:
+    return BENCHMARKS.get(name).extra["protocol"]
+
+
+def make_benchmark(name: str, **options):
+    """Build a registered benchmark's stream; unknown names and options raise RegistryError."""
+    return BENCHMARKS.create(name, **options)

@@ -1,0 +1,87 @@
+"""Task streams: the objects every strategy trains on and every evaluator scores.
+
+A task holds its data as tensors (inputs already normalized, labels already mapped to its head's outputs), so the
+trainer can batch by index permutation with no per-sample Python. `head` says which output head of the model the
+task uses; single-head settings put every task on head 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Sequence, Tuple
+
+import torch
+
+SETTINGS = ("task", "domain", "class")  # task-, domain-, class-incremental
+
+
+@dataclass
+class Task:
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: Tuple[int, ...]
+    head: int = 0
+    valid_x: torch.Tensor | None = None
+    valid_y: torch.Tensor | None = None
+
+    def __post_init__(self):
+        for split in ("train", "test"):
+            x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
+            if len(x) != len(y):
+                raise ValueError(f"task '{self.name}': {split} has {len(x)} inputs but {len(y)} labels")
+            if y.dtype != torch.long:
+                setattr(self, f"{split}_y", y.long())
+
+    @property
+    def train(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.train_x, self.train_y
+
+    @property
+    def test(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.test_x, self.test_y
+
+
+@dataclass
+class Stream:
+    """An ordered list of tasks plus what a model needs to know to serve them."""
+
+    name: str
+    tasks: List[Task]
+    head_sizes: List[int]
+    setting: str = "task"
+    input_shape: Tuple[int, ...] = ()
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.setting not in SETTINGS:
+            raise ValueError(f"setting must be one of {SETTINGS}, got {self.setting!r}")
+        if not self.tasks:
+            raise ValueError(f"stream '{self.name}' has no tasks")
+        if not self.input_shape:
+            self.input_shape = tuple(self.tasks[0].train_x.shape[1:])
+        for t in self.tasks:
+            if not 0 <= t.head < len(self.head_sizes):
+                raise ValueError(f"task '{t.name}' uses head {t.head} but the stream has {len(self.head_sizes)} heads")
+
+    @property
+    def multi_head(self) -> bool:
+        return len(self.head_sizes) > 1
+
+    @property
+    def task_names(self) -> List[str]:
+        return [t.name for t in self.tasks]
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __iter__(self):
+        return iter(self.tasks)
+
+    def __getitem__(self, i):
+        return self.tasks[i]
+
+    def subset(self, indices: Sequence[int]) -> "Stream":
+        return Stream(self.name, [self.tasks[i] for i in indices], self.head_sizes, self.setting, self.input_shape,
+                      dict(self.info))

@@ -1,0 +1,145 @@
+"""The `clframework` command: list, run, compare."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .registry import RegistryError, import_plugin
+
+DEFAULT_STRATEGIES = "naive,ewc,si"
+DEFAULT_BENCHMARK = "split-mnist-5k"
+
+
+def _parse_sets(items: List[str]) -> Dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RegistryError(f"--set expects KEY=VALUE (for example --set c=0.1), got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _parse_strategy_sets(items: List[str], strategies: List[str]) -> Dict[str, dict]:
+    """For compare: `--set si.c=0.1` targets one strategy; `--set c=0.1` every strategy that has `c`."""
+    from .plugin import STRATEGIES
+
+    out: Dict[str, dict] = {s: {} for s in strategies}
+    for key, value in _parse_sets(items).items():
+        name, dot, param = key.rpartition(".")
+        targets = [name] if dot else [s for s in strategies if param in STRATEGIES.get(s).params]
+        if not targets:
+            raise RegistryError(f"--set {key}: none of {strategies} has a hyperparameter '{param}'")
+        for t in targets:
+            if t not in out:
+                raise RegistryError(f"--set {key}: '{t}' is not among the compared strategies {strategies}")
+            out[t][param] = value
+    return out
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--benchmark", default=DEFAULT_BENCHMARK, help=f"registered benchmark (default {DEFAULT_BENCHMARK})")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="strategy hyperparameter")
+    p.add_argument("--epochs", type=int, help="epochs per task (default: the benchmark's protocol)")
+    p.add_argument("--batch-size", type=int, help="minibatch size (default: the benchmark's protocol)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the benchmark's protocol)")
+    p.add_argument("--hidden", help="MLP hidden sizes, comma-separated, e.g. 256,256")
+    p.add_argument("--dropout", type=float, help="dropout on hidden layers")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--out", type=Path, help="output folder")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE (or a .py file) first so that its registered strategies count")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clframework", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    lp = sub.add_parser("list", help="registered strategies (with hyperparameters) and benchmarks")
+    lp.add_argument("--plugin", action="append", default=[], metavar="MODULE")
+    rp = sub.add_parser("run", help="train one strategy on one benchmark and write results.json")
+    rp.add_argument("--strategy", required=True)
+    rp.add_argument("--seed", type=int, default=0)
+    _common(rp)
+    cp = sub.add_parser("compare", help="run strategies x seeds on one benchmark and write summary.json")
+    cp.add_argument("--strategies", default=DEFAULT_STRATEGIES, help=f"comma-separated (default {DEFAULT_STRATEGIES})")
+    cp.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
+    _common(cp)
+    return parser
+
+
+def _base_config(args, strategy: str):
+    from .experiment import RunConfig
+
+    hidden = None
+    if args.hidden:
+        try:
+            hidden = [int(h) for h in args.hidden.split(",") if h]
+        except ValueError:
+            raise RegistryError(f"--hidden expects comma-separated integers like 256,256, got {args.hidden!r}") from None
+    return RunConfig(strategy=strategy, benchmark=args.benchmark, seed=getattr(args, "seed", 0), epochs=args.epochs,
+                     batch_size=args.batch_size, lr=args.lr, hidden=hidden, dropout=args.dropout, device=args.device)
+
+
+def cmd_list(args) -> int:
+    from benchmarks.registry import BENCHMARKS
+
+    from .plugin import STRATEGIES
+
+    print("strategies:")
+    for name in STRATEGIES.names():
+        e = STRATEGIES.get(name)
+        params = ", ".join(f"{p.name}={p.default!r}" for p in e.params.values()) or "(no hyperparameters)"
+        print(f"  {name:<10} {e.description}\n  {'':<10} {params}")
+    print("benchmarks:")
+    for name in BENCHMARKS.names():
+        e = BENCHMARKS.get(name)
+        here = "data on this machine" if e.extra["available"](None) else "data NOT on this machine"
+        print(f"  {name:<24} {e.description}\n  {'':<24} source: {e.extra['source']} [{here}]")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .experiment import run
+
+    cfg = _base_config(args, args.strategy)
+    cfg.hparams = _parse_sets(args.set)
+    cfg.resolved()  # every error before training
+    out = args.out or Path("runs") / f"{args.benchmark}-{args.strategy}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    res = run(cfg, out, quiet=args.quiet)
+    m = res["metrics"]
+    print(f"{args.strategy} on {args.benchmark} (seed {args.seed}): acc {m['acc']:.4f}  bwt {m['bwt']:+.4f}  "
+          f"forgetting {m['forgetting']:.4f}  ({res['train_seconds']:.1f} s training)")
+    print(f"results: {out / 'results.json'}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .experiment import compare, format_table
+
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    hparams = _parse_strategy_sets(args.set, strategies)
+    out = args.out or Path("runs") / f"compare-{args.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = compare(strategies, args.benchmark, args.seeds, out, quiet=args.quiet, base=_base_config(args, strategies[0]),
+                      hparams=hparams)
+    print(format_table(summary))
+    print(f"summary: {out / 'summary.json'}")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["compare"] or not argv:
+        argv = argv or ["compare"]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        for module in args.plugin:
+            import_plugin(module)
+        return {"list": cmd_list, "run": cmd_run, "compare": cmd_compare}[args.command](args)
+    except (RegistryError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"clframework: error: {exc}", file=sys.stderr)
+        return 2

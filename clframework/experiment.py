@@ -1,0 +1,162 @@
+"""Runs and comparisons: resolve a configuration (checking everything before training), train, score, write files."""
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from benchmarks.registry import BENCHMARKS, benchmark_protocol
+from evaluation import metrics as M
+from evaluation.results import write_json
+
+from .models import build_model
+from .plugin import STRATEGIES, make_strategy
+from .registry import RegistryError
+from .trainer import Trainer, TrainerCallback, seed_everything, select_device
+
+
+@dataclass
+class RunConfig:
+    """One (strategy, benchmark, seed) run. Unset training fields take the benchmark's paper protocol."""
+
+    strategy: str
+    benchmark: str
+    hparams: Dict[str, object] = field(default_factory=dict)
+    seed: int = 0
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    hidden: Optional[Sequence[int]] = None
+    dropout: Optional[float] = None
+    optimizer: Optional[str] = None
+    reset_optimizer: Optional[bool] = None
+    device: str = "auto"
+    benchmark_options: Dict[str, object] = field(default_factory=dict)
+
+    def resolved(self) -> dict:
+        """The full configuration, every value checked; raises RegistryError/ValueError before any training."""
+        BENCHMARKS.check_hparams(self.benchmark, self.benchmark_options)
+        protocol = benchmark_protocol(self.benchmark)
+        entry = STRATEGIES.get(self.strategy)
+        preset = {k: v for k, v in protocol.strategy_hparams.get(self.strategy, {}).items() if k in entry.params}
+        hparams = STRATEGIES.check_hparams(self.strategy, {**preset, **self.hparams})
+        train = protocol.as_dict()
+        train.pop("strategy_hparams")
+        for key in ("epochs", "batch_size", "lr", "hidden", "dropout", "optimizer", "reset_optimizer"):
+            value = getattr(self, key)
+            if value is not None:
+                train[key] = list(value) if key == "hidden" else value
+        if train["epochs"] < 1 or train["batch_size"] < 1 or train["lr"] <= 0:
+            raise ValueError(f"epochs and batch size must be >= 1 and lr > 0; got epochs={train['epochs']}, "
+                             f"batch_size={train['batch_size']}, lr={train['lr']}")
+        if not 0 <= train["dropout"] < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {train['dropout']}")
+        select_device(self.device)
+        return {"strategy": self.strategy, "benchmark": self.benchmark, "seed": self.seed, "hparams": hparams,
+                "train": train, "benchmark_options": dict(self.benchmark_options), "device": self.device}
+
+
+def versions() -> Dict[str, str]:
+    import clframework
+
+    return {"clframework": clframework.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
+        callbacks: Sequence[TrainerCallback] = (), stream=None) -> dict:
+    """Train one strategy on one benchmark and return (and, with out_dir, write) its results.json content."""
+    wall_start = time.perf_counter()
+    cfg = config.resolved()
+    train = cfg["train"]
+    if stream is None:
+        stream = BENCHMARKS.create(config.benchmark, **config.benchmark_options)
+    seed_everything(config.seed)
+    model = build_model(train["model"], stream.input_shape, stream.head_sizes, train["hidden"], train["dropout"])
+    strategy = make_strategy(config.strategy, **cfg["hparams"])
+    trainer = Trainer(model, strategy, epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
+                      optimizer=train["optimizer"], reset_optimizer=train["reset_optimizer"], device=config.device,
+                      seed=config.seed, quiet=quiet, callbacks=callbacks)
+    result = trainer.fit(stream)
+    R = result.accuracy_matrix
+    out = {
+        "strategy": config.strategy, "benchmark": config.benchmark, "seed": config.seed, "hparams": cfg["hparams"],
+        "config": {**train, "setting": stream.setting, "head_sizes": stream.head_sizes,
+                   "benchmark_options": cfg["benchmark_options"], "device": str(trainer.device)},
+        "tasks": stream.task_names, "accuracy_matrix": R, "initial_accuracy": result.initial_accuracy,
+        "metrics": M.summary(R, result.initial_accuracy), "average_seen": M.average_seen(R),
+        "curves": result.curves, "train_seconds": result.train_seconds,
+        "wall_seconds": time.perf_counter() - wall_start, "versions": versions(),
+    }
+    out["_strategy"] = strategy  # in-memory only (dropped before writing): lets callers inspect learned state
+    if out_dir is not None:
+        write_run(out, Path(out_dir))
+    return out
+
+
+def write_run(result: dict, out_dir: Path) -> Path:
+    return write_json(Path(out_dir) / "results.json", {k: v for k, v in result.items() if not k.startswith("_")})
+
+
+def mean_sem(values: Sequence[float]) -> tuple:
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def compare(strategies: Sequence[str], benchmark: str, seeds: int = 3, out_dir: Optional[Path] = None,
+            quiet: bool = False, base: Optional[RunConfig] = None, hparams: Optional[Dict[str, dict]] = None,
+            callbacks_for=None) -> dict:
+    """Run every (strategy, seed) pair on one benchmark; return (and write) summary.json content.
+
+    Every configuration is checked before the first run starts.
+    """
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if not strategies:
+        raise ValueError("give at least one strategy to compare")
+    base = base or RunConfig(strategy=strategies[0], benchmark=benchmark)
+    hparams = hparams or {}
+    configs = {s: replace(base, strategy=s, benchmark=benchmark, hparams=dict(hparams.get(s, {}))) for s in strategies}
+    unknown = sorted(set(hparams) - set(strategies))
+    if unknown:
+        raise RegistryError(f"hyperparameters given for {unknown}, which are not among the compared strategies "
+                            f"{list(strategies)}")
+    for cfg in configs.values():
+        cfg.resolved()
+    stream = BENCHMARKS.create(benchmark, **base.benchmark_options)
+    summary = {"benchmark": benchmark, "seeds": list(range(seeds)), "strategies": {}}
+    for name, cfg in configs.items():
+        runs = []
+        for seed in range(seeds):
+            callbacks = callbacks_for(name, seed) if callbacks_for else ()
+            res = run(replace(cfg, seed=seed), None, quiet, callbacks, stream=stream)
+            if out_dir is not None:
+                write_run(res, Path(out_dir) / f"{name}-seed{seed}")
+            runs.append(res)
+        accs = [r["metrics"]["acc"] for r in runs]
+        acc_mean, acc_sem = mean_sem(accs)
+        summary["strategies"][name] = {
+            "acc_mean": acc_mean, "acc_sem": acc_sem, "hparams": runs[0]["hparams"],
+            "seconds_per_run": sum(r["wall_seconds"] for r in runs) / len(runs),
+            "runs": [{"seed": r["seed"], "metrics": r["metrics"], "train_seconds": r["train_seconds"],
+                      "wall_seconds": r["wall_seconds"], "accuracy_matrix": r["accuracy_matrix"]} for r in runs],
+        }
+    if out_dir is not None:
+        write_json(Path(out_dir) / "summary.json", summary)
+    return summary
+
+
+def format_table(summary: dict) -> str:
+    lines = [f"benchmark {summary['benchmark']}, {len(summary['seeds'])} seed(s): final average accuracy",
+             f"{'strategy':<12} {'acc mean +- SEM':>18} {'s/run':>8}"]
+    for name, s in summary["strategies"].items():
+        lines.append(f"{name:<12} {s['acc_mean']:>9.4f} +- {s['acc_sem']:.4f} {s['seconds_per_run']:>8.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""The strategy plugin interface: a few hooks, each named for the moment the training loop calls it.
+
+The same hooks drive a strategy from clframework's Trainer or from a user's own PyTorch loop:
+
+    strategy.on_task_start(model, task_index)
+    for x, y in batches:
+        loss = F.cross_entropy(model(x), y)
+        extra = strategy.penalty(model)          # autograd-friendly extra loss term, or None
+        (loss if extra is None else loss + extra).backward()
+        strategy.on_before_step(model)           # gradients are there, parameters not yet moved
+        optimizer.step()
+        strategy.on_after_step(model)            # parameters moved
+        optimizer.zero_grad()
+    strategy.on_task_end(model, (train_x, train_y), head)   # sees that task's training data
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Iterator, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .registry import Registry
+
+STRATEGIES = Registry("strategy", entry_point_group="clframework.strategies")
+
+TaskData = Union["Task", Tuple[torch.Tensor, torch.Tensor], Iterable[Tuple[torch.Tensor, torch.Tensor]]]  # noqa: F821
+
+
+class Strategy:
+    """Base class of every continual-learning strategy; every hook defaults to doing nothing (fine-tuning)."""
+
+    registered_name = "custom"
+
+    def on_task_start(self, model: nn.Module, task_index: int) -> None:
+        """Before the first step of a task."""
+
+    def penalty(self, model: nn.Module) -> Optional[torch.Tensor]:
+        """A differentiable term added to the task loss before backward, or None."""
+        return None
+
+    def on_before_step(self, model: nn.Module) -> None:
+        """After backward, before the optimizer step: `.grad` holds the gradient, parameters are unchanged."""
+
+    def on_after_step(self, model: nn.Module) -> None:
+        """Right after the optimizer step."""
+
+    def on_task_end(self, model: nn.Module, data: TaskData, head: int = 0) -> None:
+        """After the last step of a task, with that task's training data (a Task, an (x, y) pair or batches)."""
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything the strategy has learned, so a run can be resumed or analysed."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state but was given keys {sorted(state)}")
+
+
+def register_strategy(name: str, *, checks: Optional[Dict[str, tuple]] = None, description: str = ""):
+    """Class decorator: register a Strategy under `name`; its __init__ keyword defaults are its hyperparameters.
+
+    `checks` maps a hyperparameter to (predicate, description of accepted values) for range checks.
+    """
+
+    def deco(cls):
+        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+            raise TypeError(f"@register_strategy('{name}') must decorate a subclass of clframework.Strategy")
+        return STRATEGIES.register(name, checks=checks, description=description)(cls)
+
+    return deco
+
+
+def available_strategies() -> list:
+    return STRATEGIES.names()
+
+
+def make_strategy(name: str, **hparams) -> Strategy:
+    """Create a registered strategy by name; unknown names and bad hyperparameters raise RegistryError."""
+    strategy = STRATEGIES.create(name, **hparams)
+    strategy.hparams = STRATEGIES.check_hparams(name, hparams)
+    return strategy
+
+
+# ---- helpers shared by strategies -------------------------------------------------------------------------------
+
+def trainable(model: nn.Module) -> Dict[str, nn.Parameter]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def iter_task_batches(data: TaskData, batch_size: int, device: torch.device,
+                      limit: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (x, y) minibatches on `device` from a Task, an (x, y) pair, or an iterable of batches.
+
+    `limit` > 0 caps the number of examples (the first ones, in order: the data are already shuffled by the caller's
+    seed where that matters).
+    """
+    if hasattr(data, "train_x"):
+        data = (data.train_x, data.train_y)
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        x, y = data
+        n = len(x) if limit <= 0 else min(limit, len(x))
+        for i in range(0, n, batch_size):
+            yield x[i:min(i + batch_size, n)].to(device), y[i:min(i + batch_size, n)].to(device)
+        return
+    seen = 0
+    for x, y in data:
+        if limit > 0 and seen >= limit:
+            return
+        if limit > 0:
+            x, y = x[:limit - seen], y[:limit - seen]
+        seen += len(x)
+        yield x.to(device), y.to(device)

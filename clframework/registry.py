@@ -1,0 +1,173 @@
+"""Name -> factory registries for strategies and benchmarks (in the style of timm / torchvision.models).
+
+Hyperparameters are declared once, as the factory's keyword arguments with annotated types and defaults, so that
+`create` can check a user's values before any training starts and `list` can show what each entry accepts.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Callable, Dict, List, Optional
+
+
+class RegistryError(ValueError):
+    """A name or hyperparameter that the registry cannot accept; the message says what is accepted."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter: its default, type, and an optional validity check with a human description."""
+
+    name: str
+    default: Any
+    type: type
+    check: Optional[Callable[[Any], bool]] = None
+    accepts: str = ""
+
+    def coerce(self, owner: str, value: Any) -> Any:
+        """Convert a value (also a CLI string) to the declared type, or raise naming the parameter."""
+        expected = self.accepts or self.type.__name__
+        if self.type is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    value = True
+                elif low in ("0", "false", "no", "off"):
+                    value = False
+            if not isinstance(value, bool):
+                raise RegistryError(f"{owner}: hyperparameter '{self.name}' must be a boolean (true/false), got {value!r}")
+        elif self.type in (int, float):
+            if isinstance(value, bool):
+                raise RegistryError(f"{owner}: hyperparameter '{self.name}' must be a number ({expected}), got {value!r}")
+            try:
+                converted = self.type(value)
+            except (TypeError, ValueError):
+                raise RegistryError(
+                    f"{owner}: hyperparameter '{self.name}' must be a number ({expected}), got {value!r}"
+                ) from None
+            if self.type is int and isinstance(value, float) and not value.is_integer():
+                raise RegistryError(f"{owner}: hyperparameter '{self.name}' must be an integer, got {value!r}")
+            value = converted
+        elif self.type is str:
+            value = str(value)
+        if self.check is not None and not self.check(value):
+            raise RegistryError(f"{owner}: hyperparameter '{self.name}' = {value!r} is invalid; accepted: {expected}")
+        return value
+
+
+@dataclass
+class Entry:
+    name: str
+    factory: Callable[..., Any]
+    params: Dict[str, Param] = field(default_factory=dict)
+    description: str = ""
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def defaults(self) -> Dict[str, Any]:
+        return {p.name: p.default for p in self.params.values()}
+
+
+def params_from_signature(fn: Callable[..., Any], checks: Optional[Dict[str, tuple]] = None) -> Dict[str, Param]:
+    """Read keyword hyperparameters (name, default, type) off a factory's signature.
+
+    `checks` maps a name to `(predicate, description)` for values outside the type's natural range.
+    """
+    checks = checks or {}
+    out: Dict[str, Param] = {}
+    for name, p in inspect.signature(fn).parameters.items():
+        if p.kind not in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) or p.default is inspect.Parameter.empty:
+            continue
+        typ = type(p.default) if p.default is not None else str
+        if typ is int and p.annotation in (float, "float"):
+            typ = float
+        check, accepts = checks.get(name, (None, ""))
+        out[name] = Param(name, p.default, typ, check, accepts)
+    return out
+
+
+class Registry:
+    """A named collection of factories, filled by decorator and by entry points."""
+
+    def __init__(self, kind: str, entry_point_group: Optional[str] = None):
+        self.kind = kind
+        self.group = entry_point_group
+        self._entries: Dict[str, Entry] = {}
+        self._entry_points_loaded = False
+
+    def register(self, name: str, *, checks: Optional[Dict[str, tuple]] = None, description: str = "", **extra):
+        """Decorator: register a class or function under `name`; its keyword defaults are the hyperparameters."""
+
+        def deco(factory):
+            target = factory.__init__ if inspect.isclass(factory) else factory
+            desc = description or (inspect.getdoc(factory) or "").split("\n")[0]
+            self._entries[name] = Entry(name, factory, params_from_signature(target, checks), desc, extra)
+            if inspect.isclass(factory):
+                factory.registered_name = name
+            return factory
+
+        return deco
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded or self.group is None:
+            return
+        self._entry_points_loaded = True
+        for ep in metadata.entry_points(group=self.group):
+            ep.load()  # importing the module runs its @register decorators
+
+    def names(self) -> List[str]:
+        self._load_entry_points()
+        return sorted(self._entries)
+
+    def get(self, name: str) -> Entry:
+        self._load_entry_points()
+        if name not in self._entries:
+            raise RegistryError(
+                f"unknown {self.kind} '{name}'; registered {self.kind}s: {', '.join(self.names()) or '(none)'}"
+            )
+        return self._entries[name]
+
+    def check_hparams(self, name: str, hparams: Dict[str, Any]) -> Dict[str, Any]:
+        """Return the full, type-converted hyperparameters, or raise naming the first bad one."""
+        entry = self.get(name)
+        unknown = sorted(set(hparams) - set(entry.params))
+        if unknown:
+            accepted = ", ".join(f"{p.name} (default {p.default!r})" for p in entry.params.values()) or "none"
+            raise RegistryError(f"{self.kind} '{name}' has no hyperparameter {', '.join(map(repr, unknown))}; "
+                                f"accepted: {accepted}")
+        full = entry.defaults
+        for key, value in hparams.items():
+            full[key] = entry.params[key].coerce(f"{self.kind} '{name}'", value)
+        for key, value in full.items():  # defaults must pass the same checks
+            entry.params[key].coerce(f"{self.kind} '{name}'", value)
+        return full
+
+    def create(self, name: str, **hparams) -> Any:
+        return self.get(name).factory(**self.check_hparams(name, hparams))
+
+
+def import_plugin(module: str) -> None:
+    """Import a user's module (dotted name or path to a .py file) so that its registrations count."""
+    import sys
+    from pathlib import Path
+
+    path = Path(module)
+    try:
+        if module.endswith(".py"):
+            if not path.is_file():
+                raise RegistryError(f"plugin file '{module}' does not exist")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = mod
+            spec.loader.exec_module(mod)
+        else:
+            if "" not in sys.path and str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))
+            importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise RegistryError(
+            f"cannot import plugin '{module}': {exc}. Pass an importable module name (on PYTHONPATH or in the "
+            f"current directory) or a path to a .py file."
+        ) from None

@@ -1,0 +1,167 @@
+"""Elastic Weight Consolidation (Kirkpatrick et al. 2017) with the exact Fisher information diagonal.
+
+Exact Fisher: F_k = mean_n sum_y p(y|x_n) (d log p(y|x_n) / d theta_k)^2 over every label y of the task's head,
+computed from per-sample gradients vectorized with torch.func (vmap over jacrev), never a loop over samples.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, vmap
+
+from clframework.models import takes_head
+from clframework.plugin import Strategy, iter_task_batches, register_strategy, trainable
+
+FISHER_KINDS = ("exact", "empirical")
+
+
+def _log_probs_fn(model: nn.Module, head: int):
+    use_head = takes_head(model)
+    buffers = dict(model.named_buffers())
+
+    def log_probs(params, x):
+        out = functional_call(model, (params, buffers), (x.unsqueeze(0), head) if use_head else (x.unsqueeze(0),))
+        return torch.log_softmax(out, dim=-1).squeeze(0)
+
+    return log_probs
+
+
+def fisher_diagonal(model: nn.Module, batches, head: int = 0, kind: str = "exact",
+                    memory_mb: int = 256) -> Dict[str, torch.Tensor]:
+    """Mean over the examples in `batches` of the Fisher diagonal, one tensor per trainable parameter.
+
+    kind="exact": sum over every label weighted by the model's p(y|x); kind="empirical": the true label only.
+    The model is put in eval mode (no dropout) while the Fisher is computed, as at the end of a task.
+    """
+    if kind not in FISHER_KINDS:
+        raise ValueError(f"unknown Fisher kind {kind!r}; choose one of {FISHER_KINDS}")
+    was_training = model.training
+    model.eval()
+    params = {n: p.detach() for n, p in trainable(model).items()}
+    n_params = sum(p.numel() for p in params.values())
+    log_probs = _log_probs_fn(model, head)
+    fisher = {n: torch.zeros_like(p) for n, p in params.items()}
+    count = 0
+    try:
+        for x, y in batches:
+            if kind == "exact":
+                with torch.no_grad():
+                    n_out = log_probs(params, x[0]).numel()
+                per_example = max(1, n_out) * n_params * 4
+                chunk = max(1, (memory_mb << 20) // per_example)
+                for i in range(0, len(x), chunk):
+                    xs = x[i:i + chunk]
+                    jac = vmap(jacrev(log_probs), in_dims=(None, 0))(params, xs)  # name -> [B, C, *shape]
+                    with torch.no_grad():
+                        prob = torch.exp(vmap(log_probs, in_dims=(None, 0))(params, xs))  # [B, C]
+                        for n, j in jac.items():
+                            fisher[n] += torch.einsum("bc,bc...->...", prob, j.pow(2))
+            else:
+                def label_log_prob(p, xi, yi):
+                    return log_probs(p, xi)[yi]
+
+                chunk = max(1, (memory_mb << 20) // (n_params * 4))
+                for i in range(0, len(x), chunk):
+                    grads = vmap(torch.func.grad(label_log_prob), in_dims=(None, 0, 0))(params, x[i:i + chunk],
+                                                                                          y[i:i + chunk])
+                    for n, g in grads.items():
+                        fisher[n] += g.pow(2).sum(0)
+            count += len(x)
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("the Fisher needs at least one training example; the task's data were empty")
+    return {n: f / count for n, f in fisher.items()}
+
+
+def ewc_penalty(theta: torch.Tensor, anchors: List[torch.Tensor], fishers: List[torch.Tensor],
+                ewc_lambda: float) -> torch.Tensor:
+    """(lambda / 2) * sum over past tasks of F_t (theta - theta*_t)^2, for one parameter tensor."""
+    return 0.5 * ewc_lambda * sum((f * (theta - a).pow(2)).sum() for a, f in zip(anchors, fishers))
+
+
+def ewc_penalty_grad(theta: torch.Tensor, fisher_sum: torch.Tensor, fisher_anchor_sum: torch.Tensor,
+                     ewc_lambda: float) -> torch.Tensor:
+    """Closed-form gradient of `ewc_penalty`: lambda * (sum_t F_t * theta - sum_t F_t theta*_t), cost independent of T."""
+    return ewc_lambda * (fisher_sum * theta - fisher_anchor_sum)
+
+
+_nonneg = (lambda v: v >= 0, "a number >= 0")
+
+
+@register_strategy("ewc", checks={
+    "ewc_lambda": _nonneg,
+    "fisher": (lambda v: v in FISHER_KINDS, "'exact' or 'empirical'"),
+    "fisher_samples": (lambda v: v >= 0, "an integer >= 0 (0 = all of the task's training inputs)"),
+    "gamma": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "fisher_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+})
+class EWC(Strategy):
+    """EWC with the exact Fisher diagonal: penalty (lambda/2) sum_t F_t (theta - theta*_t)^2.
+
+    online: keep one term, F <- gamma F + F_new, anchored at the latest weights (online EWC).
+    fisher: 'exact' (every label, weighted by the model) or 'empirical' (true labels), for comparison.
+    fisher_samples: cap on the training inputs used for the Fisher (0 = all).
+    """
+
+    def __init__(self, ewc_lambda: float = 100.0, fisher: str = "exact", fisher_samples: int = 0,
+                 online: bool = False, gamma: float = 1.0, fisher_batch_size: int = 256):
+        if ewc_lambda < 0:
+            raise ValueError(f"ewc_lambda must be >= 0, got {ewc_lambda}")
+        self.ewc_lambda, self.fisher_kind, self.fisher_samples = float(ewc_lambda), fisher, int(fisher_samples)
+        self.online, self.gamma, self.fisher_batch_size = online, float(gamma), int(fisher_batch_size)
+        self.fishers: List[Dict[str, torch.Tensor]] = []   # per past task (one decayed term when online)
+        self.anchors: List[Dict[str, torch.Tensor]] = []   # theta*_t
+        self.fisher_sum: Dict[str, torch.Tensor] = {}      # sum_t F_t
+        self.fisher_anchor_sum: Dict[str, torch.Tensor] = {}  # sum_t F_t theta*_t
+
+    def on_before_step(self, model: nn.Module) -> None:
+        if not self.fisher_sum or self.ewc_lambda == 0:
+            return
+        params = trainable(model)
+        names = [n for n in self.fisher_sum if n in params and params[n].grad is not None]
+        if not names:
+            return
+        ps = [params[n] for n in names]
+        pen = torch._foreach_mul([p.detach() for p in ps], [self.fisher_sum[n] for n in names])
+        torch._foreach_sub_(pen, [self.fisher_anchor_sum[n] for n in names])
+        torch._foreach_add_([p.grad for p in ps], pen, alpha=self.ewc_lambda)
+
+    def on_task_end(self, model: nn.Module, data, head: int = 0) -> None:
+        device = next(model.parameters()).device
+        batches = iter_task_batches(data, self.fisher_batch_size, device, limit=self.fisher_samples)
+        fisher = fisher_diagonal(model, batches, head, self.fisher_kind)
+        anchor = {n: p.detach().clone() for n, p in trainable(model).items()}
+        if self.online and self.fishers:
+            fisher = {n: f + self.gamma * self.fishers[0].get(n, torch.zeros_like(f)) for n, f in fisher.items()}
+            self.fishers, self.anchors = [fisher], [anchor]
+        else:
+            self.fishers.append(fisher)
+            self.anchors.append(anchor)
+        self._rebuild_sums()
+
+    def _rebuild_sums(self) -> None:
+        self.fisher_sum, self.fisher_anchor_sum = {}, {}
+        for fisher, anchor in zip(self.fishers, self.anchors):
+            for n, f in fisher.items():
+                self.fisher_sum[n] = self.fisher_sum.get(n, 0) + f
+                self.fisher_anchor_sum[n] = self.fisher_anchor_sum.get(n, 0) + f * anchor[n]
+
+    def penalty_value(self, model: nn.Module) -> torch.Tensor:
+        """The EWC penalty at the current weights (for reporting; training adds its gradient directly)."""
+        params = trainable(model)
+        total = torch.zeros((), device=next(model.parameters()).device)
+        for n in self.fisher_sum:
+            total = total + ewc_penalty(params[n], [a[n] for a in self.anchors], [f[n] for f in self.fishers],
+                                        self.ewc_lambda)
+        return total
+
+    def state_dict(self):
+        return {"fishers": self.fishers, "anchors": self.anchors}
+
+    def load_state_dict(self, state):
+        self.fishers = [dict(f) for f in state["fishers"]]
+        self.anchors = [dict(a) for a in state["anchors"]]
+        self._rebuild_sums()

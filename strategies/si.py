@@ -1,0 +1,126 @@
+"""Synaptic Intelligence (Zenke, Poole & Ganguli 2017), Eq. 3-5 of the paper.
+
+The mathematics is in the pure functions below; the `SI` class only keeps their state per parameter, and its
+per-step bookkeeping runs as a handful of fused `torch._foreach_*` operations over all parameters.
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from clframework.plugin import Strategy, register_strategy, trainable
+
+
+def path_integral_step(grad: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """Eq. 3, one step: the contribution -g * delta of an update from `before` to `after` with gradient `grad`."""
+    return -grad * (after - before)
+
+
+def importance(omega: torch.Tensor, delta: torch.Tensor, xi: float) -> torch.Tensor:
+    """Eq. 5: the per-parameter penalty strength a finished task adds, omega / (Delta^2 + xi)."""
+    return omega / (delta.pow(2) + xi)
+
+
+def surrogate_penalty(theta: torch.Tensor, reference: torch.Tensor, strength: torch.Tensor, c: float) -> torch.Tensor:
+    """Eq. 4: c * sum Omega (theta_ref - theta)^2 (no 1/2)."""
+    return c * (strength * (reference - theta).pow(2)).sum()
+
+
+def surrogate_penalty_grad(theta: torch.Tensor, reference: torch.Tensor, strength: torch.Tensor,
+                           c: float) -> torch.Tensor:
+    """Closed-form gradient of `surrogate_penalty` with respect to theta: 2 c Omega (theta - theta_ref)."""
+    return 2.0 * c * strength * (theta - reference)
+
+
+_nonneg = (lambda v: v >= 0, "a number >= 0")
+_pos = (lambda v: v > 0, "a number > 0")
+
+
+@register_strategy("si", checks={"c": _nonneg, "xi": _pos})
+class SI(Strategy):
+    """Synaptic Intelligence: path-integral importance, quadratic surrogate penalty (paper defaults c=1, xi=1e-3).
+
+    clamp: clamp the accumulated Omega at zero after each task, as the paper's own code does.
+    omega_from_total_loss: accumulate omega from the regularized loss's gradient (as other libraries do) instead
+    of the task loss's (the paper's Eq. 3).
+    """
+
+    def __init__(self, c: float = 1.0, xi: float = 1e-3, clamp: bool = True, omega_from_total_loss: bool = False):
+        if c < 0 or xi < 0:
+            raise ValueError(f"SI needs c >= 0 and xi >= 0, got c={c}, xi={xi}")
+        self.c, self.xi, self.clamp, self.omega_from_total_loss = float(c), float(xi), clamp, omega_from_total_loss
+        self.Omega: Dict[str, torch.Tensor] = {}       # consolidated penalty strength
+        self.reference: Dict[str, torch.Tensor] = {}   # theta_tilde: weights at the end of the previous task
+        self.omega: Dict[str, torch.Tensor] = {}       # running path integral of the current task
+        self.task_start: Dict[str, torch.Tensor] = {}  # weights at the start of the current task
+        self.omega_history: List[Dict[str, torch.Tensor]] = []  # each finished task's omega, for analysis (Fig. 5)
+        self._step: List = []  # (names, params, grads, before) of the step in flight
+        self._penalized: List[str] = []  # parameters with a non-zero Omega
+
+    # -- hooks ----------------------------------------------------------------------------------------------------
+    def on_task_start(self, model: nn.Module, task_index: int) -> None:
+        for name, p in trainable(model).items():
+            if name not in self.reference:  # a parameter seen for the first time (e.g. a new head)
+                self.reference[name] = p.detach().clone()
+                self.Omega[name] = torch.zeros_like(p)
+            self.task_start[name] = p.detach().clone()
+            self.omega[name] = torch.zeros_like(p)
+        self._penalized = [n for n in self.Omega if bool(self.Omega[n].any())] if self.c > 0 else []
+
+    def on_before_step(self, model: nn.Module) -> None:
+        params = trainable(model)
+        names = [n for n, p in params.items() if p.grad is not None and n in self.omega]
+        ps = [params[n] for n in names]
+        task_grads = [p.grad for p in ps]
+        pen_names = [n for n in self._penalized if params[n].grad is not None]
+        if pen_names:
+            pen_params = [params[n] for n in pen_names]
+            diff = torch._foreach_sub([p.detach() for p in pen_params], [self.reference[n] for n in pen_names])
+            torch._foreach_mul_(diff, [self.Omega[n] for n in pen_names])
+            # out of place, so `task_grads` keep the task loss's gradient (Eq. 3)
+            totals = torch._foreach_add([p.grad for p in pen_params], diff, alpha=2.0 * self.c)
+            for p, g in zip(pen_params, totals):
+                p.grad = g
+            if self.omega_from_total_loss:
+                task_grads = [p.grad for p in ps]
+        self._step = [names, ps, task_grads, [p.detach().clone() for p in ps]]
+
+    def on_after_step(self, model: nn.Module) -> None:
+        names, ps, grads, before = self._step
+        if not names:
+            return
+        delta = torch._foreach_sub([p.detach() for p in ps], before)
+        torch._foreach_addcmul_([self.omega[n] for n in names], grads, delta, value=-1.0)
+        self._step = []
+
+    def on_task_end(self, model: nn.Module, data=None, head: int = 0) -> None:
+        self.omega_history.append({n: w.detach().cpu().clone() for n, w in self.omega.items()})
+        for name, p in trainable(model).items():
+            if name not in self.omega:
+                continue
+            theta = p.detach()
+            self.Omega[name] += importance(self.omega[name], theta - self.task_start[name], self.xi)
+            if self.clamp:
+                self.Omega[name].clamp_(min=0.0)
+            self.reference[name] = theta.clone()
+            self.omega[name].zero_()
+
+    def penalty_value(self, model: nn.Module) -> torch.Tensor:
+        """The surrogate loss of Eq. 4 at the current weights (for reporting; training adds its gradient directly)."""
+        params = trainable(model)
+        total = torch.zeros((), device=next(model.parameters()).device)
+        for name, strength in self.Omega.items():
+            total = total + surrogate_penalty(params[name], self.reference[name], strength, self.c)
+        return total
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    def state_dict(self):
+        return {"Omega": self.Omega, "reference": self.reference, "omega": self.omega, "task_start": self.task_start,
+                "omega_history": self.omega_history}
+
+    def load_state_dict(self, state):
+        for key in ("Omega", "reference", "omega", "task_start"):
+            setattr(self, key, {n: t.clone() for n, t in state[key].items()})
+        self.omega_history = [dict(h) for h in state["omega_history"]]
