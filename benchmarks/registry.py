@@ -6,7 +6,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 from clframework.registry import Registry
 
-BENCHMARKS = Registry("benchmark", entry_point_group="clframework.benchmarks")
+BENCHMARKS = Registry("benchmark", entry_point_group="clframework.benchmarks", param_word="option")
 
 
 @dataclass(frozen=True)

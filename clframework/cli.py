@@ -48,6 +48,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="learning rate (default: the benchmark's protocol)")
     p.add_argument("--hidden", help="MLP hidden sizes, comma-separated, e.g. 256,256")
     p.add_argument("--dropout", type=float, help="dropout on hidden layers")
+    p.add_argument("--setting", choices=["task", "domain", "class"],
+                   help="task-, domain- or class-incremental (default: the benchmark's, as in the paper)")
+    p.add_argument("--data-root", help="folder holding the dataset files (else $CLFRAMEWORK_DATA or the defaults)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     p.add_argument("--out", type=Path, help="output folder")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
@@ -80,8 +83,10 @@ def _base_config(args, strategy: str):
             hidden = [int(h) for h in args.hidden.split(",") if h]
         except ValueError:
             raise RegistryError(f"--hidden expects comma-separated integers like 256,256, got {args.hidden!r}") from None
+    options = {k: v for k, v in (("setting", args.setting), ("data_root", args.data_root)) if v is not None}
     return RunConfig(strategy=strategy, benchmark=args.benchmark, seed=getattr(args, "seed", 0), epochs=args.epochs,
-                     batch_size=args.batch_size, lr=args.lr, hidden=hidden, dropout=args.dropout, device=args.device)
+                     batch_size=args.batch_size, lr=args.lr, hidden=hidden, dropout=args.dropout, device=args.device,
+                     benchmark_options=options)
 
 
 def cmd_list(args) -> int:

@@ -26,7 +26,7 @@ class Param:
     check: Optional[Callable[[Any], bool]] = None
     accepts: str = ""
 
-    def coerce(self, owner: str, value: Any) -> Any:
+    def coerce(self, owner: str, value: Any, word: str = "hyperparameter") -> Any:
         """Convert a value (also a CLI string) to the declared type, or raise naming the parameter."""
         expected = self.accepts or self.type.__name__
         if self.type is bool:
@@ -37,23 +37,23 @@ class Param:
                 elif low in ("0", "false", "no", "off"):
                     value = False
             if not isinstance(value, bool):
-                raise RegistryError(f"{owner}: hyperparameter '{self.name}' must be a boolean (true/false), got {value!r}")
+                raise RegistryError(f"{owner}: {word} '{self.name}' must be a boolean (true/false), got {value!r}")
         elif self.type in (int, float):
             if isinstance(value, bool):
-                raise RegistryError(f"{owner}: hyperparameter '{self.name}' must be a number ({expected}), got {value!r}")
+                raise RegistryError(f"{owner}: {word} '{self.name}' must be a number ({expected}), got {value!r}")
             try:
                 converted = self.type(value)
             except (TypeError, ValueError):
                 raise RegistryError(
-                    f"{owner}: hyperparameter '{self.name}' must be a number ({expected}), got {value!r}"
+                    f"{owner}: {word} '{self.name}' must be a number ({expected}), got {value!r}"
                 ) from None
             if self.type is int and isinstance(value, float) and not value.is_integer():
-                raise RegistryError(f"{owner}: hyperparameter '{self.name}' must be an integer, got {value!r}")
+                raise RegistryError(f"{owner}: {word} '{self.name}' must be an integer, got {value!r}")
             value = converted
         elif self.type is str:
             value = str(value)
         if self.check is not None and not self.check(value):
-            raise RegistryError(f"{owner}: hyperparameter '{self.name}' = {value!r} is invalid; accepted: {expected}")
+            raise RegistryError(f"{owner}: {word} '{self.name}' = {value!r} is invalid; accepted: {expected}")
         return value
 
 
@@ -91,8 +91,9 @@ def params_from_signature(fn: Callable[..., Any], checks: Optional[Dict[str, tup
 class Registry:
     """A named collection of factories, filled by decorator and by entry points."""
 
-    def __init__(self, kind: str, entry_point_group: Optional[str] = None):
+    def __init__(self, kind: str, entry_point_group: Optional[str] = None, param_word: str = "hyperparameter"):
         self.kind = kind
+        self.param_word = param_word
         self.group = entry_point_group
         self._entries: Dict[str, Entry] = {}
         self._entry_points_loaded = False
@@ -125,7 +126,7 @@ class Registry:
         self._load_entry_points()
         if name not in self._entries:
             raise RegistryError(
-                f"unknown {self.kind} '{name}'; registered {self.kind}s: {', '.join(self.names()) or '(none)'}"
+                f"unknown {self.kind} '{name}'; registered: {', '.join(self.names()) or '(none)'}"
             )
         return self._entries[name]
 
@@ -135,13 +136,13 @@ class Registry:
         unknown = sorted(set(hparams) - set(entry.params))
         if unknown:
             accepted = ", ".join(f"{p.name} (default {p.default!r})" for p in entry.params.values()) or "none"
-            raise RegistryError(f"{self.kind} '{name}' has no hyperparameter {', '.join(map(repr, unknown))}; "
+            raise RegistryError(f"{self.kind} '{name}' has no {self.param_word} {', '.join(map(repr, unknown))}; "
                                 f"accepted: {accepted}")
         full = entry.defaults
         for key, value in hparams.items():
-            full[key] = entry.params[key].coerce(f"{self.kind} '{name}'", value)
+            full[key] = entry.params[key].coerce(f"{self.kind} '{name}'", value, self.param_word)
         for key, value in full.items():  # defaults must pass the same checks
-            entry.params[key].coerce(f"{self.kind} '{name}'", value)
+            entry.params[key].coerce(f"{self.kind} '{name}'", value, self.param_word)
         return full
 
     def create(self, name: str, **hparams) -> Any:
