@@ -60,7 +60,7 @@ def fisher_diagonal(model: nn.Module, batches, head: int = 0, kind: str = "exact
                             fisher[n] += torch.einsum("bc,bc...->...", prob, j.pow(2))
             else:
                 def label_log_prob(p, xi, yi):
-                    return log_probs(p, xi)[yi]
+                    return log_probs(p, xi).gather(0, yi.reshape(1)).squeeze(0)
 
                 chunk = max(1, (memory_mb << 20) // (n_params * 4))
                 for i in range(0, len(x), chunk):

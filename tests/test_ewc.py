@@ -1,0 +1,96 @@
+"""EWC's Fisher against a brute-force float64 loop over samples and labels; its penalty gradient against autograd."""
+import pytest
+import torch
+
+from clframework import Trainer, make_strategy, mlp
+from strategies.ewc import EWC, ewc_penalty, fisher_diagonal
+
+
+def _brute_force_fisher(model, x, y, head, kind):
+    params = list(model.parameters())
+    out = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    model.eval()
+    for i in range(len(x)):
+        logp = torch.log_softmax(model(x[i:i + 1], head), dim=-1)[0]
+        labels = range(len(logp)) if kind == "exact" else [int(y[i])]
+        for label in labels:
+            grads = torch.autograd.grad(logp[label], params, retain_graph=True, allow_unused=True)
+            weight = logp[label].exp().item() if kind == "exact" else 1.0
+            for (n, _), g in zip(model.named_parameters(), grads):
+                if g is not None:
+                    out[n] += weight * g.pow(2)
+    return {n: f / len(x) for n, f in out.items()}
+
+
+@pytest.mark.parametrize("kind", ["exact", "empirical"])
+def test_fisher_equals_brute_force_float64(kind):
+    torch.manual_seed(0)
+    model = mlp(10, [3, 4], hidden=(7, 5), dropout=0.5).double()  # dropout must be off: eval mode
+    x, y = torch.randn(37, 10, dtype=torch.float64), torch.randint(0, 4, (37,))
+    expected = _brute_force_fisher(model, x, y, 1, kind)
+    model.train()
+    # tiny memory budget: forces several chunks, so chunking is exercised too
+    got = fisher_diagonal(model, [(x[:20], y[:20]), (x[20:], y[20:])], head=1, kind=kind, memory_mb=0)
+    assert model.training  # restored
+    for n, e in expected.items():
+        assert torch.allclose(got[n], e, rtol=1e-6, atol=1e-12), n
+    assert got["heads.0.weight"].abs().sum() == 0  # another task's head gets no Fisher
+
+
+def test_exact_and_empirical_fisher_differ():
+    torch.manual_seed(1)
+    model = mlp(5, [3], hidden=(4,)).double()
+    x, y = torch.randn(16, 5, dtype=torch.float64), torch.randint(0, 3, (16,))
+    exact, emp = fisher_diagonal(model, [(x, y)], kind="exact"), fisher_diagonal(model, [(x, y)], kind="empirical")
+    assert not torch.allclose(exact["heads.0.weight"], emp["heads.0.weight"])
+
+
+def _set_two_past_tasks(ewc, model, online=False):
+    for _ in range(2):
+        for p in model.parameters():
+            p.data += 0.3 * torch.randn_like(p)
+        ewc.fishers.append({n: torch.rand_like(p) for n, p in model.named_parameters()})
+        ewc.anchors.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    ewc._rebuild_sums()
+    for p in model.parameters():
+        p.data += 0.3 * torch.randn_like(p)
+
+
+def test_penalty_gradient_equals_autograd():
+    torch.manual_seed(2)
+    model = mlp(6, [3], hidden=(5,)).double()
+    ewc = EWC(ewc_lambda=3.5)
+    _set_two_past_tasks(ewc, model)
+    penalty = ewc.penalty_value(model)
+    by_hand = sum(ewc_penalty(p, [a[n] for a in ewc.anchors], [f[n] for f in ewc.fishers], 3.5)
+                  for n, p in model.named_parameters())
+    assert torch.allclose(penalty, by_hand)
+    auto = torch.autograd.grad(penalty, list(model.parameters()))
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    ewc.on_before_step(model)
+    for a, p in zip(auto, model.parameters()):
+        assert torch.allclose(p.grad, a, rtol=1e-10, atol=1e-12)
+
+
+def test_online_ewc_keeps_one_decayed_term(mnist_stream):
+    torch.manual_seed(0)
+    model = mlp(784, mnist_stream.head_sizes, hidden=(32,))
+    ewc = make_strategy("ewc", online=True, gamma=0.5, fisher_samples=64)
+    trainer = Trainer(model, ewc, epochs=1, quiet=True)
+    trainer.train_task(mnist_stream[0], 0)
+    first = {n: f.clone() for n, f in ewc.fishers[0].items()}
+    trainer.train_task(mnist_stream[1], 1)
+    assert len(ewc.fishers) == 1 and len(ewc.anchors) == 1
+    new = fisher_diagonal(model, [(mnist_stream[1].train_x[:64], mnist_stream[1].train_y[:64])], head=1)
+    for n in first:
+        assert torch.allclose(ewc.fishers[0][n], new[n] + 0.5 * first[n], rtol=1e-5, atol=1e-9)
+
+
+def test_fisher_samples_caps_inputs(mnist_stream):
+    model = mlp(784, mnist_stream.head_sizes, hidden=(16,))
+    ewc = make_strategy("ewc", fisher_samples=10)
+    ewc.on_task_end(model, mnist_stream[0], head=0)
+    direct = fisher_diagonal(model, [(mnist_stream[0].train_x[:10], mnist_stream[0].train_y[:10])], head=0)
+    for n, f in direct.items():
+        assert torch.allclose(ewc.fishers[0][n], f, rtol=1e-5, atol=1e-10)
