@@ -5,8 +5,7 @@ The same hooks drive a strategy from clframework's Trainer or from a user's own 
     strategy.on_task_start(model, task_index)
     for x, y in batches:
         loss = F.cross_entropy(model(x), y)
-        extra = strategy.penalty(model)          # autograd-friendly extra loss term, or None
-        (loss if extra is None else loss + extra).backward()
+        (loss + strategy.penalty(model)).backward()   # penalty: an extra loss term (0.0 by default)
         strategy.on_before_step(model)           # gradients are there, parameters not yet moved
         optimizer.step()
         strategy.on_after_step(model)            # parameters moved
@@ -35,9 +34,9 @@ class Strategy:
     def on_task_start(self, model: nn.Module, task_index: int) -> None:
         """Before the first step of a task."""
 
-    def penalty(self, model: nn.Module) -> Optional[torch.Tensor]:
-        """A differentiable term added to the task loss before backward, or None."""
-        return None
+    def penalty(self, model: nn.Module) -> Union[torch.Tensor, float]:
+        """A differentiable term added to the task loss before backward (0.0: none)."""
+        return 0.0
 
     def on_before_step(self, model: nn.Module) -> None:
         """After backward, before the optimizer step: `.grad` holds the gradient, parameters are unchanged."""

@@ -119,7 +119,7 @@ class Trainer:
                 out = forward_head(model, xb, head)
                 loss = F.cross_entropy(out, yb)
                 extra = strategy.penalty(model)
-                (loss if extra is None else loss + extra).backward()
+                (loss + extra if isinstance(extra, torch.Tensor) else loss).backward()
                 strategy.on_before_step(model)
                 opt.step()
                 strategy.on_after_step(model)
