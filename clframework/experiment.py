@@ -37,6 +37,7 @@ class RunConfig:
     reset_optimizer: Optional[bool] = None
     device: str = "auto"
     benchmark_options: Dict[str, object] = field(default_factory=dict)
+    evaluate_on: str = "test"  # "valid" scores the validation hold-out (hyperparameter search)
 
     def resolved(self) -> dict:
         """The full configuration, every value checked; raises RegistryError/ValueError before any training."""
@@ -57,6 +58,8 @@ class RunConfig:
         if not 0 <= train["dropout"] < 1:
             raise ValueError(f"dropout must be in [0, 1), got {train['dropout']}")
         select_device(self.device)
+        if self.evaluate_on not in ("test", "valid"):
+            raise ValueError(f"evaluate_on must be 'test' or 'valid', got {self.evaluate_on!r}")
         return {"strategy": self.strategy, "benchmark": self.benchmark, "seed": self.seed, "hparams": hparams,
                 "train": train, "benchmark_options": dict(self.benchmark_options), "device": self.device}
 
@@ -80,13 +83,14 @@ def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
     strategy = make_strategy(config.strategy, **cfg["hparams"])
     trainer = Trainer(model, strategy, epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
                       optimizer=train["optimizer"], reset_optimizer=train["reset_optimizer"], device=config.device,
-                      seed=config.seed, quiet=quiet, callbacks=callbacks)
+                      seed=config.seed, quiet=quiet, callbacks=callbacks, evaluate_on=config.evaluate_on)
     result = trainer.fit(stream)
     R = result.accuracy_matrix
     out = {
         "strategy": config.strategy, "benchmark": config.benchmark, "seed": config.seed, "hparams": cfg["hparams"],
         "config": {**train, "setting": stream.setting, "head_sizes": stream.head_sizes,
-                   "benchmark_options": cfg["benchmark_options"], "device": str(trainer.device)},
+                   "benchmark_options": cfg["benchmark_options"], "device": str(trainer.device),
+                   "evaluated_on": config.evaluate_on},
         "tasks": stream.task_names, "accuracy_matrix": R, "initial_accuracy": result.initial_accuracy,
         "metrics": M.summary(R, result.initial_accuracy), "average_seen": M.average_seen(R),
         "curves": result.curves, "train_seconds": result.train_seconds,
