@@ -1,8 +1,10 @@
 """Task streams (in Avalanche's sense of "benchmark"): scenario builders and registered benchmarks."""
-from . import embedded  # noqa: F401  (registers the embedded benchmarks)
+from . import embedded, paper  # noqa: F401  (register the embedded and the paper's full-data benchmarks)
 from .registry import BENCHMARKS, Protocol, available_benchmarks, benchmark_protocol, make_benchmark, register_benchmark
-from .scenarios import LabeledData, holdout, permutations, permuted, split
+from .scenarios import (LabeledData, from_dataset, from_task_data, from_tensors, holdout, permutations, permuted,
+                        split, split_cifar10_100)
 from .stream import SETTINGS, Stream, Task
 
 __all__ = ["BENCHMARKS", "LabeledData", "Protocol", "SETTINGS", "Stream", "Task", "available_benchmarks",
-           "benchmark_protocol", "holdout", "make_benchmark", "permutations", "permuted", "register_benchmark", "split"]
+           "benchmark_protocol", "from_dataset", "from_task_data", "from_tensors", "holdout", "make_benchmark",
+           "permutations", "permuted", "register_benchmark", "split", "split_cifar10_100"]

@@ -63,6 +63,14 @@ def _select(data: LabeledData, classes: Sequence[int]) -> LabeledData:
 def split(data: LabeledData, classes_per_task: int = 2, class_order: Optional[Sequence[int]] = None,
           n_tasks: Optional[int] = None, setting: str = "task", name: Optional[str] = None) -> Stream:
     """Partition the classes into consecutive blocks of `classes_per_task` along `class_order` (default: sorted)."""
+    blocks = class_blocks(data, classes_per_task, class_order, n_tasks)
+    parts = [("-".join(map(str, b)), _select(data, b), b) for b in blocks]
+    return _assemble(name or f"split-{data.name}", parts, setting)
+
+
+def class_blocks(data: LabeledData, classes_per_task: int, class_order: Optional[Sequence[int]] = None,
+                 n_tasks: Optional[int] = None) -> List[List[int]]:
+    """The classes of each task: consecutive blocks along `class_order`, checked against the data's classes."""
     available = data.classes
     order = list(class_order) if class_order is not None else available
     unknown = sorted(set(order) - set(available))
@@ -78,8 +86,7 @@ def split(data: LabeledData, classes_per_task: int = 2, class_order: Optional[Se
         if not 1 <= n_tasks <= len(blocks):
             raise ValueError(f"n_tasks must be between 1 and {len(blocks)} for {data.name}, got {n_tasks}")
         blocks = blocks[:n_tasks]
-    parts = [("-".join(map(str, b)), _select(data, b), b) for b in blocks]
-    return _assemble(name or f"split-{data.name}", parts, setting)
+    return blocks
 
 
 def permutations(n_tasks: int, n_features: int, seed: int, keep_first: bool = False) -> List[torch.Tensor]:
@@ -124,3 +131,92 @@ def holdout(stream: Stream, fraction: float = 0.1, seed: int = 0) -> Stream:
     out = Stream(stream.name, tasks, list(stream.head_sizes), stream.setting, stream.input_shape, dict(stream.info))
     out.info["validation"] = {"fraction": fraction, "seed": seed}
     return out
+
+
+def split_cifar10_100(cifar10: LabeledData, cifar100: LabeledData, cifar100_tasks: int = 5,
+                      classes_per_task: int = 10, setting: str = "task", name: Optional[str] = None) -> Stream:
+    """The paper's split CIFAR-10/100 (Sec. 5.3): task 1 is all of CIFAR-10, then consecutive blocks of CIFAR-100.
+
+    In the class setting CIFAR-10's classes take outputs 0-9 and each CIFAR-100 block the next ones.
+    """
+    blocks = class_blocks(cifar100, classes_per_task, n_tasks=cifar100_tasks)
+    parts = [("cifar10", cifar10, cifar10.classes)]
+    parts += [(f"cifar100[{b[0]}-{b[-1]}]", _select(cifar100, b), b) for b in blocks]
+    stream = _assemble(name or "split-cifar10-100", parts, setting)
+    stream.info["sources"] = ["cifar10"] + ["cifar100"] * len(blocks)
+    return stream
+
+
+def _as_inputs(x, what: str) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    if not torch.is_floating_point(x):
+        raise ValueError(f"{what} must be floating point (already normalized, e.g. pixels / 255), got {x.dtype}")
+    return x.float()
+
+
+def _as_labels(y, what: str) -> torch.Tensor:
+    y = torch.as_tensor(y)
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.ndim != 1:
+        raise ValueError(f"{what} must be a 1-D tensor of integer class ids, got dtype {y.dtype} and shape "
+                         f"{tuple(y.shape)}")
+    if len(y) and int(y.min()) < 0:
+        raise ValueError(f"{what} must be non-negative class ids, got {int(y.min())}")
+    return y.long()
+
+
+def from_tensors(train_x, train_y, test_x, test_y, name: str = "custom") -> LabeledData:
+    """Your tensors (or numpy arrays) as a dataset that `split`, `permuted` and `holdout` accept."""
+    data = LabeledData(name, _as_inputs(train_x, "train_x"), _as_labels(train_y, "train_y"),
+                       _as_inputs(test_x, "test_x"), _as_labels(test_y, "test_y"))
+    for part in ("train", "test"):
+        x, y = getattr(data, f"{part}_x"), getattr(data, f"{part}_y")
+        if len(x) != len(y) or len(y) == 0:
+            raise ValueError(f"{name}: {part} has {len(x)} inputs and {len(y)} labels; give the same, non-zero number")
+    if data.train_x.shape[1:] != data.test_x.shape[1:]:
+        raise ValueError(f"{name}: train inputs have shape {tuple(data.train_x.shape[1:])} but test inputs "
+                         f"{tuple(data.test_x.shape[1:])}")
+    return data
+
+
+def materialize(dataset, batch_size: int = 1024) -> Tuple[torch.Tensor, torch.Tensor]:
+    """All (input, label) pairs of a torch Dataset as two tensors (extra item fields such as task labels ignored)."""
+    from torch.utils.data import DataLoader
+
+    xs, ys = [], []
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            if not isinstance(batch, (list, tuple)) or len(batch) < 2:
+                raise ValueError(f"{type(dataset).__name__} must yield (input, label) pairs, got {type(batch).__name__}")
+            xs.append(batch[0])
+            ys.append(torch.as_tensor(batch[1]))
+    except TypeError as exc:
+        raise ValueError(f"cannot stack the items of {type(dataset).__name__} into tensors ({exc}); give the dataset a "
+                         f"transform that returns tensors, e.g. torchvision.transforms.ToTensor()") from None
+    if not xs:
+        raise ValueError(f"{type(dataset).__name__} is empty")
+    return torch.cat(xs), torch.cat(ys)
+
+
+def from_dataset(train, test, name: str = "custom", batch_size: int = 1024) -> LabeledData:
+    """Any torch Datasets yielding (input tensor, class id), read once into memory (transforms applied once)."""
+    return from_tensors(*materialize(train, batch_size), *materialize(test, batch_size), name=name)
+
+
+def from_task_data(tasks: Sequence[LabeledData], setting: str = "task", name: str = "custom",
+                   task_names: Optional[Sequence[str]] = None) -> Stream:
+    """A stream whose tasks you already split: one LabeledData per task (e.g. from `from_tensors`).
+
+    Each task's classes are its distinct labels, in sorted order; in the task and domain settings they map to
+    outputs 0..k-1 of the task's (or the shared) head, in the class setting every task adds its own k outputs.
+    """
+    if not tasks:
+        raise ValueError("give at least one task")
+    names = list(task_names) if task_names is not None else [f"task{i}" for i in range(len(tasks))]
+    if len(names) != len(tasks):
+        raise ValueError(f"{len(tasks)} tasks but {len(names)} task names")
+    parts = [(n, d, sorted(set(d.train_y.tolist()))) for n, d in zip(names, tasks)]
+    for n, d, classes in parts:
+        extra = sorted(set(d.test_y.tolist()) - set(classes))
+        if extra:
+            raise ValueError(f"task '{n}': test labels {extra} never occur in its training data")
+    return _assemble(name, parts, setting)
