@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -42,7 +43,8 @@ def _parse_strategy_sets(items: List[str], strategies: List[str]) -> Dict[str, d
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark", default=DEFAULT_BENCHMARK, help=f"registered benchmark (default {DEFAULT_BENCHMARK})")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="strategy hyperparameter")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="strategy hyperparameter(s): --set c=0.1 xi=0.001 or repeated --set")
     p.add_argument("--epochs", type=int, help="epochs per task (default: the benchmark's protocol)")
     p.add_argument("--batch-size", type=int, help="minibatch size (default: the benchmark's protocol)")
     p.add_argument("--lr", type=float, help="learning rate (default: the benchmark's protocol)")
@@ -58,6 +60,26 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _wandb_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (docs/wandb.md)")
+    p.add_argument("--wandb-project", default="clframework", help="W&B project (default clframework)")
+    p.add_argument("--wandb-group", help="W&B group (compare: default the output folder's name)")
+    p.add_argument("--wandb-mode", choices=["online", "offline"], help="default: $WANDB_MODE, else online")
+    p.add_argument("--wandb-dir", type=Path, help="where W&B writes its run files (default: the output folder)")
+
+
+def _wandb_loggers(args, out: Path, group: Optional[str]):
+    """cfg -> [WandbLogger] with --wandb, else None; a bad --wandb-mode fails here, before training."""
+    if not args.wandb:
+        return None
+    from evaluation.wandb_logger import WandbLogger, check_mode
+
+    mode = check_mode(args.wandb_mode)
+    print(f"W&B: project {args.wandb_project}, {mode}; run files under {(args.wandb_dir or out) / 'wandb'}")
+    return lambda cfg: [WandbLogger(cfg.resolved(), project=args.wandb_project, group=group, mode=mode,
+                                    wandb_dir=args.wandb_dir or out)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clframework", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,10 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--strategy", required=True)
     rp.add_argument("--seed", type=int, default=0)
     _common(rp)
+    _wandb_args(rp)
     cp = sub.add_parser("compare", help="run strategies x seeds on one benchmark and write summary.json")
     cp.add_argument("--strategies", default=DEFAULT_STRATEGIES, help=f"comma-separated (default {DEFAULT_STRATEGIES})")
     cp.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
     _common(cp)
+    _wandb_args(cp)
     return parser
 
 
@@ -114,7 +138,8 @@ def cmd_run(args) -> int:
     cfg.hparams = _parse_sets(args.set)
     cfg.resolved()  # every error before training
     out = args.out or Path("runs") / f"{args.benchmark}-{args.strategy}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    res = run(cfg, out, quiet=args.quiet)
+    loggers = _wandb_loggers(args, out, args.wandb_group)
+    res = run(cfg, out, quiet=args.quiet, callbacks=loggers(cfg) if loggers else ())
     m = res["metrics"]
     print(f"{args.strategy} on {args.benchmark} (seed {args.seed}): acc {m['acc']:.4f}  bwt {m['bwt']:+.4f}  "
           f"forgetting {m['forgetting']:.4f}  ({res['train_seconds']:.1f} s training)")
@@ -128,8 +153,11 @@ def cmd_compare(args) -> int:
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     hparams = _parse_strategy_sets(args.set, strategies)
     out = args.out or Path("runs") / f"compare-{args.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = compare(strategies, args.benchmark, args.seeds, out, quiet=args.quiet, base=_base_config(args, strategies[0]),
-                      hparams=hparams)
+    base = _base_config(args, strategies[0])
+    loggers = _wandb_loggers(args, out, args.wandb_group or out.resolve().name)
+    callbacks_for = (lambda s, seed: loggers(replace(base, strategy=s, hparams=hparams[s], seed=seed))) if loggers else None
+    summary = compare(strategies, args.benchmark, args.seeds, out, quiet=args.quiet, base=base, hparams=hparams,
+                      callbacks_for=callbacks_for)
     print(format_table(summary))
     print(f"summary: {out / 'summary.json'}")
     return 0

@@ -1,7 +1,6 @@
 """Runs and comparisons: resolve a configuration (checking everything before training), train, score, write files."""
 from __future__ import annotations
 
-import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -11,8 +10,11 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from benchmarks.registry import BENCHMARKS, benchmark_protocol
+from evaluation import aggregate as A
 from evaluation import metrics as M
-from evaluation.results import write_json
+from evaluation.aggregate import format_console as format_table  # noqa: F401 (the CLI's compare table)
+from evaluation.plots import write_compare_plots, write_run_plots
+from evaluation.results import matrix_csv, write_json, write_text
 
 from .models import build_model
 from .plugin import STRATEGIES, make_strategy
@@ -96,23 +98,23 @@ def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
         "curves": result.curves, "train_seconds": result.train_seconds,
         "wall_seconds": time.perf_counter() - wall_start, "versions": versions(),
     }
+    if hasattr(strategy, "omega_history"):  # SI (and SI with c=0, i.e. fine-tuning that records omega): Fig. 5
+        out["omega_correlation"] = M.omega_correlations(strategy.omega_history)
     out["_strategy"] = strategy  # in-memory only (dropped before writing): lets callers inspect learned state
     if out_dir is not None:
         write_run(out, Path(out_dir))
+    for cb in callbacks:
+        cb.on_run_end(out, out_dir)
     return out
 
 
 def write_run(result: dict, out_dir: Path) -> Path:
-    return write_json(Path(out_dir) / "results.json", {k: v for k, v in result.items() if not k.startswith("_")})
-
-
-def mean_sem(values: Sequence[float]) -> tuple:
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
+    """results.json, matrix.csv and the run's plots (docs/results-schema.md)."""
+    out_dir = Path(out_dir)
+    path = write_json(out_dir / "results.json", {k: v for k, v in result.items() if not k.startswith("_")})
+    write_text(out_dir / "matrix.csv", matrix_csv(result))
+    write_run_plots(result, out_dir)
+    return path
 
 
 def compare(strategies: Sequence[str], benchmark: str, seeds: int = 3, out_dir: Optional[Path] = None,
@@ -136,31 +138,30 @@ def compare(strategies: Sequence[str], benchmark: str, seeds: int = 3, out_dir: 
     for cfg in configs.values():
         cfg.resolved()
     stream = BENCHMARKS.create(benchmark, **base.benchmark_options)
-    summary = {"benchmark": benchmark, "seeds": list(range(seeds)), "strategies": {}}
+    summary = {"benchmark": benchmark, "tasks": stream.task_names, "seeds": list(range(seeds)), "strategies": {}}
+    all_runs = {}
     for name, cfg in configs.items():
         runs = []
         for seed in range(seeds):
             callbacks = callbacks_for(name, seed) if callbacks_for else ()
-            res = run(replace(cfg, seed=seed), None, quiet, callbacks, stream=stream)
-            if out_dir is not None:
-                write_run(res, Path(out_dir) / f"{name}-seed{seed}")
-            runs.append(res)
-        accs = [r["metrics"]["acc"] for r in runs]
-        acc_mean, acc_sem = mean_sem(accs)
+            run_dir = Path(out_dir) / f"{name}-seed{seed}" if out_dir is not None else None
+            res = run(replace(cfg, seed=seed), run_dir, quiet, callbacks, stream=stream)
+            runs.append({k: v for k, v in res.items() if not k.startswith("_")})
+        all_runs[name] = runs
+        stats = A.aggregate_runs(runs)
         summary["strategies"][name] = {
-            "acc_mean": acc_mean, "acc_sem": acc_sem, "hparams": runs[0]["hparams"],
-            "seconds_per_run": sum(r["wall_seconds"] for r in runs) / len(runs),
-            "runs": [{"seed": r["seed"], "metrics": r["metrics"], "train_seconds": r["train_seconds"],
-                      "wall_seconds": r["wall_seconds"], "accuracy_matrix": r["accuracy_matrix"]} for r in runs],
+            "acc_mean": stats["metrics"]["acc"]["mean"], "acc_sem": stats["metrics"]["acc"]["sem"],
+            "hparams": runs[0]["hparams"], "seconds_per_run": sum(r["wall_seconds"] for r in runs) / len(runs),
+            **stats,
+            "runs": [{k: r[k] for k in ("seed", "metrics", "train_seconds", "wall_seconds", "accuracy_matrix",
+                                        "initial_accuracy", "average_seen")} for r in runs],
         }
+    summary["paired"] = A.paired_table(all_runs)
+    summary["table"] = A.head_to_head(summary)
     if out_dir is not None:
-        write_json(Path(out_dir) / "summary.json", summary)
+        out_dir = Path(out_dir)
+        write_json(out_dir / "summary.json", summary)
+        write_text(out_dir / "table.md", A.table_markdown(summary))
+        write_text(out_dir / "table.csv", A.table_csv(summary["table"]))
+        write_compare_plots(all_runs, out_dir)
     return summary
-
-
-def format_table(summary: dict) -> str:
-    lines = [f"benchmark {summary['benchmark']}, {len(summary['seeds'])} seed(s): final average accuracy",
-             f"{'strategy':<12} {'acc mean +- SEM':>18} {'s/run':>8}"]
-    for name, s in summary["strategies"].items():
-        lines.append(f"{name:<12} {s['acc_mean']:>9.4f} +- {s['acc_sem']:.4f} {s['seconds_per_run']:>8.1f}")
-    return "\n".join(lines)

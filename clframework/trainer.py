@@ -44,6 +44,9 @@ class TrainerCallback:
     def on_task_evaluated(self, task_index: int, accuracies: List[float]) -> None:
         """After each task (task_index = -1 for the untrained model): test accuracy on every task."""
 
+    def on_run_end(self, result: dict, out_dir) -> None:
+        """After a run's results (and, with an output folder, its files) are complete: loggers finish here."""
+
 
 def adam(params, lr: float = 1e-3) -> torch.optim.Optimizer:
     """The paper's optimizer: Adam, lr 1e-3, betas (0.9, 0.999)."""

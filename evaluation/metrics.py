@@ -57,3 +57,21 @@ def summary(R, baseline: Optional[Sequence[float]] = None) -> Dict[str, float]:
     if baseline is not None:
         out["fwt"] = fwt(R, baseline)
     return out
+
+
+def omega_correlations(history: Sequence[Dict[str, "np.ndarray"]]) -> Dict[str, List[List[float]]]:
+    """Per layer, the Pearson correlation across tasks of SI's per-task omega (the paper's Fig. 5).
+
+    `history` holds one {parameter name: omega} per finished task. Layers are the weight tensors (2 or more
+    dimensions) whose omega varies within every task; a task head trained on one task only has zero omega on the
+    others and is left out, as its correlation is undefined.
+    """
+    if not history:
+        return {}
+    out = {}
+    for name in history[0]:
+        rows = [np.asarray(h[name], dtype=float).ravel() for h in history if name in h]
+        if len(rows) != len(history) or np.asarray(history[0][name]).ndim < 2 or min(r.std() for r in rows) == 0:
+            continue
+        out[name] = np.atleast_2d(np.corrcoef(np.stack(rows))).tolist()
+    return out

@@ -1,0 +1,145 @@
+"""Across seeds: mean, SD and SEM of every metric and matrix cell, the head-to-head table, and paired comparisons.
+
+Strategies compared on the same seeds see the same data order and initial weights, so the per-seed differences are
+paired; a paired t-test on them says whether "A beats B" is more than seed noise.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+from scipy import stats
+
+METRICS = ("acc", "bwt", "fwt", "forgetting")
+
+
+def describe(values: Sequence[float]) -> dict:
+    """Mean, sample SD (ddof=1) and SEM of independent values; SD and SEM are None for a single value."""
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 1 or len(v) == 0:
+        raise ValueError(f"describe needs a non-empty list of numbers, got shape {v.shape}")
+    n = len(v)
+    sd = float(v.std(ddof=1)) if n > 1 else None
+    return {"mean": float(v.mean()), "sd": sd, "sem": sd / np.sqrt(n) if n > 1 else None, "n": n}
+
+
+def cellwise(arrays: Sequence) -> dict:
+    """Element-wise mean, SD and SEM over seeds of equally shaped arrays (accuracy matrices, curves)."""
+    a = np.asarray(arrays, dtype=float)
+    if a.ndim < 2 or len(a) == 0:
+        raise ValueError(f"cellwise needs a non-empty list of equally shaped arrays, got shape {a.shape}")
+    n = len(a)
+    sd = a.std(axis=0, ddof=1) if n > 1 else None
+    return {"mean": a.mean(axis=0).tolist(), "sd": None if sd is None else sd.tolist(),
+            "sem": None if sd is None else (sd / np.sqrt(n)).tolist(), "n": n}
+
+
+def aggregate_runs(runs: Sequence[dict]) -> dict:
+    """One strategy's runs (results.json dicts) -> per-metric and per-cell statistics over seeds."""
+    if not runs:
+        raise ValueError("aggregate_runs needs at least one run")
+    metrics = {m: describe([r["metrics"][m] for r in runs]) for m in METRICS if all(m in r["metrics"] for r in runs)}
+    return {"metrics": metrics, "matrix": cellwise([r["accuracy_matrix"] for r in runs]),
+            "average_seen": cellwise([r["average_seen"] for r in runs])}
+
+
+def paired(a: Dict[int, float], b: Dict[int, float], confidence: float = 0.95) -> dict:
+    """Paired comparison of A - B over the seeds both have: mean difference, t confidence interval, t-test p-value.
+
+    With fewer than 2 common seeds, or differences that do not vary, the interval and p-value are None and `note`
+    says why (a t-test is undefined there).
+    """
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        raise ValueError("paired comparison needs seeds that both strategies ran; they share none")
+    x, y = np.array([a[s] for s in seeds], dtype=float), np.array([b[s] for s in seeds], dtype=float)
+    d = x - y
+    out = {"seeds": seeds, "n": len(d), "mean_diff": float(d.mean()), "sd_diff": None, "ci_low": None,
+           "ci_high": None, "confidence": confidence, "t": None, "p_value": None, "note": ""}
+    if len(d) < 2:
+        out["note"] = "one common seed: no confidence interval or test (run with --seeds 2 or more)"
+        return out
+    sd = float(d.std(ddof=1))
+    out["sd_diff"] = sd
+    if np.ptp(d) <= 1e-12:  # equal up to rounding (0.9 - 0.8 vs 0.8 - 0.7)
+        out["note"] = "identical difference on every seed: no spread, t-test undefined"
+        return out
+    half = stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * sd / np.sqrt(len(d))
+    test = stats.ttest_rel(x, y)
+    out.update(ci_low=float(d.mean() - half), ci_high=float(d.mean() + half), t=float(test.statistic),
+               p_value=float(test.pvalue))
+    return out
+
+
+def paired_table(runs_by_strategy: Dict[str, Sequence[dict]], metrics: Sequence[str] = METRICS,
+                 confidence: float = 0.95) -> List[dict]:
+    """Every pair of strategies (in the given order), every metric both have: `paired` of A - B by seed."""
+    rows = []
+    for (na, ra), (nb, rb) in itertools.combinations(runs_by_strategy.items(), 2):
+        for m in metrics:
+            if all(m in r["metrics"] for r in list(ra) + list(rb)):
+                va = {r["seed"]: r["metrics"][m] for r in ra}
+                vb = {r["seed"]: r["metrics"][m] for r in rb}
+                rows.append({"a": na, "b": nb, "metric": m, **paired(va, vb, confidence)})
+    return rows
+
+
+def _pm(stat: Optional[dict]) -> str:
+    if stat is None:
+        return "-"
+    return f"{stat['mean']:.4f} ± {stat['sem']:.4f}" if stat["sem"] is not None else f"{stat['mean']:.4f}"
+
+
+def head_to_head(summary: dict) -> List[dict]:
+    """Rows of the head-to-head table: one per strategy, mean/SD/SEM of each metric and seconds per run."""
+    rows = []
+    for name, s in summary["strategies"].items():
+        row = {"strategy": name, "n_seeds": len(s["runs"]), "seconds_per_run": s["seconds_per_run"]}
+        for m in METRICS:
+            st = s["metrics"].get(m)
+            for k in ("mean", "sd", "sem"):
+                row[f"{m}_{k}"] = None if st is None else st[k]
+        rows.append(row)
+    return rows
+
+
+def table_csv(rows: List[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{k: "" if v is None else v for k, v in r.items()} for r in rows])
+    return buf.getvalue()
+
+
+def table_markdown(summary: dict) -> str:
+    """The head-to-head table and the paired comparisons, as Markdown (mean ± SEM over seeds)."""
+    n = len(summary["seeds"])
+    lines = [f"# {summary['benchmark']}: {n} seed(s), mean ± SEM over seeds", "",
+             "| strategy | ACC | BWT | FWT | forgetting | s/run |", "|---|---|---|---|---|---|"]
+    for name, s in summary["strategies"].items():
+        cells = [_pm(s["metrics"].get(m)) for m in METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {s['seconds_per_run']:.1f} |")
+    pairs = summary.get("paired", [])
+    if pairs:
+        conf = int(round(pairs[0]["confidence"] * 100))
+        lines += ["", f"## Paired differences A - B over the same seeds ({conf}% t interval, paired t-test)", "",
+                  "| A | B | metric | mean diff | CI | p | note |", "|---|---|---|---|---|---|---|"]
+        for p in pairs:
+            ci = f"[{p['ci_low']:+.4f}, {p['ci_high']:+.4f}]" if p["ci_low"] is not None else "-"
+            pv = f"{p['p_value']:.3g}" if p["p_value"] is not None else "-"
+            lines.append(f"| {p['a']} | {p['b']} | {p['metric']} | {p['mean_diff']:+.4f} | {ci} | {pv} | {p['note']} |")
+    return "\n".join(lines) + "\n"
+
+
+def format_console(summary: dict) -> str:
+    """A short console table: final average accuracy (mean ± SEM) and seconds per run per strategy."""
+    lines = [f"benchmark {summary['benchmark']}, {len(summary['seeds'])} seed(s): final average accuracy",
+             f"{'strategy':<12} {'acc mean +- SEM':>18} {'s/run':>8}"]
+    for name, s in summary["strategies"].items():
+        st = s["metrics"]["acc"]
+        sem = st["sem"] if st["sem"] is not None else 0.0
+        lines.append(f"{name:<12} {st['mean']:>9.4f} +- {sem:.4f} {s['seconds_per_run']:>8.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,199 @@
+"""Figures of runs and comparisons (matplotlib, no display needed): each function returns a Figure, `save` writes
+PNG and SVG. Figures are built with `matplotlib.figure.Figure` (Agg rendering), not pyplot, so no global state.
+
+- `matrix_heatmap`: one run's accuracy matrix, cells annotated.
+- `training_curves`: one run's per-epoch training loss and current-task accuracy.
+- `per_task_figure`: the paper's Fig. 3 layout (one panel per task, mean ± SEM over seeds, last panel the average).
+- `average_figure`: the paper's Fig. 4 layout (average accuracy over the tasks seen against the number of tasks).
+- `omega_figure`: the paper's Fig. 5 layout (correlation of per-task omega across tasks, one panel per layer).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from .aggregate import cellwise  # noqa: E402
+
+COLORS = ["tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
+
+
+def chance_levels(result: dict) -> List[float]:
+    """Accuracy of guessing on each task: 1 / the size of the head the task is scored on."""
+    cfg, T = result["config"], len(result["tasks"])
+    sizes = cfg["head_sizes"]
+    return [1.0 / sizes[j] if cfg.get("setting", "task") == "task" and len(sizes) == T else 1.0 / sizes[0]
+            for j in range(T)]
+
+
+def save(fig: Figure, stem: Path) -> List[Path]:
+    """Write `stem`.png and `stem`.svg (parents created); returns both paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    fig.savefig(paths[0], dpi=120)
+    fig.savefig(paths[1])
+    return paths
+
+
+def matrix_heatmap(R, tasks: Sequence[str], title: str = "Accuracy matrix") -> Figure:
+    R = np.asarray(R, dtype=float)
+    T = len(tasks)
+    fig = Figure(figsize=(1.1 * T + 2.5, 0.9 * T + 1.6), layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(R, vmin=0, vmax=1, cmap="viridis")
+    for i in range(R.shape[0]):
+        for j in range(R.shape[1]):
+            ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=9,
+                    color="black" if R[i, j] > 0.6 else "white")
+    ax.set_xticks(range(T), tasks)
+    ax.set_yticks(range(R.shape[0]), [f"{i + 1}: {t}" for i, t in enumerate(tasks[:R.shape[0]])])
+    ax.set_xlabel("evaluated on task")
+    ax.set_ylabel("after training task")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="test accuracy")
+    return fig
+
+
+def training_curves(curves: Sequence[dict], tasks: Sequence[str], title: str = "Training curves") -> Figure:
+    """Loss and training accuracy on the current task per epoch, one colour per task, epochs counted across tasks."""
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for t, name in enumerate(tasks):
+        pts = [(k + 1, c) for k, c in enumerate(curves) if c["task"] == t]
+        if not pts:
+            continue
+        x = [k for k, _ in pts]
+        color = COLORS[t % len(COLORS)]
+        axes[0].plot(x, [c["loss"] for _, c in pts], marker=".", color=color, label=f"task {t + 1} ({name})")
+        axes[1].plot(x, [c["accuracy"] for _, c in pts], marker=".", color=color, label=f"task {t + 1} ({name})")
+    for ax, what in zip(axes, ("training loss (task loss)", "training accuracy (current task)")):
+        ax.set_xlabel("epoch (counted across tasks)")
+        ax.set_ylabel(what)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def _band(ax, x, stat: dict, color: str, label: str) -> None:
+    mean = np.asarray(stat["mean"], dtype=float)
+    ax.plot(x, mean, marker="o", markersize=3, color=color, label=label)
+    if stat["sem"] is not None:
+        sem = np.asarray(stat["sem"], dtype=float)
+        ax.fill_between(x, mean - sem, mean + sem, color=color, alpha=0.25, linewidth=0)
+
+
+def per_task_figure(runs_by_strategy: Dict[str, Sequence[dict]], title: Optional[str] = None) -> Figure:
+    """The paper's Fig. 3: panel j is task j's test accuracy after each task from j on; the last panel the
+    average over the tasks seen so far. Lines are mean over seeds, bands ± SEM; dashed grey is chance."""
+    first = next(iter(runs_by_strategy.values()))[0]
+    tasks, chance = first["tasks"], chance_levels(first)
+    T = len(tasks)
+    fig = Figure(figsize=(2.6 * (T + 1), 3.2), layout="constrained")
+    axes = fig.subplots(1, T + 1, sharey=True, squeeze=False)[0]
+    x_all = np.arange(1, T + 1)
+    for k, (name, runs) in enumerate(runs_by_strategy.items()):
+        color = COLORS[k % len(COLORS)]
+        matrix = cellwise([r["accuracy_matrix"] for r in runs])
+        for j in range(T):
+            col = {key: None if matrix[key] is None else np.asarray(matrix[key])[j:, j]
+                   for key in ("mean", "sem")}
+            _band(axes[j], x_all[j:], col, color, name)
+        _band(axes[T], x_all, cellwise([r["average_seen"] for r in runs]), color, name)
+    for j, ax in enumerate(axes):
+        ax.axhline(chance[j] if j < T else float(np.mean(chance)), color="grey", linestyle="--", linewidth=1,
+                   label="chance")
+        ax.set_title(f"task {j + 1} ({tasks[j]})" if j < T else "average over tasks seen")
+        ax.set_xticks(x_all)
+        ax.set_xlim(0.7, T + 0.3)
+        ax.set_xlabel("tasks trained")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy")
+    axes[-1].legend(fontsize=8, loc="lower left")
+    n = len(next(iter(runs_by_strategy.values())))
+    fig.suptitle(title or f"{first['benchmark']}: accuracy on each task as tasks are added (mean ± SEM, {n} seed(s))")
+    return fig
+
+
+def average_figure(runs_by_strategy: Dict[str, Sequence[dict]], title: Optional[str] = None) -> Figure:
+    """The paper's Fig. 4: average test accuracy over the tasks seen so far against the number of tasks."""
+    first = next(iter(runs_by_strategy.values()))[0]
+    T, chance = len(first["tasks"]), chance_levels(first)
+    fig = Figure(figsize=(5.5, 4), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(1, T + 1)
+    for k, (name, runs) in enumerate(runs_by_strategy.items()):
+        _band(ax, x, cellwise([r["average_seen"] for r in runs]), COLORS[k % len(COLORS)], name)
+    ax.axhline(float(np.mean(chance)), color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.set_xticks(x)
+    ax.set_xlabel("number of tasks trained")
+    ax.set_ylabel("average test accuracy over tasks seen")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    n = len(next(iter(runs_by_strategy.values())))
+    ax.set_title(title or f"{first['benchmark']}: average accuracy (mean ± SEM, {n} seed(s))")
+    return fig
+
+
+def omega_figure(correlations: Dict[str, Dict[str, Sequence[Sequence[float]]]], title: Optional[str] = None) -> Figure:
+    """The paper's Fig. 5: one row per label (e.g. SI, fine-tuning), one panel per layer, each the correlation
+    matrix across tasks of the per-task omega (`metrics.omega_correlations`)."""
+    labels = [k for k, v in correlations.items() if v]
+    if not labels:
+        raise ValueError("no omega correlations to plot: only strategies that record omega (si; si with c=0 for "
+                         "fine-tuning) have them")
+    layers = max(len(correlations[k]) for k in labels)
+    fig = Figure(figsize=(3.3 * layers + 1, 3.0 * len(labels) + 0.6), layout="constrained")
+    axes = fig.subplots(len(labels), layers, squeeze=False)
+    im = None
+    for r, label in enumerate(labels):
+        for c in range(layers):
+            ax = axes[r][c]
+            items = list(correlations[label].items())
+            if c >= len(items):
+                ax.set_axis_off()
+                continue
+            layer, C = items[c]
+            C = np.asarray(C, dtype=float)
+            im = ax.imshow(C, vmin=-1, vmax=1, cmap="RdBu_r")
+            ticks = range(len(C))
+            ax.set_xticks(ticks, [str(t + 1) for t in ticks])
+            ax.set_yticks(ticks, [str(t + 1) for t in ticks])
+            ax.set_xlabel("task")
+            ax.set_ylabel("task")
+            ax.set_title(f"{label}: layer {c + 1}\n({layer})", fontsize=9)
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="correlation of per-task omega")
+    fig.suptitle(title or "Correlation of per-task parameter importance (omega) across tasks")
+    return fig
+
+
+def write_run_plots(result: dict, out_dir: Path) -> List[Path]:
+    """A run's figures: accuracy matrix, training curves and, when omega was recorded, its Fig. 5 row."""
+    out_dir = Path(out_dir)
+    name = f"{result['strategy']} on {result['benchmark']}, seed {result['seed']}"
+    files = save(matrix_heatmap(result["accuracy_matrix"], result["tasks"], f"Accuracy matrix: {name}"),
+                 out_dir / "matrix")
+    if result.get("curves"):
+        files += save(training_curves(result["curves"], result["tasks"], f"Training curves: {name}"),
+                      out_dir / "training")
+    if result.get("omega_correlation"):
+        files += save(omega_figure({result["strategy"]: result["omega_correlation"]}), out_dir / "omega_correlation")
+    return files
+
+
+def write_compare_plots(runs_by_strategy: Dict[str, Sequence[dict]], out_dir: Path) -> List[Path]:
+    """A comparison's figures: Fig. 3 and Fig. 4 layouts, and Fig. 5 for the strategies that recorded omega
+    (seed 0 of each)."""
+    out_dir = Path(out_dir)
+    files = save(per_task_figure(runs_by_strategy), out_dir / "fig3_per_task")
+    files += save(average_figure(runs_by_strategy), out_dir / "fig4_average")
+    omegas = {name: runs[0].get("omega_correlation") for name, runs in runs_by_strategy.items()}
+    if any(omegas.values()):
+        files += save(omega_figure(omegas), out_dir / "fig5_omega_correlation")
+    return files

@@ -1,0 +1,101 @@
+"""Plots: files written and non-empty; panels, lines and values read back from the figure objects."""
+import numpy as np
+import pytest
+
+from evaluation import plots as P
+
+TASKS = ["0-1", "2-3", "4-5"]
+
+
+def _result(strategy, seed, shift=0.0, omega=False):
+    rng = np.random.default_rng(seed)
+    R = np.clip(np.tril(np.full((3, 3), 0.9 - shift)) + np.triu(np.full((3, 3), 0.5), 1)
+                + rng.uniform(-0.05, 0.05, (3, 3)), 0, 1).tolist()
+    res = {"strategy": strategy, "benchmark": "toy", "seed": seed, "tasks": TASKS,
+           "config": {"setting": "task", "head_sizes": [2, 2, 2]}, "accuracy_matrix": R,
+           "initial_accuracy": [0.5, 0.5, 0.5], "average_seen": [float(np.mean(R[i][:i + 1])) for i in range(3)],
+           "curves": [{"task": t, "epoch": e, "loss": 1.0 / (e + t + 1), "accuracy": 0.8 + 0.05 * e}
+                      for t in range(3) for e in (1, 2)]}
+    if omega:
+        res["omega_correlation"] = {"trunk.1.weight": np.eye(3).tolist(), "trunk.3.weight": np.ones((3, 3)).tolist()}
+    return res
+
+
+RUNS = {"si": [_result("si", s, omega=True) for s in range(3)], "naive": [_result("naive", s, 0.3) for s in range(3)]}
+
+
+def _data_lines(ax):
+    return [line for line in ax.get_lines() if line.get_label() != "chance"]
+
+
+def test_fig3_one_panel_per_task_plus_average_with_mean_lines_and_sem_bands():
+    fig = P.per_task_figure(RUNS)
+    axes = fig.get_axes()
+    assert len(axes) == len(TASKS) + 1
+    assert [ax.get_title() for ax in axes] == ["task 1 (0-1)", "task 2 (2-3)", "task 3 (4-5)", "average over tasks seen"]
+    for j, ax in enumerate(axes):
+        lines = _data_lines(ax)
+        assert [line.get_label() for line in lines] == ["si", "naive"]
+        assert len(ax.collections) == 2  # one SEM band per strategy
+        chance = [line for line in ax.get_lines() if line.get_label() == "chance"]
+        assert len(chance) == 1 and chance[0].get_ydata()[0] == 0.5
+    # task 2's panel: mean over seeds of R[i][1] for i >= 1, plotted against tasks trained 2, 3
+    si_task2 = _data_lines(axes[1])[0]
+    expected = np.mean([np.asarray(r["accuracy_matrix"])[1:, 1] for r in RUNS["si"]], axis=0)
+    assert list(si_task2.get_xdata()) == [2, 3] and np.allclose(si_task2.get_ydata(), expected)
+    assert axes[0].get_ylabel() == "test accuracy" and axes[0].get_xlabel() == "tasks trained"
+
+
+def test_fig4_one_line_per_strategy():
+    fig = P.average_figure(RUNS)
+    (ax,) = fig.get_axes()
+    lines = _data_lines(ax)
+    assert [line.get_label() for line in lines] == ["si", "naive"]
+    assert np.allclose(lines[1].get_ydata(), np.mean([r["average_seen"] for r in RUNS["naive"]], axis=0))
+    assert ax.get_legend() is not None and ax.get_xlabel() == "number of tasks trained"
+
+
+def test_fig5_one_panel_per_layer_and_label():
+    corr = {"SI": RUNS["si"][0]["omega_correlation"], "fine-tuning (SI, c=0)": RUNS["si"][1]["omega_correlation"]}
+    fig = P.omega_figure(corr)
+    images = [ax for ax in fig.get_axes() if ax.get_images()]
+    assert len(images) == 4  # 2 labels x 2 layers (the colorbar axis carries no image)
+    assert images[0].get_title().startswith("SI: layer 1") and "fine-tuning" in images[2].get_title()
+    assert np.array_equal(images[0].get_images()[0].get_array(), np.eye(3))
+    with pytest.raises(ValueError, match="c=0"):
+        P.omega_figure({"naive": None})
+
+
+def test_heatmap_annotates_every_cell():
+    R = RUNS["si"][0]["accuracy_matrix"]
+    fig = P.matrix_heatmap(R, TASKS)
+    ax = fig.get_axes()[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == [f"{v:.2f}" for row in R for v in row]
+    assert ax.get_xlabel() == "evaluated on task"
+
+
+def test_training_curves_one_line_per_task_in_each_panel():
+    fig = P.training_curves(RUNS["si"][0]["curves"], TASKS)
+    loss_ax, acc_ax = fig.get_axes()
+    assert len(loss_ax.get_lines()) == 3 and len(acc_ax.get_lines()) == 3
+    assert list(loss_ax.get_lines()[1].get_xdata()) == [3, 4]  # task 2's epochs, counted across tasks
+
+
+def test_files_written_png_and_svg(tmp_path):
+    run_files = P.write_run_plots(RUNS["si"][0], tmp_path / "run")
+    cmp_files = P.write_compare_plots(RUNS, tmp_path / "cmp")
+    names = sorted(f.name for f in run_files)
+    assert names == sorted(f"{s}.{e}" for s in ("matrix", "training", "omega_correlation") for e in ("png", "svg"))
+    assert sorted(f.name for f in cmp_files) == sorted(
+        f"{s}.{e}" for s in ("fig3_per_task", "fig4_average", "fig5_omega_correlation") for e in ("png", "svg"))
+    for f in run_files + cmp_files:
+        data = f.read_bytes()
+        assert len(data) > 1000
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" if f.suffix == ".png" else b"<svg" in data[:500]
+
+
+def test_chance_levels_follow_the_heads():
+    r = RUNS["si"][0]
+    assert P.chance_levels(r) == [0.5, 0.5, 0.5]
+    assert P.chance_levels({**r, "config": {"setting": "class", "head_sizes": [6]}}) == [1 / 6] * 3
