@@ -133,6 +133,9 @@ def missing_message(name: str, root: Path, reason: str) -> str:
              f"run an embedded benchmark instead: {EMBEDDED_HINT}"]
     if src.apt_hint:
         fixes.insert(1, f"on Debian/Ubuntu, as root: {src.apt_hint}")
+    if src.kind == "cifar":
+        fixes.insert(1, f"or put torchvision's archive {src.tv_class.filename} in {root}: it is checked and unpacked "
+                        f"without a download")
     return (f"{src.name} not found: {reason}.\nExpected files{suffix}: {', '.join(src.files)}\n"
             f"Looked in:\n{where}\nWhat to do:\n" + "\n".join(f"  - {f}" for f in fixes))
 
@@ -142,6 +145,9 @@ def _download(src: Source, root: Path) -> None:
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".download-{src.subfolder}-", dir=root))
+    archive = root / getattr(src.tv_class, "filename", "")
+    if src.kind == "cifar" and archive.is_file():  # torchvision unpacks an archive already there (md5 checked)
+        (tmp / archive.name).symlink_to(archive)
     try:
         src.tv_class(str(tmp), train=True, download=True)
     except BaseException:

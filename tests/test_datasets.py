@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tarfile
 import threading
 from functools import partial
 from pathlib import Path
@@ -140,6 +141,27 @@ def test_interrupted_download_leaves_nothing(tmp_path, monkeypatch, http_folder)
     with pytest.raises(D.DatasetNotFound, match="download failed"):
         D.load("mnist", str(root))
     assert list(root.iterdir()) == []
+
+
+def test_cifar_archive_on_disk_is_unpacked_offline(tmp_path, monkeypatch):
+    """An archive in the root is used by torchvision's own md5-checked extraction; no network needed."""
+    arrays = cifar_arrays(10, 10, 5, seed=7)
+    folder = write_cifar10(tmp_path / "staging", arrays)
+    md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    root = tmp_path / "root"
+    root.mkdir()
+    archive = root / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    monkeypatch.setattr(tvd.CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")  # any network use fails
+    monkeypatch.setattr(tvd.CIFAR10, "tgz_md5", hashlib.md5(archive.read_bytes()).hexdigest())
+    monkeypatch.setattr(tvd.CIFAR10, "train_list", [[n, md5[n]] for n, _ in tvd.CIFAR10.train_list])
+    monkeypatch.setattr(tvd.CIFAR10, "test_list", [[n, md5[n]] for n, _ in tvd.CIFAR10.test_list])
+    monkeypatch.setattr(tvd.CIFAR10, "meta", {**tvd.CIFAR10.meta, "md5": md5["batches.meta"]})
+    assert not D.available("cifar10", str(root))
+    data = D.load("cifar10", str(root))
+    np.testing.assert_array_equal(data.test_y.numpy(), arrays["test"][1])
+    assert sorted(p.name for p in root.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]
 
 
 def test_corrupt_files_give_clear_errors(tmp_path, monkeypatch):
