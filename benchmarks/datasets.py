@@ -4,8 +4,9 @@ Where the files are looked for, in order: the explicit `data_root` (`--data-root
 `~/.cache/clframework/data`; in each, torchvision's own layout (`FashionMNIST/raw/`, `cifar-10-batches-py/`, ...) and,
 for MNIST-like sets, the four IDX files directly in the folder (gzip or not). Fashion-MNIST is also found in
 `/usr/share/datasets/fashion-mnist` (Debian's `dataset-fashion-mnist`). When nothing is found the files are
-downloaded (online users, unless $CLFRAMEWORK_NO_DOWNLOAD is set) into a temporary folder that is moved into place only when complete; offline, the loader
-stops with an error that names the files, the folders it searched and what to do. Nothing is ever substituted.
+downloaded (online users, unless $CLFRAMEWORK_NO_DOWNLOAD is set) into a temporary folder that is moved into place
+only when complete; offline, the loader stops with an error that names the files, the folders it searched and what
+to do. Nothing is ever substituted.
 """
 from __future__ import annotations
 

@@ -186,7 +186,8 @@ def materialize(dataset, batch_size: int = 1024) -> Tuple[torch.Tensor, torch.Te
     try:
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             if not isinstance(batch, (list, tuple)) or len(batch) < 2:
-                raise ValueError(f"{type(dataset).__name__} must yield (input, label) pairs, got {type(batch).__name__}")
+                raise ValueError(f"{type(dataset).__name__} must yield (input, label) pairs, "
+                                 f"got {type(batch).__name__}")
             xs.append(batch[0])
             ys.append(torch.as_tensor(batch[1]))
     except TypeError as exc:
