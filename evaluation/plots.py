@@ -197,3 +197,26 @@ def write_compare_plots(runs_by_strategy: Dict[str, Sequence[dict]], out_dir: Pa
     if any(omegas.values()):
         files += save(omega_figure(omegas), out_dir / "fig5_omega_correlation")
     return files
+
+
+def final_accuracy_figure(bars: Dict[str, dict], tasks: Sequence[str], error: str = "sd",
+                          title: Optional[str] = None) -> Figure:
+    """The paper's Fig. 6: each task's accuracy after all tasks, one bar per arm and task, error bars over seeds.
+
+    `bars` maps a label to {"mean": [per task], "err": [per task] or None}.
+    """
+    T = len(tasks)
+    fig = Figure(figsize=(max(5.5, 1.3 * T + 2), 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(bars))
+    x = np.arange(T)
+    for k, (label, b) in enumerate(bars.items()):
+        ax.bar(x + (k - (len(bars) - 1) / 2) * width, b["mean"], width, yerr=b.get("err"), capsize=3,
+               color=COLORS[k % len(COLORS)], label=label)
+    ax.set_xticks(x, [f"task {j + 1}\n{t}" for j, t in enumerate(tasks)], fontsize=8)
+    ax.set_ylabel("test accuracy after all tasks")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"Accuracy per task after training on all tasks (error bars: {error.upper()})")
+    return fig

@@ -99,3 +99,16 @@ def test_chance_levels_follow_the_heads():
     r = RUNS["si"][0]
     assert P.chance_levels(r) == [0.5, 0.5, 0.5]
     assert P.chance_levels({**r, "config": {"setting": "class", "head_sizes": [6]}}) == [1 / 6] * 3
+
+
+def test_si_with_c0_trains_like_naive(mnist_stream):
+    """Fig. 5's fine-tuning row comes from SI with c=0: same training as naive, plus the recorded omega."""
+    from clframework.experiment import RunConfig, run
+
+    def go(strategy, hparams):
+        cfg = RunConfig(strategy=strategy, benchmark="split-mnist-5k", hparams=hparams, epochs=1, hidden=[16], seed=5)
+        return run(cfg, quiet=True, stream=mnist_stream)
+
+    naive, ft = go("naive", {}), go("si", {"c": 0})
+    assert ft["accuracy_matrix"] == naive["accuracy_matrix"] and ft["curves"] == naive["curves"]
+    assert "omega_correlation" not in naive and list(ft["omega_correlation"]) == ["trunk.1.weight"]

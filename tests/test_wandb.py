@@ -74,3 +74,38 @@ def test_bad_mode_is_an_error_before_training(capsys):
     with pytest.raises(SystemExit):  # argparse rejects it with the allowed choices
         main(["run", "--strategy", "si", "--wandb", "--wandb-mode", "sometimes"])
     assert "invalid choice: 'sometimes'" in capsys.readouterr().err
+
+
+def test_sweep_file_command_maps_to_cli_sets():
+    """docs/sweep-si-c.yaml's command, expanded by wandb's own sweep code, parses as `run --strategy si --set c=...`."""
+    from pathlib import Path
+
+    import yaml
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
+
+    from clframework.cli import _parse_sets, build_parser
+
+    sweep = yaml.safe_load((Path(__file__).resolve().parents[1] / "docs" / "sweep-si-c.yaml").read_text())
+    assert sweep["metric"]["name"] == "acc" and 0.0 in sweep["parameters"]["c"]["values"]
+    for params in ({"c": 0.1}, {"c": 10.0, "xi": 0.01}):
+        macros = create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+        macros["env"] = []
+        argv = [w for c in create_sweep_command(sweep["command"])
+                for w in (macros[c[2:-1]] if c.startswith("${") else [c])]
+        assert argv[0] == "clframework"
+        args = build_parser().parse_args(argv[1:])
+        assert args.command == "run" and args.strategy == "si" and args.wandb
+        assert _parse_sets(args.set) == {k: str(v) for k, v in params.items()}
+
+
+def test_docs_examples_run(tmp_path):
+    """docs/wandb.md (offline compare, reading the runs back) and docs/results-schema.md (Fig. 5 with fine-tuning)."""
+    from pathlib import Path
+
+    from test_docs import run_document
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    run_document(docs / "wandb.md", tmp_path)
+    assert len(list((tmp_path / "cmp" / "wandb").glob("offline-run-*"))) == 4
+    run_document(docs / "results-schema.md", tmp_path)
+    assert (tmp_path / "fig5.png").stat().st_size > 0 and (tmp_path / "fig5.svg").stat().st_size > 0
