@@ -117,6 +117,11 @@ def write_run(result: dict, out_dir: Path) -> Path:
     return path
 
 
+def slug(label: str) -> str:
+    """A folder name for a label such as "SI (c=0.1)" -> "si-c-0-1"."""
+    return "-".join("".join(ch if ch.isalnum() else " " for ch in label.lower()).split())
+
+
 def compare(strategies: Sequence[str], benchmark: str, seeds: int = 3, out_dir: Optional[Path] = None,
             quiet: bool = False, base: Optional[RunConfig] = None, hparams: Optional[Dict[str, dict]] = None,
             callbacks_for=None) -> dict:
@@ -124,8 +129,6 @@ def compare(strategies: Sequence[str], benchmark: str, seeds: int = 3, out_dir: 
 
     Every configuration is checked before the first run starts.
     """
-    if seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {seeds}")
     if not strategies:
         raise ValueError("give at least one strategy to compare")
     base = base or RunConfig(strategy=strategies[0], benchmark=benchmark)
@@ -135,16 +138,31 @@ def compare(strategies: Sequence[str], benchmark: str, seeds: int = 3, out_dir: 
     if unknown:
         raise RegistryError(f"hyperparameters given for {unknown}, which are not among the compared strategies "
                             f"{list(strategies)}")
+    return compare_configs(configs, seeds, out_dir, quiet, callbacks_for)
+
+
+def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional[Path] = None, quiet: bool = False,
+                    callbacks_for=None) -> dict:
+    """Run each labelled configuration (all on one benchmark) for seeds 0..seeds-1 and aggregate them head to head.
+
+    Every configuration is checked before the first run starts; the stream is built once and shared.
+    """
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
     for cfg in configs.values():
         cfg.resolved()
-    stream = BENCHMARKS.create(benchmark, **base.benchmark_options)
+    first = next(iter(configs.values()))
+    benchmark = first.benchmark
+    if any(c.benchmark != benchmark or c.benchmark_options != first.benchmark_options for c in configs.values()):
+        raise ValueError("a comparison runs every configuration on the same benchmark with the same options")
+    stream = BENCHMARKS.create(benchmark, **first.benchmark_options)
     summary = {"benchmark": benchmark, "tasks": stream.task_names, "seeds": list(range(seeds)), "strategies": {}}
     all_runs = {}
     for name, cfg in configs.items():
         runs = []
         for seed in range(seeds):
             callbacks = callbacks_for(name, seed) if callbacks_for else ()
-            run_dir = Path(out_dir) / f"{name}-seed{seed}" if out_dir is not None else None
+            run_dir = Path(out_dir) / f"{slug(name)}-seed{seed}" if out_dir is not None else None
             res = run(replace(cfg, seed=seed), run_dir, quiet, callbacks, stream=stream)
             runs.append({k: v for k, v in res.items() if not k.startswith("_")})
         all_runs[name] = runs

@@ -8,7 +8,7 @@ which the paper's Fig. 5 compares against SI's.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -17,10 +17,11 @@ import torch
 
 from benchmarks.registry import BENCHMARKS
 from benchmarks.stream import Stream, Task
-from evaluation import metrics as M
+from evaluation.evaluator import evaluate_stream
+from evaluation.plots import final_accuracy_figure, save
 from evaluation.results import write_json, write_text
 
-from .experiment import RunConfig, run, write_run
+from .experiment import RunConfig, compare_configs
 from .models import build_model
 from .plugin import make_strategy
 from .trainer import Trainer, seed_everything
@@ -44,7 +45,7 @@ class Experiment:
     spread: str  # "sem" or "sd" (the paper's error bars)
     figures: Tuple[int, ...]
     controls: Tuple[str, ...] = ()
-    quick: Dict[str, object] = field(default_factory=dict)  # epochs, hidden, n_tasks, seeds
+    quick: Dict[str, object] = field(default_factory=dict)  # training overrides, benchmark options, seeds
 
 
 EXPERIMENTS: Dict[str, Experiment] = {
@@ -70,7 +71,7 @@ EXPERIMENTS: Dict[str, Experiment] = {
         (Arm("fine-tuning (c=0)", "si", {"c": 0.0, "xi": 1e-3}),
          Arm("SI (c=0.1)", "si", {"c": 0.1, "xi": 1e-3})),
         seeds=5, spread="sd", figures=(6,), controls=("scratch",),
-        quick={"epochs": 2, "n_tasks": 3, "seeds": 2}),
+        quick={"epochs": 2, "cifar100_tasks": 2, "seeds": 2}),
 }
 
 
@@ -97,14 +98,15 @@ def plan(name: str, dataset: Optional[str] = None, quick: bool = False, seeds: O
     scaled: List[str] = []
     n_seeds = exp.seeds
     if quick:
-        protocol = BENCHMARKS.get(benchmark).extra["protocol"]
+        entry = BENCHMARKS.get(benchmark)
+        protocol = entry.extra["protocol"]
         for key, value in exp.quick.items():
             if key == "seeds":
                 scaled.append(f"seeds {exp.seeds} -> {value}")
                 n_seeds = value
-            elif key == "n_tasks":
-                options["n_tasks"] = value
-                scaled.append(f"tasks -> {value}")
+            elif key in entry.params:  # a benchmark option, such as the number of tasks
+                options[key] = value
+                scaled.append(f"{key} {entry.params[key].default} -> {value}")
             elif getattr(protocol, key) != value:
                 overrides[key] = value
                 scaled.append(f"{key} {getattr(protocol, key)} -> {value}")
@@ -132,8 +134,6 @@ def train_alone(stream: Stream, config: RunConfig, seed: int, tasks: List[Task],
                       seed=seed, quiet=quiet)
     for i, task in enumerate(tasks):
         trainer.train_task(task, i)
-    from evaluation.evaluator import evaluate_stream
-
     return evaluate_stream(trainer.model, stream, trainer.device)
 
 
@@ -154,53 +154,48 @@ def run_controls(exp: Experiment, stream: Stream, config: RunConfig, seeds: int,
 def reproduce(name: str, out_dir: Path, dataset: Optional[str] = None, quick: bool = False,
               seeds: Optional[int] = None, epochs: Optional[int] = None, data_root: Optional[str] = None,
               quiet: bool = False, log=print) -> dict:
+    """Run every arm for every seed (a head-to-head comparison), the controls, and draw the paper's figures."""
     p = plan(name, dataset, quick, seeds, epochs, data_root)
     exp: Experiment = p["experiment"]
+    out_dir = Path(out_dir)
     log(f"reproducing {exp.name} ({exp.section}) on {p['benchmark']}, {p['seeds']} seed(s)")
     if p["scaled"]:
         log("--quick scaled: " + "; ".join(p["scaled"]))
-    stream = BENCHMARKS.create(p["benchmark"], **p["benchmark_options"])
-    arms = {}
-    for label, cfg in p["configs"].items():
-        runs = []
-        for seed in range(p["seeds"]):
-            res = run(replace(cfg, seed=seed), None, quiet, stream=stream)
-            slug = "".join(ch if ch.isalnum() else "-" for ch in label.lower()).strip("-")
-            write_run(res, Path(out_dir) / "runs" / f"{slug}-seed{seed}")
-            runs.append(res)
-        arms[label] = runs
-    summary = summarize(exp, p, arms)
-    summary["controls"] = run_controls(exp, stream, next(iter(p["configs"].values())), p["seeds"], quiet)
-    write_json(Path(out_dir) / "summary.json", summary)
-    write_text(Path(out_dir) / "table.md", table(summary))
-    log(table(summary))
-    summary["figures"] = draw_figures(exp, arms, summary, Path(out_dir))
+    comparison = compare_configs(p["configs"], p["seeds"], out_dir, quiet)
+    stream = BENCHMARKS.create(p["benchmark"], **p["benchmark_options"])  # cached data: no second load
+    result = summarize(exp, p, comparison)
+    result["controls"] = run_controls(exp, stream, next(iter(p["configs"].values())), p["seeds"], quiet)
+    result["figures"] = [str(f.relative_to(out_dir)) for f in draw_figures(exp, result, stream, out_dir)]
+    write_json(out_dir / "reproduction.json", result)
+    write_text(out_dir / "reproduction.md", table(result))
+    log(table(result))
     log(f"results: {out_dir}")
-    return summary
+    return result
 
 
-def summarize(exp: Experiment, p: dict, arms: Dict[str, List[dict]]) -> dict:
+def summarize(exp: Experiment, p: dict, comparison: dict) -> dict:
+    """Per arm: final average accuracy with the paper's error bars (SEM or SD over seeds), per-task final accuracy."""
     out = {"experiment": exp.name, "section": exp.section, "benchmark": p["benchmark"], "dataset": p["dataset"],
            "seeds": p["seeds"], "spread": exp.spread, "scaled": p["scaled"], "arms": {}}
-    for label, runs in arms.items():
-        final = np.array([r["accuracy_matrix"][-1] for r in runs])
-        curve = np.array([r["average_seen"] for r in runs])
-        accs = [r["metrics"]["acc"] for r in runs]
+    for label, s in comparison["strategies"].items():
+        finals = np.array([r["accuracy_matrix"][-1] for r in s["runs"]])
+        accs = [r["metrics"]["acc"] for r in s["runs"]]
         out["arms"][label] = {
-            "strategy": runs[0]["strategy"], "hparams": runs[0]["hparams"], "config": runs[0]["config"],
-            "acc_mean": float(np.mean(accs)), "acc_spread": spread(accs, exp.spread),
-            "bwt_mean": float(np.mean([r["metrics"]["bwt"] for r in runs])),
-            "final_per_task_mean": final.mean(0).tolist(),
-            "final_per_task_spread": [spread(final[:, j], exp.spread) for j in range(final.shape[1])],
-            "average_seen_mean": curve.mean(0).tolist(),
-            "seconds_per_run": float(np.mean([r["wall_seconds"] for r in runs])),
+            "hparams": s["hparams"], "acc_mean": float(np.mean(accs)), "acc_spread": spread(accs, exp.spread),
+            "bwt_mean": s["metrics"]["bwt"]["mean"],
+            "final_per_task_mean": finals.mean(0).tolist(),
+            "final_per_task_spread": [spread(finals[:, j], exp.spread) for j in range(finals.shape[1])],
+            "seconds_per_run": s["seconds_per_run"],
         }
+    out["tasks"] = comparison["tasks"]
     return out
 
 
 def table(summary: dict) -> str:
     pm = summary["spread"].upper()
-    lines = [f"| arm | final average accuracy (mean +- {pm}) | BWT | s/run |", "|---|---|---|---|"]
+    lines = [f"{summary['experiment']} on {summary['benchmark']}, {summary['seeds']} seed(s)"
+             + (f" (quick: {'; '.join(summary['scaled'])})" if summary["scaled"] else ""), "",
+             f"| arm | final average accuracy (mean +- {pm}) | BWT | s/run |", "|---|---|---|---|"]
     for label, a in summary["arms"].items():
         lines.append(f"| {label} | {a['acc_mean']:.4f} +- {a['acc_spread']:.4f} | {a['bwt_mean']:+.4f} "
                      f"| {a['seconds_per_run']:.1f} |")
@@ -213,6 +208,16 @@ def table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def draw_figures(exp: Experiment, arms: Dict[str, List[dict]], summary: dict, out_dir: Path) -> List[str]:
-    """The paper's figures for this experiment (files written next to summary.json)."""
-    return []
+def draw_figures(exp: Experiment, summary: dict, stream: Stream, out_dir: Path) -> List[Path]:
+    """Figs. 3-5 come with the comparison (fig3_per_task, fig4_average, fig5_omega_correlation); Fig. 6 is drawn here."""
+    files = [f for f in out_dir.iterdir() if f.suffix in (".png", ".svg") and f.name.startswith("fig")]
+    if 6 in exp.figures:
+        bars = {label: {"mean": a["final_per_task_mean"], "err": a["final_per_task_spread"]}
+                for label, a in summary["arms"].items()}
+        if "scratch" in summary["controls"]:
+            per_seed = np.array(summary["controls"]["scratch"]["per_seed"])
+            bars["from scratch (single task)"] = {"mean": per_seed.mean(0).tolist(),
+                                                  "err": [spread(per_seed[:, j], exp.spread)
+                                                          for j in range(per_seed.shape[1])]}
+        files += save(final_accuracy_figure(bars, stream.task_names, exp.spread), out_dir / "fig6_final_per_task")
+    return sorted(files)

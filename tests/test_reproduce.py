@@ -45,9 +45,9 @@ def test_experiment_configuration_matches_the_paper(key):
 
 def test_quick_mode_prints_what_it_scaled():
     p = plan("permuted-mnist", "mnist", quick=True)
-    assert p["scaled"] == ["epochs 20 -> 2", "hidden (2000, 2000) -> (256, 256)", "tasks -> 5", "seeds 3 -> 2"]
+    assert p["scaled"] == ["epochs 20 -> 2", "hidden (2000, 2000) -> (256, 256)", "n_tasks 10 -> 5", "seeds 3 -> 2"]
     assert all(c.resolved()["train"]["hidden"] == [256, 256] for c in p["configs"].values())
-    assert plan("permuted-mnist", "mnist-5k", quick=True)["scaled"] == ["epochs 10 -> 2", "tasks -> 5", "seeds 3 -> 2"]
+    assert plan("permuted-mnist", "mnist-5k", quick=True)["scaled"] == ["epochs 10 -> 2", "n_tasks 10 -> 5", "seeds 3 -> 2"]
 
 
 def test_reproduce_quick_end_to_end_on_embedded_data(tmp_path, capsys):
@@ -56,11 +56,14 @@ def test_reproduce_quick_end_to_end_on_embedded_data(tmp_path, capsys):
                  "--quiet", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "--quick scaled: epochs 10 -> 2; seeds 10 -> 3" in printed
-    summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["arms"]) == {"fine-tuning (c=0)", "SI (c=1)", "EWC (exact Fisher)"}
-    for arm in summary["arms"].values():
-        assert arm["config"]["epochs"] == 1 and len(arm["average_seen_mean"]) == 5
-    assert (out / "table.md").read_text().count("\n") == 5
+    result = json.loads((out / "reproduction.json").read_text())
+    assert set(result["arms"]) == {"fine-tuning (c=0)", "SI (c=1)", "EWC (exact Fisher)"}
+    for arm in result["arms"].values():
+        assert len(arm["final_per_task_mean"]) == 5
+    run = json.loads((out / "si-c-1-seed0" / "results.json").read_text())
+    assert run["config"]["epochs"] == 1 and run["hparams"]["c"] == 1.0
+    assert {"fig3_per_task.png", "fig4_average.png", "fig5_omega_correlation.png"} <= set(result["figures"])
+    assert (out / "reproduction.md").read_text().count("| SI (c=1) |") == 1
 
 
 def test_tune_picks_the_best_validation_value_and_reports_its_test_accuracy(tmp_path):
@@ -72,3 +75,22 @@ def test_tune_picks_the_best_validation_value_and_reports_its_test_accuracy(tmp_
     assert set(valid) == {0.0, 1000.0}
     assert res["chosen"]["c"] == max(valid, key=valid.get)
     assert 0.5 < res["test_acc_mean"] <= 1.0 and len(res["test_accs"]) == 1
+
+
+def test_reproduce_split_cifar_quick_on_generated_files(tmp_path, capsys):
+    """The CIFAR protocol end to end (CNN, from-scratch control, Fig. 6) on small files in the real CIFAR format."""
+    from fake_datasets import cifar_arrays, write_cifar10, write_cifar100
+
+    write_cifar10(tmp_path / "data", cifar_arrays(10, 40, 20))
+    write_cifar100(tmp_path / "data", cifar_arrays(100, 400, 200, seed=1))
+    out = tmp_path / "cifar"
+    assert main(["reproduce", "split-cifar", "--quick", "--seeds", "2", "--epochs", "1", "--quiet",
+                 "--data-root", str(tmp_path / "data"), "--out", str(out)]) == 0
+    assert "cifar100_tasks 5 -> 2" in capsys.readouterr().out
+    result = json.loads((out / "reproduction.json").read_text())
+    assert result["spread"] == "sd" and len(result["tasks"]) == 3
+    scratch = result["controls"]["scratch"]
+    assert len(scratch["per_seed"]) == 2 and len(scratch["per_task_mean"]) == 3
+    assert "fig6_final_per_task.png" in result["figures"] and (out / "fig6_final_per_task.svg").stat().st_size > 0
+    run = json.loads((out / "si-c-0-1-seed1" / "results.json").read_text())
+    assert run["config"]["model"] == "cnn" and run["config"]["head_sizes"] == [10, 10, 10]
