@@ -46,7 +46,8 @@ class WandbLogger(TrainerCallback):
                  mode: Optional[str] = None, wandb_dir: Optional[Path] = None, init_timeout: float = 60.0):
         self.config = {**config, "versions": package_versions()}
         self.project, self.group, self.mode = project, group, check_mode(mode)
-        self.wandb_dir = Path(wandb_dir) if wandb_dir else None
+        # absolute: a wandb-core service shared with another process (WANDB_SERVICE) has its own working directory
+        self.wandb_dir = Path(wandb_dir).absolute() if wandb_dir else None
         self.init_timeout = init_timeout
         self.run = None
         self.failed = False
