@@ -135,11 +135,17 @@ def table_markdown(summary: dict) -> str:
 
 
 def format_console(summary: dict) -> str:
-    """A short console table: final average accuracy (mean ± SEM) and seconds per run per strategy."""
+    """A short console table: final average accuracy (mean ± SEM), seconds per run, paired ACC differences."""
     lines = [f"benchmark {summary['benchmark']}, {len(summary['seeds'])} seed(s): final average accuracy",
              f"{'strategy':<12} {'acc mean +- SEM':>18} {'s/run':>8}"]
     for name, s in summary["strategies"].items():
         st = s["metrics"]["acc"]
         sem = st["sem"] if st["sem"] is not None else 0.0
         lines.append(f"{name:<12} {st['mean']:>9.4f} +- {sem:.4f} {s['seconds_per_run']:>8.1f}")
+    for p in summary.get("paired", []):
+        if p["metric"] != "acc":
+            continue
+        detail = (f"{int(p['confidence'] * 100)}% CI [{p['ci_low']:+.4f}, {p['ci_high']:+.4f}], p = {p['p_value']:.3g}"
+                  if p["p_value"] is not None else p["note"])
+        lines.append(f"acc {p['a']} - {p['b']}: {p['mean_diff']:+.4f} over {p['n']} paired seed(s); {detail}")
     return "\n".join(lines)

@@ -102,3 +102,4 @@ def test_tables_read_back():
     assert "| si | 0.9500 ± " in md and "| si | naive | acc | +0.1400 |" in md
     console = A.format_console(summary)
     assert "naive" in console and "0.8100" in console
+    assert "acc si - naive: +0.1400 over 3 paired seed(s); 95% CI [" in console
