@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .aggregate import cellwise  # noqa: E402
 
@@ -36,8 +37,8 @@ def save(fig: Figure, stem: Path) -> List[Path]:
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    fig.savefig(paths[0], dpi=120)
-    fig.savefig(paths[1])
+    fig.savefig(paths[0], dpi=120, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
     return paths
 
 
@@ -73,6 +74,7 @@ def training_curves(curves: Sequence[dict], tasks: Sequence[str], title: str = "
         axes[0].plot(x, [c["loss"] for _, c in pts], marker=".", color=color, label=f"task {t + 1} ({name})")
         axes[1].plot(x, [c["accuracy"] for _, c in pts], marker=".", color=color, label=f"task {t + 1} ({name})")
     for ax, what in zip(axes, ("training loss (task loss)", "training accuracy (current task)")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch (counted across tasks)")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
