@@ -51,7 +51,8 @@ class MultiHeadAdapter(MultiTaskModule):
 
     def forward(self, x: torch.Tensor, task_labels) -> torch.Tensor:
         """A minibatch from one task (the usual case) goes through that head in one call."""
-        if isinstance(task_labels, torch.Tensor) and task_labels.numel() and bool((task_labels == task_labels[0]).all()):
+        labels = task_labels
+        if isinstance(labels, torch.Tensor) and labels.numel() and bool((labels == labels[0]).all()):
             return self.net(x, int(task_labels[0]))
         return super().forward(x, task_labels)
 

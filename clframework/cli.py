@@ -219,15 +219,18 @@ def cmd_bench(args) -> int:
 
     from .bench import ENTRIES, OURS, QUICK, BenchConfig, format_table, run_bench, write_outputs
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
     entries = list(ENTRIES) if args.entries == "all" else [e.strip() for e in args.entries.split(",") if e.strip()]
     quick = QUICK if args.quick else {}
     config = BenchConfig(benchmark=args.benchmark, epochs=args.epochs or quick.get("epochs"),
                          batch_size=args.batch_size, tasks=args.tasks or quick.get("tasks", 0),
                          max_train=args.max_train or quick.get("max_train", 0), repeats=args.repeats,
                          entries=entries, device=args.device, hparams=_parse_strategy_sets(args.set, list(OURS)))
-    result = run_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    torch.set_num_threads(args.threads or threads)
+    try:
+        result = run_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    finally:
+        torch.set_num_threads(threads)
     print(format_table(result))
     if args.out:
         write_outputs(result, args.out)

@@ -1,0 +1,345 @@
+"""`clframework bench`: our strategies against a bare PyTorch loop and against Avalanche 0.6, in one process.
+
+Every entry trains the same initial weights on the same in-memory stream with the same optimizer (Adam), minibatch,
+epochs and optimizer reset rule, and is scored by the same evaluator at the end. Only training is timed (for each
+task: from its first step through the strategy's end-of-task work, e.g. EWC's Fisher), never evaluation or imports.
+
+Peak memory: the resident set size (RSS) of the process, sampled every 5 ms by a thread while the entry trains, minus
+the RSS when it started (on CUDA: torch.cuda.max_memory_allocated over the entry). `tracemalloc` is not used: it
+does not see tensor storage.
+"""
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import platform
+import statistics
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks import Stream, Task, benchmark_protocol, make_benchmark
+from evaluation.evaluator import evaluate_stream
+
+from .models import build_model
+from .plugin import make_strategy
+from .trainer import Trainer, select_device
+
+OURS = ("naive", "si", "ewc")
+AVALANCHE = ("avalanche-naive", "avalanche-si", "avalanche-ewc")
+ENTRIES = ("floor",) + OURS + AVALANCHE
+COUNTERPART = {"naive": "avalanche-naive", "si": "avalanche-si", "ewc": "avalanche-ewc"}
+QUICK = {"tasks": 2, "max_train": 256, "epochs": 1}
+
+
+@dataclass
+class BenchConfig:
+    """What every entry shares. Unset fields take the benchmark's paper protocol."""
+
+    benchmark: str = "split-mnist-5k"
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    lr: Optional[float] = None
+    tasks: int = 0          # first N tasks only (0 = all)
+    max_train: int = 0      # at most N training examples per task (0 = all)
+    repeats: int = 1
+    entries: Sequence[str] = ENTRIES
+    seed: int = 0
+    device: str = "cpu"
+    hparams: Dict[str, dict] = field(default_factory=dict)  # our strategies' hyperparameters, by name
+
+    def check(self) -> None:
+        unknown = [e for e in self.entries if e not in ENTRIES]
+        if unknown or not self.entries:
+            raise ValueError(f"unknown bench entries {unknown or '(none given)'}; choose from {', '.join(ENTRIES)}")
+        if "floor" not in self.entries:
+            raise ValueError("the entries must include 'floor' (every ratio is relative to it)")
+        sizes = (("repeats", self.repeats), ("epochs", self.epochs or 1), ("batch size", self.batch_size or 1))
+        for name, value in sizes:
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.tasks < 0 or self.max_train < 0:
+            raise ValueError(f"tasks and max_train must be >= 0 (0 = all), got {self.tasks} and {self.max_train}")
+
+
+def shrink(stream: Stream, tasks: int, max_train: int) -> Stream:
+    """The first `tasks` tasks, each with at most `max_train` training examples drawn at random with a fixed seed
+    (task data may be stored class by class, so the first examples could all share one label)."""
+    chosen = stream.tasks[:tasks] if tasks else stream.tasks
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for t in chosen:
+        keep = torch.randperm(len(t.train_y), generator=gen)[:max_train or None].sort().values
+        out.append(Task(t.name, t.train_x[keep], t.train_y[keep], t.test_x, t.test_y, t.classes, t.head))
+    return Stream(stream.name, out, stream.head_sizes, stream.setting, stream.input_shape, dict(stream.info))
+
+
+class PeakMemory:
+    """Peak memory growth (MB) during a `with` block: sampled process RSS on CPU, the allocator's peak on CUDA."""
+
+    def __init__(self, device: torch.device, interval: float = 0.005):
+        self.device, self.interval, self.peak_mb = device, interval, 0.0
+
+    def __enter__(self):
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+            return self
+        import psutil
+
+        self._proc = psutil.Process()
+        self._start = self._peak = self._proc.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            peak = max(self._peak, self._proc.memory_info().rss)
+        self.peak_mb = (peak - self._start) / 2 ** 20
+        return False
+
+
+class Clock:
+    """Wall and process-CPU seconds summed over the timed sections of one entry (CPU time shows how much of the
+    wall time other processes took on a busy machine)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.wall, self.cpu = device, 0.0, 0.0
+
+    @contextmanager
+    def timing(self):
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.wall += time.perf_counter() - wall
+        self.cpu += time.process_time() - cpu
+
+
+def train_floor(model: nn.Module, stream: Stream, cfg: dict, clock: Clock, seed: int) -> None:
+    """The floor: the plainest loop over in-memory tensors (no strategy, no bookkeeping)."""
+    gen = torch.Generator().manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    device, opt = clock.device, None
+    for task in stream:
+        with clock.timing():
+            if opt is None or cfg["reset_optimizer"]:
+                opt = torch.optim.Adam(params, lr=cfg["lr"], betas=(0.9, 0.999))
+            x, y, head, n, bs = task.train_x.to(device), task.train_y.to(device), task.head, len(task.train_y), \
+                cfg["batch_size"]
+            model.train()
+            for _ in range(cfg["epochs"]):
+                order = torch.randperm(n, generator=gen).to(device)
+                for i in range(0, n, bs):
+                    idx = order[i:i + bs]
+                    loss = F.cross_entropy(model(x[idx], head), y[idx])
+                    loss.backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+
+
+def train_ours(name: str, hparams: dict) -> Callable:
+    def run(model: nn.Module, stream: Stream, cfg: dict, clock: Clock, seed: int) -> None:
+        trainer = Trainer(model, make_strategy(name, **hparams), epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                          lr=cfg["lr"], reset_optimizer=cfg["reset_optimizer"], device=str(clock.device), seed=seed,
+                          quiet=True)
+        for i, task in enumerate(stream):
+            with clock.timing():
+                trainer.train_task(task, i)
+
+    return run
+
+
+def avalanche_hparams(hparams: Dict[str, dict]) -> Dict[str, dict]:
+    """Avalanche's settings giving the same objective as ours: its SI penalty is (lambda/2) sum Omega d^2 (ours:
+    c sum Omega d^2) and its EWC penalty lambda sum F d^2 (ours: (lambda/2) sum F d^2)."""
+    si, ewc = hparams.get("si", {}), hparams.get("ewc", {})
+    return {"avalanche-si": {"si_lambda": 2.0 * si.get("c", 1.0), "eps": si.get("xi", 1e-3)},
+            "avalanche-ewc": {"ewc_lambda": ewc.get("ewc_lambda", 100.0) / 2.0, "mode": "separate"},
+            "avalanche-naive": {}}
+
+
+def train_avalanche(name: str, hparams: dict) -> Callable:
+    def run(model: nn.Module, stream: Stream, cfg: dict, clock: Clock, seed: int) -> None:
+        from avalanche.benchmarks import tensors_benchmark
+        from avalanche.training import EWC, Naive, SynapticIntelligence
+
+        from .avalanche import as_multitask_module
+
+        cls = {"avalanche-naive": Naive, "avalanche-si": SynapticIntelligence, "avalanche-ewc": EWC}[name]
+        wrapped = as_multitask_module(model)
+        bm = tensors_benchmark([[t.train_x, t.train_y] for t in stream], [[t.test_x, t.test_y] for t in stream],
+                               task_labels=[t.head for t in stream])
+        optimizer = torch.optim.Adam(wrapped.parameters(), lr=cfg["lr"], betas=(0.9, 0.999))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "No loggers specified": we score every entry ourselves
+            cl = cls(model=wrapped, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
+                     train_mb_size=cfg["batch_size"], train_epochs=cfg["epochs"], eval_mb_size=cfg["batch_size"], device=clock.device, evaluator=None,
+                     **hparams)
+        torch.manual_seed(seed)  # Avalanche shuffles with the global generator
+        for exp in bm.train_stream:
+            with clock.timing():
+                cl.train(exp, reset_optimizer_state=cfg["reset_optimizer"])
+
+    return run
+
+
+def runners(hparams: Dict[str, dict]) -> Dict[str, Callable]:
+    out: Dict[str, Callable] = {"floor": train_floor}
+    out.update({n: train_ours(n, hparams.get(n, {})) for n in OURS})
+    av = avalanche_hparams(hparams)
+    out.update({n: train_avalanche(n, av[n]) for n in AVALANCHE})
+    return out
+
+
+def resolve(config: BenchConfig):
+    """The stream, the shared training settings and our strategies' hyperparameters; all checked before training."""
+    config.check()
+    protocol = benchmark_protocol(config.benchmark)
+    stream = make_benchmark(config.benchmark)
+    stream = shrink(stream, config.tasks, config.max_train)
+    cfg = {"model": protocol.model, "hidden": list(protocol.hidden), "epochs": config.epochs or protocol.epochs,
+           "batch_size": config.batch_size or protocol.batch_size, "lr": config.lr or protocol.lr,
+           "reset_optimizer": protocol.reset_optimizer, "optimizer": "adam"}
+    if protocol.optimizer != "adam":
+        raise ValueError(f"bench compares Adam runs; {config.benchmark}'s protocol uses {protocol.optimizer}")
+    from .plugin import STRATEGIES
+
+    hparams = {}
+    for name in OURS:
+        preset = {k: v for k, v in protocol.strategy_hparams.get(name, {}).items() if k in STRATEGIES.get(name).params}
+        hparams[name] = STRATEGIES.check_hparams(name, {**preset, **config.hparams.get(name, {})})
+    if any(e in AVALANCHE for e in config.entries):
+        try:
+            import avalanche  # noqa: F401
+        except ImportError:
+            raise RuntimeError("the avalanche-* entries need avalanche-lib 0.6 (pip install 'clframework[avalanche]'); "
+                               "or pass --entries floor,naive,si,ewc") from None
+    return stream, cfg, hparams
+
+
+def run_bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Train every entry `repeats` times, interleaved and in a rotated order (so drift in machine load hits all
+    alike), after an untimed warm-up. Each entry's time is its best (minimum) over the repeats: on a shared machine
+    slower runs measure other processes' interference (as `timeit` advises)."""
+    stream, cfg, hparams = resolve(config)
+    device = select_device(config.device)
+    torch.manual_seed(config.seed)
+    init = build_model(cfg["model"], stream.input_shape, stream.head_sizes, cfg["hidden"])
+    run = runners(hparams)
+    warm = cfg | {"epochs": 1}
+    train_floor(copy.deepcopy(init).to(device), shrink(stream, 1, 0), warm, Clock(device), config.seed)  # warm-up
+    samples: Dict[str, dict] = {e: {"seconds": [], "cpu_seconds": [], "peak_mb": [], "acc": None}
+                                for e in config.entries}
+    for r in range(config.repeats):
+        order = list(config.entries)[r % len(config.entries):] + list(config.entries)[:r % len(config.entries)]
+        for entry in order:  # rotated each repeat, so no entry always runs first
+            model = copy.deepcopy(init).to(device)
+            clock = Clock(device)
+            with PeakMemory(device) as mem:
+                run[entry](model, stream, cfg, clock, config.seed)
+            acc = evaluate_stream(model, stream, device)
+            s, seconds = samples[entry], clock.wall
+            s["seconds"].append(seconds)
+            s["cpu_seconds"].append(clock.cpu)
+            s["peak_mb"].append(mem.peak_mb)
+            s["acc"] = sum(acc) / len(acc) if s["acc"] is None else s["acc"]
+            progress(f"repeat {r + 1}/{config.repeats} {entry:<16} {seconds:8.2f} s  acc {sum(acc) / len(acc):.4f}")
+    floor = min(samples["floor"]["seconds"])
+    rows = []
+    for entry in config.entries:
+        s = samples[entry]
+        secs = min(s["seconds"])
+        rows.append({"entry": entry, "seconds": secs, "ratio": secs / floor, "acc": s["acc"],
+                     "cpu_seconds": min(s["cpu_seconds"]), "peak_mb": max(s["peak_mb"]), "all_seconds": s["seconds"],
+                     "median_seconds": statistics.median(s["seconds"])})
+    return {"benchmark": config.benchmark, "tasks": len(stream), "train_examples": [len(t.train_y) for t in stream],
+            "train": cfg, "hparams": hparams, "avalanche_hparams": avalanche_hparams(hparams),
+            "repeats": config.repeats, "seed": config.seed, "device": str(device), "rows": rows,
+            "targets": targets(rows), "machine": machine()}
+
+
+def machine() -> dict:
+    import os
+
+    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+    try:
+        from importlib.metadata import version
+
+        info["avalanche"] = version("avalanche-lib")
+    except Exception:  # noqa: BLE001 - only informative
+        pass
+    return info
+
+
+def targets(rows: List[dict]) -> List[dict]:
+    """The issue's targets, each with its measured value and whether it is met (only for entries that ran)."""
+    by = {r["entry"]: r for r in rows}
+    out = []
+    for name, limit in (("naive", 1.10), ("si", 1.15), ("ewc", 1.25)):
+        if name in by:
+            out.append({"target": f"{name} <= {limit:.2f}x floor", "value": f"{by[name]['ratio']:.3f}x",
+                        "met": by[name]["ratio"] <= limit})
+    for ours, theirs in COUNTERPART.items():
+        if ours in by and theirs in by:
+            out.append({"target": f"{ours} faster than {theirs}",
+                        "value": f"{by[ours]['seconds']:.2f} s vs {by[theirs]['seconds']:.2f} s",
+                        "met": by[ours]["seconds"] < by[theirs]["seconds"]})
+    av = [by[e] for e in AVALANCHE if e in by]
+    if "si" in by and av:
+        best = max(av, key=lambda r: r["acc"])
+        out.append({"target": "si accuracy above every Avalanche entry",
+                    "value": f"{by['si']['acc']:.4f} vs best {best['entry']} {best['acc']:.4f}",
+                    "met": all(by["si"]["acc"] > r["acc"] for r in av)})
+    return out
+
+
+def format_table(result: dict) -> str:
+    t = result["train"]
+    head = (f"{result['benchmark']}: {result['tasks']} tasks x {result['train_examples'][0]} training examples, "
+            f"{t['epochs']} epoch(s), minibatch {t['batch_size']}, Adam lr {t['lr']}, MLP {t['hidden']}, "
+            f"{result['device']}, {result['machine']['threads']} torch threads, best of {result['repeats']}")
+    lines = [head, f"{'entry':<16} {'seconds':>9} {'x floor':>8} {'final acc':>10} {'peak MB':>8} {'cpu s':>8}"]
+    for r in result["rows"]:
+        lines.append(f"{r['entry']:<16} {r['seconds']:>9.2f} {r['ratio']:>8.3f} {r['acc']:>10.4f} {r['peak_mb']:>8.1f} "
+                     f"{r['cpu_seconds']:>8.2f}")
+    lines.append("targets:")
+    lines += [f"  [{'met' if x['met'] else 'NOT met'}] {x['target']}: {x['value']}" for x in result["targets"]]
+    return "\n".join(lines)
+
+
+def format_markdown(result: dict) -> str:
+    lines = ["| entry | wall s | x floor | final avg acc | peak MB | CPU s |", "|---|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['entry']} | {r['seconds']:.2f} | {r['ratio']:.3f} | {r['acc']:.4f} | {r['peak_mb']:.1f} | "
+                     f"{r['cpu_seconds']:.2f} |")
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {x['target']} | {x['value']} | {'yes' if x['met'] else 'no'} |" for x in result["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(result: dict, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench.json").write_text(json.dumps(result, indent=2))
+    (out_dir / "bench.md").write_text(format_markdown(result))

@@ -1,0 +1,49 @@
+"""`clframework bench` in a tiny setting: every entry appears in the printed table with positive numbers, and the
+files written with --out hold the same rows."""
+import json
+import re
+
+import pytest
+import torch
+
+from clframework.bench import ENTRIES, BenchConfig, resolve
+from clframework.cli import main
+
+pytest.importorskip("avalanche")
+
+ROW = re.compile(r"^(\S+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$")
+
+
+def test_bench_prints_every_entry(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    # one thread: intra-op threads on a shared, busy 2-core machine make tiny steps many times slower
+    code = main(["bench", "--quick", "--max-train", "96", "--batch-size", "32", "--threads", "1",
+                 "--out", str(tmp_path)])
+    assert torch.get_num_threads() == threads  # restored
+    assert code == 0
+    rows = {}
+    for line in capsys.readouterr().out.splitlines():
+        m = ROW.match(line.strip())
+        if m:
+            rows[m.group(1)] = [float(v) for v in m.groups()[1:]]
+    assert sorted(rows) == sorted(ENTRIES)
+    for entry, (seconds, ratio, acc, peak_mb, cpu) in rows.items():
+        assert seconds > 0 and ratio > 0 and cpu > 0 and peak_mb >= 0, entry  # peak: RSS growth, never below the start
+        assert 0 < acc <= 1, entry
+    assert rows["floor"][1] == 1.0
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["entry"] for r in saved["rows"]] == list(ENTRIES)
+    assert saved["train_examples"] == [96, 96] and saved["train"]["epochs"] == 1
+    targets = {t["target"] for t in saved["targets"]}
+    assert {"naive <= 1.10x floor", "si accuracy above every Avalanche entry"} <= targets
+    assert "| floor |" in (tmp_path / "bench.md").read_text()
+
+
+@pytest.mark.parametrize("config, message", [
+    (BenchConfig(entries=["si", "fast"]), "unknown bench entries"),
+    (BenchConfig(entries=["si"]), "must include 'floor'"),
+    (BenchConfig(repeats=0), "repeats must be >= 1"),
+])
+def test_bad_bench_settings_fail_before_training(config, message):
+    with pytest.raises(ValueError, match=message):
+        resolve(config)
