@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from evaluation.evaluator import evaluate_stream
 
-from .models import forward_head
+from .models import takes_head
 from .plugin import Strategy
 
 
@@ -109,6 +109,7 @@ class Trainer:
         n, head = len(y), task.head
         strategy.on_task_start(model, task_index)
         model.train()
+        use_head = takes_head(model)  # inspect.signature once per task, not per step
         curve = []
         bar = tqdm(range(self.epochs), desc=f"task {task_index + 1} {task.name}", leave=False, disable=self.quiet,
                    unit="epoch")
@@ -119,7 +120,7 @@ class Trainer:
             for i in range(0, n, self.batch_size):
                 idx = order[i:i + self.batch_size]
                 xb, yb = x[idx], y[idx]
-                out = forward_head(model, xb, head)
+                out = model(xb, head) if use_head else model(xb)
                 loss = F.cross_entropy(out, yb)
                 extra = strategy.penalty(model)
                 (loss + extra if isinstance(extra, torch.Tensor) else loss).backward()
@@ -128,7 +129,7 @@ class Trainer:
                 strategy.on_after_step(model)
                 opt.zero_grad(set_to_none=True)
                 with torch.no_grad():
-                    loss_sum += loss.detach() * len(idx)
+                    loss_sum.add_(loss, alpha=len(idx))
                     correct += (out.argmax(-1) == yb).sum()
             point = {"task": task_index, "epoch": epoch + 1, "loss": loss_sum.item() / n, "accuracy": correct.item() / n}
             curve.append(point)

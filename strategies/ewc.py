@@ -1,17 +1,23 @@
 """Elastic Weight Consolidation (Kirkpatrick et al. 2017) with the exact Fisher information diagonal.
 
 Exact Fisher: F_k = mean_n sum_y p(y|x_n) (d log p(y|x_n) / d theta_k)^2 over every label y of the task's head,
-computed from per-sample gradients vectorized with torch.func (vmap over jacrev), never a loop over samples.
+never a loop over samples. Two vectorized ways to the same numbers:
+- closed form, when every trainable parameter belongs to an nn.Linear applied once per forward (MLPs): the
+  per-sample gradient of W is the outer product delta_y a^T (delta_y = d log p_y / d(layer output), a = layer
+  input), so sum_y p_y (delta_y a^T)^2 = (sum_y p_y delta_y^2) (a^2)^T: one backward per label to the layer outputs
+  and one matrix product per layer;
+- otherwise per-sample gradients with torch.func (vmap over jacrev), for any architecture.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+import itertools
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
-from clframework.models import takes_head
+from clframework.models import forward_head, takes_head
 from clframework.plugin import Strategy, iter_task_batches, register_strategy, trainable
 
 FISHER_KINDS = ("exact", "empirical")
@@ -28,15 +34,95 @@ def _log_probs_fn(model: nn.Module, head: int):
     return log_probs
 
 
+FISHER_METHODS = ("auto", "per-sample")
+
+
+def _linear_owners(model: nn.Module, names) -> Optional[Dict[str, tuple]]:
+    """param name -> (nn.Linear, "weight" | "bias") for every name, or None if one lies outside an nn.Linear."""
+    owners = {}
+    for mname, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            for pname, _ in m.named_parameters(recurse=False):
+                owners[f"{mname}.{pname}" if mname else pname] = (m, pname)
+    return {n: owners[n] for n in names} if all(n in owners for n in names) else None
+
+
+class _Taps:
+    """Forward hooks that keep each nn.Linear's input and output (and count its calls) during one forward."""
+
+    def __init__(self, modules):
+        self.seen: Dict[nn.Module, list] = {}
+        self.handles = [m.register_forward_hook(self._hook) for m in modules]
+
+    def _hook(self, module, inputs, output):
+        self.seen.setdefault(module, []).append((inputs[0], output))
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _closed_form_applies(model: nn.Module, modules, x: torch.Tensor, head: int) -> bool:
+    """Each tapped Linear runs at most once per forward, on [batch, features] inputs (one probe forward)."""
+    taps = _Taps(modules)
+    try:
+        with torch.no_grad():
+            forward_head(model, x[:1], head)
+    finally:
+        taps.close()
+    return all(len(calls) == 1 and calls[0][0].dim() == 2 for calls in taps.seen.values())
+
+
+def _linear_fisher_batch(model: nn.Module, modules, x: torch.Tensor, y: torch.Tensor, head: int, kind: str):
+    """This batch's summed Fisher per used Linear: {module: (weight term [out, in], bias term [out])}."""
+    taps = _Taps(modules)
+    try:
+        with torch.enable_grad():
+            logp = torch.log_softmax(forward_head(model, x, head), dim=-1)
+    finally:
+        taps.close()
+    used = list(taps.seen)
+    inputs = [taps.seen[m][0][0].detach() for m in used]
+    outputs = [taps.seen[m][0][1] for m in used]
+    if kind == "exact":
+        prob = logp.detach().exp()
+        weighted = [torch.zeros_like(o) for o in outputs]   # sum_y p_y delta_y^2, per sample
+        for label in range(logp.shape[-1]):
+            deltas = torch.autograd.grad(logp[:, label].sum(), outputs, retain_graph=True)
+            for w, d in zip(weighted, deltas):
+                w.addcmul_(d.square(), prob[:, label:label + 1])
+    else:
+        deltas = torch.autograd.grad(logp.gather(1, y.reshape(-1, 1)).sum(), outputs)
+        weighted = [d.square() for d in deltas]
+    return {m: (w.T @ a.square(), w.sum(0)) for m, w, a in zip(used, weighted, inputs)}
+
+
+def _linear_fisher(model: nn.Module, owners: Dict[str, tuple], batches, head: int, kind: str, fisher) -> int:
+    """Accumulate the closed-form Fisher sums into `fisher`; returns the number of examples."""
+    modules = list({m: None for m, _ in owners.values()})
+    count = 0
+    for x, y in batches:
+        terms = _linear_fisher_batch(model, modules, x, y, head, kind)
+        for n, (m, pname) in owners.items():
+            if m in terms:
+                fisher[n] += terms[m][0] if pname == "weight" else terms[m][1]
+        count += len(x)
+    return count
+
+
 def fisher_diagonal(model: nn.Module, batches, head: int = 0, kind: str = "exact",
-                    memory_mb: int = 256) -> Dict[str, torch.Tensor]:
+                    memory_mb: int = 256, method: str = "auto") -> Dict[str, torch.Tensor]:
     """Mean over the examples in `batches` of the Fisher diagonal, one tensor per trainable parameter.
 
     kind="exact": sum over every label weighted by the model's p(y|x); kind="empirical": the true label only.
+    method="auto": the per-layer closed form where it applies (see the module docstring), else per-sample
+    gradients; "per-sample": always per-sample gradients (torch.func), whatever the layers.
     The model is put in eval mode (no dropout) while the Fisher is computed, as at the end of a task.
     """
     if kind not in FISHER_KINDS:
         raise ValueError(f"unknown Fisher kind {kind!r}; choose one of {FISHER_KINDS}")
+    if method not in FISHER_METHODS:
+        raise ValueError(f"unknown Fisher method {method!r}; choose one of {FISHER_METHODS}")
     was_training = model.training
     model.eval()
     params = {n: p.detach() for n, p in trainable(model).items()}
@@ -45,6 +131,13 @@ def fisher_diagonal(model: nn.Module, batches, head: int = 0, kind: str = "exact
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
     count = 0
     try:
+        batches = iter(batches)
+        first = next(batches, None)
+        batches = itertools.chain([first] if first is not None else [], batches)
+        owners = _linear_owners(model, params) if method == "auto" and first is not None else None
+        if owners is not None and _closed_form_applies(model, {m for m, _ in owners.values()}, first[0], head):
+            count = _linear_fisher(model, owners, batches, head, kind, fisher)
+            batches = ()
         for x, y in batches:
             if kind == "exact":
                 with torch.no_grad():
@@ -116,18 +209,35 @@ class EWC(Strategy):
         self.anchors: List[Dict[str, torch.Tensor]] = []   # theta*_t
         self.fisher_sum: Dict[str, torch.Tensor] = {}      # sum_t F_t
         self.fisher_anchor_sum: Dict[str, torch.Tensor] = {}  # sum_t F_t theta*_t
+        self._params: Dict[str, nn.Parameter] = {}  # this task's trainable parameters
+        self._plans: Dict[tuple, tuple] = {}
 
+    def on_task_start(self, model: nn.Module, task_index: int) -> None:
+        self._params = trainable(model)
+        self._plans = {}
+
+    def _plan(self, model: nn.Module) -> tuple:
+        """(parameters, F sums, lambda * (F theta*) sums) for the penalized parameters that have gradients; built once
+        per task and set of parameters with gradients."""
+        params = self._params or trainable(model)
+        key = tuple(p.grad is not None for p in params.values())
+        plan = self._plans.get(key)
+        if plan is None:
+            names = [n for (n, p), has in zip(params.items(), key) if has and n in self.fisher_sum]
+            plan = self._plans[key] = ([params[n] for n in names], [self.fisher_sum[n] for n in names],
+                                       [self.fisher_anchor_sum[n] for n in names])
+        return plan
+
+    @torch.no_grad()
     def on_before_step(self, model: nn.Module) -> None:
         if not self.fisher_sum or self.ewc_lambda == 0:
             return
-        params = trainable(model)
-        names = [n for n in self.fisher_sum if n in params and params[n].grad is not None]
-        if not names:
-            return
-        ps = [params[n] for n in names]
-        pen = torch._foreach_mul([p.detach() for p in ps], [self.fisher_sum[n] for n in names])
-        torch._foreach_sub_(pen, [self.fisher_anchor_sum[n] for n in names])
-        torch._foreach_add_([p.grad for p in ps], pen, alpha=self.ewc_lambda)
+        ps, fisher_sum, fisher_anchor_sum = self._plan(model)
+        if ps:  # grad += lambda * (sum_t F_t * theta - sum_t F_t theta*_t); exactly 0 added where theta = theta*,
+            # so Adam never turns round-off into steps on weights with no gradient (e.g. always-black pixels)
+            pen = torch._foreach_mul(ps, fisher_sum)
+            torch._foreach_sub_(pen, fisher_anchor_sum)
+            torch._foreach_add_([p.grad for p in ps], pen, alpha=self.ewc_lambda)
 
     def on_task_end(self, model: nn.Module, data, head: int = 0) -> None:
         device = next(model.parameters()).device
@@ -144,6 +254,7 @@ class EWC(Strategy):
 
     def _rebuild_sums(self) -> None:
         self.fisher_sum, self.fisher_anchor_sum = {}, {}
+        self._plans = {}
         for fisher, anchor in zip(self.fishers, self.anchors):
             for n, f in fisher.items():
                 self.fisher_sum[n] = self.fisher_sum.get(n, 0) + f

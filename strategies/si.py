@@ -5,6 +5,7 @@ per-step bookkeeping runs as a handful of fused `torch._foreach_*` operations ov
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Dict, List
 
 import torch
@@ -34,6 +35,19 @@ def surrogate_penalty_grad(theta: torch.Tensor, reference: torch.Tensor, strengt
     return 2.0 * c * strength * (theta - reference)
 
 
+@dataclass
+class _StepPlan:
+    """Aligned lists for one step: parameters with gradients, their omega and snapshot buffers, and the penalized
+    subset with its reference weights and strengths."""
+
+    params: List[torch.Tensor]
+    omega: List[torch.Tensor]
+    before: List[torch.Tensor]
+    pen_params: List[torch.Tensor]
+    pen_reference: List[torch.Tensor]
+    pen_Omega: List[torch.Tensor]
+
+
 _nonneg = (lambda v: v >= 0, "a number >= 0")
 _pos = (lambda v: v > 0, "a number > 0")
 
@@ -56,44 +70,66 @@ class SI(Strategy):
         self.omega: Dict[str, torch.Tensor] = {}       # running path integral of the current task
         self.task_start: Dict[str, torch.Tensor] = {}  # weights at the start of the current task
         self.omega_history: List[Dict[str, torch.Tensor]] = []  # each finished task's omega, for analysis (Fig. 5)
-        self._step: List = []  # (names, params, grads, before) of the step in flight
+        self._step: tuple = ()  # (plan, task-loss gradients) of the step in flight
         self._penalized: List[str] = []  # parameters with a non-zero Omega
+        self._params: Dict[str, nn.Parameter] = {}  # this task's trainable parameters (fixed during a task)
+        self._plans: Dict[tuple, _StepPlan] = {}    # per set of parameters that receive gradients
 
     # -- hooks ----------------------------------------------------------------------------------------------------
     def on_task_start(self, model: nn.Module, task_index: int) -> None:
-        for name, p in trainable(model).items():
+        self._params = trainable(model)
+        for name, p in self._params.items():
             if name not in self.reference:  # a parameter seen for the first time (e.g. a new head)
                 self.reference[name] = p.detach().clone()
                 self.Omega[name] = torch.zeros_like(p)
             self.task_start[name] = p.detach().clone()
             self.omega[name] = torch.zeros_like(p)
         self._penalized = [n for n in self.Omega if bool(self.Omega[n].any())] if self.c > 0 else []
+        self._plans = {}
 
+    def _plan(self) -> "_StepPlan":
+        """The step's tensor lists, built once per task for each set of parameters that get gradients (in a
+        multi-head model: the trunk and the task's head), so a step costs a few fused ops and no allocations
+        beyond the penalty's."""
+        key = tuple(p.grad is not None for p in self._params.values())
+        plan = self._plans.get(key)
+        if plan is None:
+            names = [n for (n, p), has in zip(self._params.items(), key) if has and n in self.omega]
+            pen = [n for n in self._penalized if n in names]
+            plan = self._plans[key] = _StepPlan(
+                params=[self._params[n] for n in names], omega=[self.omega[n] for n in names],
+                before=[torch.empty_like(self._params[n]) for n in names],
+                pen_params=[self._params[n] for n in pen], pen_reference=[self.reference[n] for n in pen],
+                pen_Omega=[self.Omega[n] for n in pen])
+        return plan
+
+    @torch.no_grad()
     def on_before_step(self, model: nn.Module) -> None:
-        params = trainable(model)
-        names = [n for n, p in params.items() if p.grad is not None and n in self.omega]
-        ps = [params[n] for n in names]
-        task_grads = [p.grad for p in ps]
-        pen_names = [n for n in self._penalized if params[n].grad is not None]
-        if pen_names:
-            pen_params = [params[n] for n in pen_names]
-            diff = torch._foreach_sub([p.detach() for p in pen_params], [self.reference[n] for n in pen_names])
-            torch._foreach_mul_(diff, [self.Omega[n] for n in pen_names])
+        plan = self._plan()
+        if not plan.params:
+            self._step = ()
+            return
+        torch._foreach_copy_(plan.before, plan.params)
+        task_grads = [p.grad for p in plan.params]
+        if plan.pen_params:
+            diff = torch._foreach_sub(plan.pen_params, plan.pen_reference)
             # out of place, so `task_grads` keep the task loss's gradient (Eq. 3)
-            totals = torch._foreach_add([p.grad for p in pen_params], diff, alpha=2.0 * self.c)
-            for p, g in zip(pen_params, totals):
+            totals = torch._foreach_addcmul([p.grad for p in plan.pen_params], diff, plan.pen_Omega,
+                                            value=2.0 * self.c)
+            for p, g in zip(plan.pen_params, totals):
                 p.grad = g
             if self.omega_from_total_loss:
-                task_grads = [p.grad for p in ps]
-        self._step = [names, ps, task_grads, [p.detach().clone() for p in ps]]
+                task_grads = [p.grad for p in plan.params]
+        self._step = (plan, task_grads)
 
+    @torch.no_grad()
     def on_after_step(self, model: nn.Module) -> None:
-        names, ps, grads, before = self._step
-        if not names:
+        if not self._step:
             return
-        delta = torch._foreach_sub([p.detach() for p in ps], before)
-        torch._foreach_addcmul_([self.omega[n] for n in names], grads, delta, value=-1.0)
-        self._step = []
+        plan, grads = self._step
+        torch._foreach_sub_(plan.before, plan.params)            # before - after = -delta
+        torch._foreach_addcmul_(plan.omega, grads, plan.before)  # omega += -g * delta
+        self._step = ()
 
     def on_task_end(self, model: nn.Module, data=None, head: int = 0) -> None:
         self.omega_history.append({n: w.detach().cpu().clone() for n, w in self.omega.items()})
@@ -123,4 +159,5 @@ class SI(Strategy):
     def load_state_dict(self, state):
         for key in ("Omega", "reference", "omega", "task_start"):
             setattr(self, key, {n: t.clone() for n, t in state[key].items()})
+        self._plans, self._step = {}, ()  # the step lists pointed at the replaced tensors
         self.omega_history = [dict(h) for h in state["omega_history"]]
