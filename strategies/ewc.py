@@ -190,6 +190,7 @@ _nonneg = (lambda v: v >= 0, "a number >= 0")
     "fisher_samples": (lambda v: v >= 0, "an integer >= 0 (0 = all of the task's training inputs)"),
     "gamma": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "fisher_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "fisher_method": (lambda v: v in FISHER_METHODS, "'auto' (closed form for nn.Linear layers) or 'per-sample'"),
 })
 class EWC(Strategy):
     """EWC with the exact Fisher diagonal: penalty (lambda/2) sum_t F_t (theta - theta*_t)^2.
@@ -197,14 +198,17 @@ class EWC(Strategy):
     online: keep one term, F <- gamma F + F_new, anchored at the latest weights (online EWC).
     fisher: 'exact' (every label, weighted by the model) or 'empirical' (true labels), for comparison.
     fisher_samples: cap on the training inputs used for the Fisher (0 = all).
+    fisher_method: 'auto' (per-layer closed form where it applies) or 'per-sample' (torch.func); same numbers.
     """
 
     def __init__(self, ewc_lambda: float = 100.0, fisher: str = "exact", fisher_samples: int = 0,
-                 online: bool = False, gamma: float = 1.0, fisher_batch_size: int = 256):
+                 online: bool = False, gamma: float = 1.0, fisher_batch_size: int = 256,
+                 fisher_method: str = "auto"):
         if ewc_lambda < 0:
             raise ValueError(f"ewc_lambda must be >= 0, got {ewc_lambda}")
         self.ewc_lambda, self.fisher_kind, self.fisher_samples = float(ewc_lambda), fisher, int(fisher_samples)
         self.online, self.gamma, self.fisher_batch_size = online, float(gamma), int(fisher_batch_size)
+        self.fisher_method = fisher_method
         self.fishers: List[Dict[str, torch.Tensor]] = []   # per past task (one decayed term when online)
         self.anchors: List[Dict[str, torch.Tensor]] = []   # theta*_t
         self.fisher_sum: Dict[str, torch.Tensor] = {}      # sum_t F_t
@@ -242,7 +246,7 @@ class EWC(Strategy):
     def on_task_end(self, model: nn.Module, data, head: int = 0) -> None:
         device = next(model.parameters()).device
         batches = iter_task_batches(data, self.fisher_batch_size, device, limit=self.fisher_samples)
-        fisher = fisher_diagonal(model, batches, head, self.fisher_kind)
+        fisher = fisher_diagonal(model, batches, head, self.fisher_kind, method=self.fisher_method)
         anchor = {n: p.detach().clone() for n, p in trainable(model).items()}
         if self.online and self.fishers:
             fisher = {n: f + self.gamma * self.fishers[0].get(n, torch.zeros_like(f)) for n, f in fisher.items()}

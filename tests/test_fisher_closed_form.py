@@ -65,3 +65,21 @@ def test_unknown_method_is_rejected():
     with pytest.raises(ValueError, match="per-sample"):
         fisher_diagonal(mlp(4, [2], hidden=(3,)), [(torch.randn(2, 4), torch.zeros(2, dtype=torch.long))],
                         method="fast")
+
+
+
+def test_strategy_option_selects_the_method_and_rejects_unknown_ones():
+    from clframework import make_strategy
+
+    with pytest.raises(ValueError, match="fisher_method"):
+        make_strategy("ewc", fisher_method="fast")
+    torch.manual_seed(3)
+    model = mlp(10, [4], hidden=(6,)).double()
+    x, y = torch.randn(30, 10, dtype=torch.float64), torch.randint(0, 4, (30,))
+    fishers = []
+    for method in ("auto", "per-sample"):
+        ewc = make_strategy("ewc", fisher_method=method, fisher_batch_size=8)
+        ewc.on_task_end(model, (x, y), head=0)
+        fishers.append(ewc.fishers[0])
+    assert_same(*fishers)
+    assert all(f.abs().sum() > 0 for f in fishers[0].values())
