@@ -38,14 +38,18 @@ def surrogate_penalty_grad(theta: torch.Tensor, reference: torch.Tensor, strengt
 @dataclass
 class _StepPlan:
     """Aligned lists for one step: parameters with gradients, their omega and snapshot buffers, and the penalized
-    subset with its reference weights and strengths."""
+    subset with its reference weights, strengths and two scratch buffers. Every buffer is allocated once per task:
+    on CPU a fresh parameter-sized tensor per step costs page faults, several times an in-place op's time."""
 
     params: List[torch.Tensor]
     omega: List[torch.Tensor]
     before: List[torch.Tensor]
     pen_params: List[torch.Tensor]
+    pen_index: List[int]           # their positions in `params`
     pen_reference: List[torch.Tensor]
     pen_Omega: List[torch.Tensor]
+    pen_diff: List[torch.Tensor]   # theta - reference
+    pen_task_grad: List[torch.Tensor]  # the task loss's gradient, kept for omega while .grad gets the penalty's
 
 
 _nonneg = (lambda v: v >= 0, "a number >= 0")
@@ -89,8 +93,8 @@ class SI(Strategy):
 
     def _plan(self) -> "_StepPlan":
         """The step's tensor lists, built once per task for each set of parameters that get gradients (in a
-        multi-head model: the trunk and the task's head), so a step costs a few fused ops and no allocations
-        beyond the penalty's."""
+        multi-head model: the trunk and the task's head), so a step costs a few fused in-place ops and no
+        allocations."""
         key = tuple(p.grad is not None for p in self._params.values())
         plan = self._plans.get(key)
         if plan is None:
@@ -99,8 +103,10 @@ class SI(Strategy):
             plan = self._plans[key] = _StepPlan(
                 params=[self._params[n] for n in names], omega=[self.omega[n] for n in names],
                 before=[torch.empty_like(self._params[n]) for n in names],
-                pen_params=[self._params[n] for n in pen], pen_reference=[self.reference[n] for n in pen],
-                pen_Omega=[self.Omega[n] for n in pen])
+                pen_params=[self._params[n] for n in pen], pen_index=[names.index(n) for n in pen],
+                pen_reference=[self.reference[n] for n in pen],
+                pen_Omega=[self.Omega[n] for n in pen], pen_diff=[torch.empty_like(self._params[n]) for n in pen],
+                pen_task_grad=[torch.empty_like(self._params[n]) for n in pen])
         return plan
 
     @torch.no_grad()
@@ -112,14 +118,14 @@ class SI(Strategy):
         torch._foreach_copy_(plan.before, plan.params)
         task_grads = [p.grad for p in plan.params]
         if plan.pen_params:
-            diff = torch._foreach_sub(plan.pen_params, plan.pen_reference)
-            # out of place, so `task_grads` keep the task loss's gradient (Eq. 3)
-            totals = torch._foreach_addcmul([p.grad for p in plan.pen_params], diff, plan.pen_Omega,
-                                            value=2.0 * self.c)
-            for p, g in zip(plan.pen_params, totals):
-                p.grad = g
-            if self.omega_from_total_loss:
-                task_grads = [p.grad for p in plan.params]
+            torch._foreach_copy_(plan.pen_diff, plan.pen_params)
+            torch._foreach_sub_(plan.pen_diff, plan.pen_reference)
+            pen_grads = [p.grad for p in plan.pen_params]
+            if not self.omega_from_total_loss:  # omega integrates the task loss's gradient only (Eq. 3)
+                torch._foreach_copy_(plan.pen_task_grad, pen_grads)
+                for i, kept in zip(plan.pen_index, plan.pen_task_grad):
+                    task_grads[i] = kept
+            torch._foreach_addcmul_(pen_grads, plan.pen_diff, plan.pen_Omega, value=2.0 * self.c)  # in place
         self._step = (plan, task_grads)
 
     @torch.no_grad()

@@ -1,4 +1,5 @@
 """SI against closed forms: the paper's Sec. 4 quadratic, the loss-drop identity, autograd, and fine-tuning."""
+import pytest
 import torch
 from torch import nn
 
@@ -146,3 +147,40 @@ def test_state_dict_round_trip(mnist_stream):
         for name, value in state[key].items():
             assert torch.equal(getattr(fresh, key)[name], value)
     assert len(fresh.omega_history) == 1
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+@pytest.mark.parametrize("total", [False, True])
+def test_one_penalized_step_adds_minus_gradient_times_update_to_omega(set_to_none, total):
+    """During task 2 (penalty on): omega gains -g * delta with g the task loss's gradient (or, with the option, the
+    total loss's), computed here independently by autograd on the explicit penalty, whatever zero_grad does."""
+    torch.manual_seed(0)
+    model = mlp(5, [3], hidden=(4,)).double()
+    x, y = torch.randn(16, 5, dtype=torch.float64), torch.randint(0, 3, (16,))
+    si = SI(c=0.7, omega_from_total_loss=total)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for task in range(2):
+        si.on_task_start(model, task)
+        for _ in range(3):
+            opt.zero_grad(set_to_none=set_to_none)
+            nn.functional.cross_entropy(model(x + task, 0), y).backward()
+            si.on_before_step(model)
+            opt.step()
+            si.on_after_step(model)
+        if task == 0:
+            si.on_task_end(model, None, 0)
+    params = dict(model.named_parameters())
+    before = {n: p.detach().clone() for n, p in params.items()}
+    omega_before = {n: w.clone() for n, w in si.omega.items()}
+    opt.zero_grad(set_to_none=set_to_none)
+    task_loss = nn.functional.cross_entropy(model(x + 1, 0), y)
+    loss = task_loss + si.penalty_value(model) if total else task_loss
+    expected_grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()), retain_graph=True)))
+    task_loss.backward()
+    si.on_before_step(model)
+    opt.step()
+    si.on_after_step(model)
+    for n, p in params.items():
+        expected = omega_before[n] - expected_grads[n] * (p.detach() - before[n])
+        torch.testing.assert_close(si.omega[n], expected, rtol=1e-10, atol=1e-12, msg=n)
+    assert any(bool(si.Omega[n].any()) for n in params)
