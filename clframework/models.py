@@ -5,6 +5,7 @@ Single-head settings simply have one head. Heads live in an `nn.ModuleList`, so 
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Sequence
 
@@ -72,7 +73,14 @@ def build_model(kind: str, input_shape: Sequence[int], head_sizes: Sequence[int]
 
 def takes_head(model: nn.Module) -> bool:
     """Whether `model.forward` accepts a head index (clframework models do; a user's plain model may not)."""
-    return "head" in inspect.signature(model.forward).parameters
+    forward = model.forward
+    return _accepts_head(getattr(forward, "__func__", forward))
+
+
+@functools.lru_cache(maxsize=None)
+def _accepts_head(forward) -> bool:
+    """Cached per forward function: inspect.signature is too slow to run on every training step."""
+    return "head" in inspect.signature(forward).parameters
 
 
 def forward_head(model: nn.Module, x: torch.Tensor, head: int) -> torch.Tensor:

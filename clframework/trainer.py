@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from evaluation.evaluator import evaluate_stream
 
-from .models import takes_head
+from .models import forward_head
 from .plugin import Strategy
 
 
@@ -109,7 +109,6 @@ class Trainer:
         n, head = len(y), task.head
         strategy.on_task_start(model, task_index)
         model.train()
-        use_head = takes_head(model)  # inspect.signature once per task, not per step
         curve = []
         bar = tqdm(range(self.epochs), desc=f"task {task_index + 1} {task.name}", leave=False, disable=self.quiet,
                    unit="epoch")
@@ -120,7 +119,7 @@ class Trainer:
             for i in range(0, n, self.batch_size):
                 idx = order[i:i + self.batch_size]
                 xb, yb = x[idx], y[idx]
-                out = model(xb, head) if use_head else model(xb)
+                out = forward_head(model, xb, head)
                 loss = F.cross_entropy(out, yb)
                 extra = strategy.penalty(model)
                 (loss + extra if isinstance(extra, torch.Tensor) else loss).backward()
