@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from clframework import Trainer, make_strategy, mlp
+from penalty_check import assert_hook_adds_autograd_penalty_gradient
 from strategies.ewc import EWC, ewc_penalty, fisher_diagonal
 
 
@@ -65,12 +66,7 @@ def test_penalty_gradient_equals_autograd():
     by_hand = sum(ewc_penalty(p, [a[n] for a in ewc.anchors], [f[n] for f in ewc.fishers], 3.5)
                   for n, p in model.named_parameters())
     assert torch.allclose(penalty, by_hand)
-    auto = torch.autograd.grad(penalty, list(model.parameters()))
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
-    ewc.on_before_step(model)
-    for a, p in zip(auto, model.parameters()):
-        assert torch.allclose(p.grad, a, rtol=1e-10, atol=1e-12)
+    assert_hook_adds_autograd_penalty_gradient(ewc, model)
 
 
 def test_online_ewc_keeps_one_decayed_term(mnist_stream):

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from clframework import Trainer, make_strategy, mlp
+from penalty_check import assert_hook_adds_autograd_penalty_gradient
 from strategies.si import SI, importance, path_integral_step, surrogate_penalty, surrogate_penalty_grad
 
 
@@ -74,13 +75,7 @@ def test_strategy_adds_the_autograd_gradient_of_its_penalty():
         si.Omega[name] = torch.rand_like(p)
         si.reference[name] = p.detach() + torch.randn_like(p)
     si.on_task_start(model, 1)
-    penalty = si.penalty_value(model)
-    auto = torch.autograd.grad(penalty, list(model.parameters()))
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
-    si.on_before_step(model)
-    for a, p in zip(auto, model.parameters()):
-        assert torch.allclose(p.grad, a, rtol=1e-10, atol=1e-12)
+    assert_hook_adds_autograd_penalty_gradient(si, model)
 
 
 def _trainer(stream, strategy, seed=3):
