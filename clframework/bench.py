@@ -194,8 +194,8 @@ def train_avalanche(name: str, hparams: dict) -> Callable:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "No loggers specified": we score every entry ourselves
             cl = cls(model=wrapped, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
-                     train_mb_size=cfg["batch_size"], train_epochs=cfg["epochs"], eval_mb_size=cfg["batch_size"], device=clock.device, evaluator=None,
-                     **hparams)
+                     train_mb_size=cfg["batch_size"], train_epochs=cfg["epochs"], eval_mb_size=cfg["batch_size"],
+                     device=clock.device, evaluator=None, **hparams)
         torch.manual_seed(seed)  # Avalanche shuffles with the global generator
         for exp in bm.train_stream:
             with clock.timing():
