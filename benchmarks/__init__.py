@@ -1,5 +1,4 @@
 """Task streams (in Avalanche's sense of "benchmark"): scenario builders and registered benchmarks."""
-from . import embedded, paper  # noqa: F401  (register the embedded and the paper's full-data benchmarks)
 from .registry import BENCHMARKS, Protocol, available_benchmarks, benchmark_protocol, make_benchmark, register_benchmark
 from .scenarios import (LabeledData, from_dataset, from_task_data, from_tensors, holdout, permutations, permuted,
                         split, split_cifar10_100)

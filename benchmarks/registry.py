@@ -6,7 +6,8 @@ from typing import Callable, Dict, Optional, Tuple
 
 from clframework.registry import Registry
 
-BENCHMARKS = Registry("benchmark", entry_point_group="clframework.benchmarks", param_word="option")
+BENCHMARKS = Registry("benchmark", entry_point_group="clframework.benchmarks", param_word="option",
+                      builtins="clframework.benchmarks.builtin")
 
 
 @dataclass(frozen=True)

@@ -1,26 +1,38 @@
-"""clframework: paper-faithful continual learning (Synaptic Intelligence, exact-Fisher EWC) for head-to-head comparisons."""
-__version__ = "0.1.0"
+"""clframework: paper-faithful continual learning (Synaptic Intelligence, exact-Fisher EWC) for head-to-head comparisons.
 
-from .registry import RegistryError, import_plugin  # noqa: E402  (first: the other modules register into it)
-from .plugin import Strategy, available_strategies, make_strategy, register_strategy  # noqa: E402
-from .models import build_model, cifar_cnn, mlp  # noqa: E402
-from .trainer import Trainer, TrainerCallback, select_device  # noqa: E402
+Layers, bottom to top (each imports only from those below it):
+  registry, benchmarks.stream, plugin (strategy interface)  ->  models, evaluation, trainer, strategies, benchmarks
+  ->  experiment (run / compare)  ->  apps (cli, bench, reproduce, tune).
+The public names below are resolved on first use (PEP 562), so `import clframework` and `clframework --help` do not
+pay for importing torch.
+"""
+__version__ = "0.2.0"
 
-import strategies as _builtin_strategies  # noqa: E402,F401  (registers naive, ewc, si)
-
-# Streams and experiments import this package's registry themselves, so they are re-exported lazily (no import cycle).
-_LAZY = {"Stream": "benchmarks", "Task": "benchmarks", "available_benchmarks": "benchmarks",
-         "make_benchmark": "benchmarks", "register_benchmark": "benchmarks",
-         "RunConfig": "clframework.experiment", "run": "clframework.experiment", "compare": "clframework.experiment"}
+_PUBLIC = {
+    "RegistryError": "clframework.registry", "import_plugin": "clframework.registry",
+    "Strategy": "clframework.plugin", "available_strategies": "clframework.plugin",
+    "make_strategy": "clframework.plugin", "register_strategy": "clframework.plugin",
+    "build_model": "clframework.models", "cifar_cnn": "clframework.models", "mlp": "clframework.models",
+    "Trainer": "clframework.trainer", "TrainerCallback": "clframework.trainer", "select_device": "clframework.trainer",
+    "Stream": "clframework.benchmarks", "Task": "clframework.benchmarks",
+    "available_benchmarks": "clframework.benchmarks", "make_benchmark": "clframework.benchmarks",
+    "register_benchmark": "clframework.benchmarks",
+    "RunConfig": "clframework.experiment", "run": "clframework.experiment", "compare": "clframework.experiment",
+}
 
 
 def __getattr__(name):
-    if name in _LAZY:
+    if name in _PUBLIC:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'clframework' has no attribute {name!r}")
 
 
-__all__ = ["RegistryError", "Strategy", "Trainer", "TrainerCallback", "available_strategies", "build_model",
-           "cifar_cnn", "import_plugin", "make_strategy", "mlp", "register_strategy", "select_device", *_LAZY]
+def __dir__():
+    return sorted([*globals(), *_PUBLIC])
+
+
+__all__ = sorted(_PUBLIC)

@@ -9,12 +9,12 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from benchmarks.registry import BENCHMARKS, benchmark_protocol
-from evaluation import aggregate as A
-from evaluation import metrics as M
-from evaluation.aggregate import format_console as format_table  # noqa: F401 (the CLI's compare table)
-from evaluation.plots import write_compare_plots, write_run_plots
-from evaluation.results import matrix_csv, write_json, write_text
+from clframework.benchmarks.registry import BENCHMARKS, benchmark_protocol
+from clframework.evaluation import aggregate as A
+from clframework.evaluation import metrics as M
+from clframework.evaluation.aggregate import format_console as format_table  # noqa: F401 (the CLI's compare table)
+from clframework.evaluation.plots import write_compare_plots, write_run_plots
+from clframework.evaluation.results import matrix_csv, write_json, write_text
 
 from .models import build_model
 from .plugin import STRATEGIES, make_strategy

@@ -19,11 +19,12 @@ from typing import Any, Dict, Iterable, Iterator, Optional, Tuple, Union
 import torch
 from torch import nn
 
+from .benchmarks.stream import Task
 from .registry import Registry
 
-STRATEGIES = Registry("strategy", entry_point_group="clframework.strategies")
+STRATEGIES = Registry("strategy", entry_point_group="clframework.strategies", builtins="clframework.strategies")
 
-TaskData = Union["Task", Tuple[torch.Tensor, torch.Tensor], Iterable[Tuple[torch.Tensor, torch.Tensor]]]  # noqa: F821
+TaskData = Union[Task, Tuple[torch.Tensor, torch.Tensor], Iterable[Tuple[torch.Tensor, torch.Tensor]]]
 
 
 class Strategy:

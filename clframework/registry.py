@@ -91,17 +91,21 @@ def params_from_signature(fn: Callable[..., Any], checks: Optional[Dict[str, tup
 class Registry:
     """A named collection of factories, filled by decorator and by entry points."""
 
-    def __init__(self, kind: str, entry_point_group: Optional[str] = None, param_word: str = "hyperparameter"):
+    def __init__(self, kind: str, entry_point_group: Optional[str] = None, param_word: str = "hyperparameter",
+                 builtins: Optional[str] = None):
         self.kind = kind
         self.param_word = param_word
         self.group = entry_point_group
+        self.builtins = builtins  # module whose import registers the built-in entries, loaded on first lookup
         self._entries: Dict[str, Entry] = {}
+        self._builtins_loaded = False
         self._entry_points_loaded = False
 
     def register(self, name: str, *, checks: Optional[Dict[str, tuple]] = None, description: str = "", **extra):
         """Decorator: register a class or function under `name`; its keyword defaults are the hyperparameters."""
 
         def deco(factory):
+            self._load_builtins()
             target = factory.__init__ if inspect.isclass(factory) else factory
             desc = description or (inspect.getdoc(factory) or "").split("\n")[0]
             self._entries[name] = Entry(name, factory, params_from_signature(target, checks), desc, extra)
@@ -111,7 +115,16 @@ class Registry:
 
         return deco
 
+    def _load_builtins(self) -> None:
+        """Import the built-in entries on first use, so no import order is needed to see them."""
+        if not self._builtins_loaded:
+            self._builtins_loaded = True
+            if self.builtins:
+                importlib.import_module(self.builtins)
+
     def _load_entry_points(self) -> None:
+        """Built-ins first, then installed plugins: lookups see both however the caller imported clframework."""
+        self._load_builtins()
         if self._entry_points_loaded or self.group is None:
             return
         self._entry_points_loaded = True

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from evaluation.evaluator import evaluate_stream
+from clframework.evaluation.evaluator import evaluate_stream
 
 from .models import forward_head
 from .plugin import Strategy

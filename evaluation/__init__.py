@@ -1,6 +1,4 @@
 """Scoring: the accuracy matrix, metrics derived from it, and their result files."""
-import clframework  # noqa: F401,E402  (first: its trainer imports the evaluator, which uses its models)
-
 from .evaluator import evaluate_stream, task_accuracy
 from .metrics import acc, average_seen, bwt, forgetting, fwt, summary
 

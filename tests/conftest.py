@@ -11,6 +11,6 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def mnist_stream():
     """Two tasks of the embedded split MNIST (real data), shared by the tests that train."""
-    from benchmarks import make_benchmark
+    from clframework.benchmarks import make_benchmark
 
     return make_benchmark("split-mnist-5k").subset([0, 1])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from evaluation import aggregate as A
+from clframework.evaluation import aggregate as A
 
 VALUES = [0.91, 0.87, 0.95, 0.89]
 

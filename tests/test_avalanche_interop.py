@@ -6,7 +6,7 @@ from torch.utils.data import TensorDataset
 avalanche_generators = pytest.importorskip("avalanche.benchmarks.scenarios.deprecated.generators",
                                            reason="avalanche-lib (optional extra) is not installed")
 
-from benchmarks.avalanche_interop import from_avalanche, infer_setting  # noqa: E402
+from clframework.benchmarks.avalanche_interop import from_avalanche, infer_setting  # noqa: E402
 from clframework.experiment import RunConfig, run  # noqa: E402
 
 

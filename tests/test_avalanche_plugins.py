@@ -15,7 +15,7 @@ pytest.importorskip("avalanche")
 from avalanche.benchmarks import tensors_benchmark  # noqa: E402
 from avalanche.training import Naive  # noqa: E402
 
-from benchmarks import Stream, Task  # noqa: E402
+from clframework.benchmarks import Stream, Task  # noqa: E402
 from clframework import Trainer, make_strategy, mlp  # noqa: E402
 from clframework.avalanche import AvalanchePlugin, TaskView, as_multitask_module  # noqa: E402
 

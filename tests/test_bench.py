@@ -6,8 +6,8 @@ import re
 import pytest
 import torch
 
-from clframework.bench import ENTRIES, BenchConfig, resolve
-from clframework.cli import main
+from clframework.apps.bench import ENTRIES, BenchConfig, resolve
+from clframework.apps.cli import main
 
 pytest.importorskip("avalanche")
 

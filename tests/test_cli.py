@@ -3,8 +3,8 @@ import json
 import subprocess
 import sys
 
-from clframework.cli import main
-from evaluation import metrics
+from clframework.apps.cli import main
+from clframework.evaluation import metrics
 
 
 def test_list_shows_strategies_hyperparameters_and_benchmarks(capsys):

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torchvision import datasets as tvd
 
-from benchmarks import datasets as D
+from clframework.benchmarks import datasets as D
 from fake_datasets import (cifar_arrays, idx_bytes, mnist_arrays, write_cifar10, write_cifar100,
                            write_idx_set)
 

@@ -4,7 +4,7 @@ import torch
 
 from clframework import Trainer, make_strategy, mlp
 from penalty_check import assert_hook_adds_autograd_penalty_gradient
-from strategies.ewc import EWC, ewc_penalty, fisher_diagonal
+from clframework.strategies.ewc import EWC, ewc_penalty, fisher_diagonal
 
 
 def _brute_force_fisher(model, x, y, head, kind):

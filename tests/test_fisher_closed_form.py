@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from clframework import mlp
-from strategies.ewc import _closed_form_applies, _linear_owners, fisher_diagonal
+from clframework.strategies.ewc import _closed_form_applies, _linear_owners, fisher_diagonal
 
 
 class TiedTwice(nn.Module):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation import metrics as M
+from clframework.evaluation import metrics as M
 
 # R[i][j]: accuracy on task j after training tasks 0..i; b: the untrained model's accuracies.
 R = [[0.9, 0.1, 0.2],

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from evaluation import plots as P
+from clframework.evaluation import plots as P
 
 TASKS = ["0-1", "2-3", "4-5"]
 

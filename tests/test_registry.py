@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from clframework import RegistryError, Strategy, available_strategies, make_strategy, register_strategy
-from clframework.cli import main
+from clframework.apps.cli import main
 
 
 def test_builtins_are_registered_with_paper_defaults():

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from clframework.cli import main
-from clframework.reproduce import EXPERIMENTS, plan
+from clframework.apps.cli import main
+from clframework.apps.reproduce import EXPERIMENTS, plan
 
 # (experiment, dataset) -> the paper's settings, as written in ../shared/reference/PROTOCOLS.md
 PAPER = {

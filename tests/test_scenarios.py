@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from torch.utils.data import TensorDataset
 from torchvision.datasets import FakeData
 
-from benchmarks import (BENCHMARKS, LabeledData, benchmark_protocol, from_dataset, from_task_data, from_tensors,
+from clframework.benchmarks import (BENCHMARKS, LabeledData, benchmark_protocol, from_dataset, from_task_data, from_tensors,
                         holdout, make_benchmark, permutations, permuted, split, split_cifar10_100)
 from clframework.experiment import RunConfig, run
 from fake_datasets import cifar_arrays, mnist_arrays, write_cifar10, write_cifar100, write_idx_set

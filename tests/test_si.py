@@ -5,7 +5,7 @@ from torch import nn
 
 from clframework import Trainer, make_strategy, mlp
 from penalty_check import assert_hook_adds_autograd_penalty_gradient
-from strategies.si import SI, importance, path_integral_step, surrogate_penalty, surrogate_penalty_grad
+from clframework.strategies.si import SI, importance, path_integral_step, surrogate_penalty, surrogate_penalty_grad
 
 
 class Quadratic(nn.Module):

@@ -1,7 +1,7 @@
 """Trainer: determinism for a seed, optimizer reset or kept, multi- and single-head settings."""
 import torch
 
-from benchmarks import make_benchmark
+from clframework.benchmarks import make_benchmark
 from clframework import Trainer, make_strategy, mlp
 from clframework.trainer import select_device
 

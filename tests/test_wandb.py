@@ -4,9 +4,9 @@ import warnings
 
 import pytest
 
-from clframework.cli import main
+from clframework.apps.cli import main
 from clframework.experiment import RunConfig, run
-from evaluation.wandb_logger import WandbLogger, check_mode, read_offline_run
+from clframework.evaluation.wandb_logger import WandbLogger, check_mode, read_offline_run
 
 
 def _check_run_against_results(logged: dict, res: dict, group: str) -> None:
@@ -83,7 +83,7 @@ def test_sweep_file_command_maps_to_cli_sets():
     import yaml
     from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
-    from clframework.cli import _parse_sets, build_parser
+    from clframework.apps.cli import _parse_sets, build_parser
 
     sweep = yaml.safe_load((Path(__file__).resolve().parents[1] / "docs" / "sweep-si-c.yaml").read_text())
     assert sweep["metric"]["name"] == "acc" and 0.0 in sweep["parameters"]["c"]["values"]

@@ -9,12 +9,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from benchmarks.registry import BENCHMARKS
-from benchmarks.scenarios import holdout
-from evaluation.results import write_json
+from clframework.benchmarks.registry import BENCHMARKS
+from clframework.benchmarks.scenarios import holdout
+from clframework.evaluation.results import write_json
 
-from .experiment import RunConfig, run
-from .registry import RegistryError
+from ..experiment import RunConfig, run
+from ..registry import RegistryError
 
 
 def parse_grid(items: Sequence[str]) -> Dict[str, List[str]]:

@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks import Stream, Task, benchmark_protocol, make_benchmark
-from evaluation.evaluator import evaluate_stream
+from clframework.benchmarks import Stream, Task, benchmark_protocol, make_benchmark
+from clframework.evaluation.evaluator import evaluate_stream
 
-from .models import build_model
-from .plugin import make_strategy
-from .trainer import Trainer, select_device
+from ..models import build_model
+from ..plugin import make_strategy
+from ..trainer import Trainer, select_device
 
 OURS = ("naive", "si", "ewc")
 AVALANCHE = ("avalanche-naive", "avalanche-si", "avalanche-ewc")
@@ -184,7 +184,7 @@ def train_avalanche(name: str, hparams: dict) -> Callable:
         from avalanche.benchmarks import tensors_benchmark
         from avalanche.training import EWC, Naive, SynapticIntelligence
 
-        from .avalanche import as_multitask_module
+        from ..avalanche import as_multitask_module
 
         cls = {"avalanche-naive": Naive, "avalanche-si": SynapticIntelligence, "avalanche-ewc": EWC}[name]
         wrapped = as_multitask_module(model)
@@ -223,7 +223,7 @@ def resolve(config: BenchConfig):
            "reset_optimizer": protocol.reset_optimizer, "optimizer": "adam"}
     if protocol.optimizer != "adam":
         raise ValueError(f"bench compares Adam runs; {config.benchmark}'s protocol uses {protocol.optimizer}")
-    from .plugin import STRATEGIES
+    from ..plugin import STRATEGIES
 
     hparams = {}
     for name in OURS:

@@ -15,16 +15,16 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from benchmarks.registry import BENCHMARKS
-from benchmarks.stream import Stream, Task
-from evaluation.evaluator import evaluate_stream
-from evaluation.plots import final_accuracy_figure, save
-from evaluation.results import write_json, write_text
+from clframework.benchmarks.registry import BENCHMARKS
+from clframework.benchmarks.stream import Stream, Task
+from clframework.evaluation.evaluator import evaluate_stream
+from clframework.evaluation.plots import final_accuracy_figure, save
+from clframework.evaluation.results import write_json, write_text
 
-from .experiment import RunConfig, compare_configs
-from .models import build_model
-from .plugin import make_strategy
-from .trainer import Trainer, seed_everything
+from ..experiment import RunConfig, compare_configs
+from ..models import build_model
+from ..plugin import make_strategy
+from ..trainer import Trainer, seed_everything
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .registry import RegistryError, import_plugin
+from ..registry import RegistryError, import_plugin
 
 DEFAULT_STRATEGIES = "naive,ewc,si"
 DEFAULT_BENCHMARK = "split-mnist-5k"
@@ -26,7 +26,7 @@ def _parse_sets(items: List[str]) -> Dict[str, str]:
 
 def _parse_strategy_sets(items: List[str], strategies: List[str]) -> Dict[str, dict]:
     """For compare: `--set si.c=0.1` targets one strategy; `--set c=0.1` every strategy that has `c`."""
-    from .plugin import STRATEGIES
+    from ..plugin import STRATEGIES
 
     out: Dict[str, dict] = {s: {} for s in strategies}
     for key, value in _parse_sets(items).items():
@@ -72,7 +72,7 @@ def _wandb_loggers(args, out: Path, group: Optional[str]):
     """cfg -> [WandbLogger] with --wandb, else None; a bad --wandb-mode fails here, before training."""
     if not args.wandb:
         return None
-    from evaluation.wandb_logger import WandbLogger, check_mode
+    from clframework.evaluation.wandb_logger import WandbLogger, check_mode
 
     mode = check_mode(args.wandb_mode)
     print(f"W&B: project {args.wandb_project}, {mode}; run files under {(args.wandb_dir or out) / 'wandb'}")
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _base_config(args, strategy: str):
-    from .experiment import RunConfig
+    from ..experiment import RunConfig
 
     hidden = None
     if args.hidden:
@@ -144,9 +144,9 @@ def _base_config(args, strategy: str):
 
 
 def cmd_list(args) -> int:
-    from benchmarks.registry import BENCHMARKS
+    from clframework.benchmarks.registry import BENCHMARKS
 
-    from .plugin import STRATEGIES
+    from ..plugin import STRATEGIES
 
     print("strategies:")
     for name in STRATEGIES.names():
@@ -162,7 +162,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .experiment import run
+    from ..experiment import run
 
     cfg = _base_config(args, args.strategy)
     cfg.hparams = _parse_sets(args.set)
@@ -178,7 +178,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .experiment import compare, format_table
+    from ..experiment import compare, format_table
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     hparams = _parse_strategy_sets(args.set, strategies)
