@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -14,12 +15,15 @@ from clframework.evaluation import aggregate as A
 from clframework.evaluation import metrics as M
 from clframework.evaluation.aggregate import format_console as format_table  # noqa: F401 (the CLI's compare table)
 from clframework.evaluation.plots import write_compare_plots, write_run_plots
-from clframework.evaluation.results import matrix_csv, write_json, write_text
+from clframework.evaluation.results import OutputError, matrix_csv, read_json, write_json, write_text
 
+from .checkpoint import (CHECKPOINT, CONFIG, MODEL, RESULTS, STRATEGY_STATE, OutputFolder, as_json,
+                         check_same_config, load_checkpoint, save_checkpoint, save_torch)
 from .models import build_model
 from .plugin import STRATEGIES, make_strategy
 from .registry import RegistryError
-from .trainer import Trainer, TrainerCallback, seed_everything, select_device
+from .trainer import (Trainer, TrainerCallback, TrainingDiverged, TrainingFailed, seed_everything,
+                      select_device)
 
 
 @dataclass
@@ -72,49 +76,129 @@ def versions() -> Dict[str, str]:
     return {"clframework": clframework.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
+DEFAULT_CHECKPOINT_EVERY = 500  # optimizer steps between mid-task checkpoints (besides one after every task)
+
+
+def identity(cfg: dict) -> dict:
+    """What must match for a folder's run to be resumed or skipped: the resolved configuration minus the device
+    (a run may continue on another machine; only the same device gives bit-identical numbers)."""
+    return as_json({k: v for k, v in cfg.items() if k != "device"})
+
+
 def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
-        callbacks: Sequence[TrainerCallback] = (), stream=None) -> dict:
-    """Train one strategy on one benchmark and return (and, with out_dir, write) its results.json content."""
-    wall_start = time.perf_counter()
+        callbacks: Sequence[TrainerCallback] = (), stream=None, *, resume: bool = False, overwrite: bool = False,
+        checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, label: str = "") -> dict:
+    """Train one strategy on one benchmark and return (and, with out_dir, write) its results.json content.
+
+    With out_dir, the folder is prepared before training (created, proved writable, locked; a non-empty one needs
+    resume or overwrite) and holds a checkpoint while the run trains. resume: a finished run with the same
+    configuration is returned as saved, an interrupted one continues from its checkpoint (docs/reliability.md).
+    A diverged run writes its partial results (status "diverged") and raises TrainingDiverged.
+    """
     cfg = config.resolved()
+    if out_dir is None:
+        return _run(config, cfg, None, quiet, callbacks, stream, False, checkpoint_every, label)
+    with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
+        return _run(config, cfg, Path(out_dir), quiet, callbacks, stream, resume, checkpoint_every, label)
+
+
+def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, callbacks, stream, resume: bool,
+         checkpoint_every: int, label: str) -> dict:
+    wall_start = time.perf_counter()
+    label = label or f"{config.strategy} seed {config.seed}"
     train = cfg["train"]
+    state = None
+    if out_dir is not None and resume and ((out_dir / RESULTS).exists() or (out_dir / CHECKPOINT).exists()):
+        check_same_config(out_dir, identity(cfg))
+        if (out_dir / RESULTS).exists():  # finished (or diverged) before: nothing to train again
+            saved = read_json(out_dir / RESULTS)
+            if saved.get("status") == "diverged":
+                raise _diverged_again(saved, label)
+            return saved
+        state = load_checkpoint(out_dir / CHECKPOINT)
     if stream is None:
         stream = BENCHMARKS.create(config.benchmark, **config.benchmark_options)
     seed_everything(config.seed)
     model = build_model(train["model"], stream.input_shape, stream.head_sizes, train["hidden"], train["dropout"])
     strategy = make_strategy(config.strategy, **cfg["hparams"])
+    wandb_id = next((getattr(cb, "run_id", None) for cb in callbacks if getattr(cb, "run_id", None)), None)
+    if state is not None and state.get("wandb_run_id"):
+        for cb in callbacks:  # a W&B logger that can continue a run reads this before it starts
+            if hasattr(cb, "resume_run_id"):
+                cb.resume_run_id = state["wandb_run_id"]
+
+    def save(trainer_state: dict) -> None:
+        run_id = next((getattr(cb, "run_id", None) for cb in callbacks if getattr(cb, "run_id", None)), wandb_id)
+        save_checkpoint(out_dir / CHECKPOINT, {"run": label, "config": identity(cfg), "wandb_run_id": run_id,
+                                               "trainer": trainer_state})
+
+    if out_dir is not None and state is None:
+        write_json(out_dir / CONFIG, identity(cfg))
     trainer = Trainer(model, strategy, epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
                       optimizer=train["optimizer"], reset_optimizer=train["reset_optimizer"], device=config.device,
-                      seed=config.seed, quiet=quiet, callbacks=callbacks, evaluate_on=config.evaluate_on)
-    result = trainer.fit(stream)
+                      seed=config.seed, quiet=quiet, callbacks=callbacks, evaluate_on=config.evaluate_on,
+                      checkpoint_every=checkpoint_every if out_dir is not None else 0,
+                      on_checkpoint=save if out_dir is not None else None)
+    head = {"status": "finished", "strategy": config.strategy, "benchmark": config.benchmark, "seed": config.seed,
+            "hparams": cfg["hparams"],
+            "config": {**train, "setting": stream.setting, "head_sizes": stream.head_sizes,
+                       "benchmark_options": cfg["benchmark_options"], "device": str(trainer.device),
+                       "evaluated_on": config.evaluate_on},
+            "tasks": stream.task_names}
+    try:
+        result = trainer.fit(stream, resume=state["trainer"] if state is not None else None)
+    except TrainingDiverged as exc:
+        exc.run = label
+        p = trainer._progress
+        exc.result = {**head, "status": "diverged", "diverged_at": {**exc.where, "loss": str(exc.loss)},
+                      "error": str(exc), "accuracy_matrix": p["accuracy_matrix"],
+                      "initial_accuracy": p["initial_accuracy"], "curves": p["curves"] + trainer._task_curve,
+                      "train_seconds": p["train_seconds"], "wall_seconds": time.perf_counter() - wall_start,
+                      "versions": versions()}
+        if out_dir is not None:
+            write_text(out_dir / "matrix.csv", matrix_csv(exc.result))
+            write_json(out_dir / RESULTS, exc.result)
+        raise
+    except TrainingFailed as exc:
+        exc.run = label
+        raise
     R = result.accuracy_matrix
     out = {
-        "strategy": config.strategy, "benchmark": config.benchmark, "seed": config.seed, "hparams": cfg["hparams"],
-        "config": {**train, "setting": stream.setting, "head_sizes": stream.head_sizes,
-                   "benchmark_options": cfg["benchmark_options"], "device": str(trainer.device),
-                   "evaluated_on": config.evaluate_on},
-        "tasks": stream.task_names, "accuracy_matrix": R, "initial_accuracy": result.initial_accuracy,
+        **head, "accuracy_matrix": R, "initial_accuracy": result.initial_accuracy,
         "metrics": M.summary(R, result.initial_accuracy), "average_seen": M.average_seen(R),
         "curves": result.curves, "train_seconds": result.train_seconds,
         "wall_seconds": time.perf_counter() - wall_start, "versions": versions(),
     }
+    if state is not None:
+        out["resumed_from"] = dict(state["trainer"]["position"])
     if hasattr(strategy, "omega_history"):  # SI (and SI with c=0, i.e. fine-tuning that records omega): Fig. 5
         out["omega_correlation"] = M.omega_correlations(strategy.omega_history)
     out["_strategy"] = strategy  # in-memory only (dropped before writing): lets callers inspect learned state
     if out_dir is not None:
-        write_run(out, Path(out_dir))
+        save_torch(out_dir / MODEL, trainer.model.state_dict())
+        save_torch(out_dir / STRATEGY_STATE, {"strategy": config.strategy, "state": strategy.state_dict()})
+        write_run(out, out_dir)
+        (out_dir / CHECKPOINT).unlink(missing_ok=True)  # results.json, model.pt and strategy.pt hold it all now
     for cb in callbacks:
         cb.on_run_end(out, out_dir)
     return out
 
 
+def _diverged_again(saved: dict, label: str) -> TrainingDiverged:
+    """The TrainingDiverged of a run that diverged before (--resume does not train it again)."""
+    where = saved["diverged_at"]
+    exc = TrainingDiverged({k: where[k] for k in ("task", "task_name", "epoch", "step")}, where["loss"])
+    exc.run, exc.result = label, saved
+    return exc
+
+
 def write_run(result: dict, out_dir: Path) -> Path:
-    """results.json, matrix.csv and the run's plots (docs/results-schema.md)."""
+    """matrix.csv, the run's plots, then results.json (docs/results-schema.md): results.json last, as its presence
+    marks the run finished."""
     out_dir = Path(out_dir)
-    path = write_json(out_dir / "results.json", {k: v for k, v in result.items() if not k.startswith("_")})
     write_text(out_dir / "matrix.csv", matrix_csv(result))
     write_run_plots(result, out_dir)
-    return path
+    return write_json(out_dir / RESULTS, {k: v for k, v in result.items() if not k.startswith("_")})
 
 
 def slug(label: str) -> str:
@@ -124,13 +208,18 @@ def slug(label: str) -> str:
 
 def compare(strategies: Sequence[str], benchmark: str, seeds: int = 3, out_dir: Optional[Path] = None,
             quiet: bool = False, base: Optional[RunConfig] = None, hparams: Optional[Dict[str, dict]] = None,
-            callbacks_for=None) -> dict:
+            callbacks_for=None, *, resume: bool = False, overwrite: bool = False,
+            checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY) -> dict:
     """Run every (strategy, seed) pair on one benchmark; return (and write) summary.json content.
 
     Every configuration is checked before the first run starts.
     """
+    strategies = list(strategies)
     if not strategies:
-        raise ValueError("give at least one strategy to compare")
+        raise ValueError("give at least one strategy to compare (e.g. --strategies naive,si)")
+    repeated = sorted({s for s in strategies if strategies.count(s) > 1})
+    if repeated:
+        raise ValueError(f"strategies {repeated} are listed more than once in {strategies}; list each once")
     base = base or RunConfig(strategy=strategies[0], benchmark=benchmark)
     hparams = hparams or {}
     configs = {s: replace(base, strategy=s, benchmark=benchmark, hparams=dict(hparams.get(s, {}))) for s in strategies}
@@ -138,48 +227,81 @@ def compare(strategies: Sequence[str], benchmark: str, seeds: int = 3, out_dir: 
     if unknown:
         raise RegistryError(f"hyperparameters given for {unknown}, which are not among the compared strategies "
                             f"{list(strategies)}")
-    return compare_configs(configs, seeds, out_dir, quiet, callbacks_for)
+    return compare_configs(configs, seeds, out_dir, quiet, callbacks_for, resume=resume, overwrite=overwrite,
+                           checkpoint_every=checkpoint_every)
 
 
 def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional[Path] = None, quiet: bool = False,
-                    callbacks_for=None) -> dict:
+                    callbacks_for=None, *, resume: bool = False, overwrite: bool = False,
+                    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY) -> dict:
     """Run each labelled configuration (all on one benchmark) for seeds 0..seeds-1 and aggregate them head to head.
 
-    Every configuration is checked before the first run starts; the stream is built once and shared.
+    Every configuration is checked before the first run starts; the stream is built once and shared. A run that
+    diverges is recorded (summary["diverged"]) and left out of the statistics; the others go on.
     """
-    if seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    if not configs:
+        raise ValueError("give at least one configuration to compare")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"--seeds must be an integer >= 1, got {seeds!r}")
     for cfg in configs.values():
         cfg.resolved()
     first = next(iter(configs.values()))
     benchmark = first.benchmark
     if any(c.benchmark != benchmark or c.benchmark_options != first.benchmark_options for c in configs.values()):
         raise ValueError("a comparison runs every configuration on the same benchmark with the same options")
-    stream = BENCHMARKS.create(benchmark, **first.benchmark_options)
-    summary = {"benchmark": benchmark, "tasks": stream.task_names, "seeds": list(range(seeds)), "strategies": {}}
+    if out_dir is None:
+        return _compare(configs, seeds, None, quiet, callbacks_for, False, checkpoint_every)
+    with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
+        return _compare(configs, seeds, Path(out_dir), quiet, callbacks_for, resume, checkpoint_every)
+
+
+def _compare(configs, seeds, out_dir, quiet, callbacks_for, resume, checkpoint_every) -> dict:
+    first = next(iter(configs.values()))
+    stream = BENCHMARKS.create(first.benchmark, **first.benchmark_options)
+    summary = {"benchmark": first.benchmark, "tasks": stream.task_names, "seeds": list(range(seeds)),
+               "strategies": {}, "diverged": []}
     all_runs = {}
     for name, cfg in configs.items():
-        runs = []
+        runs, diverged = [], []
         for seed in range(seeds):
             callbacks = callbacks_for(name, seed) if callbacks_for else ()
-            run_dir = Path(out_dir) / f"{slug(name)}-seed{seed}" if out_dir is not None else None
-            res = run(replace(cfg, seed=seed), run_dir, quiet, callbacks, stream=stream)
+            run_dir = out_dir / f"{slug(name)}-seed{seed}" if out_dir is not None else None
+            try:
+                res = _run_in(replace(cfg, seed=seed), run_dir, quiet, callbacks, stream, resume, checkpoint_every,
+                              f"{name} seed {seed}")
+            except TrainingDiverged as exc:
+                print(f"clframework: {exc}", file=sys.stderr)
+                diverged.append({"strategy": name, "seed": seed, "diverged_at": exc.result["diverged_at"]})
+                continue
             runs.append({k: v for k, v in res.items() if not k.startswith("_")})
-        all_runs[name] = runs
-        stats = A.aggregate_runs(runs)
-        summary["strategies"][name] = {
-            "acc_mean": stats["metrics"]["acc"]["mean"], "acc_sem": stats["metrics"]["acc"]["sem"],
-            "hparams": runs[0]["hparams"], "seconds_per_run": sum(r["wall_seconds"] for r in runs) / len(runs),
-            **stats,
-            "runs": [{k: r[k] for k in ("seed", "metrics", "train_seconds", "wall_seconds", "accuracy_matrix",
-                                        "initial_accuracy", "average_seen")} for r in runs],
-        }
-    summary["paired"] = A.paired_table(all_runs)
+        summary["diverged"] += diverged
+        entry = {"hparams": cfg.resolved()["hparams"], "diverged_seeds": [d["seed"] for d in diverged]}
+        if runs:
+            all_runs[name] = runs
+            stats = A.aggregate_runs(runs)
+            entry.update({
+                "acc_mean": stats["metrics"]["acc"]["mean"], "acc_sem": stats["metrics"]["acc"]["sem"],
+                "seconds_per_run": sum(r["wall_seconds"] for r in runs) / len(runs), **stats,
+                "runs": [{k: r[k] for k in ("seed", "metrics", "train_seconds", "wall_seconds", "accuracy_matrix",
+                                            "initial_accuracy", "average_seen")} for r in runs]})
+        else:  # every seed diverged: shown in the table, no statistics
+            entry.update({"acc_mean": None, "acc_sem": None, "seconds_per_run": None, "metrics": {}, "runs": []})
+        summary["strategies"][name] = entry
+    summary["paired"] = A.paired_table(all_runs)  # finished runs only, on the seeds both strategies finished
     summary["table"] = A.head_to_head(summary)
     if out_dir is not None:
-        out_dir = Path(out_dir)
         write_json(out_dir / "summary.json", summary)
         write_text(out_dir / "table.md", A.table_markdown(summary))
         write_text(out_dir / "table.csv", A.table_csv(summary["table"]))
-        write_compare_plots(all_runs, out_dir)
+        if all_runs:
+            write_compare_plots(all_runs, out_dir)
     return summary
+
+
+def _run_in(config: RunConfig, run_dir: Optional[Path], quiet: bool, callbacks, stream, resume: bool,
+            checkpoint_every: int, label: str) -> dict:
+    """One run inside a comparison's folder (already locked and checked): its own subfolder, same resume rules."""
+    cfg = config.resolved()
+    if run_dir is not None and run_dir.exists() and not resume and any(run_dir.iterdir()):
+        raise OutputError(f"{run_dir} is not empty; add --resume or --overwrite")
+    return _run(config, cfg, run_dir, quiet, callbacks, stream, resume, checkpoint_every, label)

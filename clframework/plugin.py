@@ -49,12 +49,21 @@ class Strategy:
         """After the last step of a task, with that task's training data (a Task, an (x, y) pair or batches)."""
 
     def state_dict(self) -> Dict[str, Any]:
-        """Everything the strategy has learned, so a run can be resumed or analysed."""
+        """Everything the strategy has learned and its hyperparameters, so that a run resumed from a checkpoint
+        (possibly in the middle of a task, after `on_task_start`) continues exactly; also kept as strategy.pt."""
         return {}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        if state:
-            raise ValueError(f"{type(self).__name__} keeps no state but was given keys {sorted(state)}")
+        """Restore a `state_dict()`; a state with missing or unexpected keys is an error naming them."""
+        check_state_keys(self, state, ())
+
+
+def check_state_keys(strategy: Strategy, state: Dict[str, Any], expected) -> None:
+    """Raise ValueError naming the missing and unexpected keys of a strategy state (e.g. another strategy's)."""
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{type(strategy).__name__}.load_state_dict: missing keys {missing}, unexpected keys "
+                         f"{unexpected}; expected exactly {sorted(expected)} (is this state from another strategy?)")
 
 
 def register_strategy(name: str, *, checks: Optional[Dict[str, tuple]] = None, description: str = ""):

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from clframework.evaluation.evaluator import evaluate_stream
 
+from .checkpoint import to_device
 from .models import forward_head
 from .plugin import Strategy
 
@@ -68,21 +69,57 @@ class StreamResult:
     curves: List[dict] = field(default_factory=list)
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; says where (run, task, epoch, step) and what to try."""
+
+    def __init__(self, where: dict, loss: float):
+        self.where, self.loss, self.run = dict(where), loss, ""
+        self.result: Optional[dict] = None  # the partial results the run recorded (set by experiment.run)
+        super().__init__()
+
+    def __str__(self) -> str:
+        w = self.where
+        run = f"run {self.run}: " if self.run else ""
+        return (f"{run}the training loss became {self.loss} at task {w['task'] + 1} ({w['task_name']}), epoch "
+                f"{w['epoch']}, step {w['step']}: the run diverged and was stopped. Try a lower learning rate "
+                f"(--lr) or a smaller regularization strength (e.g. --set c=... for SI, ewc_lambda=... for EWC)")
+
+
+class TrainingFailed(Exception):
+    """An exception raised inside a strategy's hook or the user's code during training; `__cause__` holds it (with
+    its traceback) and the message says where it happened. Finished tasks stay in the last checkpoint."""
+
+    def __init__(self, where: dict, run: str = ""):
+        self.where, self.run = dict(where), run
+        super().__init__()
+
+    def __str__(self) -> str:
+        w, cause = self.where, self.__cause__
+        run = f"run {self.run}, " if self.run else ""
+        return (f"{type(cause).__name__}: {cause} (raised in {run}task {w['task'] + 1} ({w['task_name']}), "
+                f"epoch {w['epoch']}, step {w['step']})")
+
+
 class Trainer:
     """Sequential training over a stream with a strategy's hooks.
 
     reset_optimizer: a fresh optimizer per task (paper: split MNIST, CIFAR) or one kept across tasks (permuted MNIST).
+    on_checkpoint: called with `state_dict()` after every task and, with checkpoint_every > 0, every that many
+    optimizer steps; `fit(stream, resume=state)` continues from such a state exactly (bit for bit on CPU).
     """
 
     def __init__(self, model: nn.Module, strategy: Strategy, *, epochs: int = 10, batch_size: int = 64,
                  lr: float = 1e-3, optimizer: str = "adam", reset_optimizer: bool = True,
                  device: Optional[str] = None, seed: int = 0, quiet: bool = False,
-                 callbacks: Sequence[TrainerCallback] = (), evaluate_on: str = "test"):
-        if epochs < 1 or batch_size < 1 or lr <= 0:
+                 callbacks: Sequence[TrainerCallback] = (), evaluate_on: str = "test",
+                 checkpoint_every: int = 0, on_checkpoint: Optional[Callable[[dict], None]] = None):
+        if epochs < 1 or batch_size < 1 or not lr > 0:
             raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0, got epochs={epochs}, "
                              f"batch_size={batch_size}, lr={lr}")
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+        if checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0: after every task only), got {checkpoint_every}")
         self.device = select_device(device)
         self.model = model.to(self.device)
         self.strategy = strategy
@@ -94,35 +131,119 @@ class Trainer:
         self.evaluate_on = evaluate_on
         self.generator = torch.Generator().manual_seed(seed)
         self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.checkpoint_every, self.on_checkpoint = checkpoint_every, on_checkpoint
+        # where training stands: task (0-based), epochs finished in it, steps finished in the current epoch
+        self.position = {"task": 0, "task_name": "", "epoch": 0, "step": 0}
+        self.global_step = 0
+        self._epoch: Optional[dict] = None  # the epoch in flight: its batch order and running sums
+        self._task_curve: List[dict] = []
+        self._progress = {"initial_accuracy": [], "accuracy_matrix": [], "curves": [], "train_seconds": 0.0}
+        self._clock = 0.0  # perf_counter when the current task's timing started
+        self._checkpoint_seconds = 0.0
 
     def _callback(self, name: str, *args) -> None:
         for cb in self.callbacks:
             getattr(cb, name)(*args)
 
-    def train_task(self, task, task_index: int) -> List[dict]:
-        """Train one task for `epochs` epochs; returns the per-epoch loss and training accuracy."""
+    # -- checkpoints ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything the continuation needs: model, optimizer, strategy, RNG states, position, results so far."""
+        elapsed = self._progress["train_seconds"]
+        if self._clock:
+            elapsed += time.perf_counter() - self._clock - self._checkpoint_seconds
+        epoch = None
+        if self._epoch is not None:
+            epoch = {k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v for k, v in self._epoch.items()}
+        return {
+            "model": self.model.state_dict(), "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "strategy": self.strategy.state_dict(), "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+            "position": dict(self.position), "global_step": self.global_step, "epoch_in_flight": epoch,
+            "task_curve": [dict(p) for p in self._task_curve],
+            "progress": {**self._progress, "train_seconds": elapsed},
+        }
+
+    def _checkpoint(self) -> None:
+        if self.on_checkpoint is None:
+            return
+        start = time.perf_counter()
+        self.on_checkpoint(self.state_dict())
+        self._checkpoint_seconds += time.perf_counter() - start  # writing files is not training time
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a `state_dict()`; the next `fit(stream, resume=...)` continues from its position."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer = None
+        if state["optimizer"] is not None:
+            self.optimizer = self.make_optimizer([p for p in self.model.parameters() if p.requires_grad], lr=self.lr)
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.strategy.load_state_dict(to_device(state["strategy"], self.device))
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.position, self.global_step = dict(state["position"]), state["global_step"]
+        epoch = state["epoch_in_flight"]
+        self._epoch = None if epoch is None else {
+            k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in epoch.items()}
+        self._task_curve = [dict(p) for p in state["task_curve"]]
+        self._progress = {**state["progress"], "accuracy_matrix": [list(r) for r in state["progress"]["accuracy_matrix"]],
+                          "curves": [dict(p) for p in state["progress"]["curves"]]}
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def _diverged(self, loss: torch.Tensor) -> TrainingDiverged:
+        return TrainingDiverged(self.position, float(loss))
+
+    def train_task(self, task, task_index: int, resume: bool = False) -> List[dict]:
+        """Train one task for `epochs` epochs; returns the per-epoch loss and training accuracy.
+
+        resume: continue the task from `self.position` as restored by `load_state_dict` (no new optimizer, no
+        `on_task_start`: the restored strategy state already includes it)."""
         model, strategy, device = self.model, self.strategy, self.device
-        if self.optimizer is None or self.reset_optimizer:
-            self.optimizer = self.make_optimizer([p for p in model.parameters() if p.requires_grad], lr=self.lr)
+        # resuming: the epoch in flight (1-based position["epoch"]) continues after its position["step"] steps
+        first_epoch = self.position["epoch"] - 1 if resume else 0
+        self.position = {"task": task_index, "task_name": task.name, "epoch": first_epoch,
+                         "step": self.position["step"] if resume else 0}
+        if not resume:
+            self._epoch, self._task_curve = None, []
+            if self.optimizer is None or self.reset_optimizer:
+                self.optimizer = self.make_optimizer([p for p in model.parameters() if p.requires_grad], lr=self.lr)
         opt = self.optimizer
         x, y = task.train_x.to(device), task.train_y.to(device)
         n, head = len(y), task.head
-        strategy.on_task_start(model, task_index)
+        if not resume:
+            strategy.on_task_start(model, task_index)
         model.train()
-        curve = []
-        bar = tqdm(range(self.epochs), desc=f"task {task_index + 1} {task.name}", leave=False, disable=self.quiet,
-                   unit="epoch")
+        curve = self._task_curve
+        check_now = device.type == "cpu"  # on CUDA a per-step check would wait for the GPU: checked per epoch
+        bar = tqdm(range(first_epoch, self.epochs), desc=f"task {task_index + 1} {task.name}", leave=False,
+                   disable=self.quiet, unit="epoch")
         for epoch in bar:
-            order = torch.randperm(n, generator=self.generator).to(device)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), dtype=torch.long, device=device)
-            for i in range(0, n, self.batch_size):
+            self.position["epoch"] = epoch + 1
+            if self._epoch is None:
+                self._epoch = {"order": torch.randperm(n, generator=self.generator).to(device),
+                               "loss_sum": torch.zeros((), device=device),
+                               "correct": torch.zeros((), dtype=torch.long, device=device),
+                               "first_bad": torch.full((), -1, dtype=torch.long, device=device)}
+            ep = self._epoch
+            order, loss_sum, correct = ep["order"], ep["loss_sum"], ep["correct"]
+            for b, i in enumerate(range(self.position["step"] * self.batch_size, n, self.batch_size),
+                                  start=self.position["step"] + 1):
+                self.position["step"] = b
                 idx = order[i:i + self.batch_size]
                 xb, yb = x[idx], y[idx]
                 out = forward_head(model, xb, head)
                 loss = F.cross_entropy(out, yb)
                 extra = strategy.penalty(model)
-                (loss + extra if isinstance(extra, torch.Tensor) else loss).backward()
+                total = loss + extra if isinstance(extra, torch.Tensor) else loss
+                if check_now:
+                    if not torch.isfinite(total):
+                        raise self._diverged(total)
+                else:
+                    bad = ~torch.isfinite(total) & (ep["first_bad"] < 0)
+                    ep["first_bad"] = torch.where(bad, torch.full_like(ep["first_bad"], b), ep["first_bad"])
+                total.backward()
                 strategy.on_before_step(model)
                 opt.step()
                 strategy.on_after_step(model)
@@ -130,25 +251,61 @@ class Trainer:
                 with torch.no_grad():
                     loss_sum.add_(loss, alpha=len(idx))
                     correct += (out.argmax(-1) == yb).sum()
+                self.global_step += 1
+                if self.checkpoint_every and self.global_step % self.checkpoint_every == 0:
+                    self._check_finite(ep)
+                    self._checkpoint()
+            self._check_finite(ep)
             point = {"task": task_index, "epoch": epoch + 1, "loss": loss_sum.item() / n, "accuracy": correct.item() / n}
             curve.append(point)
+            self._epoch = None
+            self.position["step"] = 0
             bar.set_postfix(loss=f"{point['loss']:.4f}", acc=f"{point['accuracy']:.3f}")
             self._callback("on_epoch_end", task_index, epoch + 1, point["loss"], point["accuracy"])
         strategy.on_task_end(model, task, head)
-        return curve
+        return list(curve)
 
-    def fit(self, stream) -> StreamResult:
-        """Train every task of the stream in order, scoring all tasks after each one."""
-        initial = evaluate_stream(self.model, stream, self.device, self.evaluate_on)
-        self._callback("on_task_evaluated", -1, initial)
-        matrix, curves, train_seconds = [], [], 0.0
-        for i, task in enumerate(stream.tasks):
-            start = time.perf_counter()
-            curves += self.train_task(task, i)
+    def _check_finite(self, ep: dict) -> None:
+        """On CUDA, non-finite losses are noted on the device and looked at here (epoch end, before a checkpoint)."""
+        first_bad = int(ep["first_bad"])
+        if first_bad >= 0:
+            self.position["step"] = first_bad
+            raise TrainingDiverged(self.position, float("nan"))
+
+    def fit(self, stream, resume: Optional[dict] = None) -> StreamResult:
+        """Train every task of the stream in order, scoring all tasks after each one.
+
+        resume: a `state_dict()` (from a checkpoint) to continue from instead of starting over. An exception raised
+        by a strategy or model during training comes out as TrainingFailed, saying where it happened."""
+        progress = self._progress
+        if resume is None:
+            progress["initial_accuracy"] = evaluate_stream(self.model, stream, self.device, self.evaluate_on)
+            self._callback("on_task_evaluated", -1, progress["initial_accuracy"])
+            first, mid_task = 0, False
+        else:
+            self.load_state_dict(resume)
+            progress = self._progress
+            first = self.position["task"]
+            mid_task = self._epoch is not None
+        for i in range(first, len(stream.tasks)):
+            task = stream.tasks[i]
+            self._clock, self._checkpoint_seconds = time.perf_counter(), 0.0
+            try:
+                curve = self.train_task(task, i, resume=mid_task and i == first)
+            except (TrainingDiverged, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                raise TrainingFailed(self.position) from exc
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
-            train_seconds += time.perf_counter() - start
+            progress["train_seconds"] += time.perf_counter() - self._clock - self._checkpoint_seconds
+            self._clock = 0.0
+            progress["curves"] += curve
+            self._task_curve = []
             row = evaluate_stream(self.model, stream, self.device, self.evaluate_on)
-            matrix.append(row)
+            progress["accuracy_matrix"].append(row)
             self._callback("on_task_evaluated", i, row)
-        return StreamResult(matrix, initial, train_seconds, curves)
+            self.position = {"task": i + 1, "task_name": "", "epoch": 0, "step": 0}
+            self._checkpoint()
+        return StreamResult([list(r) for r in progress["accuracy_matrix"]], list(progress["initial_accuracy"]),
+                            progress["train_seconds"], list(progress["curves"]))

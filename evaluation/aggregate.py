@@ -87,6 +87,12 @@ def paired_table(runs_by_strategy: Dict[str, Sequence[dict]], metrics: Sequence[
     return rows
 
 
+def _diverged_note(s: dict) -> str:
+    """A note such as ' (diverged: seeds 1, 2; left out)' for a strategy whose runs diverged on some seeds."""
+    seeds = s.get("diverged_seeds") or []
+    return f" (diverged: seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; left out)" if seeds else ""
+
+
 def _pm(stat: Optional[dict]) -> str:
     if stat is None:
         return "-"
@@ -121,7 +127,8 @@ def table_markdown(summary: dict) -> str:
              "| strategy | ACC | BWT | FWT | forgetting | s/run |", "|---|---|---|---|---|---|"]
     for name, s in summary["strategies"].items():
         cells = [_pm(s["metrics"].get(m)) for m in METRICS]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {s['seconds_per_run']:.1f} |")
+        secs = "-" if s["seconds_per_run"] is None else f"{s['seconds_per_run']:.1f}"
+        lines.append(f"| {name}{_diverged_note(s)} | " + " | ".join(cells) + f" | {secs} |")
     pairs = summary.get("paired", [])
     if pairs:
         conf = int(round(pairs[0]["confidence"] * 100))
@@ -139,9 +146,12 @@ def format_console(summary: dict) -> str:
     lines = [f"benchmark {summary['benchmark']}, {len(summary['seeds'])} seed(s): final average accuracy",
              f"{'strategy':<12} {'acc mean +- SEM':>18} {'s/run':>8}"]
     for name, s in summary["strategies"].items():
-        st = s["metrics"]["acc"]
+        st = s["metrics"].get("acc")
+        if st is None:
+            lines.append(f"{name:<12} {'diverged':>18} {'-':>8}{_diverged_note(s)}")
+            continue
         sem = st["sem"] if st["sem"] is not None else 0.0
-        lines.append(f"{name:<12} {st['mean']:>9.4f} +- {sem:.4f} {s['seconds_per_run']:>8.1f}")
+        lines.append(f"{name:<12} {st['mean']:>9.4f} +- {sem:.4f} {s['seconds_per_run']:>8.1f}{_diverged_note(s)}")
     for p in summary.get("paired", []):
         if p["metric"] != "acc":
             continue

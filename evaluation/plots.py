@@ -20,6 +20,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .aggregate import cellwise  # noqa: E402
+from .results import write_atomic  # noqa: E402
 
 COLORS = ["tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
 
@@ -33,12 +34,12 @@ def chance_levels(result: dict) -> List[float]:
 
 
 def save(fig: Figure, stem: Path) -> List[Path]:
-    """Write `stem`.png and `stem`.svg (parents created); returns both paths."""
+    """Write `stem`.png and `stem`.svg (parents created, each file atomically); returns both paths."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    fig.savefig(paths[0], dpi=120, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    write_atomic(paths[0], lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+    write_atomic(paths[1], lambda f: fig.savefig(f, format="svg", bbox_inches="tight"))
     return paths
 
 

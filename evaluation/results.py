@@ -1,25 +1,63 @@
-"""Result files. Every file is written to a temporary name and renamed, so a crash never leaves half a file."""
+"""Result files. Every file is written to a temporary name in its folder, flushed to disk and renamed, so a crash
+or a full disk never leaves half a file: either the new complete file or the previous one is there."""
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, IO
 
 
-def write_text(path: Path, text: str) -> Path:
+class OutputError(RuntimeError):
+    """A result file could not be written (full disk, unwritable folder); the previous file, if any, is intact."""
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call `write(file)` on a temporary file next to `path`, fsync it, then rename it onto `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create folder {path.parent}: {exc.strerror or exc}") from None
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            kept = " (the previous complete file is kept)" if path.exists() else ""
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}{kept}; free space or choose another "
+                              f"--out") from None
+        raise
     return path
 
 
+def write_text(path: Path, text: str) -> Path:
+    data = text.encode()
+    return write_atomic(path, lambda f: f.write(data))
+
+
+def finite_json(data: Any) -> Any:
+    """`data` with every NaN or infinite float replaced by None, which every JSON reader accepts."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite_json(v) for v in data]
+    return data
+
+
 def write_json(path: Path, data: Any) -> Path:
-    return write_text(path, json.dumps(data, indent=2) + "\n")
+    """JSON without NaN or Infinity (non-finite numbers become null), written atomically."""
+    return write_text(path, json.dumps(finite_json(data), indent=2, allow_nan=False) + "\n")
 
 
 def read_json(path: Path) -> Any:

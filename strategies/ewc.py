@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from clframework.models import forward_head, takes_head
-from clframework.plugin import Strategy, iter_task_batches, register_strategy, trainable
+from clframework.plugin import Strategy, check_state_keys, iter_task_batches, register_strategy, trainable
 
 FISHER_KINDS = ("exact", "empirical")
 
@@ -275,10 +275,23 @@ class EWC(Strategy):
                                         self.ewc_lambda)
         return total
 
+    _STATE = ("hparams", "fishers", "anchors")
+
     def state_dict(self):
-        return {"fishers": self.fishers, "anchors": self.anchors}
+        return {"hparams": {"ewc_lambda": self.ewc_lambda, "fisher": self.fisher_kind,
+                            "fisher_samples": self.fisher_samples, "online": self.online, "gamma": self.gamma,
+                            "fisher_batch_size": self.fisher_batch_size, "fisher_method": self.fisher_method},
+                "fishers": self.fishers, "anchors": self.anchors}
 
     def load_state_dict(self, state):
-        self.fishers = [dict(f) for f in state["fishers"]]
-        self.anchors = [dict(a) for a in state["anchors"]]
+        check_state_keys(self, state, self._STATE)
+        hp = state["hparams"]
+        self.ewc_lambda, self.fisher_kind, self.fisher_samples = float(hp["ewc_lambda"]), hp["fisher"], \
+            int(hp["fisher_samples"])
+        self.online, self.gamma, self.fisher_batch_size = bool(hp["online"]), float(hp["gamma"]), \
+            int(hp["fisher_batch_size"])
+        self.fisher_method = hp["fisher_method"]
+        self.fishers = [{n: t.clone() for n, t in f.items()} for f in state["fishers"]]
+        self.anchors = [{n: t.clone() for n, t in a.items()} for a in state["anchors"]]
+        self._params = {}  # bound again to the model being trained on the next step
         self._rebuild_sums()

@@ -11,7 +11,7 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from clframework.plugin import Strategy, register_strategy, trainable
+from clframework.plugin import Strategy, check_state_keys, register_strategy, trainable
 
 
 def path_integral_step(grad: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
@@ -91,10 +91,12 @@ class SI(Strategy):
         self._penalized = [n for n in self.Omega if bool(self.Omega[n].any())] if self.c > 0 else []
         self._plans = {}
 
-    def _plan(self) -> "_StepPlan":
+    def _plan(self, model: nn.Module) -> "_StepPlan":
         """The step's tensor lists, built once per task for each set of parameters that get gradients (in a
         multi-head model: the trunk and the task's head), so a step costs a few fused in-place ops and no
         allocations."""
+        if not self._params:  # state loaded in the middle of a task: bind to the model being trained
+            self._params = trainable(model)
         key = tuple(p.grad is not None for p in self._params.values())
         plan = self._plans.get(key)
         if plan is None:
@@ -111,7 +113,7 @@ class SI(Strategy):
 
     @torch.no_grad()
     def on_before_step(self, model: nn.Module) -> None:
-        plan = self._plan()
+        plan = self._plan(model)
         if not plan.params:
             self._step = ()
             return
@@ -158,12 +160,22 @@ class SI(Strategy):
         return total
 
     # -- state ----------------------------------------------------------------------------------------------------
+    _STATE = ("hparams", "Omega", "reference", "omega", "task_start", "omega_history")
+
     def state_dict(self):
-        return {"Omega": self.Omega, "reference": self.reference, "omega": self.omega, "task_start": self.task_start,
+        return {"hparams": {"c": self.c, "xi": self.xi, "clamp": self.clamp,
+                            "omega_from_total_loss": self.omega_from_total_loss},
+                "Omega": self.Omega, "reference": self.reference, "omega": self.omega, "task_start": self.task_start,
                 "omega_history": self.omega_history}
 
     def load_state_dict(self, state):
+        check_state_keys(self, state, self._STATE)
+        hp = state["hparams"]
+        self.c, self.xi, self.clamp = float(hp["c"]), float(hp["xi"]), bool(hp["clamp"])
+        self.omega_from_total_loss = bool(hp["omega_from_total_loss"])
         for key in ("Omega", "reference", "omega", "task_start"):
             setattr(self, key, {n: t.clone() for n, t in state[key].items()})
-        self._plans, self._step = {}, ()  # the step lists pointed at the replaced tensors
         self.omega_history = [dict(h) for h in state["omega_history"]]
+        # the step lists pointed at the replaced tensors; they are rebuilt against the model on the next step
+        self._plans, self._step, self._params = {}, (), {}
+        self._penalized = [n for n in self.Omega if bool(self.Omega[n].any())] if self.c > 0 else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -58,6 +59,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                    help="import MODULE (or a .py file) first so that its registered strategies count")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _folder_args(p)
+
+
+def _folder_args(p: argparse.ArgumentParser, checkpoints: bool = True) -> None:
+    p.add_argument("--resume", action="store_true",
+                   help="continue the runs in --out: finished ones are kept, interrupted ones go on from their "
+                        "checkpoint (docs/reliability.md)")
+    p.add_argument("--overwrite", action="store_true", help="empty a non-empty --out made by clframework first")
+    if checkpoints:
+        p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                       help="also checkpoint every N optimizer steps within a task (default 500; 0: after each "
+                            "task only)")
 
 
 def _wandb_args(p: argparse.ArgumentParser) -> None:
@@ -82,6 +95,7 @@ def _wandb_loggers(args, out: Path, group: Optional[str]):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clframework", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="full Python tracebacks for every error")
     sub = parser.add_subparsers(dest="command", required=True)
     lp = sub.add_parser("list", help="registered strategies (with hyperparameters) and benchmarks")
     lp.add_argument("--plugin", action="append", default=[], metavar="MODULE")
@@ -104,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--data-root", help="folder holding the dataset files")
     xp.add_argument("--out", type=Path, help="output folder")
     xp.add_argument("--quiet", action="store_true", help="no progress bars")
+    _folder_args(xp)
     tp = sub.add_parser("tune", help="grid search on a validation hold-out; reports the chosen value's test accuracy")
     tp.add_argument("--strategy", required=True)
     tp.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="values to try")
@@ -125,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--device", default="cpu", help="cpu (default), cuda, auto ...")
     bp.add_argument("--out", type=Path, help="folder for bench.json and bench.md")
     bp.add_argument("--plugin", action="append", default=[], metavar="MODULE")
+    for command in sub.choices.values():  # --debug also after the command name
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="full Python tracebacks for every error")
     return parser
 
 
@@ -141,6 +159,13 @@ def _base_config(args, strategy: str):
     return RunConfig(strategy=strategy, benchmark=args.benchmark, seed=getattr(args, "seed", 0), epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, hidden=hidden, dropout=args.dropout, device=args.device,
                      benchmark_options=options)
+
+
+def _folder_options(args) -> dict:
+    out = {"resume": args.resume, "overwrite": args.overwrite}
+    if getattr(args, "checkpoint_every", None) is not None:
+        out["checkpoint_every"] = args.checkpoint_every
+    return out
 
 
 def cmd_list(args) -> int:
@@ -169,7 +194,7 @@ def cmd_run(args) -> int:
     cfg.resolved()  # every error before training
     out = args.out or Path("runs") / f"{args.benchmark}-{args.strategy}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     loggers = _wandb_loggers(args, out, args.wandb_group)
-    res = run(cfg, out, quiet=args.quiet, callbacks=loggers(cfg) if loggers else ())
+    res = run(cfg, out, quiet=args.quiet, callbacks=loggers(cfg) if loggers else (), **_folder_options(args))
     m = res["metrics"]
     print(f"{args.strategy} on {args.benchmark} (seed {args.seed}): acc {m['acc']:.4f}  bwt {m['bwt']:+.4f}  "
           f"forgetting {m['forgetting']:.4f}  ({res['train_seconds']:.1f} s training)")
@@ -187,19 +212,29 @@ def cmd_compare(args) -> int:
     loggers = _wandb_loggers(args, out, args.wandb_group or out.resolve().name)
     callbacks_for = (lambda s, seed: loggers(replace(base, strategy=s, hparams=hparams[s], seed=seed))) if loggers else None
     summary = compare(strategies, args.benchmark, args.seeds, out, quiet=args.quiet, base=base, hparams=hparams,
-                      callbacks_for=callbacks_for)
+                      callbacks_for=callbacks_for, **_folder_options(args))
     print(format_table(summary))
     print(f"summary: {out / 'summary.json'}")
-    return 0
+    return _diverged_exit(summary["diverged"])
+
+
+def _diverged_exit(diverged) -> int:
+    """0, or EXIT_DIVERGED with one line naming the runs that diverged (left out of the statistics)."""
+    if not diverged:
+        return 0
+    names = ", ".join(f"{d['strategy']} seed {d['seed']}" for d in diverged)
+    print(f"clframework: error: {len(diverged)} run(s) diverged and were left out of the statistics: {names}",
+          file=sys.stderr)
+    return EXIT_DIVERGED
 
 
 def cmd_reproduce(args) -> int:
     from .reproduce import reproduce
 
     out = args.out or Path("runs") / f"reproduce-{args.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
-    reproduce(args.experiment, out, dataset=args.dataset, quick=args.quick, seeds=args.seeds, epochs=args.epochs,
-              data_root=args.data_root, quiet=args.quiet)
-    return 0
+    result = reproduce(args.experiment, out, dataset=args.dataset, quick=args.quick, seeds=args.seeds,
+                       epochs=args.epochs, data_root=args.data_root, quiet=args.quiet, **_folder_options(args))
+    return _diverged_exit(result.get("diverged", []))
 
 
 def cmd_tune(args) -> int:
@@ -209,9 +244,10 @@ def cmd_tune(args) -> int:
     base = _base_config(args, args.strategy)
     base.hparams = _parse_sets(args.set)
     out = args.out or Path("runs") / f"tune-{args.strategy}-{args.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
-    tune(base, grid, validation=args.validation, seeds=args.seeds, out_dir=out, quiet=args.quiet)
+    result = tune(base, grid, validation=args.validation, seeds=args.seeds, out_dir=out, quiet=args.quiet,
+                  **_folder_options(args))
     print(f"results: {out / 'tune.json'}")
-    return 0
+    return _diverged_exit(result.get("diverged", []))
 
 
 def cmd_bench(args) -> int:
@@ -238,17 +274,45 @@ def cmd_bench(args) -> int:
     return 0
 
 
+EXIT_USER_ERROR, EXIT_CRASH, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 1, 3, 130
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Exit codes: 0 done, 2 a user error (one line), 3 a run diverged, 1 an exception in a strategy or the user's
+    code (traceback and where), 130 interrupted (Ctrl-C; the checkpoint is kept for --resume)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv == ["compare"] or not argv:
         argv = argv or ["compare"]
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ..trainer import TrainingDiverged, TrainingFailed
+
     try:
         for module in getattr(args, "plugin", []):
             import_plugin(module)
         return {"list": cmd_list, "run": cmd_run, "compare": cmd_compare, "reproduce": cmd_reproduce,
                 "tune": cmd_tune, "bench": cmd_bench}[args.command](args)
-    except (RegistryError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        out = getattr(args, "out", None)
+        where = f"the checkpoints in {out} are kept; " if out else ""
+        print(f"\nclframework: interrupted; {where}continue with the same command plus --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except TrainingDiverged as exc:
+        if args.debug:
+            raise
         print(f"clframework: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_DIVERGED
+    except TrainingFailed as exc:
+        if args.debug:
+            raise
+        traceback.print_exception(exc.__cause__, file=sys.stderr)
+        print(f"clframework: error in a strategy or model during training: {exc}. Finished tasks are kept in the "
+              f"checkpoint (--resume continues from it once the cause is fixed).", file=sys.stderr)
+        return EXIT_CRASH
+    except (RegistryError, ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"clframework: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR

@@ -21,7 +21,8 @@ from clframework.evaluation.evaluator import evaluate_stream
 from clframework.evaluation.plots import final_accuracy_figure, save
 from clframework.evaluation.results import write_json, write_text
 
-from ..experiment import RunConfig, compare_configs
+from ..checkpoint import OutputFolder
+from ..experiment import DEFAULT_CHECKPOINT_EVERY, RunConfig, compare_configs
 from ..models import build_model
 from ..plugin import make_strategy
 from ..trainer import Trainer, seed_everything
@@ -153,15 +154,26 @@ def run_controls(exp: Experiment, stream: Stream, config: RunConfig, seeds: int,
 
 def reproduce(name: str, out_dir: Path, dataset: Optional[str] = None, quick: bool = False,
               seeds: Optional[int] = None, epochs: Optional[int] = None, data_root: Optional[str] = None,
-              quiet: bool = False, log=print) -> dict:
-    """Run every arm for every seed (a head-to-head comparison), the controls, and draw the paper's figures."""
+              quiet: bool = False, log=print, *, resume: bool = False, overwrite: bool = False,
+              checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY) -> dict:
+    """Run every arm for every seed (a head-to-head comparison), the controls, and draw the paper's figures.
+
+    resume: finished arm runs are kept and interrupted ones continue from their checkpoints; the controls (short
+    from-scratch trainings) run again."""
     p = plan(name, dataset, quick, seeds, epochs, data_root)
     exp: Experiment = p["experiment"]
     out_dir = Path(out_dir)
+    with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
+        return _reproduce(exp, p, out_dir, quiet, log, resume, checkpoint_every)
+
+
+def _reproduce(exp: "Experiment", p: dict, out_dir: Path, quiet: bool, log, resume: bool,
+               checkpoint_every: int) -> dict:
     log(f"reproducing {exp.name} ({exp.section}) on {p['benchmark']}, {p['seeds']} seed(s)")
     if p["scaled"]:
         log("--quick scaled: " + "; ".join(p["scaled"]))
-    comparison = compare_configs(p["configs"], p["seeds"], out_dir, quiet)
+    comparison = compare_configs(p["configs"], p["seeds"], out_dir, quiet, resume=resume,
+                                 checkpoint_every=checkpoint_every)
     stream = BENCHMARKS.create(p["benchmark"], **p["benchmark_options"])  # cached data: no second load
     result = summarize(exp, p, comparison)
     result["controls"] = run_controls(exp, stream, next(iter(p["configs"].values())), p["seeds"], quiet)
@@ -176,8 +188,11 @@ def reproduce(name: str, out_dir: Path, dataset: Optional[str] = None, quick: bo
 def summarize(exp: Experiment, p: dict, comparison: dict) -> dict:
     """Per arm: final average accuracy with the paper's error bars (SEM or SD over seeds), per-task final accuracy."""
     out = {"experiment": exp.name, "section": exp.section, "benchmark": p["benchmark"], "dataset": p["dataset"],
-           "seeds": p["seeds"], "spread": exp.spread, "scaled": p["scaled"], "arms": {}}
+           "seeds": p["seeds"], "spread": exp.spread, "scaled": p["scaled"], "arms": {},
+           "diverged": comparison.get("diverged", [])}
     for label, s in comparison["strategies"].items():
+        if not s["runs"]:  # every seed diverged: listed in "diverged", no statistics
+            continue
         finals = np.array([r["accuracy_matrix"][-1] for r in s["runs"]])
         accs = [r["metrics"]["acc"] for r in s["runs"]]
         out["arms"][label] = {

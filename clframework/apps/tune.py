@@ -13,7 +13,9 @@ from clframework.benchmarks.registry import BENCHMARKS
 from clframework.benchmarks.scenarios import holdout
 from clframework.evaluation.results import write_json
 
-from ..experiment import RunConfig, run
+from ..checkpoint import OutputFolder
+from ..experiment import DEFAULT_CHECKPOINT_EVERY, RunConfig, _run, slug
+from ..trainer import TrainingDiverged
 from ..registry import RegistryError
 
 
@@ -32,29 +34,65 @@ def parse_grid(items: Sequence[str]) -> Dict[str, List[str]]:
 
 
 def tune(base: RunConfig, grid: Dict[str, List[str]], validation: float = 0.1, seeds: int = 1,
-         out_dir: Optional[Path] = None, quiet: bool = False, log=print) -> dict:
-    if seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+         out_dir: Optional[Path] = None, quiet: bool = False, log=print, *, resume: bool = False,
+         overwrite: bool = False, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY) -> dict:
+    """With out_dir, every run keeps its own folder (`valid-<point>-seed<k>/`, `test-<point>-seed<k>/`) as it
+    finishes, so an interrupted search continues with resume=True. A diverging grid point scores no validation
+    accuracy and cannot be chosen (tune["diverged"] lists it)."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"--seeds must be an integer >= 1, got {seeds!r}")
+    if not 0 < validation < 1:
+        raise ValueError(f"--validation must be a fraction in (0, 1), got {validation}")
     keys = list(grid)
     points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
     configs = [replace(base, hparams={**base.hparams, **point}, evaluate_on="valid") for point in points]
     resolved = [c.resolved()["hparams"] for c in configs]  # every grid point checked before training
+    if out_dir is None:
+        return _tune(base, keys, configs, resolved, validation, seeds, None, quiet, log, False, checkpoint_every)
+    with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
+        return _tune(base, keys, configs, resolved, validation, seeds, Path(out_dir), quiet, log, resume,
+                     checkpoint_every)
+
+
+def _tune(base, keys, configs, resolved, validation, seeds, out_dir, quiet, log, resume, checkpoint_every) -> dict:
     stream = holdout(BENCHMARKS.create(base.benchmark, **base.benchmark_options), validation, seed=0)
+    diverged = []
+
+    def one(cfg: RunConfig, split: str, point: dict, seed: int) -> Optional[float]:
+        name = slug("-".join(f"{k}-{v}" for k, v in point.items()))
+        run_dir = out_dir / f"{split}-{name}-seed{seed}" if out_dir is not None else None
+        try:
+            res = _run(cfg, cfg.resolved(), run_dir, quiet, (), stream, resume, checkpoint_every,
+                       f"{base.strategy} {point} seed {seed} ({split})")
+        except TrainingDiverged as exc:
+            log(f"clframework: {exc}")
+            diverged.append({"point": point, "seed": seed, "split": split, "diverged_at": exc.result["diverged_at"]})
+            return None
+        return res["metrics"]["acc"]
+
     results = []
-    for point, cfg, hp in zip(points, configs, resolved):
-        accs = [run(replace(cfg, seed=s), None, quiet, stream=stream)["metrics"]["acc"] for s in range(seeds)]
-        results.append({"point": {k: hp[k] for k in keys}, "valid_acc_mean": float(np.mean(accs)),
+    for cfg, hp in zip(configs, resolved):
+        point = {k: hp[k] for k in keys}
+        accs = [one(replace(cfg, seed=s), "valid", point, s) for s in range(seeds)]
+        ok = [a for a in accs if a is not None]
+        results.append({"point": point, "valid_acc_mean": float(np.mean(ok)) if len(ok) == len(accs) else None,
                         "valid_accs": accs})
-        log(f"  {results[-1]['point']}: validation accuracy {results[-1]['valid_acc_mean']:.4f}")
-    best = max(range(len(results)), key=lambda i: results[i]["valid_acc_mean"])
+        mean = results[-1]["valid_acc_mean"]
+        log(f"  {point}: " + (f"validation accuracy {mean:.4f}" if mean is not None else "diverged"))
+    candidates = [i for i, r in enumerate(results) if r["valid_acc_mean"] is not None]
+    if not candidates:
+        raise ValueError(f"every grid point diverged ({len(results)} tried); try smaller values or a lower --lr")
+    best = max(candidates, key=lambda i: results[i]["valid_acc_mean"])
     chosen = replace(configs[best], evaluate_on="test")
-    tests = [run(replace(chosen, seed=s), None, quiet, stream=stream)["metrics"]["acc"] for s in range(seeds)]
+    tests = [one(replace(chosen, seed=s), "test", results[best]["point"], s) for s in range(seeds)]
+    finished = [t for t in tests if t is not None]
     out = {"strategy": base.strategy, "benchmark": base.benchmark, "validation_fraction": validation,
            "seeds": seeds, "grid": {k: [results[i]["point"][k] for i in range(len(results))] for k in keys},
-           "results": results, "chosen": results[best]["point"], "test_acc_mean": float(np.mean(tests)),
-           "test_accs": tests}
+           "results": results, "chosen": results[best]["point"],
+           "test_acc_mean": float(np.mean(finished)) if finished else None, "test_accs": tests, "diverged": diverged}
+    test_text = f"{out['test_acc_mean']:.4f}" if finished else "none (every test run diverged)"
     log(f"chosen {out['chosen']} (best validation accuracy {results[best]['valid_acc_mean']:.4f}); "
-        f"its test accuracy {out['test_acc_mean']:.4f}")
+        f"its test accuracy {test_text}")
     if out_dir is not None:
-        write_json(Path(out_dir) / "tune.json", out)
+        write_json(out_dir / "tune.json", out)
     return out

@@ -1,0 +1,191 @@
+"""Checkpoint files and output folders: what makes a long study survive Ctrl-C, `kill -9`, a full disk or a second
+process pointed at the same folder (docs/reliability.md).
+
+A run's folder holds, while it trains, `checkpoint.pt` (rewritten atomically after every task and every
+`checkpoint_every` optimizer steps) and `config.json` (the resolved configuration, checked on `--resume`); when it
+finishes, `results.json` (written last: its presence marks the run done), `model.pt` and `strategy.pt`.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+
+from clframework.evaluation.results import OutputError, write_atomic
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.json"
+RESULTS = "results.json"
+MODEL = "model.pt"
+STRATEGY_STATE = "strategy.pt"
+MARKER = ".clframework"          # says "clframework made this folder": --overwrite may empty it
+LOCK = ".clframework.lock"       # the pid and host of the process writing into the folder
+FORMAT = 1
+
+
+def save_torch(path: Path, obj: Any) -> Path:
+    """torch.save to a temporary file, then rename: a kill at any moment leaves the previous file whole."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getbuffer()
+    return write_atomic(Path(path), lambda f: f.write(data))
+
+
+def save_checkpoint(path: Path, state: Dict[str, Any]) -> Path:
+    return save_torch(path, {"format": FORMAT, **state})
+
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    """A checkpoint on the CPU (tensors only: weights_only loading, no code runs)."""
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise OutputError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); delete it to start the run "
+                          f"over, or use --overwrite") from None
+    if state.get("format") != FORMAT:
+        raise OutputError(f"checkpoint {path} has format {state.get('format')!r}, this clframework reads {FORMAT}")
+    return state
+
+
+def config_differences(saved: Any, now: Any, prefix: str = "") -> List[str]:
+    """Human-readable differences between two JSON-like configurations: ["hparams.c: 1.0 in the folder, 0.5 now"]."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out = []
+        for key in sorted(set(saved) | set(now), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in saved:
+                out.append(f"{name}: absent in the folder, {now[key]!r} now")
+            elif key not in now:
+                out.append(f"{name}: {saved[key]!r} in the folder, absent now")
+            else:
+                out += config_differences(saved[key], now[key], name)
+        return out
+    return [] if saved == now else [f"{prefix}: {saved!r} in the folder, {now!r} now"]
+
+
+def as_json(data: Any) -> Any:
+    """The value as JSON would give it back (tuples become lists), so saved and current configurations compare."""
+    return json.loads(json.dumps(data))
+
+
+def check_same_config(folder: Path, config: dict) -> None:
+    """Raise naming every difference between `config` and the one saved in `folder`/config.json."""
+    path = Path(folder) / CONFIG
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"--resume: cannot read {path} ({exc}); use --overwrite to start this run over") from None
+    diff = config_differences(saved, as_json(config))
+    if diff:
+        raise ValueError(f"--resume: {folder} holds a run with another configuration ({'; '.join(diff)}); run the "
+                         f"same command as before, or use another --out (or --overwrite to discard it)")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_held: Dict[Path, int] = {}  # folders this process holds a lock on -> nesting depth
+
+
+class OutputFolder:
+    """Context manager: create the folder, prove it writable, refuse a non-empty one unless resuming or
+    overwriting, and hold a lock file (pid and host) so that a second process cannot write into it meanwhile.
+
+    Nested use by the same process (reproduce -> compare -> run) only counts depth."""
+
+    def __init__(self, path: Path, resume: bool = False, overwrite: bool = False):
+        self.path = Path(path)
+        self.resume, self.overwrite = resume, overwrite
+        self.key = self.path.absolute()
+
+    def __enter__(self) -> "OutputFolder":
+        if self.key in _held:
+            _held[self.key] += 1
+            return self
+        self._prepare()
+        _held[self.key] = 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _held[self.key] -= 1
+        if _held[self.key] == 0:
+            del _held[self.key]
+            (self.path / LOCK).unlink(missing_ok=True)
+
+    def _prepare(self) -> None:
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"--out {path} exists and is not a folder; choose a folder name")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create output folder {path}: {exc.strerror or exc}") from None
+        self._lock()
+        try:
+            others = [p for p in path.iterdir() if p.name not in (MARKER, LOCK)]
+            if others and not (self.resume or self.overwrite):
+                raise OutputError(f"output folder {path} is not empty ({len(others)} entries, e.g. {others[0].name}); "
+                                  f"add --resume to continue the runs it holds, --overwrite to discard them, or "
+                                  f"choose another --out")
+            if others and self.overwrite:
+                if not (path / MARKER).exists():
+                    raise OutputError(f"--overwrite: {path} was not made by clframework (no {MARKER} file), so it is "
+                                      f"not emptied; choose another --out")
+                for p in others:
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            write_atomic(path / MARKER, lambda f: f.write(b"made by clframework: --overwrite may empty this folder\n"))
+        except BaseException:
+            (path / LOCK).unlink(missing_ok=True)
+            raise
+
+    def _lock(self) -> None:
+        lock = self.path / LOCK
+        me = f"{os.getpid()} {socket.gethostname()}\n"
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = lock.read_text().split() if lock.exists() else []
+                pid = int(holder[0]) if holder and holder[0].isdigit() else -1
+                host = holder[1] if len(holder) > 1 else ""
+                if pid > 0 and (host != socket.gethostname() or _pid_alive(pid)):
+                    raise OutputError(f"output folder {self.path} is in use by process {pid} on {host or '?'} "
+                                      f"(lock file {lock}); wait for it to finish or choose another --out") from None
+                lock.unlink(missing_ok=True)  # left by a process that no longer runs (killed): take it over
+                continue
+            except OSError as exc:
+                raise OutputError(f"output folder {self.path} is not writable: {exc.strerror or exc}") from None
+            try:
+                os.write(fd, me.encode())
+            except OSError as exc:
+                os.close(fd)
+                lock.unlink(missing_ok=True)
+                raise OutputError(f"output folder {self.path} is not writable: {exc.strerror or exc}") from None
+            os.close(fd)
+            return
+        raise OutputError(f"cannot take the lock {lock}; remove it if no clframework process uses {self.path}")
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Every tensor inside nested dicts/lists/tuples moved to `device`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
