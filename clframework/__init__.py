@@ -12,6 +12,7 @@ _PUBLIC = {
     "RegistryError": "clframework.registry", "import_plugin": "clframework.registry",
     "Strategy": "clframework.plugin", "available_strategies": "clframework.plugin",
     "make_strategy": "clframework.plugin", "register_strategy": "clframework.plugin",
+    "Batch": "clframework.plugin", "join": "clframework.plugin", "forward_heads": "clframework.models",
     "build_model": "clframework.models", "cifar_cnn": "clframework.models", "mlp": "clframework.models",
     "Trainer": "clframework.trainer", "TrainerCallback": "clframework.trainer", "select_device": "clframework.trainer",
     "Stream": "clframework.benchmarks", "Task": "clframework.benchmarks",

@@ -12,10 +12,13 @@ Our hooks map onto Avalanche's callbacks:
 | clframework hook | Avalanche callback |
 |---|---|
 | `on_task_start(model, task_index)` | `before_training_exp` |
-| `penalty(model)` (added to `strategy.loss`) | `before_backward` |
+| `loss_term(model, Batch(mb_x, mb_y, head, mb_output))` (added to `strategy.loss`) | `before_backward` |
 | `on_before_step(model)` (gradients there, weights unchanged) | `before_update` |
 | `on_after_step(model)` | `after_update` |
 | `on_task_end(model, (x, y), head)` | `after_training_exp`, with the experience's training data as tensors |
+
+A strategy that adds examples to the minibatch (`on_before_forward`, e.g. replay) is refused: Avalanche has its own
+replay plugins.
 
 Our strategies see the Avalanche model through `TaskView`, whose `forward(x, head)` sends inputs to one task's head
 (`forward_single_task` of a MultiTaskModule), so that, for example, EWC's Fisher uses the finished task's head.
@@ -36,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
                       "(or pip install avalanche-lib==0.6.0)") from exc
 
 from .models import takes_head
-from .plugin import Strategy
+from .plugin import Batch, Strategy
 
 
 class MultiHeadAdapter(MultiTaskModule):
@@ -113,6 +116,9 @@ class AvalanchePlugin(SupervisedPlugin):
         if not isinstance(strategy, Strategy):
             raise TypeError(f"AvalanchePlugin wraps a clframework Strategy (make_strategy('si', ...)), "
                             f"got {type(strategy).__name__}")
+        if type(strategy).on_before_forward is not Strategy.on_before_forward:
+            raise TypeError(f"{type(strategy).__name__} adds examples to the minibatch (on_before_forward), which "
+                            f"AvalanchePlugin cannot do; use Avalanche's own replay (avalanche.training.Replay)")
         self.strategy = strategy
         self._view: TaskView | None = None
 
@@ -125,7 +131,9 @@ class AvalanchePlugin(SupervisedPlugin):
         self.strategy.on_task_start(self._model(strategy), strategy.clock.train_exp_counter)
 
     def before_backward(self, strategy, **kwargs):
-        extra = self.strategy.penalty(self._model(strategy))
+        head = experience_head(strategy.experience, strategy.model)
+        batch = Batch(strategy.mb_x, strategy.mb_y, head, strategy.mb_output)
+        extra = self.strategy.loss_term(self._model(strategy), batch)
         if isinstance(extra, torch.Tensor):
             strategy.loss = strategy.loss + extra
 

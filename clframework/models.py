@@ -85,3 +85,25 @@ def _accepts_head(forward) -> bool:
 
 def forward_head(model: nn.Module, x: torch.Tensor, head: int) -> torch.Tensor:
     return model(x, head) if takes_head(model) else model(x)
+
+
+def forward_heads(model: nn.Module, x: torch.Tensor, head) -> torch.Tensor:
+    """Outputs on `x` through one head (an int) or one head per example (a LongTensor, e.g. a minibatch joined with
+    replayed examples of earlier tasks). Per-example heads run the trunk once (MultiHeadNet) and each head on its
+    rows; rows of heads narrower than the widest are padded with -inf, which softmax and cross-entropy ignore."""
+    if not isinstance(head, torch.Tensor):
+        return forward_head(model, x, head)
+    used = head.unique().tolist()
+    if len(used) == 1:
+        return forward_head(model, x, used[0])
+    features = model.trunk(x) if isinstance(model, MultiHeadNet) else None
+    parts = []
+    for h in used:
+        rows = (head == h).nonzero().squeeze(1)
+        out = model.heads[h](features[rows]) if features is not None else forward_head(model, x[rows], h)
+        parts.append((rows, out))
+    width = max(o.shape[1] for _, o in parts)
+    out = parts[0][1].new_full((len(x), width), float("-inf"))
+    for rows, o in parts:
+        out[rows, :o.shape[1]] = o
+    return out

@@ -4,17 +4,23 @@ The same hooks drive a strategy from clframework's Trainer or from a user's own 
 
     strategy.on_task_start(model, task_index)
     for x, y in batches:
-        loss = F.cross_entropy(model(x), y)
-        (loss + strategy.penalty(model)).backward()   # penalty: an extra loss term (0.0 by default)
+        batch = strategy.on_before_forward(model, Batch(x, y, head))  # may join examples of its own (replay)
+        batch.out = forward_heads(model, batch.x, batch.head)
+        loss = F.cross_entropy(batch.out, batch.y)
+        (loss + strategy.loss_term(model, batch)).backward()   # an extra loss term (default: penalty(model))
         strategy.on_before_step(model)           # gradients are there, parameters not yet moved
         optimizer.step()
         strategy.on_after_step(model)            # parameters moved
         optimizer.zero_grad()
     strategy.on_task_end(model, (train_x, train_y), head)   # sees that task's training data
+
+A strategy written to the original hooks (penalty(model), no batch) runs unchanged: `on_before_forward` returns the
+minibatch as it is and `loss_term` calls `penalty` unless a strategy overrides them.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Iterator, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -27,6 +33,40 @@ STRATEGIES = Registry("strategy", entry_point_group="clframework.strategies", bu
 TaskData = Union[Task, Tuple[torch.Tensor, torch.Tensor], Iterable[Tuple[torch.Tensor, torch.Tensor]]]
 
 
+@dataclass
+class Batch:
+    """One training minibatch as a strategy sees it.
+
+    head: the output head every example trains (an int), or one head per example (a LongTensor) once a strategy has
+    joined examples of other tasks' heads (`join`). out: the model's outputs on `x`, set by the loop after the forward
+    pass (`models.forward_heads`: rows of heads narrower than the widest are padded with -inf).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    head: Union[int, torch.Tensor] = 0
+    out: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def heads(self) -> torch.Tensor:
+        """One head index per example."""
+        if isinstance(self.head, torch.Tensor):
+            return self.head
+        return torch.full((len(self.y),), int(self.head), dtype=torch.long, device=self.y.device)
+
+
+def join(batch: Batch, x: torch.Tensor, y: torch.Tensor, head: Union[int, torch.Tensor]) -> Batch:
+    """`batch` followed by the examples (x, y) on `head` (an int or one per example); its own rows stay first."""
+    if isinstance(batch.head, int) and isinstance(head, int) and head == batch.head:
+        joined_head: Union[int, torch.Tensor] = batch.head
+    else:
+        other = head if isinstance(head, torch.Tensor) else torch.full((len(y),), int(head), dtype=torch.long)
+        joined_head = torch.cat([batch.heads(), other.to(batch.y.device)])
+    return Batch(torch.cat([batch.x, x]), torch.cat([batch.y, y]), joined_head)
+
+
 class Strategy:
     """Base class of every continual-learning strategy; every hook defaults to doing nothing (fine-tuning)."""
 
@@ -35,8 +75,17 @@ class Strategy:
     def on_task_start(self, model: nn.Module, task_index: int) -> None:
         """Before the first step of a task."""
 
+    def on_before_forward(self, model: nn.Module, batch: Batch) -> Batch:
+        """Before the forward pass: the minibatch to train on. Return `batch`, or a larger one whose first rows are
+        `batch`'s (`join`), e.g. replay's stored examples; the loss is the mean over all its rows."""
+        return batch
+
+    def loss_term(self, model: nn.Module, batch: Batch) -> Union[torch.Tensor, float]:
+        """The extra loss term added before backward, seeing the minibatch and `batch.out`; default `penalty(model)`."""
+        return self.penalty(model)
+
     def penalty(self, model: nn.Module) -> Union[torch.Tensor, float]:
-        """A differentiable term added to the task loss before backward (0.0: none)."""
+        """A differentiable term added to the task loss before backward (0.0: none); needs no minibatch."""
         return 0.0
 
     def on_before_step(self, model: nn.Module) -> None:
@@ -64,6 +113,14 @@ def check_state_keys(strategy: Strategy, state: Dict[str, Any], expected) -> Non
     if missing or unexpected:
         raise ValueError(f"{type(strategy).__name__}.load_state_dict: missing keys {missing}, unexpected keys "
                          f"{unexpected}; expected exactly {sorted(expected)} (is this state from another strategy?)")
+
+
+def check_state(strategy: Strategy, state: Dict[str, Any], keys: Sequence[str]) -> None:
+    """A one-line error naming missing or unexpected keys, before `load_state_dict` changes anything."""
+    missing, unexpected = sorted(set(keys) - set(state)), sorted(set(state) - set(keys))
+    if missing or unexpected:
+        raise ValueError(f"{type(strategy).__name__}.load_state_dict: missing keys {missing}, unexpected keys "
+                         f"{unexpected}; give the dict its state_dict() returned")
 
 
 def register_strategy(name: str, *, checks: Optional[Dict[str, tuple]] = None, description: str = ""):

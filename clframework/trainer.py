@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 from clframework.evaluation.evaluator import evaluate_stream
 
 from .checkpoint import to_device
-from .models import forward_head
-from .plugin import Strategy
+from .models import forward_heads
+from .plugin import Batch, Strategy
 
 
 def select_device(device: Optional[str] = None) -> torch.device:
@@ -196,7 +196,8 @@ class Trainer:
         return TrainingDiverged(self.position, float(loss))
 
     def train_task(self, task, task_index: int, resume: bool = False) -> List[dict]:
-        """Train one task for `epochs` epochs; returns the per-epoch loss and training accuracy.
+        """Train one task for `epochs` epochs; returns the per-epoch loss (of the minibatches trained, replayed rows
+        included) and training accuracy (on the task's own examples).
 
         resume: continue the task from `self.position` as restored by `load_state_dict` (no new optimizer, no
         `on_task_start`: the restored strategy state already includes it)."""
@@ -232,10 +233,11 @@ class Trainer:
                                   start=self.position["step"] + 1):
                 self.position["step"] = b
                 idx = order[i:i + self.batch_size]
-                xb, yb = x[idx], y[idx]
-                out = forward_head(model, xb, head)
-                loss = F.cross_entropy(out, yb)
-                extra = strategy.penalty(model)
+                yb = y[idx]
+                batch = strategy.on_before_forward(model, Batch(x[idx], yb, head))
+                batch.out = out = forward_heads(model, batch.x, batch.head)
+                loss = F.cross_entropy(out, batch.y)
+                extra = strategy.loss_term(model, batch)
                 total = loss + extra if isinstance(extra, torch.Tensor) else loss
                 if check_now:
                     if not torch.isfinite(total):
@@ -250,7 +252,7 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
                 with torch.no_grad():
                     loss_sum.add_(loss, alpha=len(idx))
-                    correct += (out.argmax(-1) == yb).sum()
+                    correct += (out[:len(idx)].argmax(-1) == yb).sum()  # the task's own rows
                 self.global_step += 1
                 if self.checkpoint_every and self.global_step % self.checkpoint_every == 0:
                     self._check_finite(ep)

@@ -1,0 +1,172 @@
+"""Memory Aware Synapses (Aljundi et al. 2018): importance from the sensitivity of the learned function's output.
+
+Omega_k = mean over the task's inputs x_n of |d ||f(x_n)||^2 / d theta_k|, with f the output of the task's head,
+summed over tasks; penalty lambda * sum_k Omega_k (theta_k - theta*_k)^2 around the weights at the end of the last
+task. The absolute value is per example, so it needs per-example gradients; two vectorized ways to them:
+- closed form when every trainable parameter belongs to an nn.Linear applied once per forward (MLPs): the
+  per-example gradient of W is delta a^T (delta = d ||f||^2 / d(layer output), a = layer input), so
+  sum_n |delta_n a_n^T| = |delta|^T |a|: one backward and one matrix product per layer;
+- otherwise per-example gradients with torch.func (vmap over grad), for any architecture.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Dict
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from clframework.models import forward_head, takes_head
+from clframework.plugin import Strategy, check_state, iter_task_batches, register_strategy, trainable
+
+from .ewc import _closed_form_applies, _linear_owners, _Taps
+
+
+def output_sensitivity(out: torch.Tensor) -> torch.Tensor:
+    """The function MAS differentiates, per example: the squared L2 norm of the head's output, ||f(x)||^2."""
+    return out.pow(2).sum(-1)
+
+
+def _closed_form_batch(model: nn.Module, owners: Dict[str, tuple], x: torch.Tensor,
+                       head: int) -> Dict[str, torch.Tensor]:
+    """This batch's sum over examples of |per-example gradient| for every parameter of `owners` (nn.Linear)."""
+    modules = list({m: None for m, _ in owners.values()})
+    taps = _Taps(modules)
+    try:
+        with torch.enable_grad():
+            out = forward_head(model, x, head)
+    finally:
+        taps.close()
+    used = list(taps.seen)
+    inputs = [taps.seen[m][0][0].detach().abs() for m in used]
+    outputs = [taps.seen[m][0][1] for m in used]
+    deltas = torch.autograd.grad(output_sensitivity(out).sum(), outputs)  # per example: examples are independent
+    terms = {m: (d.abs().T @ a, d.abs().sum(0)) for m, d, a in zip(used, deltas, inputs)}
+    return {n: terms[m][0] if pname == "weight" else terms[m][1] for n, (m, pname) in owners.items() if m in terms}
+
+
+def _per_example_batch(model: nn.Module, params: Dict[str, torch.Tensor], x: torch.Tensor, head: int
+                       ) -> Dict[str, torch.Tensor]:
+    use_head, buffers = takes_head(model), dict(model.named_buffers())
+
+    def sensitivity(p, xi):
+        args = (xi.unsqueeze(0), head) if use_head else (xi.unsqueeze(0),)
+        return output_sensitivity(functional_call(model, (p, buffers), args)).squeeze(0)
+
+    grads = vmap(grad(sensitivity), in_dims=(None, 0))(params, x)
+    return {n: g.abs().sum(0) for n, g in grads.items()}
+
+
+def mas_importance(model: nn.Module, batches, head: int = 0, method: str = "auto") -> Dict[str, torch.Tensor]:
+    """Mean over the examples in `batches` of |d ||f(x)||^2 / d theta|, one tensor per trainable parameter.
+
+    method="auto": the nn.Linear closed form where it applies, else per-example gradients; "per-sample": always
+    per-example gradients (torch.func). The model is in eval mode (no dropout) meanwhile, as at the end of a task.
+    """
+    if method not in ("auto", "per-sample"):
+        raise ValueError(f"unknown MAS importance method {method!r}; choose 'auto' or 'per-sample'")
+    was_training = model.training
+    model.eval()
+    params = {n: p.detach() for n, p in trainable(model).items()}
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    count = 0
+    try:
+        batches = iter(batches)
+        first = next(batches, None)
+        batches = itertools.chain([first] if first is not None else [], batches)
+        owners = _linear_owners(model, params) if method == "auto" and first is not None else None
+        closed = owners is not None and _closed_form_applies(model, {m for m, _ in owners.values()}, first[0], head)
+        for x, _ in batches:
+            terms = _closed_form_batch(model, owners, x, head) if closed else _per_example_batch(model, params, x, head)
+            for n, t in terms.items():
+                total[n] += t
+            count += len(x)
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("MAS importance needs at least one input; the task's data were empty")
+    return {n: t / count for n, t in total.items()}
+
+
+def mas_penalty(theta: torch.Tensor, anchor: torch.Tensor, omega: torch.Tensor, mas_lambda: float) -> torch.Tensor:
+    """lambda * sum Omega (theta - theta*)^2, for one parameter tensor."""
+    return mas_lambda * (omega * (theta - anchor).pow(2)).sum()
+
+
+def mas_penalty_grad(theta: torch.Tensor, anchor: torch.Tensor, omega: torch.Tensor, mas_lambda: float) -> torch.Tensor:
+    """Closed-form gradient of `mas_penalty`: 2 lambda Omega (theta - theta*)."""
+    return 2.0 * mas_lambda * omega * (theta - anchor)
+
+
+@register_strategy("mas", checks={
+    "mas_lambda": (lambda v: v >= 0, "a number >= 0"),
+    "importance_samples": (lambda v: v >= 0, "an integer >= 0 (0 = all of the task's training inputs)"),
+    "importance_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+})
+class MAS(Strategy):
+    """Memory Aware Synapses: penalty lambda sum Omega (theta - theta*)^2 (paper default lambda = 1).
+
+    Omega: mean over a task's inputs of |d ||f(x)||^2 / d theta| (f: the task's head), summed over tasks.
+
+    importance_samples: cap on the training inputs used for Omega (0 = all).
+    """
+
+    def __init__(self, mas_lambda: float = 1.0, importance_samples: int = 0, importance_batch_size: int = 256):
+        if mas_lambda < 0:
+            raise ValueError(f"mas_lambda must be >= 0, got {mas_lambda}")
+        self.mas_lambda, self.importance_samples = float(mas_lambda), int(importance_samples)
+        self.importance_batch_size = int(importance_batch_size)
+        self.omega: Dict[str, torch.Tensor] = {}   # accumulated importance
+        self.anchor: Dict[str, torch.Tensor] = {}  # theta*: the weights at the end of the last task
+        self._params: Dict[str, nn.Parameter] = {}
+        self._plans: Dict[tuple, tuple] = {}
+
+    def on_task_start(self, model: nn.Module, task_index: int) -> None:
+        self._params, self._plans = trainable(model), {}
+
+    def _plan(self, model: nn.Module) -> tuple:
+        """(parameters, Omega, theta*, scratch) for the penalized parameters that have gradients, built once per task
+        and set of parameters with gradients (no per-step allocation)."""
+        params = self._params or trainable(model)
+        key = tuple(p.grad is not None for p in params.values())
+        if key not in self._plans:
+            names = [n for (n, p), has in zip(params.items(), key) if has and n in self.omega]
+            self._plans[key] = ([params[n] for n in names], [self.omega[n] for n in names],
+                                [self.anchor[n] for n in names], [torch.empty_like(params[n]) for n in names])
+        return self._plans[key]
+
+    @torch.no_grad()
+    def on_before_step(self, model: nn.Module) -> None:
+        if not self.omega or self.mas_lambda == 0:
+            return
+        ps, omega, anchor, diff = self._plan(model)
+        if ps:  # grad += 2 lambda Omega (theta - theta*)
+            torch._foreach_copy_(diff, ps)
+            torch._foreach_sub_(diff, anchor)
+            torch._foreach_addcmul_([p.grad for p in ps], diff, omega, value=2.0 * self.mas_lambda)
+
+    def on_task_end(self, model: nn.Module, data, head: int = 0) -> None:
+        device = next(model.parameters()).device
+        batches = iter_task_batches(data, self.importance_batch_size, device, limit=self.importance_samples)
+        for n, w in mas_importance(model, batches, head).items():
+            self.omega[n] = self.omega[n] + w if n in self.omega else w
+        self.anchor = {n: p.detach().clone() for n, p in trainable(model).items()}
+        self._plans = {}
+
+    def penalty_value(self, model: nn.Module) -> torch.Tensor:
+        """The MAS penalty at the current weights (for reporting; training adds its gradient directly)."""
+        params = trainable(model)
+        total = torch.zeros((), device=next(model.parameters()).device)
+        for n, w in self.omega.items():
+            total = total + mas_penalty(params[n], self.anchor[n], w, self.mas_lambda)
+        return total
+
+    def state_dict(self):
+        return {"omega": self.omega, "anchor": self.anchor}
+
+    def load_state_dict(self, state):
+        check_state(self, state, ["omega", "anchor"])
+        self.omega = {n: t.clone() for n, t in state["omega"].items()}
+        self.anchor = {n: t.clone() for n, t in state["anchor"].items()}
+        self._plans = {}

@@ -1,0 +1,77 @@
+"""LwF: its distillation loss against a hand computation on fixed logits, and which outputs it distills per setting."""
+import math
+
+import torch
+
+from clframework import mlp
+from clframework.models import forward_head
+from clframework.plugin import Batch
+from clframework.strategies.lwf import LwF, distillation_loss
+
+
+def test_distillation_loss_by_hand():
+    new = [[1.0, -0.5, 2.0], [0.3, 0.3, -1.2]]
+    old = [[0.5, 0.0, 1.0], [-2.0, 1.5, 0.25]]
+    T = 2.0
+
+    def softmax(z):
+        e = [math.exp(v / T) for v in z]
+        return [v / sum(e) for v in e]
+
+    kls = []
+    for z, zo in zip(new, old):
+        p, q = softmax(z), softmax(zo)  # student, frozen teacher
+        kls.append(sum(qi * (math.log(qi) - math.log(pi)) for pi, qi in zip(p, q)))
+    expected = sum(kls) / len(kls)
+    got = distillation_loss(torch.tensor(new, dtype=torch.float64), torch.tensor(old, dtype=torch.float64), T)
+    assert abs(got.item() - expected) < 1e-12
+    same = torch.tensor(old)
+    assert distillation_loss(same, same, T).abs().item() < 1e-7  # no distance from itself
+
+
+def _after_task(model, lwf, head, labels):
+    x = torch.randn(len(labels), 6)
+    lwf.on_task_end(model, (x, torch.tensor(labels)), head)
+
+
+def test_multi_head_distills_every_earlier_head_from_a_frozen_copy():
+    torch.manual_seed(0)
+    model = mlp(6, [2, 2, 2], hidden=(5,))
+    lwf = LwF(alpha=0.7, temperature=2.0)
+    _after_task(model, lwf, 0, [0, 1, 1])
+    frozen = [forward_head(model, torch.eye(6), h).detach() for h in range(3)]
+    _after_task(model, lwf, 1, [1, 0])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(4, 6)
+    batch = Batch(x, torch.zeros(4, dtype=torch.long), 2, forward_head(model, x, 2))
+    got = lwf.loss_term(model, batch)
+    snap = lwf._frozen(model)  # the copy taken after task 2, unchanged by training
+    expected = 0.7 * sum(distillation_loss(forward_head(model, x, h), forward_head(snap, x, h), 2.0) for h in (0, 1))
+    assert torch.allclose(got, expected)
+    assert not torch.allclose(forward_head(model, torch.eye(6), 0), frozen[0])
+    assert torch.allclose(forward_head(snap, torch.eye(6), 0), frozen[0])  # the copy keeps the end-of-task weights
+    assert got.requires_grad and all(not p.requires_grad for p in snap.parameters())
+
+
+def test_single_head_distills_the_old_classes_only():
+    torch.manual_seed(0)
+    model = mlp(6, [6], hidden=(5,))  # class-incremental: one head over all classes
+    lwf = LwF(alpha=1.0, temperature=2.0)
+    _after_task(model, lwf, 0, [0, 1, 0])
+    _after_task(model, lwf, 0, [3, 2])
+    assert lwf.old_outputs == {0: [0, 1, 2, 3]}
+    old = lwf._frozen(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(5, 6)
+    out = forward_head(model, x, 0)
+    got = lwf.loss_term(model, Batch(x, torch.full((5,), 4), 0, out))
+    expected = distillation_loss(out[:, :4], forward_head(old, x, 0)[:, :4], 2.0)
+    assert torch.allclose(got, expected)
+    # at a task's end the model is its own teacher: no loss, no gradient
+    _after_task(model, lwf, 0, [4, 5])
+    got = lwf.loss_term(model, Batch(x, torch.full((5,), 4), 0, forward_head(model, x, 0)))
+    assert got.abs().item() < 1e-6

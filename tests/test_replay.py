@@ -1,0 +1,80 @@
+"""Replay's memory: reservoir sampling keeps every seen example with equal probability (chi-square, fixed seed), the
+vectorized draw equals the sequential algorithm, class-balanced shares, and minibatches joined by memory samples."""
+import torch
+from scipy.stats import chisquare
+
+from clframework import make_strategy, mlp
+from clframework.plugin import Batch
+from clframework.strategies.replay import ReplayMemory, reservoir_slots
+
+
+def _stream_into(memory, n, batch):
+    for i in range(0, n, batch):
+        ids = torch.arange(i, min(i + batch, n))
+        memory.add(ids.float().unsqueeze(1), ids, torch.zeros_like(ids))
+
+
+def test_reservoir_keeps_each_seen_example_with_equal_probability():
+    n, capacity, trials = 60, 12, 3000
+    counts = torch.zeros(n)
+    for trial in range(trials):
+        memory = ReplayMemory(capacity, "reservoir", seed=trial)
+        _stream_into(memory, n, batch=7)  # batches straddle the moment the memory fills
+        kept = memory.contents()[1]
+        assert len(kept) == capacity and len(set(kept.tolist())) == capacity
+        counts[kept] += 1
+    expected = trials * capacity / n
+    assert chisquare(counts.numpy(), [expected] * n).pvalue > 0.01
+    assert abs(counts[:capacity].mean() - counts[capacity:].mean()) < 0.05 * expected  # first ones not favoured
+
+
+def test_vectorized_reservoir_equals_algorithm_r_step_by_step():
+    gen = torch.Generator().manual_seed(3)
+    seen, capacity, incoming = 20, 8, 15
+    state = gen.get_state()
+    slots, index = reservoir_slots(seen, incoming, capacity, gen)
+    gen.set_state(state)
+    draws = torch.rand(incoming, generator=gen, dtype=torch.float64)
+    memory = {}
+    for i in range(incoming):  # Algorithm R, one example at a time
+        j = int(draws[i] * (seen + i + 1))
+        if j < capacity:
+            memory[j] = i
+    assert dict(zip(slots.tolist(), index.tolist())) == memory
+
+
+def test_class_balanced_shares_and_uniform_within_a_class():
+    memory = ReplayMemory(10, "class-balanced", seed=0)
+    memory.add(torch.arange(30.).unsqueeze(1), torch.tensor([0] * 20 + [1] * 10), torch.zeros(30, dtype=torch.long))
+    assert sorted(memory.contents()[1].tolist()) == [0] * 5 + [1] * 5
+    memory.add(torch.arange(30., 40.).unsqueeze(1), torch.full((10,), 2), torch.zeros(10, dtype=torch.long))
+    assert sorted(memory.contents()[1].tolist()) == [0] * 4 + [1] * 3 + [2] * 3
+    memory.add(torch.arange(40., 42.).unsqueeze(1), torch.full((2,), 0), torch.ones(2, dtype=torch.long))
+    assert len(memory) == 10 and memory.contents()[2].tolist().count(1) == 2  # (head 1, label 0) is its own class
+    counts = torch.zeros(20)
+    for trial in range(2000):
+        m = ReplayMemory(8, "class-balanced", seed=trial)
+        m.add(torch.arange(20.).unsqueeze(1), torch.tensor([0] * 20), torch.zeros(20, dtype=torch.long))
+        m.add(torch.arange(20., 25.).unsqueeze(1), torch.tensor([1] * 5), torch.zeros(5, dtype=torch.long))
+        x, y, _ = m.contents()
+        counts[x[y == 0].squeeze(1).long()] += 1
+    assert chisquare(counts.numpy(), [2000 * 4 / 20] * 20).pvalue > 0.01
+
+
+def test_minibatch_joined_by_equal_size_memory_sample_of_earlier_tasks(mnist_stream):
+    torch.manual_seed(0)
+    model = mlp(784, mnist_stream.head_sizes, hidden=(16,))
+    replay = make_strategy("replay", memory_size=30)
+    first, second = mnist_stream
+    replay.on_task_start(model, 0)
+    batch = Batch(first.train_x[:16], first.train_y[:16], 0)
+    assert replay.on_before_forward(model, batch) is batch  # nothing stored yet
+    replay.on_task_end(model, first, 0)
+    replay.on_task_start(model, 1)
+    joined = replay.on_before_forward(model, Batch(second.train_x[:16], second.train_y[:16], 1))
+    assert len(joined) == 32 and torch.equal(joined.x[:16], second.train_x[:16])
+    assert joined.heads().tolist() == [1] * 16 + [0] * 16  # stored examples keep their task's head
+    stored = {tuple(r.tolist()) for r in first.train_x.flatten(1)}
+    assert all(tuple(r.tolist()) in stored for r in joined.x[16:].flatten(1))
+    small = replay.on_before_forward(model, Batch(second.train_x[:50], second.train_y[:50], 1))
+    assert len(small) == 80  # never more than the memory holds
