@@ -115,14 +115,6 @@ def check_state_keys(strategy: Strategy, state: Dict[str, Any], expected) -> Non
                          f"{unexpected}; expected exactly {sorted(expected)} (is this state from another strategy?)")
 
 
-def check_state(strategy: Strategy, state: Dict[str, Any], keys: Sequence[str]) -> None:
-    """A one-line error naming missing or unexpected keys, before `load_state_dict` changes anything."""
-    missing, unexpected = sorted(set(keys) - set(state)), sorted(set(state) - set(keys))
-    if missing or unexpected:
-        raise ValueError(f"{type(strategy).__name__}.load_state_dict: missing keys {missing}, unexpected keys "
-                         f"{unexpected}; give the dict its state_dict() returned")
-
-
 def register_strategy(name: str, *, checks: Optional[Dict[str, tuple]] = None, description: str = ""):
     """Class decorator: register a Strategy under `name`; its __init__ keyword defaults are its hyperparameters.
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clframework.models import forward_heads
-from clframework.plugin import Strategy, check_state, register_strategy, trainable
+from clframework.plugin import Strategy, check_state_keys, register_strategy, trainable
 
 from .replay import SELECTIONS, ReplayMemory, add_task_data
 
@@ -69,8 +69,11 @@ class AGEM(Strategy):
         add_task_data(self.memory, model, data, head)
 
     def state_dict(self) -> Dict[str, object]:
-        return {"memory": self.memory.state_dict()}
+        return {"hparams": {"memory_size": self.memory.size, "sample_size": self.sample_size,
+                            "selection": self.memory.selection}, "memory": self.memory.state_dict()}
 
     def load_state_dict(self, state) -> None:
-        check_state(self, state, ["memory"])
+        check_state_keys(self, state, ("hparams", "memory"))
+        self.sample_size = int(state["hparams"]["sample_size"])
         self.memory.load_state_dict(state["memory"])
+        self._params = []  # taken from the model on the next step (resuming skips on_task_start)

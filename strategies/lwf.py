@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clframework.models import MultiHeadNet, forward_head
-from clframework.plugin import Batch, Strategy, check_state, iter_task_batches, register_strategy
+from clframework.plugin import Batch, Strategy, check_state_keys, iter_task_batches, register_strategy
 
 
 def distillation_loss(logits: torch.Tensor, old_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -91,10 +91,12 @@ class LwF(Strategy):
         self._index = {}
 
     def state_dict(self):
-        return {"old_outputs": {h: list(v) for h, v in self.old_outputs.items()}, "old_weights": self.old_weights}
+        return {"hparams": {"alpha": self.alpha, "temperature": self.temperature},
+                "old_outputs": {h: list(v) for h, v in self.old_outputs.items()}, "old_weights": self.old_weights}
 
     def load_state_dict(self, state):
-        check_state(self, state, ["old_outputs", "old_weights"])
+        check_state_keys(self, state, ("hparams", "old_outputs", "old_weights"))
+        self.alpha, self.temperature = float(state["hparams"]["alpha"]), float(state["hparams"]["temperature"])
         self.old_outputs = {int(h): [int(i) for i in v] for h, v in state["old_outputs"].items()}
         self.old_weights = {k: v.clone() for k, v in state["old_weights"].items()}
         self._old, self._index = None, {}

@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from clframework.models import forward_head, takes_head
-from clframework.plugin import Strategy, check_state, iter_task_batches, register_strategy, trainable
+from clframework.plugin import Strategy, check_state_keys, iter_task_batches, register_strategy, trainable
 
 from .ewc import _closed_form_applies, _linear_owners, _Taps
 
@@ -163,10 +163,15 @@ class MAS(Strategy):
         return total
 
     def state_dict(self):
-        return {"omega": self.omega, "anchor": self.anchor}
+        return {"hparams": {"mas_lambda": self.mas_lambda, "importance_samples": self.importance_samples,
+                            "importance_batch_size": self.importance_batch_size},
+                "omega": self.omega, "anchor": self.anchor}
 
     def load_state_dict(self, state):
-        check_state(self, state, ["omega", "anchor"])
+        check_state_keys(self, state, ("hparams", "omega", "anchor"))
+        hp = state["hparams"]
+        self.mas_lambda, self.importance_samples = float(hp["mas_lambda"]), int(hp["importance_samples"])
+        self.importance_batch_size = int(hp["importance_batch_size"])
         self.omega = {n: t.clone() for n, t in state["omega"].items()}
         self.anchor = {n: t.clone() for n, t in state["anchor"].items()}
-        self._plans = {}
+        self._plans, self._params = {}, {}  # rebuilt against the model on the next step

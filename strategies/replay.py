@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from clframework.plugin import Batch, Strategy, check_state, iter_task_batches, join, register_strategy
+from clframework.plugin import Batch, Strategy, check_state_keys, iter_task_batches, join, register_strategy
 
 SELECTIONS = ("reservoir", "class-balanced")
 
@@ -137,7 +137,7 @@ class ReplayMemory:
 
     def load_state_dict(self, state: dict) -> None:
         self.size, self.selection = int(state["size"]), state["selection"]
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # a checkpoint may have moved it to the device
         self.pools = {tuple(int(v) for v in k.split(",")): _Pool.from_state(p) for k, p in state["pools"].items()}
         self._flat = None
 
@@ -165,7 +165,7 @@ class Replay(Strategy):
         self.memory = ReplayMemory(memory_size, selection)
         self._single_head: Optional[int] = None  # the one head every stored example uses, if so (no per-row heads)
 
-    def on_task_start(self, model: nn.Module, task_index: int) -> None:
+    def on_task_start(self, model: Optional[nn.Module], task_index: int) -> None:
         self._single_head = None
         if len(self.memory):
             heads = self.memory.contents()[2].unique().tolist()
@@ -182,12 +182,10 @@ class Replay(Strategy):
         add_task_data(self.memory, model, data, head)
 
     def state_dict(self):
-        return {"memory": self.memory.state_dict()}
+        return {"hparams": {"memory_size": self.memory.size, "selection": self.memory.selection},
+                "memory": self.memory.state_dict()}
 
     def load_state_dict(self, state):
-        check_state(self, state, ["memory"])
+        check_state_keys(self, state, ("hparams", "memory"))
         self.memory.load_state_dict(state["memory"])
-        self._single_head = None
-        if len(self.memory):
-            heads = self.memory.contents()[2].unique().tolist()
-            self._single_head = heads[0] if len(heads) == 1 else None
+        self.on_task_start(None, -1)  # recompute what the memory's heads imply (resuming skips on_task_start)

@@ -55,8 +55,7 @@ def test_state_dict_round_trips_mid_task(name, mnist_stream):
     resumed = make_strategy(name, **strategy.hparams)
     resumed.load_state_dict(copy.deepcopy(state))
     assert _equal(resumed.state_dict(), state)
-    twin = copy.deepcopy(model)
-    resumed.on_task_start(twin, 1)
+    twin = copy.deepcopy(model)  # resuming mid-task: no on_task_start, as the Trainer resumes
     for s, m in ((strategy, model), (resumed, twin)):
         _step(m, s, second.train_x[32:64], second.train_y[32:64], 1)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
