@@ -88,6 +88,11 @@ def _wandb_loggers(args, out: Path, group: Optional[str]):
     from clframework.evaluation.wandb_logger import WandbLogger, check_mode
 
     mode = check_mode(args.wandb_mode)
+    try:
+        import wandb  # noqa: F401 - only --wandb needs it
+    except ImportError:
+        raise RuntimeError("--wandb needs the wandb package, which is not installed: pip install wandb "
+                           "(or run without --wandb)") from None
     print(f"W&B: project {args.wandb_project}, {mode}; run files under {(args.wandb_dir or out) / 'wandb'}")
     return lambda cfg: [WandbLogger(cfg.resolved(), project=args.wandb_project, group=group, mode=mode,
                                     wandb_dir=args.wandb_dir or out)]
@@ -116,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--seeds", type=int, help="override the paper's number of seeds")
     xp.add_argument("--epochs", type=int, help="override the epochs per task")
     xp.add_argument("--data-root", help="folder holding the dataset files")
+    xp.add_argument("--arms", help="comma-separated arms and controls to run, in this order (default: all); "
+                    "an arm may override hyperparameters, e.g. --arms si,sgd,ewc,si:c=0.02,joint")
+    xp.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     xp.add_argument("--out", type=Path, help="output folder")
     xp.add_argument("--quiet", action="store_true", help="no progress bars")
     _folder_args(xp)
@@ -232,8 +240,10 @@ def cmd_reproduce(args) -> int:
     from .reproduce import reproduce
 
     out = args.out or Path("runs") / f"reproduce-{args.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms is not None else None
     result = reproduce(args.experiment, out, dataset=args.dataset, quick=args.quick, seeds=args.seeds,
-                       epochs=args.epochs, data_root=args.data_root, quiet=args.quiet, **_folder_options(args))
+                       epochs=args.epochs, data_root=args.data_root, quiet=args.quiet, arms=arms, device=args.device,
+                       **_folder_options(args))
     return _diverged_exit(result.get("diverged", []))
 
 

