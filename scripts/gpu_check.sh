@@ -6,10 +6,11 @@
 #   scripts/gpu_check.sh OUT [reproduce options...]     e.g.  scripts/gpu_check.sh /tmp/out --data-root DIR
 #
 # Options after OUT go to `clframework reproduce` after the defaults, so they override them (--arms, --seeds,
-# --epochs, --quick, --device). Checkpoints are written after each task only (--checkpoint-every 0). The whole script stops the reproduction in time to finish within GPU_CHECK_DEADLINE
-# seconds (default 480); the table, JSON and figures are rewritten after every run, so a stopped reproduction keeps
-# every run it finished. OUT receives at most 8 files: env.txt, cuda-tests.log, reproduce.log, reproduction.md,
-# reproduction.json, fig4_average.png, fig5_omega_correlation.png and reproduce.tgz (the whole result folder).
+# --epochs, --quick, --device). Checkpoints are written after each task only (--checkpoint-every 0). The script stops
+# the reproduction in time to end within GPU_CHECK_DEADLINE seconds (default 480); the table, the JSON and Fig. 4 are
+# rewritten after every run, so a stopped reproduction keeps every run it finished. OUT receives at most 8 files:
+# env.txt, cuda-tests.log, reproduce.log, reproduction.md, reproduction.json, fig4_average.png,
+# fig5_omega_correlation.png (when the reproduction ends) and reproduce.tgz (the result folder without *.pt files).
 # Without an importable clframework, this checkout is installed (no dependencies, no network) into a temporary folder.
 # Environment: PYTHON (default python3), GPU_CHECK_DEADLINE, GPU_CHECK_TESTS (default tests/test_cuda.py).
 set -u
