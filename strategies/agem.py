@@ -21,10 +21,13 @@ from .replay import SELECTIONS, ReplayMemory, add_task_data
 
 
 def agem_project(g: torch.Tensor, g_ref: torch.Tensor) -> torch.Tensor:
-    """Eq. 11: g when g . g_ref >= 0, else g - (g . g_ref / g_ref . g_ref) g_ref (no host sync: no branch)."""
-    dot = torch.dot(g, g_ref)
-    scale = torch.where(dot < 0, dot / torch.dot(g_ref, g_ref), torch.zeros_like(dot))
-    return g - scale * g_ref
+    """Eq. 11: g when g . g_ref >= 0, else g - (g . g_ref / g_ref . g_ref) g_ref (no host sync: no branch).
+
+    The dot products are taken in float64: once the memory is learned, g_ref can be so small that g_ref . g_ref
+    underflows to 0 in float32 while g . g_ref does not, and the ratio would be infinite."""
+    dot, norm2 = torch.dot(g.double(), g_ref.double()), torch.dot(g_ref.double(), g_ref.double())
+    scale = torch.where((dot < 0) & (norm2 > 0), dot / norm2, torch.zeros_like(dot))
+    return g - scale.to(g.dtype) * g_ref
 
 
 @register_strategy("agem", checks={"memory_size": (lambda v: v >= 1, "an integer >= 1"),

@@ -33,6 +33,17 @@ def test_projection_is_the_nearest_vector_with_non_negative_dot():
     assert conflicts > 5
 
 
+def test_projection_stays_finite_when_the_reference_gradient_is_tiny():
+    """float32 g_ref . g_ref underflows to 0 for |g_ref| ~ 1e-25 (a well-learned memory): no inf or nan."""
+    g = torch.tensor([1.0, -2.0, 0.5])
+    r = torch.tensor([-3e-25, 1e-25, 2e-25])
+    assert torch.dot(r, r) == 0 and torch.dot(g, r) < 0
+    p = agem_project(g, r)
+    g64, r64 = g.double(), r.double()
+    expected = g64 - (g64 @ r64) / (r64 @ r64) * r64
+    assert torch.isfinite(p).all() and torch.allclose(p.double(), expected, rtol=1e-6)
+
+
 def test_step_applies_a_gradient_that_does_not_conflict_with_the_memory(mnist_stream):
     torch.manual_seed(0)
     model = mlp(784, mnist_stream.head_sizes, hidden=(16,))
