@@ -133,13 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--validation", type=float, default=0.1, help="fraction of training data held out (default 0.1)")
     tp.add_argument("--seeds", type=int, default=1, help="seeds per grid point (default 1)")
     _common(tp)
-    bp = sub.add_parser("bench", help="time a bare PyTorch loop, our naive/si/ewc and Avalanche's on one stream")
+    bp = sub.add_parser("bench", help="time a bare PyTorch loop, our strategies and Avalanche's on one stream")
     bp.add_argument("--benchmark", default=DEFAULT_BENCHMARK, help=f"registered benchmark (default {DEFAULT_BENCHMARK})")
     bp.add_argument("--epochs", type=int, help="epochs per task (default: the benchmark's protocol)")
     bp.add_argument("--batch-size", type=int, help="minibatch size (default: the benchmark's protocol)")
     bp.add_argument("--repeats", type=int, default=1, help="runs per entry, interleaved; the median is shown (default 1)")
-    bp.add_argument("--entries", default="all", help="comma-separated subset of: floor,naive,si,ewc,avalanche-naive,"
-                    "avalanche-si,avalanche-ewc (default all)")
+    bp.add_argument("--entries", default="all", help="comma-separated subset of: floor, our strategies (naive,si,ewc,"
+                    "mas,lwf,replay,agem) and avalanche-NAME for each (default all)")
     bp.add_argument("--quick", action="store_true", help="tiny: 2 tasks, 256 training examples each, 1 epoch")
     bp.add_argument("--tasks", type=int, default=0, help="first N tasks only (0 = all)")
     bp.add_argument("--max-train", type=int, default=0, help="at most N training examples per task (0 = all)")
