@@ -2,7 +2,9 @@
 
 Where the files are looked for, in order: the explicit `data_root` (`--data-root`), else `$CLFRAMEWORK_DATA`, else
 `~/.cache/clframework/data`; in each, torchvision's own layout (`FashionMNIST/raw/`, `cifar-10-batches-py/`, ...) and,
-for MNIST-like sets, the four IDX files directly in the folder (gzip or not). Fashion-MNIST is also found in
+for MNIST-like sets, the four IDX files directly in the folder (gzip or not). A folder the user named (`--data-root` or
+`$CLFRAMEWORK_DATA`) is used alone: no other folder is searched, a folder that does not exist is an error listing the
+files, and a download (when allowed) goes into that folder. Without one, Fashion-MNIST is also found in
 `/usr/share/datasets/fashion-mnist` (Debian's `dataset-fashion-mnist`). When nothing is found the files are
 downloaded (online users, unless $CLFRAMEWORK_NO_DOWNLOAD is set) into a temporary folder that is moved into place
 only when complete; offline, the loader stops with an error that names the files, the folders it searched and what
@@ -65,9 +67,10 @@ class Source:
         c = self.tv_class
         return [f for f, _ in c.train_list + c.test_list] + [c.meta["filename"]]
 
-    def folders(self, root: Path) -> List[Path]:
+    def folders(self, root: Path, explicit: bool = False) -> List[Path]:
+        """Where the files are looked for; an explicit root (--data-root, $CLFRAMEWORK_DATA) is used alone."""
         if self.kind == "idx":
-            return [root / self.tv_name / "raw", root, *self.system_dirs]
+            return [root / self.tv_name / "raw", root, *(() if explicit else self.system_dirs)]
         return [root / self.tv_class.base_folder]
 
     @property
@@ -97,10 +100,14 @@ def _source(name: str) -> Source:
     return SOURCES[name]
 
 
-def locate(name: str, data_root: Optional[str] = None) -> Optional[Dict[str, Path]]:
-    """The first searched folder holding every file the dataset needs (file name -> path), or None."""
-    src = _source(name)
-    for folder in src.folders(resolve_root(data_root)):
+def is_explicit(data_root: Optional[str] = None) -> bool:
+    """Whether the user named the data folder (--data-root or $CLFRAMEWORK_DATA): then nothing else is searched and
+    nothing is downloaded, so results never come from data the user did not point at."""
+    return bool(data_root or os.environ.get(ENV_VAR))
+
+
+def _locate_in(src: Source, folders: List[Path]) -> Optional[Dict[str, Path]]:
+    for folder in folders:
         found = {}
         for f in src.files:
             candidates = [folder / f, folder / f"{f}.gz"] if src.kind == "idx" else [folder / f]
@@ -111,6 +118,12 @@ def locate(name: str, data_root: Optional[str] = None) -> Optional[Dict[str, Pat
         else:
             return found
     return None
+
+
+def locate(name: str, data_root: Optional[str] = None) -> Optional[Dict[str, Path]]:
+    """The first searched folder holding every file the dataset needs (file name -> path), or None."""
+    src = _source(name)
+    return _locate_in(src, src.folders(resolve_root(data_root), is_explicit(data_root)))
 
 
 def available(name: str, data_root: Optional[str] = None) -> bool:
@@ -126,10 +139,21 @@ def describe(name: str) -> str:
             f"downloaded when online")
 
 
-def missing_message(name: str, root: Path, reason: str) -> str:
+def missing_files(name: str, root: Path) -> List[str]:
+    """The dataset's files absent from the explicit root's folders (the folder that holds the most of them)."""
+    src = _source(name)
+    best: List[str] = list(src.files)
+    for folder in src.folders(root, explicit=True):
+        missing = [f for f in src.files if not (folder / f).is_file() and not (folder / f"{f}.gz").is_file()]
+        if len(missing) < len(best):
+            best = missing
+    return best
+
+
+def missing_message(name: str, root: Path, reason: str, explicit: bool = False) -> str:
     src = _source(name)
     suffix = " (each may also be gzipped, .gz)" if src.kind == "idx" else ""
-    where = "\n".join(f"  {d}" for d in src.folders(root))
+    where = "\n".join(f"  {d}" for d in src.folders(root, explicit))
     fixes = [f"pass --data-root DIR (or set {ENV_VAR}=DIR) pointing at a folder that holds them",
              f"run an embedded benchmark instead: {EMBEDDED_HINT}"]
     if src.apt_hint:
@@ -165,11 +189,20 @@ def _download(src: Source, root: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _find_or_download(name: str, root: Path, download: bool) -> Dict[str, Path]:
-    found = locate(name, str(root))
+def _find_or_download(name: str, root: Path, download: bool, explicit: bool = False) -> Dict[str, Path]:
+    src = _source(name)
+    found = _locate_in(src, src.folders(root, explicit))
     if found is not None:
         return found
-    src = _source(name)
+    if explicit and not root.is_dir():
+        raise DatasetNotFound(missing_message(
+            name, root, f"the data folder you named ({root}) does not exist, so {', '.join(src.files)} are missing; "
+                        f"a folder named by --data-root or ${ENV_VAR} is used alone, never another one", True))
+    if explicit and (not download or os.environ.get(NO_DOWNLOAD_VAR)):
+        raise DatasetNotFound(missing_message(
+            name, root, f"the data folder you named ({root}) lacks {', '.join(missing_files(name, root))} and "
+                        f"downloading is off; a folder named by --data-root or ${ENV_VAR} is used alone, never "
+                        f"another one", True))
     if not download or os.environ.get(NO_DOWNLOAD_VAR):
         raise DatasetNotFound(missing_message(name, root, "its files are not on disk and downloading is off"))
     try:
@@ -266,15 +299,15 @@ def _load_cifar(src: Source, found: Dict[str, Path]) -> LabeledData:
 
 
 @lru_cache(maxsize=None)
-def _load_cached(name: str, root: str, download: bool) -> LabeledData:
+def _load_cached(name: str, root: str, download: bool, explicit: bool = False) -> LabeledData:
     src = _source(name)
-    found = _find_or_download(name, Path(root), download)
+    found = _find_or_download(name, Path(root), download, explicit)
     return (_load_idx if src.kind == "idx" else _load_cifar)(src, found)
 
 
 def load(name: str, data_root: Optional[str] = None, download: bool = True) -> LabeledData:
     """A dataset as normalized tensors, read once per process (every task and strategy share the tensors)."""
-    return _load_cached(name, str(resolve_root(data_root)), download)
+    return _load_cached(name, str(resolve_root(data_root)), download, is_explicit(data_root))
 
 
 def mnist(data_root: Optional[str] = None, download: bool = True) -> LabeledData:

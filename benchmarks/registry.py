@@ -31,10 +31,12 @@ class Protocol:
 
 
 def register_benchmark(name: str, *, protocol: Protocol, source: str,
-                       available: Callable[[Optional[str]], bool] = lambda root: True, description: str = ""):
+                       available: Callable[[Optional[str]], bool] = lambda root: True, description: str = "",
+                       override: bool = False):
     """Decorator for a function `(seed=..., **options) -> Stream`; `source` says where its data come from and
-    `available(data_root)` whether they are on this machine."""
-    return BENCHMARKS.register(name, description=description, protocol=protocol, source=source, available=available)
+    `available(data_root)` whether they are on this machine. A name already registered needs override=True."""
+    return BENCHMARKS.register(name, description=description, protocol=protocol, source=source, available=available,
+                               override=override)
 
 
 def available_benchmarks() -> list:

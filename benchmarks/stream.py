@@ -82,6 +82,35 @@ class Stream:
     def __getitem__(self, i):
         return self.tasks[i]
 
+    def validate(self) -> None:
+        """Check the data before training (once per stream): every task has training and test examples of at least
+        two classes, labels within its head's outputs, and finite inputs. ValueError names the task and the fix."""
+        if self.info.get("_validated"):
+            return
+        for t in self.tasks:
+            size = self.head_sizes[t.head]
+            for split in ("train", "test", "valid"):
+                x, y = getattr(t, f"{split}_x"), getattr(t, f"{split}_y")
+                if x is None:
+                    continue
+                if len(y) == 0:
+                    raise ValueError(f"task '{t.name}' has no {split} examples; every task needs training and test "
+                                     f"data")
+                low, high = int(y.min()), int(y.max())
+                if low < 0 or high >= size:
+                    raise ValueError(f"task '{t.name}': {split} labels range over [{low}, {high}] but its head "
+                                     f"{t.head} has {size} outputs; labels must be 0..{size - 1} (map them to the "
+                                     f"head's outputs)")
+                if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                    bad = int((~torch.isfinite(x)).flatten(1).any(1).sum()) if x.dim() > 1 else -1
+                    raise ValueError(f"task '{t.name}': {bad} {split} input(s) contain NaN or infinity; clean or "
+                                     f"drop them before training")
+            if len(torch.unique(t.train_y)) < 2:
+                raise ValueError(f"task '{t.name}' has training examples of a single class "
+                                 f"({int(t.train_y[0])}); a task needs at least two classes to learn anything")
+        self.info["_validated"] = True
+
     def subset(self, indices: Sequence[int]) -> "Stream":
+        info = {k: v for k, v in self.info.items() if k != "_validated"}
         return Stream(self.name, [self.tasks[i] for i in indices], self.head_sizes, self.setting, self.input_shape,
-                      dict(self.info))
+                      info)

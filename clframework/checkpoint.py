@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import socket
@@ -70,7 +71,14 @@ def config_differences(saved: Any, now: Any, prefix: str = "") -> List[str]:
 
 
 def as_json(data: Any) -> Any:
-    """The value as JSON would give it back (tuples become lists), so saved and current configurations compare."""
+    """The value as JSON gives it back (tuples become lists; inf and nan become the strings "inf" and "nan", as
+    strict JSON has no such numbers), so saved and current configurations compare."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return str(data)
+    if isinstance(data, dict):
+        return {str(k): as_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [as_json(v) for v in data]
     return json.loads(json.dumps(data))
 
 

@@ -1,6 +1,7 @@
 """Runs and comparisons: resolve a configuration (checking everything before training), train, score, write files."""
 from __future__ import annotations
 
+import math
 import platform
 import sys
 import time
@@ -22,7 +23,7 @@ from .checkpoint import (CHECKPOINT, CONFIG, MODEL, RESULTS, STRATEGY_STATE, Out
 from .models import build_model
 from .plugin import STRATEGIES, make_strategy
 from .registry import RegistryError
-from .trainer import (Trainer, TrainerCallback, TrainingDiverged, TrainingFailed, seed_everything,
+from .trainer import (OPTIMIZERS, Trainer, TrainerCallback, TrainingDiverged, TrainingFailed, seed_everything,
                       select_device)
 
 
@@ -46,7 +47,10 @@ class RunConfig:
     evaluate_on: str = "test"  # "valid" scores the validation hold-out (hyperparameter search)
 
     def resolved(self) -> dict:
-        """The full configuration, every value checked; raises RegistryError/ValueError before any training."""
+        """The full configuration, every value checked; raises RegistryError/ValueError before any training.
+
+        This is the one place a configuration is validated: the CLI, run(), compare(), tune() and reproduce() all
+        come through here, and each error names the value and what is accepted."""
         BENCHMARKS.check_hparams(self.benchmark, self.benchmark_options)
         protocol = benchmark_protocol(self.benchmark)
         entry = STRATEGIES.get(self.strategy)
@@ -57,17 +61,40 @@ class RunConfig:
         for key in ("epochs", "batch_size", "lr", "hidden", "dropout", "optimizer", "reset_optimizer"):
             value = getattr(self, key)
             if value is not None:
-                train[key] = list(value) if key == "hidden" else value
-        if train["epochs"] < 1 or train["batch_size"] < 1 or train["lr"] <= 0:
-            raise ValueError(f"epochs and batch size must be >= 1 and lr > 0; got epochs={train['epochs']}, "
-                             f"batch_size={train['batch_size']}, lr={train['lr']}")
-        if not 0 <= train["dropout"] < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {train['dropout']}")
+                train[key] = list(value) if key == "hidden" and not isinstance(value, (str, int)) else value
+        check_training(train)
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         select_device(self.device)
         if self.evaluate_on not in ("test", "valid"):
             raise ValueError(f"evaluate_on must be 'test' or 'valid', got {self.evaluate_on!r}")
         return {"strategy": self.strategy, "benchmark": self.benchmark, "seed": self.seed, "hparams": hparams,
-                "train": train, "benchmark_options": dict(self.benchmark_options), "device": self.device}
+                "train": train, "benchmark_options": dict(self.benchmark_options), "device": self.device,
+                "evaluate_on": self.evaluate_on}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_training(train: dict) -> None:
+    """The training protocol's values, each against what is accepted (ValueError naming the value)."""
+    for key in ("epochs", "batch_size"):
+        if not _is_int(train[key]) or train[key] < 1:
+            raise ValueError(f"{key.replace('_', ' ')} must be an integer >= 1, got {train[key]!r}")
+    lr = train["lr"]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr (learning rate) must be a finite number > 0, got {lr!r}")
+    if train["optimizer"] not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(sorted(OPTIMIZERS))}, got {train['optimizer']!r}")
+    hidden = train["hidden"]
+    if not isinstance(hidden, list) or not all(_is_int(h) and h >= 1 for h in hidden):
+        raise ValueError(f"hidden sizes must be positive integers (e.g. 256,256), got {hidden!r}")
+    dropout = train["dropout"]
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+    if not isinstance(train["reset_optimizer"], bool):
+        raise ValueError(f"reset_optimizer must be true or false, got {train['reset_optimizer']!r}")
 
 
 def versions() -> Dict[str, str]:
@@ -96,6 +123,9 @@ def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
     A diverged run writes its partial results (status "diverged") and raises TrainingDiverged.
     """
     cfg = config.resolved()
+    if stream is None:  # data errors (missing files, bad labels) before the folder is touched
+        stream = BENCHMARKS.create(config.benchmark, **config.benchmark_options)
+    stream.validate()
     if out_dir is None:
         return _run(config, cfg, None, quiet, callbacks, stream, False, checkpoint_every, label)
     with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
@@ -118,6 +148,7 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
         state = load_checkpoint(out_dir / CHECKPOINT)
     if stream is None:
         stream = BENCHMARKS.create(config.benchmark, **config.benchmark_options)
+    stream.validate()  # data errors before anything is written
     seed_everything(config.seed)
     model = build_model(train["model"], stream.input_shape, stream.head_sizes, train["hidden"], train["dropout"])
     strategy = make_strategy(config.strategy, **cfg["hparams"])
@@ -249,15 +280,16 @@ def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional
     benchmark = first.benchmark
     if any(c.benchmark != benchmark or c.benchmark_options != first.benchmark_options for c in configs.values()):
         raise ValueError("a comparison runs every configuration on the same benchmark with the same options")
+    stream = BENCHMARKS.create(benchmark, **first.benchmark_options)  # data errors before the folder is touched
+    stream.validate()
     if out_dir is None:
-        return _compare(configs, seeds, None, quiet, callbacks_for, False, checkpoint_every)
+        return _compare(configs, seeds, None, quiet, callbacks_for, False, checkpoint_every, stream)
     with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
-        return _compare(configs, seeds, Path(out_dir), quiet, callbacks_for, resume, checkpoint_every)
+        return _compare(configs, seeds, Path(out_dir), quiet, callbacks_for, resume, checkpoint_every, stream)
 
 
-def _compare(configs, seeds, out_dir, quiet, callbacks_for, resume, checkpoint_every) -> dict:
+def _compare(configs, seeds, out_dir, quiet, callbacks_for, resume, checkpoint_every, stream) -> dict:
     first = next(iter(configs.values()))
-    stream = BENCHMARKS.create(first.benchmark, **first.benchmark_options)
     summary = {"benchmark": first.benchmark, "tasks": stream.task_names, "seeds": list(range(seeds)),
                "strategies": {}, "diverged": []}
     all_runs = {}

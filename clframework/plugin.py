@@ -115,16 +115,18 @@ def check_state_keys(strategy: Strategy, state: Dict[str, Any], expected) -> Non
                          f"{unexpected}; expected exactly {sorted(expected)} (is this state from another strategy?)")
 
 
-def register_strategy(name: str, *, checks: Optional[Dict[str, tuple]] = None, description: str = ""):
+def register_strategy(name: str, *, checks: Optional[Dict[str, tuple]] = None, description: str = "",
+                      override: bool = False):
     """Class decorator: register a Strategy under `name`; its __init__ keyword defaults are its hyperparameters.
 
-    `checks` maps a hyperparameter to (predicate, description of accepted values) for range checks.
+    `checks` maps a hyperparameter to (predicate, description of accepted values) for range checks. A name that is
+    already registered is an error unless override=True (then a warning).
     """
 
     def deco(cls):
         if not (isinstance(cls, type) and issubclass(cls, Strategy)):
             raise TypeError(f"@register_strategy('{name}') must decorate a subclass of clframework.Strategy")
-        return STRATEGIES.register(name, checks=checks, description=description)(cls)
+        return STRATEGIES.register(name, checks=checks, description=description, override=override)(cls)
 
     return deco
 

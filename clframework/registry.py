@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Callable, Dict, List, Optional
@@ -100,20 +102,46 @@ class Registry:
         self._entries: Dict[str, Entry] = {}
         self._builtins_loaded = False
         self._entry_points_loaded = False
+        self._loading_dist = ""  # the distribution whose entry point is being imported
 
-    def register(self, name: str, *, checks: Optional[Dict[str, tuple]] = None, description: str = "", **extra):
-        """Decorator: register a class or function under `name`; its keyword defaults are the hyperparameters."""
+    def register(self, name: str, *, checks: Optional[Dict[str, tuple]] = None, description: str = "",
+                 override: bool = False, **extra):
+        """Decorator: register a class or function under `name`; its keyword defaults are the hyperparameters.
+
+        A name already registered is an error (a plugin must not silently replace, say, the built-in SI) unless
+        override=True, which replaces it with a warning naming both origins."""
 
         def deco(factory):
             self._load_builtins()
+            origin = self._origin(factory)
+            old = self._entries.get(name)
+            if old is not None and old.factory is not factory:
+                where = old.extra.get("origin", "?")
+                if not override:
+                    raise RegistryError(f"{self.kind} '{name}' is already registered ({where}); {origin} cannot "
+                                        f"register it again. Choose another name, or pass override=True to "
+                                        f"replace it on purpose")
+                warnings.warn(f"{self.kind} '{name}' ({where}) is replaced by {origin} (override=True)",
+                              RuntimeWarning, stacklevel=3)
             target = factory.__init__ if inspect.isclass(factory) else factory
             desc = description or (inspect.getdoc(factory) or "").split("\n")[0]
-            self._entries[name] = Entry(name, factory, params_from_signature(target, checks), desc, extra)
+            self._entries[name] = Entry(name, factory, params_from_signature(target, checks), desc,
+                                        {**extra, "origin": origin})
             if inspect.isclass(factory):
                 factory.registered_name = name
             return factory
 
         return deco
+
+    def _origin(self, factory) -> str:
+        """Where an entry comes from: built-in, an installed distribution's entry point, or a module."""
+        if self._loading_dist:
+            return f"distribution {self._loading_dist}"
+        module = getattr(factory, "__module__", "") or "?"
+        if module.startswith("clframework."):
+            return "built-in"
+        path = getattr(sys.modules.get(module), "__file__", None)
+        return f"module {module}" + (f" ({path})" if path else "")
 
     def _load_builtins(self) -> None:
         """Import the built-in entries on first use, so no import order is needed to see them."""
@@ -129,7 +157,16 @@ class Registry:
             return
         self._entry_points_loaded = True
         for ep in metadata.entry_points(group=self.group):
-            ep.load()  # importing the module runs its @register decorators
+            dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else ep.value
+            self._loading_dist = dist
+            try:
+                ep.load()  # importing the module runs its @register decorators
+            except Exception as exc:  # one broken plugin must not take every command down
+                warnings.warn(f"clframework: installed plugin '{ep.name}' from distribution {dist} ({ep.value}) "
+                              f"failed to load and is skipped: {type(exc).__name__}: {exc}", RuntimeWarning,
+                              stacklevel=2)
+            finally:
+                self._loading_dist = ""
 
     def names(self) -> List[str]:
         self._load_entry_points()

@@ -16,18 +16,32 @@ from tqdm.auto import tqdm
 
 from clframework.evaluation.evaluator import evaluate_stream
 
+from clframework.evaluation.results import OutputError
+
 from .checkpoint import to_device
 from .models import forward_heads
 from .plugin import Batch, Strategy
 
 
 def select_device(device: Optional[str] = None) -> torch.device:
-    """CUDA when available (or the device asked for), else CPU."""
+    """CUDA when available (or the device asked for, which must exist here), else CPU."""
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu or "
+                             f"auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                             f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r} was asked for but MPS is not available here; use --device cpu or auto")
+    elif dev.type not in ("cpu", "mps"):
+        raise ValueError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
     return dev
 
 
@@ -155,7 +169,8 @@ class Trainer:
         if self._epoch is not None:
             epoch = {k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v for k, v in self._epoch.items()}
         return {
-            "model": self.model.state_dict(), "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "strategy": self.strategy.state_dict(), "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
@@ -188,12 +203,13 @@ class Trainer:
         self._epoch = None if epoch is None else {
             k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in epoch.items()}
         self._task_curve = [dict(p) for p in state["task_curve"]]
-        self._progress = {**state["progress"], "accuracy_matrix": [list(r) for r in state["progress"]["accuracy_matrix"]],
-                          "curves": [dict(p) for p in state["progress"]["curves"]]}
+        progress = state["progress"]
+        self._progress = {**progress, "accuracy_matrix": [list(r) for r in progress["accuracy_matrix"]],
+                          "curves": [dict(p) for p in progress["curves"]]}
 
     # -- training ------------------------------------------------------------------------------------------------
     def _diverged(self, loss: torch.Tensor) -> TrainingDiverged:
-        return TrainingDiverged(self.position, float(loss))
+        return TrainingDiverged(self.position, float(loss.detach()))
 
     def train_task(self, task, task_index: int, resume: bool = False) -> List[dict]:
         """Train one task for `epochs` epochs; returns the per-epoch loss (of the minibatches trained, replayed rows
@@ -274,11 +290,38 @@ class Trainer:
             self.position["step"] = first_bad
             raise TrainingDiverged(self.position, float("nan"))
 
+    def check_fits(self, stream) -> None:
+        """The stream's data are sound (Stream.validate) and the model serves every task: one probe forward per
+        task (eval mode, no gradient, no random numbers drawn) must accept its inputs and give enough outputs."""
+        stream.validate()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for t in stream.tasks:
+                try:
+                    with torch.no_grad():
+                        out = forward_head(self.model, t.train_x[:1].to(self.device), t.head)
+                except (RuntimeError, IndexError) as exc:
+                    heads = getattr(self.model, "heads", None)
+                    what = (f"the model has {len(heads)} head(s) but task '{t.name}' uses head {t.head}"
+                            if heads is not None and t.head >= len(heads) else
+                            f"the model cannot take task '{t.name}''s inputs of shape {tuple(t.train_x.shape[1:])} "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0]})")
+                    raise ValueError(f"model and stream do not fit: {what}; build the model from the stream "
+                                     f"(input size, head_sizes)") from None
+                if out.shape[-1] < stream.head_sizes[t.head]:
+                    raise ValueError(f"model and stream do not fit: task '{t.name}' needs "
+                                     f"{stream.head_sizes[t.head]} outputs on head {t.head}, the model gives "
+                                     f"{out.shape[-1]}")
+        finally:
+            self.model.train(was_training)
+
     def fit(self, stream, resume: Optional[dict] = None) -> StreamResult:
         """Train every task of the stream in order, scoring all tasks after each one.
 
         resume: a `state_dict()` (from a checkpoint) to continue from instead of starting over. An exception raised
         by a strategy or model during training comes out as TrainingFailed, saying where it happened."""
+        self.check_fits(stream)
         progress = self._progress
         if resume is None:
             progress["initial_accuracy"] = evaluate_stream(self.model, stream, self.device, self.evaluate_on)
@@ -294,7 +337,7 @@ class Trainer:
             self._clock, self._checkpoint_seconds = time.perf_counter(), 0.0
             try:
                 curve = self.train_task(task, i, resume=mid_task and i == first)
-            except (TrainingDiverged, KeyboardInterrupt):
+            except (TrainingDiverged, OutputError):
                 raise
             except Exception as exc:
                 raise TrainingFailed(self.position) from exc

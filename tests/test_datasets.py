@@ -92,10 +92,11 @@ def test_failed_download_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(tvd.MNIST, "mirrors", ["http://127.0.0.1:9/"])
     monkeypatch.setattr(tvd.CIFAR10, "url", "http://127.0.0.1:9/cifar-10-python.tar.gz")
     root = tmp_path / "fresh"
+    root.mkdir()
     for name in ("mnist", "cifar10"):
         with pytest.raises(D.DatasetNotFound, match="download failed"):
             D.load(name, str(root))
-        assert not root.exists()
+        assert list(root.iterdir()) == []
 
 
 @pytest.fixture
@@ -124,6 +125,7 @@ def test_download_moves_complete_files_into_place(tmp_path, monkeypatch, http_fo
     monkeypatch.setattr(tvd.MNIST, "mirrors", [url])
     monkeypatch.setattr(tvd.MNIST, "resources", [(n, md5[n]) for n, _ in tvd.MNIST.resources])
     root = tmp_path / "root"
+    root.mkdir()
     data = D.load("mnist", str(root))
     np.testing.assert_array_equal(data.test_y.numpy(), arrays["test"][1])
     assert sorted(p.name for p in root.iterdir()) == ["MNIST"]  # no temporary folder left
@@ -188,9 +190,11 @@ def test_corrupt_files_give_clear_errors(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not DEBIAN.is_dir(), reason="Debian's dataset-fashion-mnist is not installed "
                                                 "(apt-get install -y dataset-fashion-mnist)")
-def test_real_debian_fashion_mnist_found_and_read(tmp_path):
-    assert D.locate("fashion-mnist", str(tmp_path))["t10k-images-idx3-ubyte"].parent == DEBIAN
-    data = D.load("fashion-mnist", str(tmp_path), download=False)
+def test_real_debian_fashion_mnist_found_and_read(tmp_path, monkeypatch):
+    monkeypatch.delenv(D.ENV_VAR, raising=False)
+    monkeypatch.setattr(D, "DEFAULT_ROOT", tmp_path)  # no folder named: the system folder is searched
+    assert D.locate("fashion-mnist")["t10k-images-idx3-ubyte"].parent == DEBIAN
+    data = D.load("fashion-mnist", download=False)
     with gzip.open(DEBIAN / "t10k-images-idx3-ubyte.gz") as f:
         raw = np.frombuffer(f.read(), dtype=np.uint8, offset=16).reshape(-1, 28, 28)
     with gzip.open(DEBIAN / "train-labels-idx1-ubyte.gz") as f:
@@ -205,7 +209,7 @@ def test_real_debian_fashion_mnist_found_and_read(tmp_path):
                                                 "(apt-get install -y dataset-fashion-mnist)")
 def test_cli_run_on_real_split_fashion_mnist(tmp_path):
     """End to end from the command line, 1 epoch on the full data (batch 1024 keeps it to seconds)."""
-    env = {**os.environ, "CLFRAMEWORK_DATA": str(tmp_path / "empty")}
+    env = {**os.environ, "CLFRAMEWORK_DATA": str(DEBIAN)}  # named explicitly: Debian's folder holds the .gz files
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "clframework", "run", "--strategy", "si", "--benchmark",
                            "split-fashion-mnist", "--epochs", "1", "--batch-size", "1024", "--quiet", "--out",

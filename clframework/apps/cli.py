@@ -185,7 +185,7 @@ def cmd_list(args) -> int:
     for name in STRATEGIES.names():
         e = STRATEGIES.get(name)
         params = ", ".join(f"{p.name}={p.default!r}" for p in e.params.values()) or "(no hyperparameters)"
-        print(f"  {name:<10} {e.description}\n  {'':<10} {params}")
+        print(f"  {name:<10} {e.description}\n  {'':<10} {params}\n  {'':<10} from: {e.extra.get('origin', '?')}")
     print("benchmarks:")
     for name in BENCHMARKS.names():
         e = BENCHMARKS.get(name)
@@ -214,6 +214,9 @@ def cmd_compare(args) -> int:
     from ..experiment import compare, format_table
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if not strategies:
+        raise ValueError(f"give at least one strategy to compare (e.g. --strategies naive,si), got "
+                         f"{args.strategies!r}")
     hparams = _parse_strategy_sets(args.set, strategies)
     out = args.out or Path("runs") / f"compare-{args.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
     base = _base_config(args, strategies[0])

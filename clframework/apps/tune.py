@@ -47,15 +47,17 @@ def tune(base: RunConfig, grid: Dict[str, List[str]], validation: float = 0.1, s
     points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
     configs = [replace(base, hparams={**base.hparams, **point}, evaluate_on="valid") for point in points]
     resolved = [c.resolved()["hparams"] for c in configs]  # every grid point checked before training
+    stream = holdout(BENCHMARKS.create(base.benchmark, **base.benchmark_options), validation, seed=0)
+    stream.validate()  # data errors before the folder is touched
     if out_dir is None:
-        return _tune(base, keys, configs, resolved, validation, seeds, None, quiet, log, False, checkpoint_every)
+        return _tune(base, keys, configs, resolved, stream, seeds, None, quiet, log, False, checkpoint_every)
     with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
-        return _tune(base, keys, configs, resolved, validation, seeds, Path(out_dir), quiet, log, resume,
+        return _tune(base, keys, configs, resolved, stream, seeds, Path(out_dir), quiet, log, resume,
                      checkpoint_every)
 
 
-def _tune(base, keys, configs, resolved, validation, seeds, out_dir, quiet, log, resume, checkpoint_every) -> dict:
-    stream = holdout(BENCHMARKS.create(base.benchmark, **base.benchmark_options), validation, seed=0)
+def _tune(base, keys, configs, resolved, stream, seeds, out_dir, quiet, log, resume, checkpoint_every) -> dict:
+    validation = stream.info["validation"]["fraction"]
     diverged = []
 
     def one(cfg: RunConfig, split: str, point: dict, seed: int) -> Optional[float]:

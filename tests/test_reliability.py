@@ -1,0 +1,564 @@
+"""Faults and bad input (issue 9): output folders, divergence, configuration checks, registry safety, explicit data
+folders, errors with tracebacks, checkpoint contents. Each test asserts the message and that nothing finished is lost.
+The kill -9 resume tests are in test_resume.py."""
+import copy
+import io
+import json
+import math
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clframework import RegistryError, RunConfig, Strategy, make_strategy, mlp, register_strategy, run
+from clframework.apps.cli import main
+from clframework.benchmarks import Stream, Task, make_benchmark
+from clframework.checkpoint import LOCK, OutputFolder, load_checkpoint
+from clframework.evaluation.results import OutputError, write_json
+from clframework.experiment import compare
+from clframework.models import forward_head
+from clframework.plugin import STRATEGIES, available_strategies
+from clframework.trainer import Trainer, TrainingDiverged, TrainingFailed
+
+TINY = ["--epochs", "1", "--hidden", "16", "--quiet", "--device", "cpu"]
+
+
+def _cli(*args, env=None, cwd=None, preexec_fn=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "clframework", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, preexec_fn=preexec_fn, timeout=timeout)
+
+
+def _strict_json(path: Path):
+    """Parse as a strict JSON reader would: NaN or Infinity is an error."""
+    def bad(token):
+        raise AssertionError(f"{path} holds {token}")
+
+    return json.loads(Path(path).read_text(), parse_constant=bad)
+
+
+def _cfg(strategy="si", **kw):
+    return RunConfig(strategy, "split-mnist-5k", epochs=1, hidden=[16], device="cpu", **kw)
+
+
+# ---- output folders --------------------------------------------------------------------------------------------
+
+def test_non_empty_out_is_refused_before_training_naming_resume_and_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["run", "--strategy", "si", "--out", str(out), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "is not empty" in err and "--resume" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # nothing written, nothing removed
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    out = tmp_path / "results.txt"
+    out.write_text("keep me")
+    assert main(["run", "--strategy", "naive", "--out", str(out), *TINY]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err and out.read_text() == "keep me"
+
+
+def test_unwritable_out_is_refused_before_training(capsys):
+    assert main(["run", "--strategy", "naive", "--out", "/proc/clframework-cannot-write-here", *TINY]) == 2
+    assert "cannot create output folder /proc/clframework-cannot-write-here" in capsys.readouterr().err
+
+
+def test_overwrite_empties_a_clframework_folder_and_refuses_any_other(tmp_path, mnist_stream):
+    out = tmp_path / "cmp"
+    with OutputFolder(out):
+        (out / "old-strategy-seed7").mkdir()
+        (out / "old-strategy-seed7" / "results.json").write_text("{}")
+    with pytest.raises(OutputError, match="is not empty"):
+        OutputFolder(out).__enter__()
+    with OutputFolder(out, overwrite=True):
+        assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == []  # stale seed folder gone
+    foreign = tmp_path / "home"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    with pytest.raises(OutputError, match="not made by clframework"):
+        OutputFolder(foreign, overwrite=True).__enter__()
+    assert (foreign / "thesis.tex").read_text() == "precious"
+
+
+def test_a_folder_in_use_is_locked_naming_the_holder_pid(tmp_path, capsys):
+    out = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out.mkdir()
+        import socket
+
+        (out / LOCK).write_text(f"{holder.pid} {socket.gethostname()}\n")
+        assert main(["run", "--strategy", "naive", "--out", str(out), "--resume", *TINY]) == 2
+        err = capsys.readouterr().err
+        assert f"in use by process {holder.pid}" in err and "choose another --out" in err
+        assert (out / LOCK).read_text().startswith(str(holder.pid))  # the holder's lock is left alone
+    finally:
+        holder.kill()
+        holder.wait()
+    with OutputFolder(out, resume=True):  # its holder is gone: a stale lock is taken over
+        assert (out / LOCK).read_text().startswith(str(os.getpid()))
+    assert not (out / LOCK).exists()
+
+
+def _limit_file_size(limit):
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, like a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_full_disk_keeps_the_previous_complete_file(tmp_path):
+    path = tmp_path / "results.json"
+    write_json(path, {"acc": 0.9})
+    code = f"from clframework.evaluation.results import write_json; write_json({str(path)!r}, {{'x': 'y' * 100000}})"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          preexec_fn=_limit_file_size(50_000))
+    assert proc.returncode != 0 and "OutputError: cannot write" in proc.stderr
+    assert "previous complete file is kept" in proc.stderr
+    assert json.loads(path.read_text()) == {"acc": 0.9} and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_full_disk_during_a_run_is_one_clear_error(tmp_path):
+    out = tmp_path / "run"
+    proc = _cli("run", "--strategy", "si", "--out", str(out), *TINY, preexec_fn=_limit_file_size(20_000))
+    assert proc.returncode == 2, proc.stderr
+    assert "clframework: error: cannot write" in proc.stderr and "File too large" in proc.stderr
+    assert not list(out.glob(".*.tmp")) and not (out / "results.json").exists()
+
+
+# ---- divergence ------------------------------------------------------------------------------------------------
+
+def test_set_c_inf_stops_with_a_divergence_message_and_no_nan_in_files(tmp_path):
+    out = tmp_path / "run"
+    proc = _cli("run", "--strategy", "si", "--set", "c=inf", "--out", str(out), *TINY)
+    assert proc.returncode == 3, proc.stderr
+    err = proc.stderr.strip().splitlines()[-1]
+    assert "run si seed 0: the training loss became nan at task 2 (2-3), epoch 1, step 2" in err
+    assert "lower learning rate" in err and "--set c=" in err
+    res = _strict_json(out / "results.json")
+    assert res["status"] == "diverged" and res["diverged_at"]["task"] == 1 and res["diverged_at"]["step"] == 2
+    assert len(res["accuracy_matrix"]) == 1 and res["accuracy_matrix"][0][0] > 0.9  # the finished task is kept
+    assert "nan" not in (out / "matrix.csv").read_text().lower()
+    again = _cli("run", "--strategy", "si", "--set", "c=inf", "--out", str(out), "--resume", *TINY)
+    assert again.returncode == 3 and "diverged" in again.stderr  # reported again, not trained again
+
+
+@pytest.mark.parametrize("strategy, hparams", [("si", {"c": math.inf}), ("ewc", {"ewc_lambda": math.inf})])
+def test_divergence_names_run_task_epoch_step(strategy, hparams, mnist_stream, tmp_path):
+    with pytest.raises(TrainingDiverged) as err:
+        run(_cfg(strategy, hparams=hparams), tmp_path / "r", quiet=True, stream=mnist_stream, label="my-run")
+    msg = str(err.value)
+    assert msg.startswith("run my-run: the training loss became nan at task 2") and "epoch 1, step" in msg
+    assert err.value.result["status"] == "diverged"
+    assert _strict_json(tmp_path / "r" / "results.json")["accuracy_matrix"] == err.value.result["accuracy_matrix"]
+
+
+def test_compare_keeps_going_leaves_diverged_runs_out_and_exits_non_zero(tmp_path):
+    out = tmp_path / "cmp"
+    proc = _cli("compare", "--strategies", "naive,si", "--seeds", "2", "--set", "si.c=inf", "--out", str(out),
+                *TINY)
+    assert proc.returncode == 3, proc.stderr
+    assert "2 run(s) diverged and were left out of the statistics: si seed 0, si seed 1" in proc.stderr
+    summary = _strict_json(out / "summary.json")
+    assert [d["seed"] for d in summary["diverged"]] == [0, 1]
+    assert summary["strategies"]["naive"]["metrics"]["acc"]["n"] == 2  # every naive run finished and counts
+    assert summary["strategies"]["si"]["runs"] == [] and summary["strategies"]["si"]["acc_mean"] is None
+    assert summary["paired"] == []  # no paired test against runs that diverged
+    assert "si (diverged: seeds 0, 1; left out)" in (out / "table.md").read_text()
+    assert "diverged" in proc.stdout
+    for seed in (0, 1):
+        assert _strict_json(out / f"naive-seed{seed}" / "results.json")["status"] == "finished"
+
+
+def test_json_files_never_hold_nan_or_infinity(tmp_path):
+    write_json(tmp_path / "x.json", {"a": float("nan"), "b": [float("inf"), 1.5], "c": {"d": -float("inf")}})
+    assert _strict_json(tmp_path / "x.json") == {"a": None, "b": [None, 1.5], "c": {"d": None}}
+
+
+# ---- configuration: one place, every value checked before training ---------------------------------------------
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", 0, "epochs must be an integer >= 1, got 0"),
+    ("epochs", 2.5, "epochs must be an integer >= 1, got 2.5"),
+    ("epochs", True, "epochs must be an integer >= 1, got True"),
+    ("batch_size", 0, "batch size must be an integer >= 1, got 0"),
+    ("lr", 0.0, r"lr \(learning rate\) must be a finite number > 0, got 0.0"),
+    ("lr", -1e-3, "must be a finite number > 0, got -0.001"),
+    ("lr", math.inf, "must be a finite number > 0, got inf"),
+    ("lr", math.nan, "must be a finite number > 0, got nan"),
+    ("optimizer", "rmsprop", "optimizer must be one of adam, sgd, got 'rmsprop'"),
+    ("hidden", [0], r"hidden sizes must be positive integers \(e.g. 256,256\), got \[0\]"),
+    ("hidden", [16, -1], r"got \[16, -1\]"),
+    ("hidden", [2.5], r"got \[2.5\]"),
+    ("dropout", 1.0, r"dropout must be a number in \[0, 1\), got 1.0"),
+    ("dropout", -0.1, "got -0.1"),
+    ("device", "meta", "device 'meta' is not supported; use auto, cpu, cuda or cuda:N"),
+    ("device", "gpu:0", "unknown device 'gpu:0'; use auto, cpu, cuda or cuda:N"),
+    ("seed", -1, "seed must be an integer >= 0, got -1"),
+    ("evaluate_on", "train", "evaluate_on must be 'test' or 'valid', got 'train'"),
+])
+def test_bad_configuration_values_are_named_before_training(field, value, message, tmp_path):
+    cfg = RunConfig("si", "split-mnist-5k", **{field: value})
+    with pytest.raises(ValueError, match=message):
+        cfg.resolved()
+    with pytest.raises(ValueError, match=message):  # the Python API goes through the same check
+        run(cfg, tmp_path / "never", quiet=True)
+    assert not (tmp_path / "never").exists()
+
+
+def test_missing_cuda_device_is_named():
+    if torch.cuda.is_available():
+        bad = f"cuda:{torch.cuda.device_count()}"
+        with pytest.raises(ValueError, match=f"device '{bad}' does not exist"):
+            RunConfig("si", "split-mnist-5k", device=bad).resolved()
+    else:
+        with pytest.raises(ValueError, match="CUDA is not available here"):
+            RunConfig("si", "split-mnist-5k", device="cuda").resolved()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--strategy", "si", "--epochs", "0"], "epochs must be an integer >= 1, got 0"),
+    (["run", "--strategy", "si", "--lr", "inf"], "must be a finite number > 0, got inf"),
+    (["run", "--strategy", "si", "--hidden", "0"], r"hidden sizes must be positive integers"),
+    (["compare", "--strategies", "si,naive,si"], r"strategies \['si'\] are listed more than once"),
+    (["compare", "--strategies", ","], "give at least one strategy"),
+    (["compare", "--strategies", "si", "--seeds", "0"], "--seeds must be an integer >= 1, got 0"),
+    (["tune", "--strategy", "si", "--grid", "c=1", "--validation", "1.5"], r"--validation must be a fraction"),
+])
+def test_cli_user_errors_are_one_line_exit_2_and_write_nothing(argv, message, tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main([*argv, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("clframework: error:")
+    import re
+
+    assert re.search(message, err), err
+    assert not out.exists()
+
+
+def _stream(train_y=None, train_x=None, head_sizes=(2,), head=0, n=16):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=gen) if train_x is None else train_x
+    y = torch.arange(n) % 2 if train_y is None else train_y
+    task = Task("t0", x, y, x.clone(), y.clone(), (0, 1), head)
+    return Stream("custom", [task], list(head_sizes))
+
+
+@pytest.mark.parametrize("stream, message", [
+    (lambda: _stream(train_y=torch.arange(16) % 3),
+     r"task 't0': train labels range over \[0, 2\] but its head 0 has 2"),
+    (lambda: _stream(train_y=-(torch.arange(16) % 2)), r"labels range over \[-1, 0\]"),
+    (lambda: _stream(train_x=torch.full((16, 4), float("nan"))), "16 train input\\(s\\) contain NaN or infinity"),
+    (lambda: _stream(n=0), "task 't0' has no train examples"),
+    (lambda: _stream(train_y=torch.zeros(16, dtype=torch.long)), "training examples of a single class"),
+])
+def test_bad_custom_streams_are_named_before_training(stream, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        run(RunConfig("naive", "split-mnist-5k", epochs=1, hidden=[4], device="cpu"), tmp_path / "never",
+            quiet=True, stream=stream())
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("model, message", [
+    (lambda: mlp(4, [2]), "the model has 1 head\\(s\\) but task 't0' uses head 1"),
+    (lambda: mlp(7, [2, 2]), r"cannot take task 't0''s inputs of shape \(4,\)"),
+    (lambda: mlp(4, [2, 1]), "task 't0' needs 2 outputs on head 1, the model gives 1"),
+])
+def test_model_and_stream_mismatch_is_named(model, message):
+    stream = _stream(head_sizes=(2, 2), head=1)
+    with pytest.raises(ValueError, match=message):
+        Trainer(model(), make_strategy("naive"), epochs=1, quiet=True, device="cpu").fit(stream)
+
+
+# ---- registry safety -------------------------------------------------------------------------------------------
+
+def test_registering_an_existing_name_is_an_error_unless_override(capsys):
+    original = STRATEGIES.get("si")
+    with pytest.raises(RegistryError, match=r"strategy 'si' is already registered \(built-in\).*override=True"):
+        @register_strategy("si")
+        class Impostor(Strategy):
+            pass
+    assert STRATEGIES.get("si") is original  # the built-in SI is untouched
+    try:
+        with pytest.warns(RuntimeWarning, match=r"strategy 'si' \(built-in\) is replaced by module"):
+            @register_strategy("si", override=True)
+            class Deliberate(Strategy):
+                pass
+        assert STRATEGIES.get("si").factory is Deliberate
+    finally:
+        STRATEGIES._entries["si"] = original
+
+
+def test_plugin_file_re_registering_si_is_an_error(tmp_path):
+    plugin = tmp_path / "evil.py"
+    plugin.write_text("from clframework import Strategy, register_strategy\n\n"
+                      "@register_strategy('si')\nclass NotSI(Strategy):\n    pass\n")
+    proc = _cli("run", "--strategy", "si", "--plugin", str(plugin), "--out", str(tmp_path / "never"), *TINY)
+    assert proc.returncode == 2 and "strategy 'si' is already registered (built-in)" in proc.stderr
+    assert not (tmp_path / "never").exists()
+
+
+def _dist(tmp_path, module_code, name="broken_cl"):
+    (tmp_path / f"{name}.py").write_text(module_code)
+    dist = tmp_path / f"{name}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[clframework.strategies]\nep = {name}\n")
+    return {"PYTHONPATH": str(tmp_path)}
+
+
+def test_broken_installed_plugin_is_one_warning_and_every_command_works(tmp_path):
+    env = _dist(tmp_path, "import numpy_that_does_not_exist\n")
+    proc = _cli("list", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    warning_lines = [line for line in proc.stderr.splitlines() if "failed to load" in line]
+    assert len(warning_lines) == 1
+    assert "distribution broken-cl 1.0" in warning_lines[0] and "No module named 'numpy_that_does_not_exist'" in \
+        warning_lines[0]
+    assert "si " in proc.stdout and "from: built-in" in proc.stdout
+
+
+def test_list_shows_where_each_strategy_comes_from(tmp_path):
+    env = _dist(tmp_path, "from clframework import Strategy, register_strategy\n\n"
+                          "@register_strategy('installed-one')\nclass Installed(Strategy):\n    pass\n", "good_cl")
+    (tmp_path / "local_plugin.py").write_text("from clframework import Strategy, register_strategy\n\n"
+                                              "@register_strategy('local-one')\nclass Local(Strategy):\n    pass\n")
+    proc = _cli("list", "--plugin", "local_plugin", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+
+    def origin(name):
+        i = next(i for i, line in enumerate(lines) if line.split()[:1] == [name])
+        return lines[i + 2].strip()
+
+    assert origin("si") == "from: built-in"
+    assert origin("installed-one") == "from: distribution good-cl 1.0"
+    assert origin("local-one").startswith("from: module local_plugin (") and "local_plugin.py" in origin("local-one")
+
+
+# ---- data folders: an explicit one is used alone ---------------------------------------------------------------
+
+def test_missing_explicit_data_root_is_an_error_listing_files_never_a_fallback(tmp_path):
+    missing = tmp_path / "typo"
+    proc = _cli("run", "--strategy", "si", "--benchmark", "split-fashion-mnist", "--data-root", str(missing),
+                "--out", str(tmp_path / "never"), *TINY)
+    assert proc.returncode == 2
+    assert f"the data folder you named ({missing}) does not exist" in proc.stderr
+    assert "train-images-idx3-ubyte" in proc.stderr and "t10k-labels-idx1-ubyte" in proc.stderr
+    assert "/usr/share/datasets" not in proc.stderr.split("What to do")[0]  # the system folder is not searched
+    assert not (tmp_path / "never").exists() and not missing.exists()
+
+
+def test_explicit_environment_folder_lacking_files_lists_them(tmp_path):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    (empty / "train-images-idx3-ubyte").write_bytes(b"")  # one of four present
+    proc = _cli("run", "--strategy", "si", "--benchmark", "split-fashion-mnist", "--out", str(tmp_path / "never"),
+                *TINY, env={"CLFRAMEWORK_DATA": str(empty), "CLFRAMEWORK_NO_DOWNLOAD": "1"})
+    assert proc.returncode == 2
+    assert "lacks train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte" in proc.stderr
+
+
+# ---- errors for humans and for bugs ----------------------------------------------------------------------------
+
+BUGGY = textwrap.dedent('''
+    from clframework import Strategy, register_strategy
+
+    @register_strategy("buggy")
+    class Buggy(Strategy):
+        def __init__(self, fail_at: int = 3):
+            self.fail_at, self.steps = fail_at, 0
+
+        def on_after_step(self, model):
+            self.steps += 1
+            if self.steps == self.fail_at:
+                raise KeyError("my_buffer")
+''')
+
+
+def test_exception_in_a_strategy_shows_traceback_and_where_and_keeps_finished_tasks(tmp_path):
+    (tmp_path / "buggy_plugin.py").write_text(BUGGY)
+    out = tmp_path / "run"
+    proc = _cli("run", "--strategy", "buggy", "--set", "fail_at=16", "--plugin", "buggy_plugin", "--out", str(out),
+                "--checkpoint-every", "0", *TINY, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback (most recent call last)" in proc.stderr and "buggy_plugin.py" in proc.stderr
+    assert "in on_after_step" in proc.stderr
+    assert ("KeyError: 'my_buffer' (raised in run buggy seed 0, task 2 (2-3), epoch 1, step 3)" in proc.stderr)
+    state = load_checkpoint(out / "checkpoint.pt")  # written after task 1 (13 steps): the finished task is kept
+    assert state["trainer"]["position"]["task"] == 1 and len(state["trainer"]["progress"]["accuracy_matrix"]) == 1
+
+
+def test_debug_shows_full_tracebacks_for_user_errors(tmp_path):
+    plain = _cli("run", "--strategy", "nope", "--out", str(tmp_path / "a"), *TINY)
+    debug = _cli("run", "--strategy", "nope", "--out", str(tmp_path / "b"), "--debug", *TINY)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr and "unknown strategy 'nope'" in plain.stderr
+    assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
+    assert "RegistryError: unknown strategy 'nope'" in debug.stderr
+
+
+# ---- resume ----------------------------------------------------------------------------------------------------
+
+def test_resume_with_another_configuration_names_the_difference(tmp_path, mnist_stream):
+    out = tmp_path / "run"
+    first = run(_cfg(hparams={"c": 0.5}), out, quiet=True, stream=mnist_stream)
+    before = (out / "results.json").read_text()
+    with pytest.raises(ValueError, match=r"another configuration \(hparams.c: 0.5 in the folder, 2.0 now\)"):
+        run(_cfg(hparams={"c": 2.0}), out, quiet=True, stream=mnist_stream, resume=True)
+    assert (out / "results.json").read_text() == before  # the finished run is untouched
+    again = run(_cfg(hparams={"c": 0.5}), out, quiet=True, stream=mnist_stream, resume=True)
+    assert again["accuracy_matrix"] == first["accuracy_matrix"] and (out / "results.json").read_text() == before
+
+
+def test_final_model_and_strategy_state_are_kept_and_reload(tmp_path, mnist_stream):
+    out = tmp_path / "run"
+    res = run(_cfg(), out, quiet=True, stream=mnist_stream)
+    model = mlp(784, mnist_stream.head_sizes, hidden=(16,))
+    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    from clframework.evaluation.evaluator import evaluate_stream
+
+    assert evaluate_stream(model, mnist_stream, torch.device("cpu")) == res["accuracy_matrix"][-1]
+    saved = torch.load(out / "strategy.pt", weights_only=True)
+    si = make_strategy("si")
+    si.load_state_dict(saved["state"])
+    assert saved["strategy"] == "si" and len(si.omega_history) == 2
+    assert all(torch.equal(si.Omega[n], res["_strategy"].Omega[n]) for n in si.Omega)
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_checkpoint_holds_everything_the_continuation_needs(tmp_path, mnist_stream):
+    states = []
+    torch.manual_seed(0)
+    model = mlp(784, mnist_stream.head_sizes, hidden=(16,))
+    trainer = Trainer(model, make_strategy("si"), epochs=2, quiet=True, device="cpu", checkpoint_every=5,
+                      on_checkpoint=lambda s: states.append(copy.deepcopy(s)))
+    result = trainer.fit(mnist_stream)
+    mid = states[0]  # after 5 steps of task 1
+    assert mid["position"] == {"task": 0, "task_name": "0-1", "epoch": 1, "step": 5}
+    assert set(mid) >= {"model", "optimizer", "strategy", "generator", "torch_rng", "epoch_in_flight", "progress"}
+    assert set(mid["strategy"]) == {"hparams", "Omega", "reference", "omega", "task_start", "omega_history"}
+    assert mid["strategy"]["hparams"]["c"] == 1.0 and mid["strategy"]["omega"]["trunk.1.weight"].abs().sum() > 0
+    assert mid["optimizer"]["state"] and len(mid["epoch_in_flight"]["order"]) == len(mnist_stream[0].train_y)
+    ends = [s for s in states if s["epoch_in_flight"] is None]  # one after each task
+    assert [s["position"]["task"] for s in ends] == [1, 2]
+    assert ends[-1]["progress"]["accuracy_matrix"] == result.accuracy_matrix
+    assert 0 < ends[0]["progress"]["train_seconds"] < ends[1]["progress"]["train_seconds"]
+    resumed = Trainer(mlp(784, mnist_stream.head_sizes, hidden=(16,)), make_strategy("si"), epochs=2, quiet=True,
+                      device="cpu").fit(mnist_stream, resume=states[3])
+    assert resumed.accuracy_matrix == result.accuracy_matrix and resumed.curves == result.curves
+
+
+def test_wrong_strategy_state_names_the_keys():
+    with pytest.raises(ValueError, match=r"SI.load_state_dict: missing keys \['Omega'.*unexpected keys "
+                                         r"\['anchors', 'fishers'\]"):
+        make_strategy("si").load_state_dict(make_strategy("ewc").state_dict())
+    with pytest.raises(ValueError, match=r"Naive.load_state_dict: missing keys \[\], "
+                                         r"unexpected keys \['Omega', 'hparams'"):
+        make_strategy("naive").load_state_dict(make_strategy("si").state_dict())
+
+
+def test_sigint_prints_one_line_keeps_checkpoints_and_finished_runs(tmp_path):
+    out = tmp_path / "cmp"
+    args = ["compare", "--strategies", "naive,si", "--seeds", "1", "--out", str(out), "--checkpoint-every", "3", *TINY]
+    proc = subprocess.Popen([sys.executable, "-m", "clframework", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (out / "si-seed0" / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1] == (f"clframework: interrupted; the checkpoints in {out} are kept; continue "
+                                            f"with the same command plus --resume")
+    finished = (out / "naive-seed0" / "results.json").read_text()
+    assert (out / "si-seed0" / "checkpoint.pt").is_file() and not (out / LOCK).exists()
+    done = _cli(*args, "--resume")
+    assert done.returncode == 0, done.stderr
+    assert (out / "naive-seed0" / "results.json").read_text() == finished  # kept, not run again
+    summary = _strict_json(out / "summary.json")
+    assert [r["seed"] for r in summary["strategies"]["si"]["runs"]] == [0] and summary["diverged"] == []
+    assert "resumed_from" in _strict_json(out / "si-seed0" / "results.json")  # continued, not restarted
+
+
+def test_tune_keeps_each_finished_run_and_resumes(tmp_path):
+    out = tmp_path / "tune"
+    args = ["tune", "--strategy", "si", "--grid", "c=0,1", "--out", str(out), *TINY]
+    assert _cli(*args).returncode == 0
+    first = (out / "tune.json").read_text()
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert folders == ["test-c-0-0-seed0", "valid-c-0-0-seed0", "valid-c-1-0-seed0"] or \
+        folders == ["test-c-1-0-seed0", "valid-c-0-0-seed0", "valid-c-1-0-seed0"]
+    stamps = {f: (out / f / "results.json").stat().st_mtime_ns for f in folders}
+    again = _cli(*args, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert {f: (out / f / "results.json").stat().st_mtime_ns for f in folders} == stamps  # nothing trained again
+    assert json.loads((out / "tune.json").read_text()) == json.loads(first)
+
+
+# ---- property: load_state_dict(state_dict()) round-trips every registered strategy mid-task ------------------
+
+def _steps(model, strategy, opt, x, y, head, n):
+    for i in range(n):
+        xb, yb = x[i * 4:(i + 1) * 4], y[i * 4:(i + 1) * 4]
+        loss = F.cross_entropy(forward_head(model, xb, head), yb)
+        extra = strategy.penalty(model)
+        (loss + extra if isinstance(extra, torch.Tensor) else loss).backward()
+        strategy.on_before_step(model)
+        opt.step()
+        strategy.on_after_step(model)
+        opt.zero_grad()
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_equal, a, b))
+    return a == b
+
+
+@settings(max_examples=8, deadline=None)
+@given(name=st.sampled_from(sorted(available_strategies())), finished=st.integers(0, 2), steps=st.integers(1, 5),
+       seed=st.integers(0, 2 ** 16))
+def test_state_dict_round_trips_every_strategy_mid_task(name, finished, steps, seed):
+    gen = torch.Generator().manual_seed(seed)
+    data = [(torch.randn(24, 6, generator=gen), torch.randint(0, 3, (24,), generator=gen)) for _ in range(4)]
+    torch.manual_seed(seed)
+    model = mlp(6, [3, 3, 3, 3], hidden=(5,))
+    strategy = make_strategy(name)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for t in range(finished):
+        strategy.on_task_start(model, t)
+        _steps(model, strategy, opt, *data[t], t, 4)
+        strategy.on_task_end(model, data[t], t)
+    strategy.on_task_start(model, finished)
+    _steps(model, strategy, opt, *data[finished], finished, steps)
+    buf = io.BytesIO()
+    torch.save(strategy.state_dict(), buf)  # through bytes, as a checkpoint file does
+    buf.seek(0)
+    twin, twin_model = make_strategy(name), copy.deepcopy(model)
+    twin.load_state_dict(torch.load(buf, weights_only=True))
+    assert _equal(twin.state_dict(), strategy.state_dict())
+    twin_opt = torch.optim.SGD(twin_model.parameters(), lr=0.1)
+    for s, m, o in ((strategy, model, opt), (twin, twin_model, twin_opt)):  # the rest of the task, and the next
+        _steps(m, s, o, *data[finished], finished, 6 - steps)
+        s.on_task_end(m, data[finished], finished)
+        s.on_task_start(m, finished + 1)
+        _steps(m, s, o, *data[finished + 1], finished + 1, 3)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin_model.parameters()))
+    assert _equal(twin.state_dict(), strategy.state_dict())
