@@ -300,7 +300,7 @@ class Trainer:
             for t in stream.tasks:
                 try:
                     with torch.no_grad():
-                        out = forward_head(self.model, t.train_x[:1].to(self.device), t.head)
+                        out = forward_heads(self.model, t.train_x[:1].to(self.device), t.head)
                 except (RuntimeError, IndexError) as exc:
                     heads = getattr(self.model, "heads", None)
                     what = (f"the model has {len(heads)} head(s) but task '{t.name}' uses head {t.head}"

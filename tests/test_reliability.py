@@ -27,8 +27,8 @@ from clframework.benchmarks import Stream, Task, make_benchmark
 from clframework.checkpoint import LOCK, OutputFolder, load_checkpoint
 from clframework.evaluation.results import OutputError, write_json
 from clframework.experiment import compare
-from clframework.models import forward_head
-from clframework.plugin import STRATEGIES, available_strategies
+from clframework.models import forward_heads
+from clframework.plugin import STRATEGIES, Batch, available_strategies
 from clframework.trainer import Trainer, TrainingDiverged, TrainingFailed
 
 TINY = ["--epochs", "1", "--hidden", "16", "--quiet", "--device", "cpu"]
@@ -512,9 +512,10 @@ def test_tune_keeps_each_finished_run_and_resumes(tmp_path):
 
 def _steps(model, strategy, opt, x, y, head, n):
     for i in range(n):
-        xb, yb = x[i * 4:(i + 1) * 4], y[i * 4:(i + 1) * 4]
-        loss = F.cross_entropy(forward_head(model, xb, head), yb)
-        extra = strategy.penalty(model)
+        batch = strategy.on_before_forward(model, Batch(x[i * 4:(i + 1) * 4], y[i * 4:(i + 1) * 4], head))
+        batch.out = forward_heads(model, batch.x, batch.head)
+        loss = F.cross_entropy(batch.out, batch.y)
+        extra = strategy.loss_term(model, batch)
         (loss + extra if isinstance(extra, torch.Tensor) else loss).backward()
         strategy.on_before_step(model)
         opt.step()
