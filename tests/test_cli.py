@@ -11,6 +11,9 @@ def test_list_shows_strategies_hyperparameters_and_benchmarks(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "si" in out and "c=1.0, xi=0.001" in out and "ewc_lambda=100.0" in out
+    for defaults in ("mas_lambda=1.0", "alpha=1.0, temperature=2.0", "memory_size=200, selection='reservoir'",
+                     "memory_size=200, sample_size=256, selection='reservoir'"):
+        assert defaults in out
     assert "split-mnist-5k" in out and "data on this machine" in out
 
 
