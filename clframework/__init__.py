@@ -15,6 +15,7 @@ _PUBLIC = {
     "Batch": "clframework.plugin", "join": "clframework.plugin", "forward_heads": "clframework.models",
     "build_model": "clframework.models", "cifar_cnn": "clframework.models", "mlp": "clframework.models",
     "Trainer": "clframework.trainer", "TrainerCallback": "clframework.trainer", "select_device": "clframework.trainer",
+    "TrainingDiverged": "clframework.trainer", "TrainingFailed": "clframework.trainer",
     "Stream": "clframework.benchmarks", "Task": "clframework.benchmarks",
     "available_benchmarks": "clframework.benchmarks", "make_benchmark": "clframework.benchmarks",
     "register_benchmark": "clframework.benchmarks",
