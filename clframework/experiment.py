@@ -146,9 +146,7 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
                 raise _diverged_again(saved, label)
             return saved
         state = load_checkpoint(out_dir / CHECKPOINT)
-    if stream is None:
-        stream = BENCHMARKS.create(config.benchmark, **config.benchmark_options)
-    stream.validate()  # data errors before anything is written
+    stream.validate()  # once per stream (cached): data errors before anything is written
     seed_everything(config.seed)
     model = build_model(train["model"], stream.input_shape, stream.head_sizes, train["hidden"], train["dropout"])
     strategy = make_strategy(config.strategy, **cfg["hparams"])
