@@ -73,4 +73,5 @@ def from_avalanche(benchmark, setting: Optional[str] = None, name: str = "avalan
                          "occur in several experiences; use setting='domain' (or 'task' with task labels)")
     stream = _assemble(name, parts, setting)
     stream.info["avalanche_task_labels"] = task_labels
+    stream.info["data_source"] = {"avalanche_benchmark": type(benchmark).__name__, "name": name}
     return stream

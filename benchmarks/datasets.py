@@ -302,7 +302,9 @@ def _load_cifar(src: Source, found: Dict[str, Path]) -> LabeledData:
 def _load_cached(name: str, root: str, download: bool, explicit: bool = False) -> LabeledData:
     src = _source(name)
     found = _find_or_download(name, Path(root), download, explicit)
-    return (_load_idx if src.kind == "idx" else _load_cifar)(src, found)
+    data = (_load_idx if src.kind == "idx" else _load_cifar)(src, found)
+    data.source = {"dataset": src.name, "files": [str(p) for p in found.values()]}
+    return data
 
 
 def load(name: str, data_root: Optional[str] = None, download: bool = True) -> LabeledData:

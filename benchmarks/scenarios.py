@@ -8,7 +8,7 @@ set from each task's training data. Each builder takes a `setting`:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -25,6 +25,7 @@ class LabeledData:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    source: dict = field(default_factory=dict)  # what was read to make it (files, package, in-memory), for results
 
     @property
     def classes(self) -> List[int]:
@@ -51,13 +52,20 @@ def _assemble(name: str, parts: List[Tuple[str, LabeledData, Sequence[int]]], se
                           tuple(int(c) for c in classes), head=i if setting == "task" else 0))
         offset += len(classes)
     heads = {"task": sizes, "domain": [max(sizes)], "class": [sum(sizes)]}[setting]
-    return Stream(name, tasks, heads, setting, info={"class_order": [list(c) for _, _, c in parts]})
+    info = {"class_order": [list(c) for _, _, c in parts]}
+    sources = []
+    for _, data, _ in parts:
+        if data.source and data.source not in sources:
+            sources.append(data.source)
+    if sources:
+        info["data_source"] = sources[0] if len(sources) == 1 else sources
+    return Stream(name, tasks, heads, setting, info=info)
 
 
 def _select(data: LabeledData, classes: Sequence[int]) -> LabeledData:
     cls = torch.tensor(list(classes))
     tr, te = torch.isin(data.train_y, cls), torch.isin(data.test_y, cls)
-    return LabeledData(data.name, data.train_x[tr], data.train_y[tr], data.test_x[te], data.test_y[te])
+    return LabeledData(data.name, data.train_x[tr], data.train_y[tr], data.test_x[te], data.test_y[te], data.source)
 
 
 def split(data: LabeledData, classes_per_task: int = 2, class_order: Optional[Sequence[int]] = None,
@@ -109,7 +117,7 @@ def permuted(data: LabeledData, n_tasks: int = 10, seed: int = 0, keep_first: bo
     parts = []
     for t, perm in enumerate(permutations(n_tasks, flat_tr.shape[1], seed, keep_first)):
         part = LabeledData(data.name, flat_tr[:, perm].reshape(-1, *shape), data.train_y,
-                           flat_te[:, perm].reshape(-1, *shape), data.test_y)
+                           flat_te[:, perm].reshape(-1, *shape), data.test_y, data.source)
         parts.append((f"perm{t}", part, classes))
     stream = _assemble(name or f"permuted-{data.name}", parts, setting)
     stream.info["permutation_seed"] = seed
@@ -167,7 +175,8 @@ def _as_labels(y, what: str) -> torch.Tensor:
 def from_tensors(train_x, train_y, test_x, test_y, name: str = "custom") -> LabeledData:
     """Your tensors (or numpy arrays) as a dataset that `split`, `permuted` and `holdout` accept."""
     data = LabeledData(name, _as_inputs(train_x, "train_x"), _as_labels(train_y, "train_y"),
-                       _as_inputs(test_x, "test_x"), _as_labels(test_y, "test_y"))
+                       _as_inputs(test_x, "test_x"), _as_labels(test_y, "test_y"),
+                       {"in_memory": "from_tensors", "name": name})
     for part in ("train", "test"):
         x, y = getattr(data, f"{part}_x"), getattr(data, f"{part}_y")
         if len(x) != len(y) or len(y) == 0:
@@ -200,7 +209,10 @@ def materialize(dataset, batch_size: int = 1024) -> Tuple[torch.Tensor, torch.Te
 
 def from_dataset(train, test, name: str = "custom", batch_size: int = 1024) -> LabeledData:
     """Any torch Datasets yielding (input tensor, class id), read once into memory (transforms applied once)."""
-    return from_tensors(*materialize(train, batch_size), *materialize(test, batch_size), name=name)
+    data = from_tensors(*materialize(train, batch_size), *materialize(test, batch_size), name=name)
+    data.source = {"in_memory": "from_dataset", "name": name, "train": type(train).__name__,
+                   "test": type(test).__name__}
+    return data
 
 
 def from_task_data(tasks: Sequence[LabeledData], setting: str = "task", name: str = "custom",

@@ -114,3 +114,17 @@ class Stream:
         info = {k: v for k, v in self.info.items() if k != "_validated"}
         return Stream(self.name, [self.tasks[i] for i in indices], self.head_sizes, self.setting, self.input_shape,
                       info)
+
+    def first(self, n: int) -> "Stream":
+        """The first `n` tasks, with only the outputs they use: the heads of those tasks (task setting), or the
+        classes they bring (class setting); the same stream a builder makes when asked for `n` tasks."""
+        if not 1 <= n <= len(self.tasks):
+            raise ValueError(f"{self.name} has {len(self.tasks)} tasks; the number of tasks must be between 1 and "
+                             f"{len(self.tasks)}, got {n}")
+        tasks = self.tasks[:n]
+        if self.setting == "class":
+            heads = [sum(len(t.classes) for t in tasks)]
+        else:
+            heads = list(self.head_sizes[:max(t.head for t in tasks) + 1])
+        info = {k: v for k, v in self.info.items() if k != "_validated"}
+        return Stream(self.name, tasks, heads, self.setting, self.input_shape, info)

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import math
-import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -20,8 +19,9 @@ from clframework.evaluation.results import OutputError, matrix_csv, read_json, w
 
 from .checkpoint import (CHECKPOINT, CONFIG, MODEL, RESULTS, STRATEGY_STATE, OutputFolder, as_json,
                          check_same_config, load_checkpoint, save_checkpoint, save_torch)
+from . import provenance
 from .models import build_model
-from .plugin import STRATEGIES, make_strategy
+from .plugin import STRATEGIES, Strategy, make_strategy
 from .registry import RegistryError
 from .trainer import (OPTIMIZERS, Trainer, TrainerCallback, TrainingDiverged, TrainingFailed, seed_everything,
                       select_device)
@@ -45,6 +45,7 @@ class RunConfig:
     device: str = "auto"
     benchmark_options: Dict[str, object] = field(default_factory=dict)
     evaluate_on: str = "test"  # "valid" scores the validation hold-out (hyperparameter search)
+    tasks: Optional[int] = None  # the first N tasks of the stream only
 
     def resolved(self) -> dict:
         """The full configuration, every value checked; raises RegistryError/ValueError before any training.
@@ -66,11 +67,14 @@ class RunConfig:
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         select_device(self.device)
+        if self.tasks is not None and (isinstance(self.tasks, bool) or not isinstance(self.tasks, int)
+                                       or self.tasks < 1):
+            raise ValueError(f"the number of tasks must be an integer >= 1, got {self.tasks!r}")
         if self.evaluate_on not in ("test", "valid"):
             raise ValueError(f"evaluate_on must be 'test' or 'valid', got {self.evaluate_on!r}")
         return {"strategy": self.strategy, "benchmark": self.benchmark, "seed": self.seed, "hparams": hparams,
                 "train": train, "benchmark_options": dict(self.benchmark_options), "device": self.device,
-                "evaluate_on": self.evaluate_on}
+                "tasks": self.tasks, "evaluate_on": self.evaluate_on}
 
 
 def _is_int(v) -> bool:
@@ -97,10 +101,73 @@ def check_training(train: dict) -> None:
         raise ValueError(f"reset_optimizer must be true or false, got {train['reset_optimizer']!r}")
 
 
-def versions() -> Dict[str, str]:
-    import clframework
+def build_stream(config: RunConfig, stream=None):
+    """The configuration's stream (or `stream`), cut to its first `config.tasks` tasks. A builder that takes
+    `n_tasks` is asked for them directly, so the unused tasks are never built."""
+    if stream is None:
+        options = dict(config.benchmark_options)
+        if config.tasks and "n_tasks" in BENCHMARKS.get(config.benchmark).params and "n_tasks" not in options:
+            options["n_tasks"] = config.tasks
+        stream = BENCHMARKS.create(config.benchmark, **options)
+    return stream.first(config.tasks) if config.tasks and config.tasks != len(stream) else stream
 
-    return {"clframework": clframework.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+TRAIN_FIELDS = ("epochs", "batch_size", "lr", "hidden", "dropout", "optimizer", "reset_optimizer")
+
+
+def overrides(config: RunConfig) -> dict:
+    """What the caller set explicitly, as opposed to what the benchmark's protocol and the defaults supplied."""
+    out = {k: list(v) if k == "hidden" else v for k in TRAIN_FIELDS if (v := getattr(config, k)) is not None}
+    for key in ("hparams", "benchmark_options"):
+        if getattr(config, key):
+            out[key] = dict(getattr(config, key))
+    if config.device != "auto":
+        out["device"] = config.device
+    if config.tasks:
+        out["tasks"] = config.tasks
+    return out
+
+
+def data_source(stream) -> object:
+    """What the stream's builder says it read; a stream built without a record says so."""
+    return stream.info.get("data_source") or f"stream {stream.name!r} (its builder recorded no data source)"
+
+
+@dataclass
+class RunResult:
+    """One run's results. `to_json()` is results.json (docs/results-schema.md); `model` and `trained_strategy` are
+    the trained objects, kept in memory only (for analysis in the caller's own code; None for a finished run that
+    --resume read back from its folder)."""
+
+    status: str
+    strategy: str
+    benchmark: str
+    seed: int
+    hparams: Dict[str, object]
+    config: Dict[str, object]
+    tasks: List[str]
+    accuracy_matrix: List[List[float]]
+    initial_accuracy: List[float]
+    metrics: Dict[str, float]
+    average_seen: List[float]
+    curves: List[dict]
+    train_seconds: float
+    wall_seconds: float
+    provenance: Dict[str, object] = field(default_factory=dict)
+    omega_correlation: Optional[Dict[str, list]] = None
+    resumed_from: Optional[dict] = None
+    model: Optional[torch.nn.Module] = field(default=None, repr=False, compare=False)
+    trained_strategy: Optional[Strategy] = field(default=None, repr=False, compare=False)
+
+    def to_json(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("model", "trained_strategy")}
+        return {k: v for k, v in out.items() if v is not None or k not in ("omega_correlation", "resumed_from")}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "RunResult":
+        """A results.json read back (keys this version does not know are ignored)."""
+        names = {f.name for f in fields(cls)} - {"model", "trained_strategy"}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 DEFAULT_CHECKPOINT_EVERY = 500  # optimizer steps between mid-task checkpoints (besides one after every task)
@@ -114,8 +181,9 @@ def identity(cfg: dict) -> dict:
 
 def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
         callbacks: Sequence[TrainerCallback] = (), stream=None, *, resume: bool = False, overwrite: bool = False,
-        checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, label: str = "") -> dict:
-    """Train one strategy on one benchmark and return (and, with out_dir, write) its results.json content.
+        checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, label: str = "") -> RunResult:
+    """Train one strategy on one benchmark (or on `stream`, with the benchmark's protocol; results then carry the
+    stream's own name as their benchmark) and return (and, with out_dir, write) its results.
 
     With out_dir, the folder is prepared before training (created, proved writable, locked; a non-empty one needs
     resume or overwrite) and holds a checkpoint while the run trains. resume: a finished run with the same
@@ -123,19 +191,20 @@ def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
     A diverged run writes its partial results (status "diverged") and raises TrainingDiverged.
     """
     cfg = config.resolved()
-    if stream is None:  # data errors (missing files, bad labels) before the folder is touched
-        stream = BENCHMARKS.create(config.benchmark, **config.benchmark_options)
+    benchmark = config.benchmark if stream is None else stream.name
+    stream = build_stream(config, stream)  # data errors (missing files, bad labels) before the folder is touched
     stream.validate()
     if out_dir is None:
-        return _run(config, cfg, None, quiet, callbacks, stream, False, checkpoint_every, label)
+        return _run(config, cfg, None, quiet, callbacks, stream, False, checkpoint_every, label, benchmark)
     with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
-        return _run(config, cfg, Path(out_dir), quiet, callbacks, stream, resume, checkpoint_every, label)
+        return _run(config, cfg, Path(out_dir), quiet, callbacks, stream, resume, checkpoint_every, label, benchmark)
 
 
 def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, callbacks, stream, resume: bool,
-         checkpoint_every: int, label: str) -> dict:
-    wall_start = time.perf_counter()
+         checkpoint_every: int, label: str, benchmark: Optional[str] = None) -> RunResult:
+    started, wall_start = provenance.now(), time.perf_counter()
     label = label or f"{config.strategy} seed {config.seed}"
+    benchmark = benchmark or config.benchmark
     train = cfg["train"]
     state = None
     if out_dir is not None and resume and ((out_dir / RESULTS).exists() or (out_dir / CHECKPOINT).exists()):
@@ -144,7 +213,7 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
             saved = read_json(out_dir / RESULTS)
             if saved.get("status") == "diverged":
                 raise _diverged_again(saved, label)
-            return saved
+            return RunResult.from_json(saved)
         state = load_checkpoint(out_dir / CHECKPOINT)
     stream.validate()  # once per stream (cached): data errors before anything is written
     seed_everything(config.seed)
@@ -155,6 +224,10 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
         for cb in callbacks:  # a W&B logger that can continue a run reads this before it starts
             if hasattr(cb, "resume_run_id"):
                 cb.resume_run_id = state["wandb_run_id"]
+    startup = time.perf_counter()
+    for cb in callbacks:  # a logger's start-up (W&B: up to its timeout) is not part of the run's seconds
+        cb.on_run_start()
+    wall_start += time.perf_counter() - startup
 
     def save(trainer_state: dict) -> None:
         run_id = next((getattr(cb, "run_id", None) for cb in callbacks if getattr(cb, "run_id", None)), wandb_id)
@@ -168,9 +241,11 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
                       seed=config.seed, quiet=quiet, callbacks=callbacks, evaluate_on=config.evaluate_on,
                       checkpoint_every=checkpoint_every if out_dir is not None else 0,
                       on_checkpoint=save if out_dir is not None else None)
-    head = {"status": "finished", "strategy": config.strategy, "benchmark": config.benchmark, "seed": config.seed,
+    record = provenance.collect({"function": "clframework.run", "config": asdict(config)}, overrides(config),
+                                str(trainer.device), started, data_source(stream))
+    head = {"status": "finished", "strategy": config.strategy, "benchmark": benchmark, "seed": config.seed,
             "hparams": cfg["hparams"],
-            "config": {**train, "setting": stream.setting, "head_sizes": stream.head_sizes,
+            "config": {**train, "protocol": config.benchmark, "setting": stream.setting, "head_sizes": stream.head_sizes,
                        "benchmark_options": cfg["benchmark_options"], "device": str(trainer.device),
                        "evaluated_on": config.evaluate_on},
             "tasks": stream.task_names}
@@ -183,7 +258,7 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
                       "error": str(exc), "accuracy_matrix": p["accuracy_matrix"],
                       "initial_accuracy": p["initial_accuracy"], "curves": p["curves"] + trainer._task_curve,
                       "train_seconds": p["train_seconds"], "wall_seconds": time.perf_counter() - wall_start,
-                      "versions": versions()}
+                      "provenance": provenance.finish(record)}
         if out_dir is not None:
             write_text(out_dir / "matrix.csv", matrix_csv(exc.result))
             write_json(out_dir / RESULTS, exc.result)
@@ -192,24 +267,22 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
         exc.run = label
         raise
     R = result.accuracy_matrix
-    out = {
-        **head, "accuracy_matrix": R, "initial_accuracy": result.initial_accuracy,
-        "metrics": M.summary(R, result.initial_accuracy), "average_seen": M.average_seen(R),
-        "curves": result.curves, "train_seconds": result.train_seconds,
-        "wall_seconds": time.perf_counter() - wall_start, "versions": versions(),
-    }
+    out = RunResult(
+        **head, accuracy_matrix=R, initial_accuracy=result.initial_accuracy,
+        metrics=M.summary(R, result.initial_accuracy), average_seen=M.average_seen(R), curves=result.curves,
+        train_seconds=result.train_seconds, wall_seconds=time.perf_counter() - wall_start,
+        provenance=provenance.finish(record), model=trainer.model, trained_strategy=strategy)
     if state is not None:
-        out["resumed_from"] = dict(state["trainer"]["position"])
+        out.resumed_from = dict(state["trainer"]["position"])
     if hasattr(strategy, "omega_history"):  # SI (and SI with c=0, i.e. fine-tuning that records omega): Fig. 5
-        out["omega_correlation"] = M.omega_correlations(strategy.omega_history)
-    out["_strategy"] = strategy  # in-memory only (dropped before writing): lets callers inspect learned state
+        out.omega_correlation = M.omega_correlations(strategy.omega_history)
     if out_dir is not None:
         save_torch(out_dir / MODEL, trainer.model.state_dict())
         save_torch(out_dir / STRATEGY_STATE, {"strategy": config.strategy, "state": strategy.state_dict()})
-        write_run(out, out_dir)
+        write_run(out.to_json(), out_dir)
         (out_dir / CHECKPOINT).unlink(missing_ok=True)  # results.json, model.pt and strategy.pt hold it all now
     for cb in callbacks:
-        cb.on_run_end(out, out_dir)
+        cb.on_run_end(out.to_json(), out_dir)
     return out
 
 
@@ -227,7 +300,7 @@ def write_run(result: dict, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     write_text(out_dir / "matrix.csv", matrix_csv(result))
     write_run_plots(result, out_dir)
-    return write_json(out_dir / RESULTS, {k: v for k, v in result.items() if not k.startswith("_")})
+    return write_json(out_dir / RESULTS, result)
 
 
 def slug(label: str) -> str:
@@ -238,8 +311,9 @@ def slug(label: str) -> str:
 def compare(strategies: Sequence[str], benchmark: str, seeds: int = 3, out_dir: Optional[Path] = None,
             quiet: bool = False, base: Optional[RunConfig] = None, hparams: Optional[Dict[str, dict]] = None,
             callbacks_for=None, *, resume: bool = False, overwrite: bool = False,
-            checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY) -> dict:
-    """Run every (strategy, seed) pair on one benchmark; return (and write) summary.json content.
+            checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, stream=None, summary_callbacks: Sequence = ()) -> dict:
+    """Run every (strategy, seed) pair on one benchmark (or on `stream`, with the benchmark's protocol; the summary
+    then carries the stream's own name); return (and write) summary.json content.
 
     Every configuration is checked before the first run starts.
     """
@@ -257,17 +331,20 @@ def compare(strategies: Sequence[str], benchmark: str, seeds: int = 3, out_dir: 
         raise RegistryError(f"hyperparameters given for {unknown}, which are not among the compared strategies "
                             f"{list(strategies)}")
     return compare_configs(configs, seeds, out_dir, quiet, callbacks_for, resume=resume, overwrite=overwrite,
-                           checkpoint_every=checkpoint_every)
+                           checkpoint_every=checkpoint_every, stream=stream, summary_callbacks=summary_callbacks)
 
 
 def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional[Path] = None, quiet: bool = False,
                     callbacks_for=None, *, resume: bool = False, overwrite: bool = False,
-                    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY) -> dict:
+                    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, stream=None,
+                    summary_callbacks: Sequence = ()) -> dict:
     """Run each labelled configuration (all on one benchmark) for seeds 0..seeds-1 and aggregate them head to head.
 
-    Every configuration is checked before the first run starts; the stream is built once and shared. A run that
-    diverges is recorded (summary["diverged"]) and left out of the statistics; the others go on.
+    Every configuration is checked before the first run starts; the stream is built once (unless given) and shared.
+    A run that diverges is recorded (summary["diverged"]) and left out of the statistics; the others go on.
+    `summary_callbacks` get `on_summary(summary, out_dir)` once the summary is complete (W&B's summary run).
     """
+    started = provenance.now()
     if not configs:
         raise ValueError("give at least one configuration to compare")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
@@ -278,18 +355,28 @@ def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional
     benchmark = first.benchmark
     if any(c.benchmark != benchmark or c.benchmark_options != first.benchmark_options for c in configs.values()):
         raise ValueError("a comparison runs every configuration on the same benchmark with the same options")
-    stream = BENCHMARKS.create(benchmark, **first.benchmark_options)  # data errors before the folder is touched
+    if any(c.tasks != first.tasks for c in configs.values()):
+        raise ValueError("a comparison runs every configuration on the same tasks")
+    label = benchmark if stream is None else stream.name
+    stream = build_stream(first, stream)  # data errors before the folder is touched
     stream.validate()
     if out_dir is None:
-        return _compare(configs, seeds, None, quiet, callbacks_for, False, checkpoint_every, stream)
+        return _compare(configs, seeds, None, quiet, callbacks_for, False, checkpoint_every, stream, started,
+                        summary_callbacks, label)
     with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
-        return _compare(configs, seeds, Path(out_dir), quiet, callbacks_for, resume, checkpoint_every, stream)
+        return _compare(configs, seeds, Path(out_dir), quiet, callbacks_for, resume, checkpoint_every, stream,
+                        started, summary_callbacks, label)
 
 
-def _compare(configs, seeds, out_dir, quiet, callbacks_for, resume, checkpoint_every, stream) -> dict:
+def _compare(configs, seeds, out_dir, quiet, callbacks_for, resume, checkpoint_every, stream, started,
+             summary_callbacks, benchmark) -> dict:
     first = next(iter(configs.values()))
-    summary = {"benchmark": first.benchmark, "tasks": stream.task_names, "seeds": list(range(seeds)),
-               "strategies": {}, "diverged": []}
+    summary = {"benchmark": benchmark, "protocol": first.benchmark, "tasks": stream.task_names,
+               "seeds": list(range(seeds)), "strategies": {}, "diverged": []}
+    api_call = {"function": "clframework.compare", "seeds": seeds,
+                "configs": {label: asdict(cfg) for label, cfg in configs.items()}}
+    record = provenance.collect(api_call, {label: overrides(cfg) for label, cfg in configs.items()},
+                                str(select_device(first.device)), started, data_source(stream))
     all_runs = {}
     for name, cfg in configs.items():
         runs, diverged = [], []
@@ -298,12 +385,12 @@ def _compare(configs, seeds, out_dir, quiet, callbacks_for, resume, checkpoint_e
             run_dir = out_dir / f"{slug(name)}-seed{seed}" if out_dir is not None else None
             try:
                 res = _run_in(replace(cfg, seed=seed), run_dir, quiet, callbacks, stream, resume, checkpoint_every,
-                              f"{name} seed {seed}")
+                              f"{name} seed {seed}", benchmark)
             except TrainingDiverged as exc:
                 print(f"clframework: {exc}", file=sys.stderr)
                 diverged.append({"strategy": name, "seed": seed, "diverged_at": exc.result["diverged_at"]})
                 continue
-            runs.append({k: v for k, v in res.items() if not k.startswith("_")})
+            runs.append(res.to_json())
         summary["diverged"] += diverged
         entry = {"hparams": cfg.resolved()["hparams"], "diverged_seeds": [d["seed"] for d in diverged]}
         if runs:
@@ -319,19 +406,22 @@ def _compare(configs, seeds, out_dir, quiet, callbacks_for, resume, checkpoint_e
         summary["strategies"][name] = entry
     summary["paired"] = A.paired_table(all_runs)  # finished runs only, on the seeds both strategies finished
     summary["table"] = A.head_to_head(summary)
+    summary["provenance"] = provenance.finish(record)
     if out_dir is not None:
         write_json(out_dir / "summary.json", summary)
         write_text(out_dir / "table.md", A.table_markdown(summary))
         write_text(out_dir / "table.csv", A.table_csv(summary["table"]))
         if all_runs:
             write_compare_plots(all_runs, out_dir)
+    for cb in summary_callbacks:
+        cb.on_summary(summary, out_dir)
     return summary
 
 
 def _run_in(config: RunConfig, run_dir: Optional[Path], quiet: bool, callbacks, stream, resume: bool,
-            checkpoint_every: int, label: str) -> dict:
+            checkpoint_every: int, label: str, benchmark: str) -> RunResult:
     """One run inside a comparison's folder (already locked and checked): its own subfolder, same resume rules."""
     cfg = config.resolved()
     if run_dir is not None and run_dir.exists() and not resume and any(run_dir.iterdir()):
         raise OutputError(f"{run_dir} is not empty; add --resume or --overwrite")
-    return _run(config, cfg, run_dir, quiet, callbacks, stream, resume, checkpoint_every, label)
+    return _run(config, cfg, run_dir, quiet, callbacks, stream, resume, checkpoint_every, label, benchmark)

@@ -5,12 +5,14 @@ Hyperparameters are declared once, as the factory's keyword arguments with annot
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import sys
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 
@@ -175,8 +177,10 @@ class Registry:
     def get(self, name: str) -> Entry:
         self._load_entry_points()
         if name not in self._entries:
+            close = difflib.get_close_matches(str(name), self.names(), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
             raise RegistryError(
-                f"unknown {self.kind} '{name}'; registered: {', '.join(self.names()) or '(none)'}"
+                f"unknown {self.kind} '{name}'; {hint}registered: {', '.join(self.names()) or '(none)'}"
             )
         return self._entries[name]
 
@@ -222,3 +226,49 @@ def import_plugin(module: str) -> None:
             f"cannot import plugin '{module}': {exc}. Pass an importable module name (on PYTHONPATH or in the "
             f"current directory) or a path to a .py file."
         ) from None
+
+
+def declared_entries(package: str, decorator: str, base: str) -> Optional[List[dict]]:
+    """Name, description and hyperparameter defaults of every class that `package`'s modules register with
+    `@decorator("name", ...)`, read from their source without importing them (so that `clframework list` needs no
+    torch). None when something cannot be read statically (a computed name or default, an inherited `__init__`
+    from elsewhere, no docstring): the caller then imports the package instead."""
+    import ast
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    classes, found = {}, []
+    try:
+        for path in sorted(Path(p) for loc in spec.submodule_search_locations for p in Path(loc).glob("*.py")):
+            for node in ast.parse(path.read_text()).body:
+                if isinstance(node, ast.ClassDef):
+                    classes[node.name] = node
+        for node in classes.values():
+            for deco in node.decorator_list:
+                if isinstance(deco, ast.Call) and getattr(deco.func, "id", None) == decorator:
+                    found.append((ast.literal_eval(deco.args[0]), node, deco))
+        out = []
+        for name, node, deco in found:
+            init, cls = None, node
+            while init is None:
+                init = next((f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"), None)
+                parents = [b.id for b in cls.bases if isinstance(b, ast.Name)]
+                if init is None and parents == [base]:
+                    break
+                if init is None:
+                    cls = classes[parents[0]]  # KeyError: a base class from elsewhere
+            params = {}
+            if init is not None:
+                args = init.args.args[1:] + init.args.kwonlyargs
+                defaults = [None] * (len(init.args.args) - 1 - len(init.args.defaults)) + init.args.defaults \
+                    + init.args.kw_defaults
+                params = {a.arg: ast.literal_eval(d) for a, d in zip(args, defaults) if d is not None}
+            description = next((ast.literal_eval(k.value) for k in deco.keywords if k.arg == "description"), "")
+            doc = ast.get_docstring(node)
+            if not description and not doc:
+                return None
+            out.append({"name": name, "description": description or doc.split("\n")[0], "params": params})
+    except (OSError, SyntaxError, ValueError, KeyError, IndexError, TypeError):
+        return None
+    return out

@@ -53,6 +53,9 @@ def seed_everything(seed: int) -> None:
 class TrainerCallback:
     """Observer of training progress (loggers such as W&B implement these)."""
 
+    def on_run_start(self) -> None:
+        """Before a run's clock starts (a logger's start-up is not counted in the run's seconds)."""
+
     def on_epoch_end(self, task_index: int, epoch: int, loss: float, accuracy: float) -> None:
         """After each epoch: mean training loss and accuracy on the current task's training batches."""
 

@@ -143,15 +143,16 @@ def table_markdown(summary: dict) -> str:
 
 def format_console(summary: dict) -> str:
     """A short console table: final average accuracy (mean ± SEM), seconds per run, paired ACC differences."""
+    one_seed = len(summary["seeds"]) < 2  # one seed has no SEM: the value alone
     lines = [f"benchmark {summary['benchmark']}, {len(summary['seeds'])} seed(s): final average accuracy",
-             f"{'strategy':<12} {'acc mean +- SEM':>18} {'s/run':>8}"]
+             f"{'strategy':<12} {'acc' if one_seed else 'acc mean +- SEM':>18} {'s/run':>8}"]
     for name, s in summary["strategies"].items():
         st = s["metrics"].get("acc")
         if st is None:
             lines.append(f"{name:<12} {'diverged':>18} {'-':>8}{_diverged_note(s)}")
             continue
-        sem = st["sem"] if st["sem"] is not None else 0.0
-        lines.append(f"{name:<12} {st['mean']:>9.4f} +- {sem:.4f} {s['seconds_per_run']:>8.1f}{_diverged_note(s)}")
+        acc = f"{st['mean']:.4f}" if st["sem"] is None else f"{st['mean']:.4f} +- {st['sem']:.4f}"
+        lines.append(f"{name:<12} {acc:>18} {s['seconds_per_run']:>8.1f}{_diverged_note(s)}")
     for p in summary.get("paired", []):
         if p["metric"] != "acc":
             continue

@@ -1,22 +1,27 @@
 """Weights & Biases logging as a TrainerCallback: config, per-task accuracy against `tasks_trained`, per-epoch
-training curves, the accuracy matrix (table and heatmap), the plots, summary metrics and the result folder.
+training curves, the accuracy matrix (table and heatmap), the plots, summary metrics and the result folder; and a
+compare's head-to-head table and paired tests in one summary run of the group.
 
 W&B is optional: any failure (wandb not installed, no network, no account) prints one warning and logging stops,
-while training and the local result files go on untouched. Online initialisation that fails falls back to an offline
-run, which `wandb sync` can upload later. `init_timeout` bounds the wait, so a run never stalls on W&B.
+while training and the local result files go on untouched. The first online start that fails switches the rest of
+the process to offline runs at once (one warning), which `wandb sync` can upload later. Runs are created with
+`reinit="create_new"`, so a W&B run the caller already has open is neither finished nor logged to.
 """
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence
 
 from clframework.trainer import TrainerCallback
 
-MODES = ("online", "offline")
+MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # what wandb.init(mode=...) accepts
+DEFAULT_PROJECT = "clframework"
+_offline_after_failure = False  # set by the first failed online start: later runs of this process go offline
 
 
 def package_versions() -> dict:
@@ -31,27 +36,85 @@ def package_versions() -> dict:
 
 
 def check_mode(mode: Optional[str]) -> str:
-    """--wandb-mode, else $WANDB_MODE, else online; anything but online/offline is an error before training."""
+    """--wandb-mode, else $WANDB_MODE, else online; a value wandb does not accept is an error before training."""
     mode = mode or os.environ.get("WANDB_MODE") or "online"
     if mode not in MODES:
-        raise ValueError(f"--wandb-mode must be 'online' or 'offline', got {mode!r}")
+        raise ValueError(f"W&B mode must be one of {', '.join(MODES)} (--wandb-mode or $WANDB_MODE), got {mode!r}")
     return mode
+
+
+def check_dir(folder: Path) -> Path:
+    """Create `folder` and prove it writable (--wandb-dir), before any training; raise a one-line error if not."""
+    folder = Path(folder).absolute()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--wandb-dir {folder} is not a writable folder ({exc.strerror or exc}); pass a folder you "
+                         f"can write to, or leave --wandb-dir out to use the output folder") from None
+    return folder
+
+
+def settings_from_env(project: Optional[str] = None, entity: Optional[str] = None, tags: Sequence[str] = (),
+                      name: Optional[str] = None) -> dict:
+    """Flags first, then W&B's own variables ($WANDB_PROJECT, $WANDB_ENTITY, $WANDB_TAGS, $WANDB_NAME)."""
+    env_tags = [t.strip() for t in os.environ.get("WANDB_TAGS", "").split(",") if t.strip()]
+    return {"project": project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+            "entity": entity or os.environ.get("WANDB_ENTITY") or None,
+            "tags": list(tags) or env_tags, "name": name or os.environ.get("WANDB_NAME") or None}
+
+
+def _short(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def run_name(config: dict, prefix: Optional[str] = None) -> str:
+    """`<strategy>-<hyperparameters that differ from the strategy's defaults>-seed<k>`, e.g. `si-c0.1-seed0`, so
+    that the trials of a sweep and the arms of a study have different, readable names."""
+    from clframework.plugin import STRATEGIES
+
+    try:
+        defaults = STRATEGIES.get(config["strategy"]).defaults
+    except Exception:  # noqa: BLE001 - a name is cosmetic; an unknown strategy fails elsewhere with a clear message
+        defaults = {}
+    changed = [f"{k}{_short(v)}" for k, v in config.get("hparams", {}).items() if defaults.get(k, object()) != v]
+    parts = [prefix] if prefix else []
+    valid = ["valid"] if config.get("evaluate_on") == "valid" else []  # tune's runs scored on the hold-out
+    return "-".join(parts + [config["strategy"], *changed, f"seed{config['seed']}", *valid])
 
 
 class WandbLogger(TrainerCallback):
     """One W&B run per (strategy, seed). `config` is RunConfig.resolved(); runs of one compare share `group`
     and use the strategy as `job_type`, so the W&B UI groups strategies head-to-head."""
 
-    def __init__(self, config: dict, project: str = "clframework", group: Optional[str] = None,
-                 mode: Optional[str] = None, wandb_dir: Optional[Path] = None, init_timeout: float = 60.0):
+    def __init__(self, config: dict, project: Optional[str] = None, group: Optional[str] = None,
+                 mode: Optional[str] = None, wandb_dir: Optional[Path] = None, init_timeout: Optional[float] = None,
+                 entity: Optional[str] = None, tags: Sequence[str] = (), name: Optional[str] = None,
+                 job_type: Optional[str] = None, log: Callable[[str], None] = print):
         self.config = {**config, "versions": package_versions()}
-        self.project, self.group, self.mode = project, group, check_mode(mode)
+        s = settings_from_env(project, entity, tags, name)
+        self.project, self.entity, self.tags = s["project"], s["entity"], s["tags"]
+        self.name = s["name"] or run_name(config)
+        self.group, self.mode = group, check_mode(mode)
+        self.job_type = job_type or config.get("strategy")
         # absolute: a wandb-core service shared with another process (WANDB_SERVICE) has its own working directory
         self.wandb_dir = Path(wandb_dir).absolute() if wandb_dir else None
         self.init_timeout = init_timeout
+        self.log = log
         self.run = None
+        self.resume_run_id: Optional[str] = None  # set by a resumed run (--resume): continue that W&B run
         self.failed = False
         self.epochs_trained = 0
+
+    @property
+    def run_id(self) -> Optional[str]:
+        """The W&B run's id once started (kept in the run's checkpoint, so --resume continues the same W&B run)."""
+        return self.run.id if self.run is not None else None
 
     # -- guarded access ----------------------------------------------------------------------------------------
     def _warn(self, what: str, exc: BaseException) -> None:
@@ -64,12 +127,13 @@ class WandbLogger(TrainerCallback):
 
         if self.wandb_dir is not None:
             self.wandb_dir.mkdir(parents=True, exist_ok=True)
-        c = self.config
-        run = wandb.init(project=self.project, group=self.group, job_type=c["strategy"], mode=mode,
-                         name=f"{c['strategy']}-seed{c['seed']}", config=c, reinit="finish_previous",
-                         dir=str(self.wandb_dir) if self.wandb_dir else None,
-                         settings=wandb.Settings(init_timeout=self.init_timeout, silent=True, console="off",
-                                                 x_save_requirements=False, disable_git=True))
+        settings = {"silent": True, "console": "off", "x_save_requirements": False}
+        if self.init_timeout is not None:
+            settings["init_timeout"] = self.init_timeout
+        run = wandb.init(project=self.project, entity=self.entity, group=self.group, job_type=self.job_type,
+                         mode=mode, name=self.name, tags=self.tags or None, config=self.config, reinit="create_new",
+                         dir=str(self.wandb_dir) if self.wandb_dir else None, settings=wandb.Settings(**settings),
+                         **({"id": self.resume_run_id, "resume": "allow"} if self.resume_run_id else {}))
         run.define_metric("tasks_trained")
         run.define_metric("accuracy/*", step_metric="tasks_trained")
         run.define_metric("epochs_trained")
@@ -77,15 +141,19 @@ class WandbLogger(TrainerCallback):
         return run
 
     def start(self) -> None:
+        global _offline_after_failure
         if self.run is not None or self.failed:
             return
+        online = self.mode in ("online", "run", "shared")
         try:
-            self.run = self._init(self.mode)
+            self.run = self._init("offline" if online and _offline_after_failure else self.mode)
         except Exception as exc:  # noqa: BLE001 - W&B must never stop training
-            if self.mode != "online":
+            if not online:
                 return self._warn("initialisation", exc)
-            warnings.warn(f"W&B online initialisation failed ({type(exc).__name__}: {exc}); logging offline "
-                          f"instead (upload later with `wandb sync`)", RuntimeWarning, stacklevel=2)
+            _offline_after_failure = True
+            warnings.warn(f"W&B online start failed ({type(exc).__name__}: {exc}); this and every later run of this "
+                          f"process log offline instead (upload later with `wandb sync`)", RuntimeWarning,
+                          stacklevel=2)
             try:
                 self.run = self._init("offline")
             except Exception as exc2:  # noqa: BLE001
@@ -100,7 +168,31 @@ class WandbLogger(TrainerCallback):
         except Exception as exc:  # noqa: BLE001
             self._warn("logging", exc)
 
+    def _finish(self) -> None:
+        """Finish our run and say where it is: its URL online, the `wandb sync` command offline."""
+        run, self.run = self.run, None
+        offline = run.settings.mode in ("offline", "dryrun")
+        folder = Path(run.settings.sync_dir) if offline else None
+        url = None if offline else run.url
+        run.finish()
+        if folder is not None:
+            self.log(f"W&B offline run {self.name}: upload with `wandb sync {folder}`")
+        elif url:
+            self.log(f"W&B run {self.name}: {url}")
+
+    def _finish_quietly(self) -> None:
+        """After a failure: finish our own run only (never the caller's)."""
+        run, self.run = self.run, None
+        try:
+            if run is not None:
+                run.finish(exit_code=1)
+        except Exception:  # noqa: BLE001
+            pass
+
     # -- TrainerCallback -----------------------------------------------------------------------------------------
+    def on_run_start(self) -> None:
+        self.start()
+
     def on_epoch_end(self, task_index: int, epoch: int, loss: float, accuracy: float) -> None:
         self.epochs_trained += 1
         self._log({"epochs_trained": self.epochs_trained, "train/loss": loss, "train/accuracy": accuracy,
@@ -121,25 +213,19 @@ class WandbLogger(TrainerCallback):
             return
         try:
             self._log_results(result, Path(out_dir) if out_dir else None)
-            self.run.finish()
+            self._finish()
         except Exception as exc:  # noqa: BLE001
             self._warn("final logging", exc)
             self._finish_quietly()
-        self.run = None
-
-    def _finish_quietly(self) -> None:
-        try:
-            import wandb
-
-            if wandb.run is not None:
-                wandb.run.finish(exit_code=1)
-        except Exception:  # noqa: BLE001
-            pass
 
     def _log_results(self, result: dict, out_dir: Optional[Path]) -> None:
         import wandb
 
         run = self.run
+        cfg = result["config"]
+        run.config.update({"setting": cfg["setting"], "head_sizes": cfg["head_sizes"], "device": cfg["device"],
+                           "stream": result["benchmark"], "provenance": result.get("provenance", {})},
+                          allow_val_change=True)
         run.summary.update({k: v for k, v in result["metrics"].items()})
         run.summary.update({"train_seconds": result["train_seconds"], "wall_seconds": result["wall_seconds"]})
         tasks = result["tasks"]
@@ -157,6 +243,39 @@ class WandbLogger(TrainerCallback):
                     artifact.add_file(str(f))
             run.log_artifact(artifact)
         run.log(media)
+
+
+class WandbSummary(WandbLogger):
+    """The summary run of a compare's group (job type `summary`): the head-to-head table, the paired tests, and
+    each strategy's mean ACC as summary metrics."""
+
+    def __init__(self, group: str, **kwargs):
+        kwargs.setdefault("name", f"{group}-summary")
+        super().__init__({"kind": "compare summary"}, group=group, job_type="summary", **kwargs)
+
+    def on_summary(self, summary: dict, out_dir: Optional[Path]) -> None:
+        import wandb
+
+        self.config.update({"benchmark": summary["benchmark"], "seeds": summary["seeds"],
+                            "hparams": {n: s["hparams"] for n, s in summary["strategies"].items()},
+                            "provenance": summary.get("provenance", {})})
+        self.start()
+        if self.run is None:
+            return
+        try:
+            run = self.run
+            run.config.update(self.config, allow_val_change=True)
+            rows = summary["table"]
+            head = wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])
+            cols = ["a", "b", "metric", "mean_diff", "ci_low", "ci_high", "p_value", "n", "note"]
+            paired = wandb.Table(columns=cols, data=[[p.get(c) for c in cols] for p in summary["paired"]])
+            run.log({"head_to_head": head, "paired": paired})
+            for name, s in summary["strategies"].items():
+                run.summary.update({f"{name}/acc_mean": s["acc_mean"], f"{name}/acc_sem": s["acc_sem"]})
+            self._finish()
+        except Exception as exc:  # noqa: BLE001
+            self._warn("summary logging", exc)
+            self._finish_quietly()
 
 
 def _records(path: Path):
@@ -204,7 +323,8 @@ def read_offline_run(run_dir: Path) -> dict:
         kind = r.WhichOneof("record_type")
         if kind == "run":
             out["run"] = {"project": r.run.project, "group": r.run.run_group, "job_type": r.run.job_type,
-                          "name": r.run.display_name, "id": r.run.run_id}
+                          "name": r.run.display_name, "id": r.run.run_id, "entity": r.run.entity,
+                          "tags": list(r.run.tags), "git_commit": r.run.git.commit}
             out["config"].update({key(u): json.loads(u.value_json) for u in r.run.config.update})
         elif kind == "config":
             out["config"].update({key(u): json.loads(u.value_json) for u in r.config.update})

@@ -60,4 +60,4 @@ elif pause == "fisher":
 stream = make_benchmark("split-mnist-5k").subset([0, 1, 2])
 cfg = RunConfig(strategy, "split-mnist-5k", epochs=2, hidden=[16], seed=3, device="cpu", dropout=0.25)
 res = run(cfg, Path(out) if out != "-" else None, quiet=True, stream=stream, resume=resume, checkpoint_every=5)
-print(json.dumps({"matrix": res["accuracy_matrix"], "curves": res["curves"]}))
+print(json.dumps({"matrix": res.accuracy_matrix, "curves": res.curves}))

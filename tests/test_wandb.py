@@ -1,12 +1,22 @@
 """W&B with the real wandb package, offline: what the run files hold equals results.json; failures never stop a run."""
 import json
 import warnings
+from dataclasses import replace
 
 import pytest
 
 from clframework.apps.cli import main
 from clframework.experiment import RunConfig, run
 from clframework.evaluation.wandb_logger import WandbLogger, check_mode, read_offline_run
+
+
+def _offline_runs(folder):
+    """What each offline run under `folder` logged, once wandb's service has written everything (its writes may
+    still be in flight when `run.finish()` returns)."""
+    import wandb
+
+    wandb.teardown()
+    return [read_offline_run(d) for d in sorted(folder.glob("offline-run-*"))]
 
 
 def _check_run_against_results(logged: dict, res: dict, group: str) -> None:
@@ -40,13 +50,25 @@ def test_cli_compare_offline_one_wandb_run_per_strategy_and_seed(tmp_path, capsy
     out = tmp_path / "cmp"
     assert main(["compare", "--strategies", "naive,si", "--seeds", "1", "--epochs", "1", "--hidden", "32",
                  "--out", str(out), "--quiet", "--wandb", "--wandb-mode", "offline", "--wandb-project", "t"]) == 0
-    run_dirs = sorted((out / "wandb").glob("offline-run-*"))
-    assert len(run_dirs) == 2
-    logged = {d["run"]["job_type"]: d for d in map(read_offline_run, run_dirs)}
-    assert set(logged) == {"naive", "si"} and all(d["run"]["project"] == "t" for d in logged.values())
+    runs = _offline_runs(out / "wandb")
+    assert len(runs) == 3  # one per (strategy, seed), and the group's summary run
+    logged = {d["run"]["job_type"]: d for d in runs}
+    assert set(logged) == {"naive", "si", "summary"} and all(d["run"]["project"] == "t" for d in logged.values())
     for name in ("naive", "si"):
         res = json.loads((out / f"{name}-seed0" / "results.json").read_text())
         _check_run_against_results(logged[name], res, group="cmp")
+        assert logged[name]["run"]["name"] == f"{name}-seed0"
+        cfg = logged[name]["config"]
+        assert (cfg["setting"], cfg["head_sizes"], cfg["device"]) == ("task", [2] * 5, res["config"]["device"])
+        assert cfg["provenance"]["command"] == res["provenance"]["command"]
+        assert res["provenance"]["command"].startswith("clframework compare --strategies naive,si")
+    # the summary run: the head-to-head table and the paired tests of summary.json, in the same group
+    summary, logged_summary = json.loads((out / "summary.json").read_text()), logged["summary"]
+    assert logged_summary["run"]["group"] == "cmp" and logged_summary["run"]["name"] == "cmp-summary"
+    assert logged_summary["summary"]["head_to_head._type"] == "table-file"
+    assert logged_summary["summary"]["paired._type"] == "table-file"
+    for name in ("naive", "si"):
+        assert logged_summary["summary"][f"{name}/acc_mean"] == summary["strategies"][name]["acc_mean"]
     for f in ("summary.json", "table.md", "table.csv", "fig3_per_task.png", "fig4_average.svg",
               "fig5_omega_correlation.png"):
         assert (out / f).stat().st_size > 0
@@ -60,7 +82,7 @@ def test_wandb_failure_warns_and_local_results_are_complete(tmp_path, mnist_stre
     logger = WandbLogger(cfg.resolved(), mode="offline", wandb_dir=blocker / "wandb")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = run(cfg, tmp_path / "run", quiet=True, callbacks=[logger], stream=mnist_stream)
+        res = run(cfg, tmp_path / "run", quiet=True, callbacks=[logger], stream=mnist_stream).to_json()
     assert logger.failed and logger.run is None
     assert any("W&B initialisation failed" in str(w.message) for w in caught)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -69,7 +91,7 @@ def test_wandb_failure_warns_and_local_results_are_complete(tmp_path, mnist_stre
 
 
 def test_bad_mode_is_an_error_before_training(capsys):
-    with pytest.raises(ValueError, match="online' or 'offline"):
+    with pytest.raises(ValueError, match="online, offline, disabled"):
         check_mode("sometimes")
     with pytest.raises(SystemExit):  # argparse rejects it with the allowed choices
         main(["run", "--strategy", "si", "--wandb", "--wandb-mode", "sometimes"])
@@ -92,9 +114,9 @@ def test_sweep_file_command_maps_to_cli_sets():
         macros["env"] = []
         argv = [w for c in create_sweep_command(sweep["command"])
                 for w in (macros[c[2:-1]] if c.startswith("${") else [c])]
-        assert argv[0] == "clframework"
+        assert argv[0] == sweep["program"] == "clframework"
         args = build_parser().parse_args(argv[1:])
-        assert args.command == "run" and args.strategy == "si" and args.wandb
+        assert args.command == "run" and args.strategy == "si" and args.wandb and args.epochs == 10
         assert _parse_sets(args.set) == {k: str(v) for k, v in params.items()}
 
 
@@ -106,6 +128,117 @@ def test_docs_examples_run(tmp_path):
 
     docs = Path(__file__).resolve().parents[1] / "docs"
     run_document(docs / "wandb.md", tmp_path)
-    assert len(list((tmp_path / "cmp" / "wandb").glob("offline-run-*"))) == 2
+    assert len(list((tmp_path / "cmp" / "wandb").glob("offline-run-*"))) == 3  # 2 runs and the summary run
     run_document(docs / "results-schema.md", tmp_path)
     assert (tmp_path / "fig5.png").stat().st_size > 0 and (tmp_path / "fig5.svg").stat().st_size > 0
+
+
+def _tiny(tmp_path, *extra):
+    return ["run", "--strategy", "naive", "--epochs", "1", "--hidden", "16", "--tasks", "2", "--quiet",
+            "--out", str(tmp_path / "run"), *extra]
+
+
+def test_wandb_settings_from_environment_and_flags(tmp_path):
+    """$WANDB_PROJECT/ENTITY/TAGS/NAME are honoured; the flags win over them. (A subprocess each: wandb reads its
+    environment once per process.)"""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WANDB_PROJECT": "env-project", "WANDB_ENTITY": "env-team", "WANDB_TAGS": "a,b",
+           "WANDB_NAME": "env-name", "WANDB_MODE": "offline"}
+    cases = {"env": ([], ("env-project", "env-team", ["a", "b"], "env-name")),
+             "flags": (["--wandb-project", "p", "--wandb-entity", "e", "--wandb-tags", "x,y", "--wandb-name", "mine"],
+                       ("p", "e", ["x", "y"], "mine"))}
+    for label, (flags, expected) in cases.items():
+        argv = _tiny(tmp_path / label, "--wandb", *flags)
+        proc = subprocess.run([sys.executable, "-m", "clframework", *argv], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        (run_dir,) = (tmp_path / label / "run" / "wandb").glob("offline-run-*")
+        logged = read_offline_run(run_dir)["run"]
+        assert (logged["project"], logged["entity"], logged["tags"], logged["name"]) == expected, label
+        assert f"upload with `wandb sync {run_dir}`" in proc.stdout
+
+
+def test_run_names_differ_by_changed_hyperparameters_and_seed():
+    from clframework.evaluation.wandb_logger import run_name
+
+    def name(**hparams):
+        cfg = RunConfig("si", "split-mnist-5k", hparams=hparams, seed=hparams.pop("seed", 0))
+        return run_name(cfg.resolved())
+
+    assert name() == "si-seed0"  # the benchmark's preset equals SI's defaults
+    assert name(c=0.1) == "si-c0.1-seed0" and name(c=0.1, xi=0.01, seed=2) == "si-c0.1-xi0.01-seed2"
+    assert len({name(c=c) for c in (0.0, 0.01, 0.1, 1.0, 10.0)}) == 5  # the sweep's five trials
+    assert run_name(RunConfig("si", "split-mnist-5k", hparams={"c": 0.5}).resolved(), "study") == "study-si-c0.5-seed0"
+
+
+def test_inside_a_users_active_run_logs_to_a_new_run_and_leaves_theirs_open(tmp_path, mnist_stream):
+    import wandb
+
+    theirs = wandb.init(project="user", mode="offline", dir=str(tmp_path))  # as in a user's own script
+    try:
+        cfg = RunConfig(strategy="naive", benchmark="split-mnist-5k", epochs=1, hidden=[16])
+        logger = WandbLogger(cfg.resolved(), mode="offline", wandb_dir=tmp_path / "ours")
+        run(cfg, None, quiet=True, callbacks=[logger], stream=mnist_stream)
+        assert wandb.run is theirs  # not replaced, and still open: they can go on logging
+        theirs.log({"their_metric": 1.0})
+    finally:
+        theirs.finish()
+    (ours,) = _offline_runs(tmp_path / "ours" / "wandb")
+    assert ours["run"]["name"] == "naive-seed0"
+    (logged,) = _offline_runs(tmp_path / "wandb")
+    assert logged["run"]["project"] == "user" and [h["their_metric"] for h in logged["history"]] == [1.0]
+    assert not any("accuracy/task1" in h for h in logged["history"])
+
+
+def test_failed_online_start_switches_the_process_to_offline_once(tmp_path, monkeypatch, mnist_stream):
+    """No network (an unroutable W&B server): one warning, the first run falls back to offline, later runs start
+    offline at once, and the W&B start-up is not counted in the run's seconds."""
+    import time
+
+    from clframework.evaluation import wandb_logger
+
+    monkeypatch.setattr(wandb_logger, "_offline_after_failure", False)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    cfg = RunConfig(strategy="naive", benchmark="split-mnist-5k", epochs=1, hidden=[16])
+    timings = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for seed in range(2):
+            logger = WandbLogger(cfg.resolved(), mode="online", wandb_dir=tmp_path, init_timeout=3)
+            start = time.perf_counter()
+            res = run(replace(cfg, seed=seed), None, quiet=True, callbacks=[logger], stream=mnist_stream)
+            timings.append((time.perf_counter() - start, res.wall_seconds))
+    fallbacks = [w for w in caught if "online start failed" in str(w.message)]
+    assert len(fallbacks) == 1 and "every later run of this process log offline" in str(fallbacks[0].message)
+    (first_total, first_wall), (second_total, _) = timings
+    assert first_total - first_wall >= 3  # the failed online start (>= its 3 s timeout) is outside the run's seconds
+    assert second_total < first_total - 2  # the second run did not wait for the network again
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2
+
+
+def test_unwritable_wandb_dir_is_an_error_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(_tiny(tmp_path, "--wandb", "--wandb-mode", "offline", "--wandb-dir", str(blocker / "w"))) == 2
+    err = capsys.readouterr().err
+    assert "--wandb-dir" in err and "not a writable folder" in err and err.count("\n") == 1
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_wandb_mode_disabled_is_accepted(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert main(_tiny(tmp_path, "--wandb")) == 0
+    assert (tmp_path / "run" / "results.json").is_file()
+    assert not list((tmp_path / "run" / "wandb").glob("*run-*"))
+
+
+def test_tune_with_wandb_names_every_trial(tmp_path):
+    out = tmp_path / "tune"
+    assert main(["tune", "--strategy", "si", "--grid", "c=0,10", "--epochs", "1", "--hidden", "16", "--tasks", "2",
+                 "--quiet", "--out", str(out), "--wandb", "--wandb-mode", "offline"]) == 0
+    names = sorted(d["run"]["name"] for d in _offline_runs(out / "wandb"))
+    chosen = json.loads((out / "tune.json").read_text())["chosen"]["c"]
+    assert names == sorted(["si-c0-seed0-valid", "si-c10-seed0-valid", f"si-c{chosen:g}-seed0"])

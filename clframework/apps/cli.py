@@ -1,4 +1,6 @@
-"""The `clframework` command: list, run, compare."""
+"""clframework: continual-learning runs and head-to-head comparisons (SI, exact-Fisher EWC, fine-tuning).
+
+Start with `clframework compare` (naive, EWC and SI on split MNIST, 3 seeds), or `clframework COMMAND --help`."""
 from __future__ import annotations
 
 import argparse
@@ -9,10 +11,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from .. import __version__, provenance
 from ..registry import RegistryError, import_plugin
 
 DEFAULT_STRATEGIES = "naive,ewc,si"
 DEFAULT_BENCHMARK = "split-mnist-5k"
+PLUGIN_HELP = "import MODULE (or a .py file) first so that its registered strategies and benchmarks count"
 
 
 def _parse_sets(items: List[str]) -> Dict[str, str]:
@@ -51,13 +55,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="learning rate (default: the benchmark's protocol)")
     p.add_argument("--hidden", help="MLP hidden sizes, comma-separated, e.g. 256,256")
     p.add_argument("--dropout", type=float, help="dropout on hidden layers")
+    p.add_argument("--tasks", type=int, metavar="N", help="train and score the first N tasks only (default: all)")
     p.add_argument("--setting", choices=["task", "domain", "class"],
                    help="task-, domain- or class-incremental (default: the benchmark's, as in the paper)")
     p.add_argument("--data-root", help="folder holding the dataset files (else $CLFRAMEWORK_DATA or the defaults)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     p.add_argument("--out", type=Path, help="output folder")
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import MODULE (or a .py file) first so that its registered strategies count")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _folder_args(p)
 
@@ -73,40 +77,61 @@ def _folder_args(p: argparse.ArgumentParser, checkpoints: bool = True) -> None:
                             "task only)")
 
 
+WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # wandb.init's modes
+
+
 def _wandb_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (docs/wandb.md)")
-    p.add_argument("--wandb-project", default="clframework", help="W&B project (default clframework)")
-    p.add_argument("--wandb-group", help="W&B group (compare: default the output folder's name)")
-    p.add_argument("--wandb-mode", choices=["online", "offline"], help="default: $WANDB_MODE, else online")
+    p.add_argument("--wandb-project", help="W&B project (default: $WANDB_PROJECT, else clframework)")
+    p.add_argument("--wandb-entity", help="W&B entity, i.e. user or team (default: $WANDB_ENTITY, else yours)")
+    p.add_argument("--wandb-tags", help="comma-separated W&B tags (default: $WANDB_TAGS)")
+    p.add_argument("--wandb-name", help="W&B run name (default: $WANDB_NAME, else strategy, changed "
+                   "hyperparameters and seed, e.g. si-c0.1-seed0; with several runs, a prefix)")
+    p.add_argument("--wandb-group", help="W&B group (default: the output folder's name for compare, tune, reproduce)")
+    p.add_argument("--wandb-mode", choices=WANDB_MODES, help="default: $WANDB_MODE, else online")
     p.add_argument("--wandb-dir", type=Path, help="where W&B writes its run files (default: the output folder)")
 
 
-def _wandb_loggers(args, out: Path, group: Optional[str]):
-    """cfg -> [WandbLogger] with --wandb, else None; a bad --wandb-mode fails here, before training."""
-    if not args.wandb:
-        return None
-    from clframework.evaluation.wandb_logger import WandbLogger, check_mode
-
-    mode = check_mode(args.wandb_mode)
+def _wandb_loggers(args, out: Path, group: Optional[str], several: bool):
+    """(resolved cfg -> [WandbLogger], summary logger or None) with --wandb, else (None, None); a bad mode or an
+    unwritable --wandb-dir fails here, before training."""
+    if not getattr(args, "wandb", False):
+        return None, None
     try:
         import wandb  # noqa: F401 - only --wandb needs it
     except ImportError:
         raise RuntimeError("--wandb needs the wandb package, which is not installed: pip install wandb "
                            "(or run without --wandb)") from None
-    print(f"W&B: project {args.wandb_project}, {mode}; run files under {(args.wandb_dir or out) / 'wandb'}")
-    return lambda cfg: [WandbLogger(cfg.resolved(), project=args.wandb_project, group=group, mode=mode,
-                                    wandb_dir=args.wandb_dir or out)]
+    from clframework.evaluation.wandb_logger import WandbLogger, WandbSummary, check_dir, check_mode, run_name, \
+        settings_from_env
+
+    mode = check_mode(args.wandb_mode)
+    wandb_dir = check_dir(args.wandb_dir or out)
+    tags = [t.strip() for t in (args.wandb_tags or "").split(",") if t.strip()]
+    s = settings_from_env(args.wandb_project, args.wandb_entity, tags, args.wandb_name)
+    print(f"W&B: project {s['project']}, {mode}; run files under {wandb_dir / 'wandb'}")
+    common = dict(project=s["project"], entity=s["entity"], tags=s["tags"], group=group, mode=mode,
+                  wandb_dir=wandb_dir)
+
+    def loggers(resolved: dict):
+        name = run_name(resolved, s["name"]) if several else (s["name"] or run_name(resolved))
+        return [WandbLogger(resolved, name=name, **common)]
+
+    summary = WandbSummary(**{**common, "group": group or out.resolve().name}) if several else None
+    return loggers, summary
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clframework", description=__doc__)
+    parser = argparse.ArgumentParser(prog="clframework", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"clframework {__version__}")
     parser.add_argument("--debug", action="store_true", help="full Python tracebacks for every error")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     lp = sub.add_parser("list", help="registered strategies (with hyperparameters) and benchmarks")
-    lp.add_argument("--plugin", action="append", default=[], metavar="MODULE")
+    lp.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
     rp = sub.add_parser("run", help="train one strategy on one benchmark and write results.json")
-    rp.add_argument("--strategy", required=True)
-    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--strategy", required=True, help="registered strategy, e.g. si, ewc, naive (clframework list)")
+    rp.add_argument("--seed", type=int, default=0, help="random seed of the weights and batch order (default 0)")
     _common(rp)
     _wandb_args(rp)
     cp = sub.add_parser("compare", help="run strategies x seeds on one benchmark and write summary.json")
@@ -127,12 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--out", type=Path, help="output folder")
     xp.add_argument("--quiet", action="store_true", help="no progress bars")
     _folder_args(xp)
+    _wandb_args(xp)
     tp = sub.add_parser("tune", help="grid search on a validation hold-out; reports the chosen value's test accuracy")
-    tp.add_argument("--strategy", required=True)
+    tp.add_argument("--strategy", required=True, help="registered strategy whose hyperparameters are searched")
     tp.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="values to try")
     tp.add_argument("--validation", type=float, default=0.1, help="fraction of training data held out (default 0.1)")
     tp.add_argument("--seeds", type=int, default=1, help="seeds per grid point (default 1)")
     _common(tp)
+    _wandb_args(tp)
     bp = sub.add_parser("bench", help="time a bare PyTorch loop, our strategies and Avalanche's on one stream")
     bp.add_argument("--benchmark", default=DEFAULT_BENCHMARK, help=f"registered benchmark (default {DEFAULT_BENCHMARK})")
     bp.add_argument("--epochs", type=int, help="epochs per task (default: the benchmark's protocol)")
@@ -147,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's own choice)")
     bp.add_argument("--device", default="cpu", help="cpu (default), cuda, auto ...")
     bp.add_argument("--out", type=Path, help="folder for bench.json and bench.md")
-    bp.add_argument("--plugin", action="append", default=[], metavar="MODULE")
+    bp.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
+    rl = sub.add_parser("runs", help="past runs and studies under a folder: label, benchmark, ACC, status, date")
+    rl.add_argument("folder", nargs="?", type=Path, default=Path("runs"), help="where to look (default: runs)")
     for command in sub.choices.values():  # --debug also after the command name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="full Python tracebacks for every error")
@@ -166,7 +195,7 @@ def _base_config(args, strategy: str):
     options = {k: v for k, v in (("setting", args.setting), ("data_root", args.data_root)) if v is not None}
     return RunConfig(strategy=strategy, benchmark=args.benchmark, seed=getattr(args, "seed", 0), epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, hidden=hidden, dropout=args.dropout, device=args.device,
-                     benchmark_options=options)
+                     benchmark_options=options, tasks=args.tasks)
 
 
 def _folder_options(args) -> dict:
@@ -201,11 +230,12 @@ def cmd_run(args) -> int:
     cfg.hparams = _parse_sets(args.set)
     cfg.resolved()  # every error before training
     out = args.out or Path("runs") / f"{args.benchmark}-{args.strategy}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    loggers = _wandb_loggers(args, out, args.wandb_group)
-    res = run(cfg, out, quiet=args.quiet, callbacks=loggers(cfg) if loggers else (), **_folder_options(args))
-    m = res["metrics"]
+    loggers, _ = _wandb_loggers(args, out, args.wandb_group, several=False)
+    res = run(cfg, out, quiet=args.quiet, callbacks=loggers(cfg.resolved()) if loggers else (),
+              **_folder_options(args))
+    m = res.metrics
     print(f"{args.strategy} on {args.benchmark} (seed {args.seed}): acc {m['acc']:.4f}  bwt {m['bwt']:+.4f}  "
-          f"forgetting {m['forgetting']:.4f}  ({res['train_seconds']:.1f} s training)")
+          f"forgetting {m['forgetting']:.4f}  ({res.train_seconds:.1f} s training)")
     print(f"results: {out / 'results.json'}")
     return 0
 
@@ -220,10 +250,12 @@ def cmd_compare(args) -> int:
     hparams = _parse_strategy_sets(args.set, strategies)
     out = args.out or Path("runs") / f"compare-{args.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
     base = _base_config(args, strategies[0])
-    loggers = _wandb_loggers(args, out, args.wandb_group or out.resolve().name)
-    callbacks_for = (lambda s, seed: loggers(replace(base, strategy=s, hparams=hparams[s], seed=seed))) if loggers else None
+    loggers, summary_logger = _wandb_loggers(args, out, args.wandb_group or out.resolve().name, several=True)
+    callbacks_for = (lambda s, seed: loggers(replace(base, strategy=s, hparams=hparams[s], seed=seed).resolved())
+                     ) if loggers else None
     summary = compare(strategies, args.benchmark, args.seeds, out, quiet=args.quiet, base=base, hparams=hparams,
-                      callbacks_for=callbacks_for, **_folder_options(args))
+                      callbacks_for=callbacks_for, summary_callbacks=[summary_logger] if summary_logger else (),
+                      **_folder_options(args))
     print(format_table(summary))
     print(f"summary: {out / 'summary.json'}")
     return _diverged_exit(summary["diverged"])
@@ -244,9 +276,11 @@ def cmd_reproduce(args) -> int:
 
     out = args.out or Path("runs") / f"reproduce-{args.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
     arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms is not None else None
+    loggers, summary_logger = _wandb_loggers(args, out, args.wandb_group or out.resolve().name, several=True)
     result = reproduce(args.experiment, out, dataset=args.dataset, quick=args.quick, seeds=args.seeds,
                        epochs=args.epochs, data_root=args.data_root, quiet=args.quiet, arms=arms, device=args.device,
-                       **_folder_options(args))
+                       callbacks_for=(lambda cfg: loggers(cfg.resolved())) if loggers else None,
+                       summary_callbacks=[summary_logger] if summary_logger else (), **_folder_options(args))
     return _diverged_exit(result.get("diverged", []))
 
 
@@ -257,8 +291,9 @@ def cmd_tune(args) -> int:
     base = _base_config(args, args.strategy)
     base.hparams = _parse_sets(args.set)
     out = args.out or Path("runs") / f"tune-{args.strategy}-{args.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
+    loggers, _ = _wandb_loggers(args, out, args.wandb_group or out.resolve().name, several=True)
     result = tune(base, grid, validation=args.validation, seeds=args.seeds, out_dir=out, quiet=args.quiet,
-                  **_folder_options(args))
+                  callbacks_for=(lambda cfg: loggers(cfg.resolved())) if loggers else None, **_folder_options(args))
     print(f"results: {out / 'tune.json'}")
     return _diverged_exit(result.get("diverged", []))
 
@@ -287,6 +322,13 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    from .runs import list_runs
+
+    print(list_runs(args.folder))
+    return 0
+
+
 EXIT_USER_ERROR, EXIT_CRASH, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 1, 3, 130
 
 
@@ -294,17 +336,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Exit codes: 0 done, 2 a user error (one line), 3 a run diverged, 1 an exception in a strategy or the user's
     code (traceback and where), 130 interrupted (Ctrl-C; the checkpoint is kept for --resume)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv == ["compare"] or not argv:
-        argv = argv or ["compare"]
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ..trainer import TrainingDiverged, TrainingFailed
-
+    if args.command is None:
+        parser.print_help()
+        return 0
+    provenance.set_command(argv)
     try:
         for module in getattr(args, "plugin", []):
             import_plugin(module)
         return {"list": cmd_list, "run": cmd_run, "compare": cmd_compare, "reproduce": cmd_reproduce,
-                "tune": cmd_tune, "bench": cmd_bench}[args.command](args)
+                "tune": cmd_tune, "bench": cmd_bench, "runs": cmd_runs}[args.command](args)
     except KeyboardInterrupt:
         if args.debug:
             raise
@@ -312,12 +354,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         where = f"the checkpoints in {out} are kept; " if out else ""
         print(f"\nclframework: interrupted; {where}continue with the same command plus --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except TrainingDiverged as exc:
+    except _training_error("TrainingDiverged") as exc:
         if args.debug:
             raise
         print(f"clframework: error: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
-    except TrainingFailed as exc:
+    except _training_error("TrainingFailed") as exc:
         if args.debug:
             raise
         traceback.print_exception(exc.__cause__, file=sys.stderr)
@@ -329,3 +371,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"clframework: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    finally:
+        provenance.set_command(None)
+
+
+def _training_error(name: str):
+    """The trainer's exception class `name` once a command has loaded the trainer, else () (matches nothing), so
+    that `list`, `runs` and `--help` never import torch."""
+    trainer = sys.modules.get("clframework.trainer")
+    return getattr(trainer, name) if trainer is not None else ()

@@ -157,9 +157,16 @@ def plan(name: str, dataset: Optional[str] = None, quick: bool = False, seeds: O
             elif getattr(protocol, key) != value:
                 overrides[key] = value
                 scaled.append(f"{key} {getattr(protocol, key)} -> {value}")
-    if seeds is not None:
+    if seeds is not None:  # an explicit --seeds / --epochs replaces what --quick chose, and is reported as such
+        scaled = [s for s in scaled if not s.startswith("seeds ")]
+        if seeds != exp.seeds:
+            scaled.append(f"seeds {exp.seeds} -> {seeds} (--seeds)")
         n_seeds = seeds
     if epochs is not None:
+        scaled = [s for s in scaled if not s.startswith("epochs ")]
+        paper_epochs = BENCHMARKS.get(benchmark).extra["protocol"].epochs
+        if epochs != paper_epochs:
+            scaled.append(f"epochs {paper_epochs} -> {epochs} (--epochs)")
         overrides["epochs"] = epochs
     configs = {}
     for arm in chosen:
@@ -235,8 +242,12 @@ class _Progress(TrainerCallback):
 def reproduce(name: str, out_dir: Path, dataset: Optional[str] = None, quick: bool = False,
               seeds: Optional[int] = None, epochs: Optional[int] = None, data_root: Optional[str] = None,
               quiet: bool = False, log=print, arms: Optional[Sequence[str]] = None, device: str = "auto", *,
-              resume: bool = False, overwrite: bool = False, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY) -> dict:
+              resume: bool = False, overwrite: bool = False, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+              callbacks_for=None, summary_callbacks: Sequence = ()) -> dict:
     """Run every arm for every seed (a head-to-head comparison), the controls, and draw the paper's figures.
+
+    `callbacks_for(config)` gives each arm's run more callbacks (W&B loggers); `summary_callbacks` see the
+    comparison's summary.
 
     resume: finished arm runs are kept and interrupted ones continue from their checkpoints; the controls (short
     from-scratch trainings) run again."""
@@ -244,20 +255,26 @@ def reproduce(name: str, out_dir: Path, dataset: Optional[str] = None, quick: bo
     exp: Experiment = p["experiment"]
     out_dir = Path(out_dir)
     with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
-        return _reproduce(exp, p, out_dir, quiet, log, resume, checkpoint_every, device)
+        return _reproduce(exp, p, out_dir, quiet, log, resume, checkpoint_every, device, callbacks_for,
+                          summary_callbacks)
 
 
 def _reproduce(exp: "Experiment", p: dict, out_dir: Path, quiet: bool, log, resume: bool,
-               checkpoint_every: int, device: str) -> dict:
+               checkpoint_every: int, device: str, callbacks_for=None, summary_callbacks: Sequence = ()) -> dict:
     hardware = device_name(device)
     log(f"reproducing {exp.name} ({exp.section}) on {p['benchmark']}, {p['seeds']} seed(s), "
         f"arms {', '.join(p['configs'])}" + (f", controls {', '.join(p['controls'])}" if p["controls"] else "")
         + f"; on {hardware}")
     if p["scaled"]:
-        log("--quick scaled: " + "; ".join(p["scaled"]))
+        log("scaled from the paper's protocol: " + "; ".join(p["scaled"]))
     progress = _Progress(exp, p, out_dir, hardware, log)
-    comparison = compare_configs(p["configs"], p["seeds"], out_dir, quiet, callbacks_for=progress, resume=resume,
-                                 checkpoint_every=checkpoint_every)
+
+    def per_run(label: str, seed: int) -> list:
+        extra = callbacks_for(replace(p["configs"][label], seed=seed)) if callbacks_for else []
+        return progress(label, seed) + list(extra)
+
+    comparison = compare_configs(p["configs"], p["seeds"], out_dir, quiet, callbacks_for=per_run, resume=resume,
+                                 checkpoint_every=checkpoint_every, summary_callbacks=summary_callbacks)
     stream = BENCHMARKS.create(p["benchmark"], **p["benchmark_options"])  # cached data: no second load
     runs = {label: s["runs"] for label, s in comparison["strategies"].items()}
     result = summarize(exp, p, runs, comparison["tasks"], hardware, comparison.get("diverged"))

@@ -9,12 +9,11 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from clframework.benchmarks.registry import BENCHMARKS
 from clframework.benchmarks.scenarios import holdout
 from clframework.evaluation.results import write_json
 
 from ..checkpoint import OutputFolder
-from ..experiment import DEFAULT_CHECKPOINT_EVERY, RunConfig, _run, slug
+from ..experiment import DEFAULT_CHECKPOINT_EVERY, RunConfig, _run, build_stream, slug
 from ..trainer import TrainingDiverged
 from ..registry import RegistryError
 
@@ -35,10 +34,11 @@ def parse_grid(items: Sequence[str]) -> Dict[str, List[str]]:
 
 def tune(base: RunConfig, grid: Dict[str, List[str]], validation: float = 0.1, seeds: int = 1,
          out_dir: Optional[Path] = None, quiet: bool = False, log=print, *, resume: bool = False,
-         overwrite: bool = False, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY) -> dict:
+         overwrite: bool = False, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, callbacks_for=None) -> dict:
     """With out_dir, every run keeps its own folder (`valid-<point>-seed<k>/`, `test-<point>-seed<k>/`) as it
     finishes, so an interrupted search continues with resume=True. A diverging grid point scores no validation
-    accuracy and cannot be chosen (tune["diverged"] lists it)."""
+    accuracy and cannot be chosen (tune["diverged"] lists it). `callbacks_for(config)` gives each run its
+    callbacks (W&B loggers)."""
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"--seeds must be an integer >= 1, got {seeds!r}")
     if not 0 < validation < 1:
@@ -47,16 +47,18 @@ def tune(base: RunConfig, grid: Dict[str, List[str]], validation: float = 0.1, s
     points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
     configs = [replace(base, hparams={**base.hparams, **point}, evaluate_on="valid") for point in points]
     resolved = [c.resolved()["hparams"] for c in configs]  # every grid point checked before training
-    stream = holdout(BENCHMARKS.create(base.benchmark, **base.benchmark_options), validation, seed=0)
+    stream = holdout(build_stream(base), validation, seed=0)
     stream.validate()  # data errors before the folder is touched
     if out_dir is None:
-        return _tune(base, keys, configs, resolved, stream, seeds, None, quiet, log, False, checkpoint_every)
+        return _tune(base, keys, configs, resolved, stream, seeds, None, quiet, log, False, checkpoint_every,
+                     callbacks_for)
     with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
         return _tune(base, keys, configs, resolved, stream, seeds, Path(out_dir), quiet, log, resume,
-                     checkpoint_every)
+                     checkpoint_every, callbacks_for)
 
 
-def _tune(base, keys, configs, resolved, stream, seeds, out_dir, quiet, log, resume, checkpoint_every) -> dict:
+def _tune(base, keys, configs, resolved, stream, seeds, out_dir, quiet, log, resume, checkpoint_every,
+          callbacks_for) -> dict:
     validation = stream.info["validation"]["fraction"]
     diverged = []
 
@@ -64,13 +66,13 @@ def _tune(base, keys, configs, resolved, stream, seeds, out_dir, quiet, log, res
         name = slug("-".join(f"{k}-{v}" for k, v in point.items()))
         run_dir = out_dir / f"{split}-{name}-seed{seed}" if out_dir is not None else None
         try:
-            res = _run(cfg, cfg.resolved(), run_dir, quiet, (), stream, resume, checkpoint_every,
-                       f"{base.strategy} {point} seed {seed} ({split})")
+            res = _run(cfg, cfg.resolved(), run_dir, quiet, callbacks_for(cfg) if callbacks_for else (), stream,
+                       resume, checkpoint_every, f"{base.strategy} {point} seed {seed} ({split})")
         except TrainingDiverged as exc:
             log(f"clframework: {exc}")
             diverged.append({"point": point, "seed": seed, "split": split, "diverged_at": exc.result["diverged_at"]})
             return None
-        return res["metrics"]["acc"]
+        return res.metrics["acc"]
 
     results = []
     for cfg, hp in zip(configs, resolved):
