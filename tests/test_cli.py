@@ -178,3 +178,26 @@ def test_runs_lists_past_runs_and_studies(tmp_path, capsys):
     row = next(line for line in lines if " study " in line)
     assert "compare" in row and f"si {summary['strategies']['si']['acc_mean']:.4f}" in row
     assert main(["runs", str(tmp_path / "nowhere")]) == 2
+
+
+def test_help_and_list_import_no_torch():
+    """What makes them answer at once (measured: docs/performance.md): neither imports torch, wandb or matplotlib."""
+    code = ("import sys\nfrom clframework.apps.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted({'torch', 'wandb', 'matplotlib', 'torchvision'} & set(sys.modules))\n"
+            "assert not heavy, heavy\n")
+    for args in (["--help"], ["list"], ["run", "--help"], []):
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+        assert proc.returncode == 0, (args, proc.stderr)
+
+
+def test_list_reads_the_same_hyperparameters_as_the_registry():
+    """`list` reads built-in strategies from their source; it must say what importing them registers."""
+    from clframework.plugin import STRATEGIES
+    from clframework.registry import declared_entries
+
+    declared = {e["name"]: e for e in declared_entries("clframework.strategies", "register_strategy", "Strategy")}
+    assert set(declared) == set(STRATEGIES.names())
+    for name, e in declared.items():
+        entry = STRATEGIES.get(name)
+        assert e["params"] == entry.defaults and e["description"] == entry.description, name

@@ -232,3 +232,19 @@ def test_cli_missing_data_stops_before_training(tmp_path):
     assert proc.returncode == 2
     assert "CIFAR-100 not found" in proc.stderr and "--data-root" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_file_names_are_torchvisions():
+    """The dataset file names are written out (so that `list` checks for them without importing torchvision);
+    they must be the ones torchvision's classes read."""
+    import os
+
+    from clframework.benchmarks.datasets import SOURCES
+
+    for src in SOURCES.values():
+        c = src.tv_class
+        if src.kind == "idx":
+            assert src.files == [os.path.splitext(f)[0] for f, _ in c.resources]
+        else:
+            assert src.files == [f for f, _ in c.train_list + c.test_list] + [c.meta["filename"]]
+            assert src.folder == c.base_folder

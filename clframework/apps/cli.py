@@ -205,16 +205,30 @@ def _folder_options(args) -> dict:
     return out
 
 
+def _strategy_entries(args) -> List[dict]:
+    """Name, description and hyperparameter defaults of every strategy. The built-ins are read from their source
+    (no torch: `list` answers at once) unless plugins or installed entry points may add or replace some."""
+    from importlib import metadata
+
+    from ..registry import declared_entries
+
+    if not args.plugin and not metadata.entry_points(group="clframework.strategies"):
+        declared = declared_entries("clframework.strategies", "register_strategy", "Strategy")
+        if declared is not None:
+            return sorted(({**e, "origin": "built-in"} for e in declared), key=lambda e: e["name"])
+    from ..plugin import STRATEGIES
+
+    return [{"name": n, "description": STRATEGIES.get(n).description, "params": STRATEGIES.get(n).defaults,
+             "origin": STRATEGIES.get(n).extra.get("origin", "?")} for n in STRATEGIES.names()]
+
+
 def cmd_list(args) -> int:
     from clframework.benchmarks.registry import BENCHMARKS
 
-    from ..plugin import STRATEGIES
-
     print("strategies:")
-    for name in STRATEGIES.names():
-        e = STRATEGIES.get(name)
-        params = ", ".join(f"{p.name}={p.default!r}" for p in e.params.values()) or "(no hyperparameters)"
-        print(f"  {name:<10} {e.description}\n  {'':<10} {params}\n  {'':<10} from: {e.extra.get('origin', '?')}")
+    for e in _strategy_entries(args):
+        params = ", ".join(f"{k}={v!r}" for k, v in e["params"].items()) or "(no hyperparameters)"
+        print(f"  {e['name']:<10} {e['description']}\n  {'':<10} {params}\n  {'':<10} from: {e['origin']}")
     print("benchmarks:")
     for name in BENCHMARKS.names():
         e = BENCHMARKS.get(name)
