@@ -419,7 +419,7 @@ def test_resume_with_another_configuration_names_the_difference(tmp_path, mnist_
         run(_cfg(hparams={"c": 2.0}), out, quiet=True, stream=mnist_stream, resume=True)
     assert (out / "results.json").read_text() == before  # the finished run is untouched
     again = run(_cfg(hparams={"c": 0.5}), out, quiet=True, stream=mnist_stream, resume=True)
-    assert again["accuracy_matrix"] == first["accuracy_matrix"] and (out / "results.json").read_text() == before
+    assert again.accuracy_matrix == first.accuracy_matrix and (out / "results.json").read_text() == before
 
 
 def test_final_model_and_strategy_state_are_kept_and_reload(tmp_path, mnist_stream):
@@ -429,12 +429,12 @@ def test_final_model_and_strategy_state_are_kept_and_reload(tmp_path, mnist_stre
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
     from clframework.evaluation.evaluator import evaluate_stream
 
-    assert evaluate_stream(model, mnist_stream, torch.device("cpu")) == res["accuracy_matrix"][-1]
+    assert evaluate_stream(model, mnist_stream, torch.device("cpu")) == res.accuracy_matrix[-1]
     saved = torch.load(out / "strategy.pt", weights_only=True)
     si = make_strategy("si")
     si.load_state_dict(saved["state"])
     assert saved["strategy"] == "si" and len(si.omega_history) == 2
-    assert all(torch.equal(si.Omega[n], res["_strategy"].Omega[n]) for n in si.Omega)
+    assert all(torch.equal(si.Omega[n], res.trained_strategy.Omega[n]) for n in si.Omega)
     assert not (out / "checkpoint.pt").exists()
 
 
