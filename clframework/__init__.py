@@ -20,6 +20,7 @@ _PUBLIC = {
     "available_benchmarks": "clframework.benchmarks", "make_benchmark": "clframework.benchmarks",
     "register_benchmark": "clframework.benchmarks",
     "RunConfig": "clframework.experiment", "run": "clframework.experiment", "compare": "clframework.experiment",
+    "Backend": "clframework.parallel",
 }
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 import math
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -21,7 +22,9 @@ from .checkpoint import (CHECKPOINT, CONFIG, MODEL, RESULTS, STRATEGY_STATE, Out
                          check_same_config, load_checkpoint, save_checkpoint, save_torch)
 from . import provenance
 from .models import build_model
+from .parallel import Backend, Executor, open_executor, plugin_modules
 from .plugin import STRATEGIES, Strategy, make_strategy
+from .progress import StudyProgress
 from .registry import RegistryError
 from .trainer import (OPTIMIZERS, Trainer, TrainerCallback, TrainingDiverged, TrainingFailed, seed_everything,
                       select_device)
@@ -311,7 +314,9 @@ def slug(label: str) -> str:
 def compare(strategies: Sequence[str], benchmark: str, seeds: int = 3, out_dir: Optional[Path] = None,
             quiet: bool = False, base: Optional[RunConfig] = None, hparams: Optional[Dict[str, dict]] = None,
             callbacks_for=None, *, resume: bool = False, overwrite: bool = False,
-            checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, stream=None, summary_callbacks: Sequence = ()) -> dict:
+            checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, stream=None, summary_callbacks: Sequence = (),
+            backend: Optional[Backend] = None, progress: Optional[StudyProgress] = None,
+            checkpoint_dir: Optional[Path] = None) -> dict:
     """Run every (strategy, seed) pair on one benchmark (or on `stream`, with the benchmark's protocol; the summary
     then carries the stream's own name); return (and write) summary.json content.
 
@@ -331,18 +336,26 @@ def compare(strategies: Sequence[str], benchmark: str, seeds: int = 3, out_dir: 
         raise RegistryError(f"hyperparameters given for {unknown}, which are not among the compared strategies "
                             f"{list(strategies)}")
     return compare_configs(configs, seeds, out_dir, quiet, callbacks_for, resume=resume, overwrite=overwrite,
-                           checkpoint_every=checkpoint_every, stream=stream, summary_callbacks=summary_callbacks)
+                           checkpoint_every=checkpoint_every, stream=stream, summary_callbacks=summary_callbacks,
+                           backend=backend, progress=progress, checkpoint_dir=checkpoint_dir)
 
 
 def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional[Path] = None, quiet: bool = False,
                     callbacks_for=None, *, resume: bool = False, overwrite: bool = False,
                     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, stream=None,
-                    summary_callbacks: Sequence = ()) -> dict:
+                    summary_callbacks: Sequence = (), backend: Optional[Backend] = None,
+                    progress: Optional[StudyProgress] = None, checkpoint_dir: Optional[Path] = None,
+                    executor: Optional[Executor] = None,
+                    on_run: Optional[Callable[[str, int, dict], None]] = None) -> dict:
     """Run each labelled configuration (all on one benchmark) for seeds 0..seeds-1 and aggregate them head to head.
 
     Every configuration is checked before the first run starts; the stream is built once (unless given) and shared.
     A run that diverges is recorded (summary["diverged"]) and left out of the statistics; the others go on.
     `summary_callbacks` get `on_summary(summary, out_dir)` once the summary is complete (W&B's summary run).
+    backend: where the runs execute (in turn here, `--jobs`, `--ray`; parallel.py); checkpoint_dir: where each run's
+    folder lives while it trains, if not in out_dir (shared storage for Ray workers on other machines); executor:
+    an open executor holding this stream (reproduce shares one between arms and controls); on_run: called here
+    with (label, seed, results) as each run finishes, whichever process trained it.
     """
     started = provenance.now()
     if not configs:
@@ -357,19 +370,112 @@ def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional
         raise ValueError("a comparison runs every configuration on the same benchmark with the same options")
     if any(c.tasks != first.tasks for c in configs.values()):
         raise ValueError("a comparison runs every configuration on the same tasks")
+    backend = backend or Backend()
+    plugins = study_plugins(list(configs.values())) if backend.parallel else []
     label = benchmark if stream is None else stream.name
     stream = build_stream(first, stream)  # data errors before the folder is touched
     stream.validate()
-    if out_dir is None:
-        return _compare(configs, seeds, None, quiet, callbacks_for, False, checkpoint_every, stream, started,
-                        summary_callbacks, label)
-    with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
-        return _compare(configs, seeds, Path(out_dir), quiet, callbacks_for, resume, checkpoint_every, stream,
-                        started, summary_callbacks, label)
+    own_progress = progress is None
+    progress = progress or StudyProgress("compare", quiet)
+    args = (configs, seeds, quiet, callbacks_for, checkpoint_every, stream, started, summary_callbacks, label,
+            backend, plugins, progress, executor, on_run)
+    try:
+        if out_dir is None:
+            return _compare(*args, None, None, False)
+        with StudyFolders(out_dir, checkpoint_dir, resume, overwrite) as (out, runs_root):
+            return _compare(*args, out, runs_root, resume)
+    finally:
+        if own_progress:
+            progress.close()
 
 
-def _compare(configs, seeds, out_dir, quiet, callbacks_for, resume, checkpoint_every, stream, started,
-             summary_callbacks, benchmark) -> dict:
+class StudyFolders:
+    """The study's output folder and, if elsewhere, the folder holding each run's folder while it trains; both
+    locked and checked (a non-empty one needs resume or overwrite) before training. Yields (out, runs root)."""
+
+    def __init__(self, out_dir: Path, checkpoint_dir: Optional[Path], resume: bool, overwrite: bool):
+        out = Path(out_dir).absolute()
+        runs_root = Path(checkpoint_dir).absolute() if checkpoint_dir is not None else out
+        self.folders = [OutputFolder(f, resume=resume, overwrite=overwrite) for f in dict.fromkeys([out, runs_root])]
+        self.paths = (out, runs_root)
+
+    def __enter__(self):
+        entered = []
+        try:
+            for folder in self.folders:
+                folder.__enter__()
+                entered.append(folder)
+        except BaseException:
+            for folder in reversed(entered):
+                folder.__exit__(None, None, None)
+            raise
+        return self.paths
+
+    def __exit__(self, *exc):
+        for folder in reversed(self.folders):
+            folder.__exit__(*exc)
+        return False
+
+
+@dataclass
+class RunJob:
+    """One run of a study as a worker receives it. out_dir: the run's folder, where the worker writes its
+    checkpoints and results (None: no files); benchmark: the name the results carry."""
+
+    label: str
+    config: RunConfig
+    out_dir: Optional[Path] = None
+    callbacks: Sequence[TrainerCallback] = ()
+    quiet: bool = True
+    resume: bool = False
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
+    benchmark: Optional[str] = None
+
+
+def run_job(stream, job: RunJob) -> dict:
+    """A worker's side of a study: train and return results.json's content. A diverged run returns
+    {"_diverged": ...}; a failure inside training comes back as one RuntimeError carrying its traceback's text
+    (exceptions cross processes by pickling, and a traceback does not pickle)."""
+    try:
+        res = _run_in(job.config, job.out_dir, job.quiet, job.callbacks, stream, job.resume, job.checkpoint_every,
+                      job.label, job.benchmark or job.config.benchmark)
+    except TrainingDiverged as exc:
+        return {"_diverged": {"message": str(exc), "diverged_at": exc.result["diverged_at"]}}
+    except TrainingFailed as exc:
+        raise RuntimeError(f"run {job.label}: {exc}\n{''.join(traceback.format_exception(exc.__cause__))}") from None
+    return res.to_json()
+
+
+def study_plugins(configs: Sequence[RunConfig]) -> list:
+    """The user modules that worker processes import to find the configurations' strategies and benchmarks."""
+    return plugin_modules([STRATEGIES.get(c.strategy).factory for c in configs]
+                          + [BENCHMARKS.get(c.benchmark).factory for c in configs])
+
+
+def run_study(executor: Executor, jobs: Sequence[RunJob], progress: StudyProgress,
+              result_dirs: Optional[Sequence[Optional[Path]]] = None,
+              on_result: Optional[Callable[[int, dict], None]] = None) -> List[dict]:
+    """Execute the jobs, reporting each as it finishes (and passing a finished run's results to on_result). A job
+    whose folder is not `result_dirs[i]` (it trained on a checkpoint folder elsewhere, maybe on another machine)
+    has its results written there by this process."""
+
+    def done(i: int, result: dict) -> None:
+        if "_diverged" in result:
+            progress.note(f"clframework: {result['_diverged']['message']}", err=True)
+            progress.finished(jobs[i].label, None, 0.0)
+            return
+        target = result_dirs[i] if result_dirs else None
+        if target is not None and not (target / RESULTS).exists():
+            write_run(result, target)
+        if on_result is not None:
+            on_result(i, result)
+        progress.finished(jobs[i].label, result["metrics"]["acc"], result["wall_seconds"])
+
+    return executor.map(run_job, jobs, done)
+
+
+def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, started, summary_callbacks, benchmark,
+             backend, plugins, progress, executor, on_run, out_dir, runs_root, resume) -> dict:
     first = next(iter(configs.values()))
     summary = {"benchmark": benchmark, "protocol": first.benchmark, "tasks": stream.task_names,
                "seeds": list(range(seeds)), "strategies": {}, "diverged": []}
@@ -377,20 +483,31 @@ def _compare(configs, seeds, out_dir, quiet, callbacks_for, resume, checkpoint_e
                 "configs": {label: asdict(cfg) for label, cfg in configs.items()}}
     record = provenance.collect(api_call, {label: overrides(cfg) for label, cfg in configs.items()},
                                 str(select_device(first.device)), started, data_source(stream))
+    pairs = [(name, seed) for name in configs for seed in range(seeds)]
+    jobs = [RunJob(f"{name} seed {seed}", replace(configs[name], seed=seed),
+                   runs_root / f"{slug(name)}-seed{seed}" if runs_root is not None else None,
+                   tuple(callbacks_for(name, seed)) if callbacks_for else (), quiet or backend.parallel,
+                   # a Ray task retried after its worker died finds its own checkpoint: it must continue from it
+                   resume or backend.ray is not None, checkpoint_every, benchmark)
+            for name, seed in pairs]
+    result_dirs = [out_dir / f"{slug(name)}-seed{seed}" if out_dir is not None else None for name, seed in pairs]
+    progress.add(len(jobs))
+    on_result = (lambda i, result: on_run(*pairs[i], result)) if on_run is not None else None
+    if executor is None:
+        with open_executor(backend, stream, plugins, first.device) as ex:
+            results = run_study(ex, jobs, progress, result_dirs, on_result)
+    else:
+        results = run_study(executor, jobs, progress, result_dirs, on_result)
     all_runs = {}
     for name, cfg in configs.items():
         runs, diverged = [], []
-        for seed in range(seeds):
-            callbacks = callbacks_for(name, seed) if callbacks_for else ()
-            run_dir = out_dir / f"{slug(name)}-seed{seed}" if out_dir is not None else None
-            try:
-                res = _run_in(replace(cfg, seed=seed), run_dir, quiet, callbacks, stream, resume, checkpoint_every,
-                              f"{name} seed {seed}", benchmark)
-            except TrainingDiverged as exc:
-                print(f"clframework: {exc}", file=sys.stderr)
-                diverged.append({"strategy": name, "seed": seed, "diverged_at": exc.result["diverged_at"]})
+        for (n, seed), res in zip(pairs, results):
+            if n != name:
                 continue
-            runs.append(res.to_json())
+            if "_diverged" in res:
+                diverged.append({"strategy": name, "seed": seed, "diverged_at": res["_diverged"]["diverged_at"]})
+            else:
+                runs.append(res)
         summary["diverged"] += diverged
         entry = {"hparams": cfg.resolved()["hparams"], "diverged_seeds": [d["seed"] for d in diverged]}
         if runs:

@@ -129,7 +129,8 @@ class Trainer:
                  lr: float = 1e-3, optimizer: str = "adam", reset_optimizer: bool = True,
                  device: Optional[str] = None, seed: int = 0, quiet: bool = False,
                  callbacks: Sequence[TrainerCallback] = (), evaluate_on: str = "test",
-                 checkpoint_every: int = 0, on_checkpoint: Optional[Callable[[dict], None]] = None):
+                 checkpoint_every: int = 0, on_checkpoint: Optional[Callable[[dict], None]] = None,
+                 label: str = ""):
         if epochs < 1 or batch_size < 1 or not lr > 0:
             raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0, got epochs={epochs}, "
                              f"batch_size={batch_size}, lr={lr}")
@@ -146,6 +147,7 @@ class Trainer:
         self.seed, self.quiet = seed, quiet
         self.callbacks = list(callbacks)
         self.evaluate_on = evaluate_on
+        self.label = label  # names the run on its progress bars, e.g. "si seed 3"
         self.generator = torch.Generator().manual_seed(seed)
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.checkpoint_every, self.on_checkpoint = checkpoint_every, on_checkpoint
@@ -237,8 +239,8 @@ class Trainer:
         model.train()
         curve = self._task_curve
         check_now = device.type == "cpu"  # on CUDA a per-step check would wait for the GPU: checked per epoch
-        bar = tqdm(range(first_epoch, self.epochs), desc=f"task {task_index + 1} {task.name}", leave=False,
-                   disable=self.quiet, unit="epoch")
+        bar = tqdm(range(first_epoch, self.epochs), desc=f"{self.label} task {task_index + 1} {task.name}".lstrip(),
+                   leave=False, disable=self.quiet, unit="epoch")
         for epoch in bar:
             self.position["epoch"] = epoch + 1
             if self._epoch is None:

@@ -47,3 +47,26 @@ def test_bench_prints_every_entry(tmp_path, capsys):
 def test_bad_bench_settings_fail_before_training(config, message):
     with pytest.raises(ValueError, match=message):
         resolve(config)
+
+
+def test_bench_study_times_jobs1_and_jobs2_on_one_grid(tmp_path, capsys):
+    code = main(["bench", "--study", "--modes", "jobs1,jobs2", "--strategies", "naive,si", "--seeds", "2",
+                 "--epochs", "1", "--out", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "study.json").read_text())
+    rows = {r["mode"]: r for r in saved["rows"]}
+    assert set(rows) == {"jobs1", "jobs2"} and saved["runs"] == 4
+    assert rows["jobs2"]["jobs"] == 2 and rows["jobs2"]["threads_per_run"] == 1
+    assert rows["jobs1"]["speedup"] == 1.0 and rows["jobs2"]["seconds"] > 0
+    assert abs(rows["jobs2"]["speedup"] - rows["jobs1"]["seconds"] / rows["jobs2"]["seconds"]) < 1e-12
+    assert rows["jobs2"]["same_matrices_as_jobs2"] is True
+    assert len(rows["jobs2"]["matrices"]["si"]) == 2
+    assert re.search(r"^jobs2\s+2\s+1\s+[\d.]+\s+[\d.]+x", out, re.M) and "jobs2 >= 1.5x jobs1" in out
+
+
+def test_bad_study_bench_modes_fail_before_training():
+    from clframework.apps.bench import StudyBenchConfig, run_study_bench
+
+    with pytest.raises(ValueError, match="--modes takes jobs1"):
+        run_study_bench(StudyBenchConfig(modes=["jobs2"]))

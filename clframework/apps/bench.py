@@ -353,3 +353,100 @@ def write_outputs(result: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench.json").write_text(json.dumps(result, indent=2))
     (out_dir / "bench.md").write_text(format_markdown(result))
+
+
+# -- study mode: the same small grid in turn, on `--jobs 2` and on a local Ray instance ---------------------------
+STUDY_MODES = ("jobs1", "jobs2", "ray")
+
+
+@dataclass
+class StudyBenchConfig:
+    """A small compare grid timed once per mode. jobs1: the runs in turn in this process, with all cores' threads
+    (today's default); jobs2: two worker processes, one thread per run; ray: a local Ray instance, one CPU per run
+    (its start is timed apart: a cluster is started once for many studies)."""
+
+    benchmark: str = "split-mnist-5k"
+    strategies: Sequence[str] = ("naive", "ewc", "si")
+    seeds: int = 4
+    epochs: Optional[int] = None
+    modes: Sequence[str] = STUDY_MODES
+
+    def check(self) -> None:
+        unknown = [m for m in self.modes if m not in STUDY_MODES]
+        if unknown or "jobs1" not in self.modes:
+            raise ValueError(f"--modes takes jobs1 (required: the baseline) and any of jobs2, ray; got "
+                             f"{list(self.modes)}")
+        if self.seeds < 1 or (self.epochs is not None and self.epochs < 1):
+            raise ValueError(f"seeds and epochs must be >= 1, got {self.seeds} and {self.epochs}")
+
+
+def _backend(mode: str):
+    from ..parallel import Backend, cores
+
+    return {"jobs1": Backend(jobs=1, threads=cores()), "jobs2": Backend(jobs=2, threads=1),
+            "ray": Backend(ray="local", threads=1)}[mode]
+
+
+def run_study_bench(config: StudyBenchConfig, progress: Callable[[str], None] = lambda s: None) -> dict:
+    """Wall seconds of the whole study per mode (stream loading, worker start-up and every run included), the
+    speed-up over jobs1, and whether each mode's accuracy matrices equal those of the same runs with one thread."""
+    from ..experiment import RunConfig, compare
+    from ..parallel import cores
+
+    config.check()
+    base = RunConfig(config.strategies[0], config.benchmark, epochs=config.epochs, device="cpu")
+    compare(list(config.strategies), config.benchmark, 1, base=base, quiet=True)  # warm: data loaded, caches hot
+    rows = []
+    for mode in config.modes:
+        backend, ray_start = _backend(mode), None
+        if mode == "ray":
+            import ray
+
+            start = time.perf_counter()
+            ray.init(num_cpus=cores(), _node_ip_address="127.0.0.1", include_dashboard=False,
+                     log_to_driver=False, configure_logging=False)
+            ray_start = time.perf_counter() - start
+        try:
+            start = time.perf_counter()
+            summary = compare(list(config.strategies), config.benchmark, config.seeds, base=base, quiet=True,
+                              backend=backend)
+            seconds = time.perf_counter() - start
+        finally:
+            if mode == "ray":
+                ray.shutdown()
+        matrices = {n: [r["accuracy_matrix"] for r in s["runs"]] for n, s in summary["strategies"].items()}
+        rows.append({"mode": mode, "jobs": backend.jobs, "threads_per_run": backend.threads_per_run(),
+                     "seconds": seconds, "ray_start_seconds": ray_start, "matrices": matrices,
+                     "acc": {n: s["acc_mean"] for n, s in summary["strategies"].items()}})
+        progress(f"{mode:<6} {seconds:8.1f} s")
+    base_seconds = rows[0]["seconds"]
+    one_thread = [r for r in rows if r["threads_per_run"] == 1]
+    for r in rows:
+        r["speedup"] = base_seconds / r["seconds"]
+        r["same_matrices_as_jobs2"] = r["matrices"] == one_thread[0]["matrices"] if one_thread else None
+    by = {r["mode"]: r for r in rows}
+    targets = []
+    if "jobs2" in by:
+        targets.append({"target": "jobs2 >= 1.5x jobs1", "value": f"{by['jobs2']['speedup']:.2f}x",
+                        "met": by["jobs2"]["speedup"] >= 1.5})
+    if "jobs2" in by and "ray" in by:
+        slower = by["ray"]["seconds"] / by["jobs2"]["seconds"] - 1
+        targets.append({"target": "ray within 15% of jobs2", "value": f"{slower:+.1%}", "met": slower <= 0.15})
+    return {"benchmark": config.benchmark, "strategies": list(config.strategies), "seeds": config.seeds,
+            "runs": len(config.strategies) * config.seeds, "epochs": config.epochs, "rows": rows,
+            "targets": targets, "machine": machine()}
+
+
+def format_study(result: dict) -> str:
+    lines = [f"{result['benchmark']}: {result['runs']} runs ({', '.join(result['strategies'])} x {result['seeds']} "
+             f"seeds), {result['machine']['cpus']} CPUs",
+             f"{'mode':<6} {'jobs':>4} {'threads/run':>11} {'study s':>8} {'speed-up':>8} {'ray start s':>11} "
+             f"{'same matrices as jobs2':>22}"]
+    for r in result["rows"]:
+        start = f"{r['ray_start_seconds']:.1f}" if r["ray_start_seconds"] is not None else "-"
+        same = {None: "-", True: "yes", False: "no"}[r["same_matrices_as_jobs2"]]
+        lines.append(f"{r['mode']:<6} {r['jobs']:>4} {r['threads_per_run']:>11} {r['seconds']:>8.1f} "
+                     f"{r['speedup']:>7.2f}x {start:>11} {same:>22}")
+    lines.append("targets:")
+    lines += [f"  [{'met' if x['met'] else 'NOT met'}] {x['target']}: {x['value']}" for x in result["targets"]]
+    return "\n".join(lines)

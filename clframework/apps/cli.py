@@ -80,6 +80,26 @@ def _folder_args(p: argparse.ArgumentParser, checkpoints: bool = True) -> None:
 WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # wandb.init's modes
 
 
+def _study_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", default="1", metavar="N|auto",
+                   help="runs side by side in N worker processes (auto: one per two cores; default 1)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="torch threads per run (default: the cores divided among the jobs)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="each run a Ray task: on the cluster at ADDRESS (auto: the one `ray start` started), or on "
+                        "a local Ray instance when no address is given (pip install 'clframework[ray]'; docs/scale.md)")
+    p.add_argument("--checkpoint-dir", type=Path, metavar="PATH",
+                   help="where each run's folder (checkpoints) lives while it trains, e.g. shared storage for Ray "
+                        "workers on other machines (default: inside --out)")
+
+
+def _backend(args):
+    """--jobs/--threads/--ray, checked before any data loads."""
+    from ..parallel import Backend, parse_jobs
+
+    return Backend(jobs=parse_jobs(args.jobs), threads=args.threads, ray=args.ray)
+
+
 def _wandb_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (docs/wandb.md)")
     p.add_argument("--wandb-project", help="W&B project (default: $WANDB_PROJECT, else clframework)")
@@ -139,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
     _common(cp)
     _wandb_args(cp)
+    _study_args(cp)
     xp = sub.add_parser("reproduce", help="one of the paper's experiments: its arms, seeds, controls, figures, table")
     xp.add_argument("experiment", help="split-mnist, permuted-mnist or split-cifar")
     xp.add_argument("--dataset", help="mnist (default), fashion-mnist or mnist-5k for the MNIST protocols; cifar")
@@ -153,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--quiet", action="store_true", help="no progress bars")
     _folder_args(xp)
     _wandb_args(xp)
+    _study_args(xp)
     tp = sub.add_parser("tune", help="grid search on a validation hold-out; reports the chosen value's test accuracy")
     tp.add_argument("--strategy", required=True, help="registered strategy whose hyperparameters are searched")
     tp.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="values to try")
@@ -160,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--seeds", type=int, default=1, help="seeds per grid point (default 1)")
     _common(tp)
     _wandb_args(tp)
+    _study_args(tp)
     bp = sub.add_parser("bench", help="time a bare PyTorch loop, our strategies and Avalanche's on one stream")
     bp.add_argument("--benchmark", default=DEFAULT_BENCHMARK, help=f"registered benchmark (default {DEFAULT_BENCHMARK})")
     bp.add_argument("--epochs", type=int, help="epochs per task (default: the benchmark's protocol)")
@@ -175,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--device", default="cpu", help="cpu (default), cuda, auto ...")
     bp.add_argument("--out", type=Path, help="folder for bench.json and bench.md")
     bp.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
+    bp.add_argument("--study", action="store_true",
+                    help="instead: time a small compare grid with --jobs 1, --jobs 2 and a local Ray, and print the "
+                         "speed-ups (docs/performance.md)")
+    bp.add_argument("--strategies", default="naive,ewc,si", help="--study: the grid's strategies (default naive,ewc,si)")
+    bp.add_argument("--seeds", type=int, default=4, help="--study: seeds per strategy (default 4)")
+    bp.add_argument("--modes", default=",".join(("jobs1", "jobs2", "ray")),
+                    help="--study: which of jobs1,jobs2,ray to time (default all)")
     rl = sub.add_parser("runs", help="past runs and studies under a folder: label, benchmark, ACC, status, date")
     rl.add_argument("folder", nargs="?", type=Path, default=Path("runs"), help="where to look (default: runs)")
     for command in sub.choices.values():  # --debug also after the command name
@@ -255,21 +285,26 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ..experiment import compare, format_table
+    from ..progress import StudyProgress
 
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    if not strategies:
-        raise ValueError(f"give at least one strategy to compare (e.g. --strategies naive,si), got "
-                         f"{args.strategies!r}")
-    hparams = _parse_strategy_sets(args.set, strategies)
-    out = args.out or Path("runs") / f"compare-{args.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
-    base = _base_config(args, strategies[0])
-    loggers, summary_logger = _wandb_loggers(args, out, args.wandb_group or out.resolve().name, several=True)
-    callbacks_for = (lambda s, seed: loggers(replace(base, strategy=s, hparams=hparams[s], seed=seed).resolved())
-                     ) if loggers else None
-    summary = compare(strategies, args.benchmark, args.seeds, out, quiet=args.quiet, base=base, hparams=hparams,
-                      callbacks_for=callbacks_for, summary_callbacks=[summary_logger] if summary_logger else (),
-                      **_folder_options(args))
+    with StudyProgress("compare", args.quiet) as progress:  # before torch loads: the first output within a second
+        backend = _backend(args)
+        from ..experiment import compare, format_table
+
+        strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+        if not strategies:
+            raise ValueError(f"give at least one strategy to compare (e.g. --strategies naive,si), got "
+                             f"{args.strategies!r}")
+        hparams = _parse_strategy_sets(args.set, strategies)
+        out = args.out or Path("runs") / f"compare-{args.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
+        base = _base_config(args, strategies[0])
+        loggers, summary_logger = _wandb_loggers(args, out, args.wandb_group or out.resolve().name, several=True)
+        callbacks_for = ((lambda s, seed: loggers(replace(base, strategy=s, hparams=hparams[s], seed=seed)
+                                                  .resolved())) if loggers else None)
+        summary = compare(strategies, args.benchmark, args.seeds, out, quiet=args.quiet, base=base, hparams=hparams,
+                          callbacks_for=callbacks_for, summary_callbacks=[summary_logger] if summary_logger else (),
+                          **_folder_options(args), backend=backend, progress=progress,
+                          checkpoint_dir=args.checkpoint_dir)
     print(format_table(summary))
     print(f"summary: {out / 'summary.json'}")
     return _diverged_exit(summary["diverged"])
@@ -286,33 +321,47 @@ def _diverged_exit(diverged) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from .reproduce import reproduce
+    from ..progress import StudyProgress
 
-    out = args.out or Path("runs") / f"reproduce-{args.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms is not None else None
-    loggers, summary_logger = _wandb_loggers(args, out, args.wandb_group or out.resolve().name, several=True)
-    result = reproduce(args.experiment, out, dataset=args.dataset, quick=args.quick, seeds=args.seeds,
-                       epochs=args.epochs, data_root=args.data_root, quiet=args.quiet, arms=arms, device=args.device,
-                       callbacks_for=(lambda cfg: loggers(cfg.resolved())) if loggers else None,
-                       summary_callbacks=[summary_logger] if summary_logger else (), **_folder_options(args))
+    with StudyProgress(f"reproduce {args.experiment}", args.quiet) as progress:
+        backend = _backend(args)
+        from .reproduce import reproduce
+
+        out = args.out or Path("runs") / f"reproduce-{args.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+        arms = [a.strip() for a in args.arms.split(",") if a.strip()] if args.arms is not None else None
+        loggers, summary_logger = _wandb_loggers(args, out, args.wandb_group or out.resolve().name, several=True)
+        result = reproduce(args.experiment, out, dataset=args.dataset, quick=args.quick, seeds=args.seeds,
+                           epochs=args.epochs, data_root=args.data_root, quiet=args.quiet, log=progress.note,
+                           arms=arms, device=args.device,
+                           callbacks_for=(lambda cfg: loggers(cfg.resolved())) if loggers else None,
+                           summary_callbacks=[summary_logger] if summary_logger else (), **_folder_options(args),
+                           backend=backend, progress=progress, checkpoint_dir=args.checkpoint_dir)
     return _diverged_exit(result.get("diverged", []))
 
 
 def cmd_tune(args) -> int:
-    from .tune import parse_grid, tune
+    from ..progress import StudyProgress
 
-    grid = parse_grid(args.grid)
-    base = _base_config(args, args.strategy)
-    base.hparams = _parse_sets(args.set)
-    out = args.out or Path("runs") / f"tune-{args.strategy}-{args.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
-    loggers, _ = _wandb_loggers(args, out, args.wandb_group or out.resolve().name, several=True)
-    result = tune(base, grid, validation=args.validation, seeds=args.seeds, out_dir=out, quiet=args.quiet,
-                  callbacks_for=(lambda cfg: loggers(cfg.resolved())) if loggers else None, **_folder_options(args))
+    with StudyProgress(f"tune {args.strategy}", args.quiet) as progress:
+        backend = _backend(args)
+        from .tune import parse_grid, tune
+
+        grid = parse_grid(args.grid)
+        base = _base_config(args, args.strategy)
+        base.hparams = _parse_sets(args.set)
+        out = args.out or Path("runs") / f"tune-{args.strategy}-{args.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
+        loggers, _ = _wandb_loggers(args, out, args.wandb_group or out.resolve().name, several=True)
+        result = tune(base, grid, validation=args.validation, seeds=args.seeds, out_dir=out, quiet=args.quiet,
+                      log=progress.note, callbacks_for=(lambda cfg: loggers(cfg.resolved())) if loggers else None,
+                      **_folder_options(args), backend=backend, progress=progress,
+                      checkpoint_dir=args.checkpoint_dir)
     print(f"results: {out / 'tune.json'}")
     return _diverged_exit(result.get("diverged", []))
 
 
 def cmd_bench(args) -> int:
+    if args.study:
+        return _bench_study(args)
     import torch
 
     from .bench import ENTRIES, OURS, QUICK, BenchConfig, format_table, run_bench, write_outputs
@@ -340,6 +389,22 @@ def cmd_runs(args) -> int:
     from .runs import list_runs
 
     print(list_runs(args.folder))
+    return 0
+
+
+def _bench_study(args) -> int:
+    import json
+
+    from .bench import StudyBenchConfig, format_study, run_study_bench
+
+    config = StudyBenchConfig(args.benchmark, [s.strip() for s in args.strategies.split(",") if s.strip()],
+                              args.seeds, args.epochs, [m.strip() for m in args.modes.split(",") if m.strip()])
+    result = run_study_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_study(result))
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "study.json").write_text(json.dumps(result, indent=2))
+        print(f"data: {args.out / 'study.json'}")
     return 0
 
 

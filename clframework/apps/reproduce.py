@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import platform
+import time
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,10 +27,12 @@ from clframework.evaluation.plots import average_figure, final_accuracy_figure, 
 from clframework.evaluation.results import write_json, write_text
 
 from ..checkpoint import OutputFolder
-from ..experiment import DEFAULT_CHECKPOINT_EVERY, RunConfig, compare_configs
+from ..experiment import DEFAULT_CHECKPOINT_EVERY, RunConfig, compare_configs, study_plugins
 from ..models import build_model
+from ..parallel import Backend, Executor, open_executor
 from ..plugin import make_strategy
-from ..trainer import Trainer, TrainerCallback, seed_everything, select_device
+from ..progress import StudyProgress
+from ..trainer import Trainer, seed_everything, select_device
 
 
 @dataclass(frozen=True)
@@ -191,17 +194,54 @@ def train_alone(stream: Stream, config: RunConfig, seed: int, tasks: List[Task],
     return evaluate_stream(trainer.model, stream, trainer.device)
 
 
-def run_controls(controls: Sequence[str], stream: Stream, config: RunConfig, seeds: int, quiet: bool) -> dict:
-    out = {}
-    if "scratch" in controls:  # each task on a fresh network, scored on that task
-        per_seed = [[train_alone(stream, config, s, [t], quiet)[j] for j, t in enumerate(stream.tasks)]
-                    for s in range(seeds)]
-        out["scratch"] = {"per_task_mean": np.mean(per_seed, 0).tolist(), "per_seed": per_seed}
-    if "joint" in controls:  # every task's data at once (one shared head)
+@dataclass(frozen=True)
+class ControlJob:
+    """One control run: `scratch` trains task `task` alone on a fresh network; `joint` trains all tasks at once."""
+
+    label: str
+    kind: str
+    config: RunConfig
+    seed: int
+    task: int = 0
+    quiet: bool = True
+
+
+def control_job(stream: Stream, job: ControlJob) -> dict:
+    """A worker's side of a control: the trained network's accuracy on every task (scratch: on its own task)."""
+    start = time.perf_counter()
+    if job.kind == "scratch":
+        accs = [train_alone(stream, job.config, job.seed, [stream[job.task]], job.quiet)[job.task]]
+    else:  # every task's data at once (one shared head)
         joint = Task("joint", torch.cat([t.train_x for t in stream]), torch.cat([t.train_y for t in stream]),
                      stream[0].test_x, stream[0].test_y, stream[0].classes, 0)
-        per_seed = [train_alone(stream, config, s, [joint], quiet) for s in range(seeds)]
-        out["joint"] = {"acc_mean": float(np.mean([np.mean(r) for r in per_seed])), "per_seed": per_seed}
+        accs = train_alone(stream, job.config, job.seed, [joint], job.quiet)
+    return {"accuracies": accs, "seconds": time.perf_counter() - start}
+
+
+def control_jobs(controls: Sequence[str], stream: Stream, config: RunConfig, seeds: int,
+                 quiet: bool) -> List[ControlJob]:
+    jobs = []
+    if "scratch" in controls:  # each task on a fresh network, scored on that task
+        jobs += [ControlJob(f"from scratch: task {t.name} seed {s}", "scratch", config, s, j, quiet)
+                 for s in range(seeds) for j, t in enumerate(stream.tasks)]
+    if "joint" in controls:
+        jobs += [ControlJob(f"joint training seed {s}", "joint", config, s, 0, quiet) for s in range(seeds)]
+    return jobs
+
+
+def run_controls(executor: Executor, jobs: List[ControlJob], n_tasks: int, progress: StudyProgress) -> dict:
+    def done(i: int, result: dict) -> None:
+        progress.finished(jobs[i].label, float(np.mean(result["accuracies"])), result["seconds"])
+
+    results = executor.map(control_job, jobs, done)
+    out = {}
+    scratch = [r["accuracies"][0] for j, r in zip(jobs, results) if j.kind == "scratch"]
+    if scratch:
+        per_seed = [scratch[i:i + n_tasks] for i in range(0, len(scratch), n_tasks)]
+        out["scratch"] = {"per_task_mean": np.mean(per_seed, 0).tolist(), "per_seed": per_seed}
+    joint = [r["accuracies"] for j, r in zip(jobs, results) if j.kind == "joint"]
+    if joint:
+        out["joint"] = {"acc_mean": float(np.mean([np.mean(r) for r in joint])), "per_seed": joint}
     return out
 
 
@@ -214,20 +254,18 @@ def device_name(device: str = "auto") -> str:
     return f"CPU {cpu} (torch {torch.__version__}, {torch.get_num_threads()} threads)"
 
 
-class _Progress(TrainerCallback):
+class _Progress:
     """Rewrites the table, JSON and Fig. 4 after every finished run, marked partial, so that a reproduction stopped
-    part-way (a time limit, a lost machine) keeps every run it finished (each run's own folder has the rest)."""
+    part-way (a time limit, a lost machine) keeps every run it finished (each run's own folder has the rest).
+    Called by compare_configs in this process as each run's results arrive (also from --jobs/--ray workers)."""
 
     def __init__(self, exp: Experiment, p: dict, out_dir: Path, device: str, log):
         self.exp, self.p, self.out_dir, self.device, self.log = exp, p, out_dir, device, log
         self.runs: Dict[str, List[dict]] = {}
 
-    def __call__(self, label: str, seed: int):
-        self.label = label
-        return [self]
-
-    def on_run_end(self, result: dict, out_dir) -> None:
+    def __call__(self, label: str, seed: int, result: dict) -> None:
         run = {k: v for k, v in result.items() if not k.startswith("_")}
+        self.label = label
         self.runs.setdefault(self.label, []).append(run)
         done = sum(map(len, self.runs.values()))
         summary = summarize(self.exp, self.p, self.runs, result["tasks"], self.device)
@@ -243,42 +281,55 @@ def reproduce(name: str, out_dir: Path, dataset: Optional[str] = None, quick: bo
               seeds: Optional[int] = None, epochs: Optional[int] = None, data_root: Optional[str] = None,
               quiet: bool = False, log=print, arms: Optional[Sequence[str]] = None, device: str = "auto", *,
               resume: bool = False, overwrite: bool = False, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
-              callbacks_for=None, summary_callbacks: Sequence = ()) -> dict:
+              backend: Optional[Backend] = None, progress: Optional[StudyProgress] = None,
+              checkpoint_dir: Optional[Path] = None, callbacks_for=None, summary_callbacks: Sequence = ()) -> dict:
     """Run every arm for every seed (a head-to-head comparison), the controls, and draw the paper's figures.
 
     `callbacks_for(config)` gives each arm's run more callbacks (W&B loggers); `summary_callbacks` see the
     comparison's summary.
 
     resume: finished arm runs are kept and interrupted ones continue from their checkpoints; the controls (short
-    from-scratch trainings) run again."""
+    from-scratch trainings) run again. backend: where the runs execute (parallel.py)."""
     p = plan(name, dataset, quick, seeds, epochs, data_root, arms, device)
     exp: Experiment = p["experiment"]
     out_dir = Path(out_dir)
-    with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
-        return _reproduce(exp, p, out_dir, quiet, log, resume, checkpoint_every, device, callbacks_for,
-                          summary_callbacks)
+    own_progress = progress is None
+    progress = progress or StudyProgress(f"reproduce {name}", quiet)
+    try:
+        with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
+            return _reproduce(exp, p, out_dir, quiet, log, resume, checkpoint_every, device, backend or Backend(),
+                              progress, checkpoint_dir, callbacks_for, summary_callbacks)
+    finally:
+        if own_progress:
+            progress.close()
 
 
 def _reproduce(exp: "Experiment", p: dict, out_dir: Path, quiet: bool, log, resume: bool,
-               checkpoint_every: int, device: str, callbacks_for=None, summary_callbacks: Sequence = ()) -> dict:
+               checkpoint_every: int, device: str, backend: Backend, study: StudyProgress, checkpoint_dir,
+               callbacks_for=None, summary_callbacks: Sequence = ()) -> dict:
     hardware = device_name(device)
     log(f"reproducing {exp.name} ({exp.section}) on {p['benchmark']}, {p['seeds']} seed(s), "
         f"arms {', '.join(p['configs'])}" + (f", controls {', '.join(p['controls'])}" if p["controls"] else "")
         + f"; on {hardware}")
     if p["scaled"]:
         log("scaled from the paper's protocol: " + "; ".join(p["scaled"]))
-    progress = _Progress(exp, p, out_dir, hardware, log)
-
-    def per_run(label: str, seed: int) -> list:
-        extra = callbacks_for(replace(p["configs"][label], seed=seed)) if callbacks_for else []
-        return progress(label, seed) + list(extra)
-
-    comparison = compare_configs(p["configs"], p["seeds"], out_dir, quiet, callbacks_for=per_run, resume=resume,
-                                 checkpoint_every=checkpoint_every, summary_callbacks=summary_callbacks)
-    stream = BENCHMARKS.create(p["benchmark"], **p["benchmark_options"])  # cached data: no second load
-    runs = {label: s["runs"] for label, s in comparison["strategies"].items()}
-    result = summarize(exp, p, runs, comparison["tasks"], hardware, comparison.get("diverged"))
-    result["controls"] = run_controls(p["controls"], stream, next(iter(p["configs"].values())), p["seeds"], quiet)
+    configs = list(p["configs"].values())
+    stream = BENCHMARKS.create(p["benchmark"], **p["benchmark_options"])
+    controls = control_jobs(p["controls"], stream, configs[0], p["seeds"], quiet or backend.parallel)
+    study.add(len(controls))  # compare_configs adds the arms' runs
+    plugins = study_plugins(configs) if backend.parallel else []
+    with open_executor(backend, stream, plugins, configs[0].device) as ex:
+        comparison = compare_configs(p["configs"], p["seeds"], out_dir, quiet, resume=resume,
+                                     checkpoint_every=checkpoint_every, backend=backend, progress=study,
+                                     checkpoint_dir=checkpoint_dir, executor=ex,
+                                     on_run=_Progress(exp, p, out_dir, hardware, log),
+                                     callbacks_for=((lambda label, seed: callbacks_for(replace(p["configs"][label],
+                                                                                             seed=seed)))
+                                                    if callbacks_for else None),
+                                     summary_callbacks=summary_callbacks)
+        runs = {label: s["runs"] for label, s in comparison["strategies"].items()}
+        result = summarize(exp, p, runs, comparison["tasks"], hardware, comparison.get("diverged"))
+        result["controls"] = run_controls(ex, controls, len(stream), study)
     result["figures"] = [str(f.relative_to(out_dir)) for f in draw_figures(exp, result, stream, out_dir)]
     write_json(out_dir / "reproduction.json", result)
     write_text(out_dir / "reproduction.md", table(result))

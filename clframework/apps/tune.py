@@ -12,9 +12,10 @@ import numpy as np
 from clframework.benchmarks.scenarios import holdout
 from clframework.evaluation.results import write_json
 
-from ..checkpoint import OutputFolder
-from ..experiment import DEFAULT_CHECKPOINT_EVERY, RunConfig, _run, build_stream, slug
-from ..trainer import TrainingDiverged
+from ..experiment import (DEFAULT_CHECKPOINT_EVERY, RunConfig, RunJob, StudyFolders, build_stream, run_study, slug,
+                          study_plugins)
+from ..parallel import Backend, open_executor
+from ..progress import StudyProgress
 from ..registry import RegistryError
 
 
@@ -34,11 +35,12 @@ def parse_grid(items: Sequence[str]) -> Dict[str, List[str]]:
 
 def tune(base: RunConfig, grid: Dict[str, List[str]], validation: float = 0.1, seeds: int = 1,
          out_dir: Optional[Path] = None, quiet: bool = False, log=print, *, resume: bool = False,
-         overwrite: bool = False, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, callbacks_for=None) -> dict:
+         overwrite: bool = False, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, backend: Optional[Backend] = None,
+         progress: Optional[StudyProgress] = None, checkpoint_dir: Optional[Path] = None, callbacks_for=None) -> dict:
     """With out_dir, every run keeps its own folder (`valid-<point>-seed<k>/`, `test-<point>-seed<k>/`) as it
     finishes, so an interrupted search continues with resume=True. A diverging grid point scores no validation
     accuracy and cannot be chosen (tune["diverged"] lists it). `callbacks_for(config)` gives each run its
-    callbacks (W&B loggers)."""
+    callbacks (W&B loggers). backend: where the runs execute (parallel.py)."""
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"--seeds must be an integer >= 1, got {seeds!r}")
     if not 0 < validation < 1:
@@ -49,46 +51,63 @@ def tune(base: RunConfig, grid: Dict[str, List[str]], validation: float = 0.1, s
     resolved = [c.resolved()["hparams"] for c in configs]  # every grid point checked before training
     stream = holdout(build_stream(base), validation, seed=0)
     stream.validate()  # data errors before the folder is touched
-    if out_dir is None:
-        return _tune(base, keys, configs, resolved, stream, seeds, None, quiet, log, False, checkpoint_every,
-                     callbacks_for)
-    with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
-        return _tune(base, keys, configs, resolved, stream, seeds, Path(out_dir), quiet, log, resume,
-                     checkpoint_every, callbacks_for)
+    backend = backend or Backend()
+    plugins = study_plugins(configs) if backend.parallel else []
+    own_progress = progress is None
+    progress = progress or StudyProgress(f"tune {base.strategy}", quiet)
+    args = (base, keys, configs, resolved, stream, seeds, quiet, log, checkpoint_every, backend, plugins, progress,
+            callbacks_for)
+    try:
+        if out_dir is None:
+            return _tune(*args, None, None, False)
+        with StudyFolders(out_dir, checkpoint_dir, resume, overwrite) as (out, runs_root):
+            return _tune(*args, out, runs_root, resume)
+    finally:
+        if own_progress:
+            progress.close()
 
 
-def _tune(base, keys, configs, resolved, stream, seeds, out_dir, quiet, log, resume, checkpoint_every,
-          callbacks_for) -> dict:
+def _tune(base, keys, configs, resolved, stream, seeds, quiet, log, checkpoint_every, backend, plugins, progress,
+          callbacks_for, out_dir, runs_root, resume) -> dict:
     validation = stream.info["validation"]["fraction"]
     diverged = []
 
-    def one(cfg: RunConfig, split: str, point: dict, seed: int) -> Optional[float]:
+    def jobs(split: str, cfg: RunConfig, point: dict):
+        """The seeds of one grid point on one split, with their folders in the runs root and in out_dir."""
         name = slug("-".join(f"{k}-{v}" for k, v in point.items()))
-        run_dir = out_dir / f"{split}-{name}-seed{seed}" if out_dir is not None else None
-        try:
-            res = _run(cfg, cfg.resolved(), run_dir, quiet, callbacks_for(cfg) if callbacks_for else (), stream,
-                       resume, checkpoint_every, f"{base.strategy} {point} seed {seed} ({split})")
-        except TrainingDiverged as exc:
-            log(f"clframework: {exc}")
-            diverged.append({"point": point, "seed": seed, "split": split, "diverged_at": exc.result["diverged_at"]})
-            return None
-        return res.metrics["acc"]
+        folder = [f"{split}-{name}-seed{s}" for s in range(seeds)]
+        return ([RunJob(f"{base.strategy} {point} seed {s} ({split})", replace(cfg, seed=s),
+                        runs_root / folder[s] if runs_root is not None else None,
+                        tuple(callbacks_for(replace(cfg, seed=s))) if callbacks_for else (), quiet or backend.parallel,
+                        resume or backend.ray is not None, checkpoint_every) for s in range(seeds)],
+                [out_dir / f if out_dir is not None else None for f in folder])
 
-    results = []
-    for cfg, hp in zip(configs, resolved):
-        point = {k: hp[k] for k in keys}
-        accs = [one(replace(cfg, seed=s), "valid", point, s) for s in range(seeds)]
-        ok = [a for a in accs if a is not None]
-        results.append({"point": point, "valid_acc_mean": float(np.mean(ok)) if len(ok) == len(accs) else None,
-                        "valid_accs": accs})
-        mean = results[-1]["valid_acc_mean"]
-        log(f"  {point}: " + (f"validation accuracy {mean:.4f}" if mean is not None else "diverged"))
-    candidates = [i for i, r in enumerate(results) if r["valid_acc_mean"] is not None]
-    if not candidates:
-        raise ValueError(f"every grid point diverged ({len(results)} tried); try smaller values or a lower --lr")
-    best = max(candidates, key=lambda i: results[i]["valid_acc_mean"])
-    chosen = replace(configs[best], evaluate_on="test")
-    tests = [one(replace(chosen, seed=s), "test", results[best]["point"], s) for s in range(seeds)]
+    def accuracies(split: str, point: dict, results: List[dict]) -> List[Optional[float]]:
+        for seed, res in enumerate(results):
+            if "_diverged" in res:
+                diverged.append({"point": point, "seed": seed, "split": split,
+                                 "diverged_at": res["_diverged"]["diverged_at"]})
+        return [None if "_diverged" in res else res["metrics"]["acc"] for res in results]
+
+    points = [{k: hp[k] for k in keys} for hp in resolved]
+    valid = [jobs("valid", cfg, point) for cfg, point in zip(configs, points)]
+    progress.add(len(points) * seeds + seeds)  # the chosen value's test runs included
+    with open_executor(backend, stream, plugins, base.device) as ex:
+        done = run_study(ex, [j for js, _ in valid for j in js], progress, [d for _, ds in valid for d in ds])
+        results = []
+        for i, point in enumerate(points):
+            accs = accuracies("valid", point, done[i * seeds:(i + 1) * seeds])
+            ok = [a for a in accs if a is not None]
+            results.append({"point": point, "valid_acc_mean": float(np.mean(ok)) if len(ok) == len(accs) else None,
+                            "valid_accs": accs})
+            mean = results[-1]["valid_acc_mean"]
+            log(f"  {point}: " + (f"validation accuracy {mean:.4f}" if mean is not None else "diverged"))
+        candidates = [i for i, r in enumerate(results) if r["valid_acc_mean"] is not None]
+        if not candidates:
+            raise ValueError(f"every grid point diverged ({len(results)} tried); try smaller values or a lower --lr")
+        best = max(candidates, key=lambda i: results[i]["valid_acc_mean"])
+        test_jobs, test_dirs = jobs("test", replace(configs[best], evaluate_on="test"), points[best])
+        tests = accuracies("test", points[best], run_study(ex, test_jobs, progress, test_dirs))
     finished = [t for t in tests if t is not None]
     out = {"strategy": base.strategy, "benchmark": base.benchmark, "validation_fraction": validation,
            "seeds": seeds, "grid": {k: [results[i]["point"][k] for i in range(len(results))] for k in keys},

@@ -1,0 +1,272 @@
+"""Where a study's runs execute: one after another in this process, in a pool of local worker processes
+(`--jobs N`), or as Ray tasks on a local instance or a cluster (`--ray [ADDRESS]`).
+
+A run is a picklable payload handed, with the study's shared stream, to a module-level function. The stream is
+prepared once: local workers memory-map one file of it (the pages are shared, so N workers do not hold N copies) and
+Ray tasks read one object from Ray's store. Each worker uses `threads` torch threads, so a run's results equal those
+of the same run alone in one process with that thread count.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import tempfile
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+RAY_LOCAL = "local"  # `--ray` with no address: start a local Ray instance
+
+
+def cores() -> int:
+    """CPU cores this process may use (its affinity mask, e.g. a Slurm allocation), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def parse_jobs(value) -> int:
+    """`--jobs`: a positive integer, or `auto` = one job per two cores (at least 1)."""
+    if str(value).strip().lower() == "auto":
+        return max(1, cores() // 2)
+    try:
+        jobs = int(value)
+    except (TypeError, ValueError):
+        jobs = 0
+    if jobs < 1 or str(jobs) != str(value).strip():
+        raise ValueError(f"--jobs expects a positive integer or 'auto', got {value!r}")
+    return jobs
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How to execute a study. threads: torch threads per run (default: the cores divided among the jobs);
+    ray: None (no Ray), RAY_LOCAL, or a cluster address such as `auto` or `10.0.0.1:6379`; gpus_per_run: the GPU
+    share each Ray task asks for (None: 1 where the cluster has GPUs and the device is not the CPU)."""
+
+    jobs: int = 1
+    threads: Optional[int] = None
+    ray: Optional[str] = None
+    gpus_per_run: Optional[float] = None
+
+    def __post_init__(self):
+        if self.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {self.jobs}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads per run must be >= 1, got {self.threads}")
+        if self.ray is not None and self.jobs != 1:
+            raise ValueError("give either --jobs or --ray, not both (Ray schedules the runs on its own workers)")
+
+    @property
+    def parallel(self) -> bool:
+        return self.jobs > 1 or self.ray is not None
+
+    def threads_per_run(self) -> int:
+        """--threads, else for Ray 1 (a small network's run barely uses a second core; Ray packs tasks by CPU), else
+        the cores divided among the jobs."""
+        if self.threads:
+            return self.threads
+        return 1 if self.ray is not None else max(1, cores() // self.jobs)
+
+
+def plugin_modules(factories: Iterable[Callable]) -> List[Tuple[str, Optional[str]]]:
+    """(module name, file) of each non-built-in factory, for worker processes to import before they run; a factory
+    defined in the main script cannot be imported by a worker, so that is an error before any training."""
+    out = []
+    for factory in factories:
+        name = factory.__module__
+        if name.startswith("clframework.") or any(name == m for m, _ in out):
+            continue
+        if name == "__main__":
+            raise ValueError(f"{factory.__qualname__} is defined in the main script; runs in worker processes "
+                             f"(--jobs, --ray) need it in an importable module or a --plugin file")
+        out.append((name, getattr(sys.modules.get(name), "__file__", None)))
+    return out
+
+
+_imported: set = set()
+
+
+def _import_plugins(plugins: Sequence[Tuple[str, Optional[str]]]) -> None:
+    from .registry import import_plugin
+
+    for name, file in plugins:
+        if name in _imported:
+            continue
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError:
+            if file is None:
+                raise
+            import_plugin(file)
+        _imported.add(name)
+
+
+@contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class Executor:
+    """Runs payloads with `fn(shared, payload)`; `map` calls `on_result(index, result)` in this process as each run
+    finishes (in completion order) and returns the results in payload order. Open with `open_executor`."""
+
+    def map(self, fn: Callable, payloads: Sequence[Any], on_result: Callable[[int, Any], None] = lambda i, r: None):
+        raise NotImplementedError
+
+
+class InProcess(Executor):
+    def __init__(self, shared, threads: int):
+        self.shared, self.threads = shared, threads
+
+    def map(self, fn, payloads, on_result=lambda i, r: None):
+        results = []
+        with _threads(self.threads):
+            for i, payload in enumerate(payloads):
+                results.append(fn(self.shared, payload))
+                on_result(i, results[-1])
+        return results
+
+
+_SHARED: Any = None  # a pool worker's copy of the study's shared object (memory-mapped tensors)
+
+
+def _init_worker(path: str, threads: int, plugins) -> None:
+    global _SHARED
+    torch.set_num_threads(threads)
+    _import_plugins(plugins)
+    _SHARED = torch.load(path, mmap=True, weights_only=False)
+
+
+def _call(fn, payload):
+    return fn(_SHARED, payload)
+
+
+def _gather(submitted: dict, on_result, results: list, cancel: Callable[[], None], get: Callable, ready: Callable):
+    """Collect results as they complete; the first failure cancels what has not started and is raised here."""
+    pending = set(submitted)
+    while pending:
+        done, pending = ready(pending)
+        for handle in done:
+            try:
+                result = get(handle)
+            except BaseException:
+                cancel()
+                raise
+            i = submitted[handle]
+            results[i] = result
+            on_result(i, result)
+    return results
+
+
+class Pool(Executor):
+    """Spawned worker processes (safe with CUDA and threads, unlike fork), each with `threads` torch threads."""
+
+    def __init__(self, shared, jobs: int, threads: int, plugins, folder: str):
+        path = os.path.join(folder, "shared.pt")
+        torch.save(shared, path)  # once; every worker memory-maps it
+        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=torch.multiprocessing.get_context("spawn"),
+                                        initializer=_init_worker, initargs=(path, threads, plugins))
+
+    def map(self, fn, payloads, on_result=lambda i, r: None):
+        submitted = {self.pool.submit(_call, fn, p): i for i, p in enumerate(payloads)}
+        return _gather(submitted, on_result, [None] * len(payloads),
+                       cancel=lambda: [f.cancel() for f in submitted], get=lambda f: f.result(),
+                       ready=lambda pending: wait(pending, return_when=FIRST_COMPLETED))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+_RAY_SHARED: dict = {}  # a Ray worker's copy of the study's shared object, by object id (reused by later tasks)
+
+
+def _ray_call(fn, shared_ref: list, payload, threads: int, plugins):
+    """The ref arrives wrapped in a list, so Ray does not fetch and unpickle the stream again for every task."""
+    import ray
+
+    torch.set_num_threads(threads)
+    _import_plugins(plugins)
+    key = shared_ref[0].hex()
+    if key not in _RAY_SHARED:
+        _RAY_SHARED.clear()
+        _RAY_SHARED[key] = ray.get(shared_ref[0])
+    return fn(_RAY_SHARED[key], payload)
+
+
+def ray_module():
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("--ray needs Ray: pip install 'clframework[ray]'") from None
+    return ray
+
+
+class RayTasks(Executor):
+    """Each run a Ray task asking for `threads` CPUs (and a GPU share where the cluster has GPUs); Ray retries a
+    task whose worker died (max_retries), and the driver receives every result."""
+
+    def __init__(self, shared, address: str, threads: int, plugins, gpus: Optional[float], device: str):
+        ray = self.ray = ray_module()
+        self.started = not ray.is_initialized()
+        if self.started:
+            if address == RAY_LOCAL:
+                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+        if gpus is None:
+            gpus = 1.0 if device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        self.threads, self.plugins = threads, plugins
+        self.remote = ray.remote(_ray_call).options(num_cpus=threads, num_gpus=gpus, max_retries=3)
+        self.shared = ray.put(shared)
+
+    def map(self, fn, payloads, on_result=lambda i, r: None):
+        ray = self.ray
+        submitted = {self.remote.remote(fn, [self.shared], p, self.threads, self.plugins): i
+                     for i, p in enumerate(payloads)}
+
+        def get(ref):
+            try:
+                return ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:  # the run's own exception, as raised in the worker
+                raise exc.as_instanceof_cause() from None
+
+        return _gather(submitted, on_result, [None] * len(payloads),
+                       cancel=lambda: [ray.cancel(r) for r in submitted], get=get,
+                       ready=lambda pending: [set(x) for x in ray.wait(list(pending), num_returns=1)])
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+@contextmanager
+def open_executor(backend: Backend, shared, plugins=(), device: str = "auto"):
+    """An Executor for `backend` holding `shared` (the stream) once; closed (workers stopped) on exit."""
+    threads = backend.threads_per_run()
+    if backend.ray is not None:
+        ex = RayTasks(shared, backend.ray, threads, list(plugins), backend.gpus_per_run, device)
+        try:
+            yield ex
+        finally:
+            ex.close()
+    elif backend.jobs > 1:
+        with tempfile.TemporaryDirectory(prefix="clframework-study-") as folder:
+            ex = Pool(shared, backend.jobs, threads, list(plugins), folder)
+            try:
+                yield ex
+            finally:
+                ex.close()
+    else:
+        yield InProcess(shared, threads)
