@@ -38,17 +38,16 @@ def surrogate_penalty_grad(theta: torch.Tensor, reference: torch.Tensor, strengt
 @dataclass
 class _StepPlan:
     """Aligned lists for one step: parameters with gradients, their omega and snapshot buffers, and the penalized
-    subset with its reference weights, strengths and two scratch buffers. Every buffer is allocated once per task:
-    on CPU a fresh parameter-sized tensor per step costs page faults, several times an in-place op's time."""
+    subset with its strengths, Omega * theta_ref and a scratch buffer. Every buffer is allocated once per task: on
+    CPU a fresh parameter-sized tensor per step costs page faults, several times an in-place op's time."""
 
     params: List[torch.Tensor]
     omega: List[torch.Tensor]
     before: List[torch.Tensor]
     pen_params: List[torch.Tensor]
     pen_index: List[int]           # their positions in `params`
-    pen_reference: List[torch.Tensor]
     pen_Omega: List[torch.Tensor]
-    pen_diff: List[torch.Tensor]   # theta - reference
+    pen_Omega_ref: List[torch.Tensor]  # Omega * theta_ref, fixed during a task: the penalty's gradient in two passes
     pen_task_grad: List[torch.Tensor]  # the task loss's gradient, kept for omega while .grad gets the penalty's
 
 
@@ -106,8 +105,8 @@ class SI(Strategy):
                 params=[self._params[n] for n in names], omega=[self.omega[n] for n in names],
                 before=[torch.empty_like(self._params[n]) for n in names],
                 pen_params=[self._params[n] for n in pen], pen_index=[names.index(n) for n in pen],
-                pen_reference=[self.reference[n] for n in pen],
-                pen_Omega=[self.Omega[n] for n in pen], pen_diff=[torch.empty_like(self._params[n]) for n in pen],
+                pen_Omega=[self.Omega[n] for n in pen],
+                pen_Omega_ref=[self.Omega[n] * self.reference[n] for n in pen],
                 pen_task_grad=[torch.empty_like(self._params[n]) for n in pen])
         return plan
 
@@ -120,14 +119,14 @@ class SI(Strategy):
         torch._foreach_copy_(plan.before, plan.params)
         task_grads = [p.grad for p in plan.params]
         if plan.pen_params:
-            torch._foreach_copy_(plan.pen_diff, plan.pen_params)
-            torch._foreach_sub_(plan.pen_diff, plan.pen_reference)
             pen_grads = [p.grad for p in plan.pen_params]
             if not self.omega_from_total_loss:  # omega integrates the task loss's gradient only (Eq. 3)
                 torch._foreach_copy_(plan.pen_task_grad, pen_grads)
                 for i, kept in zip(plan.pen_index, plan.pen_task_grad):
                     task_grads[i] = kept
-            torch._foreach_addcmul_(pen_grads, plan.pen_diff, plan.pen_Omega, value=2.0 * self.c)  # in place
+            # in place: g += 2c (Omega theta - Omega theta_ref), Eq. 4's gradient without forming theta - theta_ref
+            torch._foreach_addcmul_(pen_grads, plan.pen_Omega, plan.pen_params, value=2.0 * self.c)
+            torch._foreach_add_(pen_grads, plan.pen_Omega_ref, alpha=-2.0 * self.c)
         self._step = (plan, task_grads)
 
     @torch.no_grad()

@@ -179,3 +179,37 @@ def test_one_penalized_step_adds_minus_gradient_times_update_to_omega(set_to_non
         expected = omega_before[n] - expected_grads[n] * (p.detach() - before[n])
         torch.testing.assert_close(si.omega[n], expected, rtol=1e-10, atol=1e-12, msg=n)
     assert any(bool(si.Omega[n].any()) for n in params)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_step_bookkeeping_equals_the_pure_functions_per_tensor(dtype, tol, seed):
+    """The fused step (penalty gradient from Omega * theta_ref, omega from the snapshot) against the plain per-tensor
+    formulas on random weights, references, strengths, gradients and updates; one head's parameters unpenalized."""
+    gen = torch.Generator().manual_seed(seed)
+    model = mlp(6, [3, 3], hidden=(5, 4)).to(dtype)
+    c = float(torch.rand((), generator=gen)) * 3
+    si = SI(c=c)
+    si.on_task_start(model, 0)
+    si.on_task_end(model, None, 0)
+    params = dict(model.named_parameters())
+    for n, p in params.items():
+        strength = torch.rand(p.shape, generator=gen, dtype=dtype)
+        si.Omega[n] = strength if not n.startswith("heads.1") else torch.zeros_like(p)
+        si.reference[n] = torch.randn(p.shape, generator=gen, dtype=dtype)
+    si.on_task_start(model, 1)
+    task_grads = {n: torch.randn(p.shape, generator=gen, dtype=dtype) for n, p in params.items()}
+    for n, p in params.items():
+        p.grad = task_grads[n].clone()
+    si.on_before_step(model)
+    for n, p in params.items():
+        expected = task_grads[n] + surrogate_penalty_grad(p.detach(), si.reference[n], si.Omega[n], c)
+        torch.testing.assert_close(p.grad, expected, rtol=tol, atol=tol, msg=n)
+    before = {n: p.detach().clone() for n, p in params.items()}
+    with torch.no_grad():
+        for p in params.values():  # an optimizer's update
+            p.add_(torch.randn(p.shape, generator=gen, dtype=dtype) * 1e-2)
+    si.on_after_step(model)
+    for n, p in params.items():
+        expected = path_integral_step(task_grads[n], before[n], p.detach())
+        torch.testing.assert_close(si.omega[n], expected, rtol=tol, atol=tol, msg=n)
