@@ -19,7 +19,8 @@ _PUBLIC = {
     "Stream": "clframework.benchmarks", "Task": "clframework.benchmarks",
     "available_benchmarks": "clframework.benchmarks", "make_benchmark": "clframework.benchmarks",
     "register_benchmark": "clframework.benchmarks",
-    "RunConfig": "clframework.experiment", "run": "clframework.experiment", "compare": "clframework.experiment",
+    "RunConfig": "clframework.experiment", "RunResult": "clframework.experiment", "run": "clframework.experiment",
+    "compare": "clframework.experiment",
     "Backend": "clframework.parallel",
 }
 

@@ -248,7 +248,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
                                 str(trainer.device), started, data_source(stream))
     head = {"status": "finished", "strategy": config.strategy, "benchmark": benchmark, "seed": config.seed,
             "hparams": cfg["hparams"],
-            "config": {**train, "protocol": config.benchmark, "setting": stream.setting, "head_sizes": stream.head_sizes,
+            "config": {**train, "protocol": config.benchmark, "setting": stream.setting,
+                       "head_sizes": stream.head_sizes,
                        "benchmark_options": cfg["benchmark_options"], "device": str(trainer.device),
                        "evaluated_on": config.evaluate_on},
             "tasks": stream.task_names}
