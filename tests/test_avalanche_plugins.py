@@ -25,8 +25,12 @@ STRATEGIES = {"si": {"c": 1.0, "xi": 1e-3}, "ewc": {"ewc_lambda": 1000.0}}
 
 @pytest.fixture(scope="module")
 def small(mnist_stream):
-    tasks = [Task(t.name, t.train_x[:PER_TASK], t.train_y[:PER_TASK], t.test_x, t.test_y, t.classes, t.head)
-             for t in mnist_stream]
+    """PER_TASK training examples of each task, drawn at random (the embedded data are sorted by digit)."""
+    gen = torch.Generator().manual_seed(0)
+    tasks = []
+    for t in mnist_stream:
+        idx = torch.randperm(len(t.train_y), generator=gen)[:PER_TASK]
+        tasks.append(Task(t.name, t.train_x[idx], t.train_y[idx], t.test_x, t.test_y, t.classes, t.head))
     return Stream("tiny-split-mnist", tasks, mnist_stream.head_sizes, mnist_stream.setting)
 
 

@@ -508,6 +508,17 @@ def test_tune_keeps_each_finished_run_and_resumes(tmp_path):
     assert json.loads((out / "tune.json").read_text()) == json.loads(first)
 
 
+
+def test_tune_with_a_diverging_grid_point_names_it_and_exits_non_zero(tmp_path):
+    """The finite point is still chosen; the diverged one is named (tune's entries carry a point, not a strategy)."""
+    out = tmp_path / "tune"
+    res = _cli("tune", "--strategy", "si", "--grid", "c=0,inf", "--tasks", "2", "--out", str(out), *TINY)
+    assert res.returncode == 3, res.stderr
+    assert "diverged and were left out of the statistics" in res.stderr and "'c': inf" in res.stderr
+    tune = _strict_json(out / "tune.json")
+    assert tune["chosen"]["c"] == 0.0 and [d["point"]["c"] for d in tune["diverged"]] == [None]
+
+
 # ---- property: load_state_dict(state_dict()) round-trips every registered strategy mid-task ------------------
 
 def _steps(model, strategy, opt, x, y, head, n):

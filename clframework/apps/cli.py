@@ -314,7 +314,7 @@ def _diverged_exit(diverged) -> int:
     """0, or EXIT_DIVERGED with one line naming the runs that diverged (left out of the statistics)."""
     if not diverged:
         return 0
-    names = ", ".join(f"{d['strategy']} seed {d['seed']}" for d in diverged)
+    names = ", ".join(f"{d.get('strategy') or d.get('point')} seed {d['seed']}" for d in diverged)  # compare | tune
     print(f"clframework: error: {len(diverged)} run(s) diverged and were left out of the statistics: {names}",
           file=sys.stderr)
     return EXIT_DIVERGED
