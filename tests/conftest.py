@@ -14,3 +14,13 @@ def mnist_stream():
     from clframework.benchmarks import make_benchmark
 
     return make_benchmark("split-mnist-5k").subset([0, 1])
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """The strategy registry with the built-ins loaded; whatever a test registers is undone after it."""
+    from clframework.plugin import STRATEGIES
+
+    STRATEGIES.names()
+    monkeypatch.setattr(STRATEGIES, "_entries", dict(STRATEGIES._entries))
+    return STRATEGIES

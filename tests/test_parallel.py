@@ -27,11 +27,7 @@ def _matrices(summary):
     return {name: [r["accuracy_matrix"] for r in s["runs"]] for name, s in summary["strategies"].items()}
 
 
-def test_jobs_2_gives_the_matrices_of_jobs_1(tmp_path, capsys, monkeypatch):
-    from clframework.plugin import STRATEGIES
-
-    STRATEGIES.names()  # built-ins loaded; the plugin's registration is undone after the test
-    monkeypatch.setattr(STRATEGIES, "_entries", dict(STRATEGIES._entries))
+def test_jobs_2_gives_the_matrices_of_jobs_1(tmp_path, capsys, scratch_registry):
     plugin = tmp_path / "my_plugin.py"
     plugin.write_text(PLUGIN)
     import_plugin(str(plugin))

@@ -62,11 +62,7 @@ def test_ray_gives_the_matrices_of_a_run_in_process_and_the_driver_writes_the_fo
         assert (out / run / "matrix.csv").is_file() and (checkpoints / run / "model.pt").is_file()
 
 
-def test_a_killed_worker_is_retried_by_ray_and_continues_from_its_checkpoint(local_ray, tmp_path, monkeypatch):
-    from clframework.plugin import STRATEGIES
-
-    STRATEGIES.names()  # built-ins loaded; the plugin's registration is undone after the test
-    monkeypatch.setattr(STRATEGIES, "_entries", dict(STRATEGIES._entries))
+def test_a_killed_worker_is_retried_by_ray_and_continues_from_its_checkpoint(local_ray, tmp_path, scratch_registry):
     plugin = tmp_path / "dies_once.py"
     plugin.write_text(DIES_ONCE)
     import_plugin(str(plugin))
