@@ -73,6 +73,18 @@ def _closed_form_applies(model: nn.Module, modules, x: torch.Tensor, head: int) 
     return all(len(calls) == 1 and calls[0][0].dim() == 2 for calls in taps.seen.values())
 
 
+def closed_form_plan(model: nn.Module, params, batches, head: int, method: str):
+    """(owners, batches): the per-Linear owners when the closed form applies to this model and data (method "auto"),
+    else None; the first batch is peeked at to decide and put back. Shared by the exact Fisher and MAS importance."""
+    batches = iter(batches)
+    first = next(batches, None)
+    batches = itertools.chain([first] if first is not None else [], batches)
+    owners = _linear_owners(model, params) if method == "auto" and first is not None else None
+    if owners is not None and not _closed_form_applies(model, {m for m, _ in owners.values()}, first[0], head):
+        owners = None
+    return owners, batches
+
+
 def _linear_fisher_batch(model: nn.Module, modules, x: torch.Tensor, y: torch.Tensor, head: int, kind: str):
     """This batch's summed Fisher per used Linear: {module: (weight term [out, in], bias term [out])}."""
     taps = _Taps(modules)
@@ -131,11 +143,8 @@ def fisher_diagonal(model: nn.Module, batches, head: int = 0, kind: str = "exact
     fisher = {n: torch.zeros_like(p) for n, p in params.items()}
     count = 0
     try:
-        batches = iter(batches)
-        first = next(batches, None)
-        batches = itertools.chain([first] if first is not None else [], batches)
-        owners = _linear_owners(model, params) if method == "auto" and first is not None else None
-        if owners is not None and _closed_form_applies(model, {m for m, _ in owners.values()}, first[0], head):
+        owners, batches = closed_form_plan(model, params, batches, head, method)
+        if owners is not None:
             count = _linear_fisher(model, owners, batches, head, kind, fisher)
             batches = ()
         for x, y in batches:

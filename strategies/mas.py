@@ -10,7 +10,6 @@ task. The absolute value is per example, so it needs per-example gradients; two 
 """
 from __future__ import annotations
 
-import itertools
 from typing import Dict
 
 import torch
@@ -20,7 +19,7 @@ from torch.func import functional_call, grad, vmap
 from clframework.models import forward_head, takes_head
 from clframework.plugin import Strategy, check_state_keys, iter_task_batches, register_strategy, trainable
 
-from .ewc import _closed_form_applies, _linear_owners, _Taps
+from .ewc import _Taps, closed_form_plan
 
 
 def output_sensitivity(out: torch.Tensor) -> torch.Tensor:
@@ -72,11 +71,8 @@ def mas_importance(model: nn.Module, batches, head: int = 0, method: str = "auto
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     count = 0
     try:
-        batches = iter(batches)
-        first = next(batches, None)
-        batches = itertools.chain([first] if first is not None else [], batches)
-        owners = _linear_owners(model, params) if method == "auto" and first is not None else None
-        closed = owners is not None and _closed_form_applies(model, {m for m, _ in owners.values()}, first[0], head)
+        owners, batches = closed_form_plan(model, params, batches, head, method)
+        closed = owners is not None
         for x, _ in batches:
             terms = _closed_form_batch(model, owners, x, head) if closed else _per_example_batch(model, params, x, head)
             for n, t in terms.items():
