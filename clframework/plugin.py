@@ -20,7 +20,7 @@ minibatch as it is and `loss_term` calls `penalty` unless a strategy overrides t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -40,12 +40,21 @@ class Batch:
     head: the output head every example trains (an int), or one head per example (a LongTensor) once a strategy has
     joined examples of other tasks' heads (`join`). out: the model's outputs on `x`, set by the loop after the forward
     pass (`models.forward_heads`: rows of heads narrower than the widest are padded with -inf).
+    raw: the examples as the task stores them (e.g. uint8 images, before decoding and the training augmentation);
+    `x` itself where the task stores model inputs. A memory keeps `raw` and turns stored examples into model inputs
+    with `inputs(raw)`, so replayed examples are decoded and augmented exactly like the incoming ones.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     head: Union[int, torch.Tensor] = 0
     out: Optional[torch.Tensor] = None
+    raw: Optional[torch.Tensor] = None
+    prepare: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # raw -> model input (decode, augment)
+
+    def __post_init__(self):
+        if self.raw is None:
+            self.raw = self.x
 
     def __len__(self) -> int:
         return len(self.y)
@@ -56,15 +65,24 @@ class Batch:
             return self.head
         return torch.full((len(self.y),), int(self.head), dtype=torch.long, device=self.y.device)
 
+    def inputs(self, raw: torch.Tensor) -> torch.Tensor:
+        """Model inputs for stored examples `raw` (same form as `self.raw`): decoded and augmented like this batch."""
+        return raw if self.prepare is None else self.prepare(raw)
 
-def join(batch: Batch, x: torch.Tensor, y: torch.Tensor, head: Union[int, torch.Tensor]) -> Batch:
-    """`batch` followed by the examples (x, y) on `head` (an int or one per example); its own rows stay first."""
+
+def join(batch: Batch, x: torch.Tensor, y: torch.Tensor, head: Union[int, torch.Tensor],
+         raw: Optional[torch.Tensor] = None) -> Batch:
+    """`batch` followed by the examples (x, y) on `head` (an int or one per example); its own rows stay first.
+    raw: those examples' stored form (default: x), kept beside the batch's own `raw`."""
     if isinstance(batch.head, int) and isinstance(head, int) and head == batch.head:
         joined_head: Union[int, torch.Tensor] = batch.head
     else:
         other = head if isinstance(head, torch.Tensor) else torch.full((len(y),), int(head), dtype=torch.long)
         joined_head = torch.cat([batch.heads(), other.to(batch.y.device)])
-    return Batch(torch.cat([batch.x, x]), torch.cat([batch.y, y]), joined_head)
+    raw = x if raw is None else raw
+    joined_raw = torch.cat([batch.raw, raw]) if batch.raw.dtype == raw.dtype else None
+    return Batch(torch.cat([batch.x, x]), torch.cat([batch.y, y]), joined_head, raw=joined_raw,
+                 prepare=batch.prepare)
 
 
 class Strategy:
