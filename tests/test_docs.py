@@ -1,5 +1,6 @@
 """The examples in docs/ run as written: `python file=NAME` blocks are written to disk, `python` blocks executed,
-and `bash` blocks' clframework commands run, all in one scratch folder per document."""
+and `bash` blocks' clframework commands run, all in one scratch folder per document. A `text output` block states
+what the python block before it prints: the printed text must match it, numbers to within NUMBER_TOLERANCE."""
 import json
 import os
 import re
@@ -11,10 +12,22 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 BLOCK = re.compile(r"```(\w+)([^\n]*)\n(.*?)```", re.S)
 CLI = [sys.executable, "-m", "clframework"]
+NUMBER = re.compile(r"-?\d+\.?\d*(?:e-?\d+)?")
+NUMBER_TOLERANCE = 0.02  # thread counts and BLAS builds may move a few test examples across the decision boundary
+
+
+def assert_output_matches(stated: str, printed: str, where: str) -> None:
+    """`printed` reads as `stated`: the same text between numbers, every number within NUMBER_TOLERANCE."""
+    assert NUMBER.split(stated.strip()) == NUMBER.split(printed.strip()), \
+        f"{where}: the example printed\n{printed}\nbut the document states\n{stated}"
+    for s, p in zip(NUMBER.findall(stated), NUMBER.findall(printed)):
+        assert abs(float(s) - float(p)) <= NUMBER_TOLERANCE, \
+            f"{where}: the example printed\n{printed}\nbut the document states\n{stated}"
 
 
 def run_document(path: Path, workdir: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(workdir), "WANDB_MODE": "offline"}
+    printed = None
     for lang, info, body in BLOCK.findall(path.read_text()):
         target = re.search(r"file=(\S+)", info)
         if target:
@@ -22,6 +35,11 @@ def run_document(path: Path, workdir: Path) -> None:
         elif lang == "python":
             proc = subprocess.run([sys.executable, "-c", body], cwd=workdir, env=env, capture_output=True, text=True)
             assert proc.returncode == 0, f"{path.name} python block failed:\n{body}\n{proc.stderr[-3000:]}"
+            printed = proc.stdout
+        elif "output" in info.split():
+            assert printed is not None, f"{path.name}: an output block with no python block before it"
+            assert_output_matches(body, printed, path.name)
+            printed = None
         elif lang == "bash":
             for line in body.strip().splitlines():
                 args = shlex.split(line)
@@ -30,8 +48,22 @@ def run_document(path: Path, workdir: Path) -> None:
                 assert proc.returncode == 0, f"{path.name}: `{line}` failed:\n{proc.stderr[-3000:]}"
 
 
-def test_plain_loop_example_runs(tmp_path):
+def test_plain_loop_example_reaches_the_stated_accuracy(tmp_path):
+    """docs/plain-loop.md prints per-task accuracies it states (its output block); the loop must learn every task."""
+    text = (DOCS / "plain-loop.md").read_text()
+    stated = re.search(r"```text output\n(.*?)```", text, re.S).group(1)
+    assert min(float(a) for a in NUMBER.findall(stated.split(":")[1])) >= 0.8, stated
     run_document(DOCS / "plain-loop.md", tmp_path)
+
+
+def test_output_blocks_compare_numbers_within_tolerance():
+    assert_output_matches("acc: [0.995, 0.5]", "acc: [0.99, 0.51]\n", "doc")
+    for printed in ("acc: [0.9, 0.5]", "acc: [0.995]", "loss: [0.995, 0.5]"):
+        try:
+            assert_output_matches("acc: [0.995, 0.5]", printed, "doc")
+        except AssertionError:
+            continue
+        raise AssertionError(f"{printed!r} passed as 'acc: [0.995, 0.5]'")
 
 
 def test_custom_strategy_registered_and_run_from_cli(tmp_path):
