@@ -166,26 +166,35 @@ def trainable(model: nn.Module) -> Dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def iter_task_batches(data: TaskData, batch_size: int, device: torch.device,
-                      limit: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+def subset_rows(n: int, limit: int, generator: Optional[torch.Generator]) -> Optional[torch.Tensor]:
+    """Indices (ascending) of `limit` of `n` rows drawn uniformly without replacement with `generator`, or None for
+    all rows (limit 0 or >= n). Never the first `limit`: task data are stored sorted by class."""
+    if limit <= 0 or limit >= n:
+        return None
+    return torch.randperm(n, generator=generator)[:limit].sort().values
+
+
+def iter_task_batches(data: TaskData, batch_size: int, device: torch.device, limit: int = 0,
+                      generator: Optional[torch.Generator] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x, y) minibatches on `device` from a Task, an (x, y) pair, or an iterable of batches.
 
-    `limit` > 0 caps the number of examples (the first ones, in order: the data are already shuffled by the caller's
-    seed where that matters).
+    `limit` > 0 caps the number of examples: a uniformly random subset drawn with `generator` (the global one if
+    None), kept in the data's order (`subset_rows`); batches given as an iterable are gathered first to draw it.
     """
     if hasattr(data, "train_x"):
         data = (data.train_x, data.train_y)
+    if limit > 0 and not (isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor)):
+        pairs = list(data)
+        if not pairs:
+            return
+        data = (torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]))
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
         x, y = data
-        n = len(x) if limit <= 0 else min(limit, len(x))
-        for i in range(0, n, batch_size):
-            yield x[i:min(i + batch_size, n)].to(device), y[i:min(i + batch_size, n)].to(device)
+        rows = subset_rows(len(x), limit, generator)
+        if rows is not None:
+            x, y = x[rows.to(x.device)], y[rows.to(y.device)]
+        for i in range(0, len(x), batch_size):
+            yield x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
         return
-    seen = 0
     for x, y in data:
-        if limit > 0 and seen >= limit:
-            return
-        if limit > 0:
-            x, y = x[:limit - seen], y[:limit - seen]
-        seen += len(x)
         yield x.to(device), y.to(device)

@@ -206,7 +206,8 @@ class EWC(Strategy):
 
     online: keep one term, F <- gamma F + F_new, anchored at the latest weights (online EWC).
     fisher: 'exact' (every label, weighted by the model) or 'empirical' (true labels), for comparison.
-    fisher_samples: cap on the training inputs used for the Fisher (0 = all).
+    fisher_samples: cap on the training inputs used for the Fisher (0 = all): a random subset drawn from a generator
+    seeded by the run's seed (torch.initial_seed() when the strategy is made), kept in the checkpoint.
     fisher_method: 'auto' (per-layer closed form where it applies) or 'per-sample' (torch.func); same numbers.
     """
 
@@ -218,6 +219,7 @@ class EWC(Strategy):
         self.ewc_lambda, self.fisher_kind, self.fisher_samples = float(ewc_lambda), fisher, int(fisher_samples)
         self.online, self.gamma, self.fisher_batch_size = online, float(gamma), int(fisher_batch_size)
         self.fisher_method = fisher_method
+        self.generator = torch.Generator().manual_seed(torch.initial_seed())  # draws the fisher_samples subsets
         self.fishers: List[Dict[str, torch.Tensor]] = []   # per past task (one decayed term when online)
         self.anchors: List[Dict[str, torch.Tensor]] = []   # theta*_t
         self.fisher_sum: Dict[str, torch.Tensor] = {}      # sum_t F_t
@@ -256,7 +258,8 @@ class EWC(Strategy):
 
     def on_task_end(self, model: nn.Module, data, head: int = 0) -> None:
         device = next(model.parameters()).device
-        batches = iter_task_batches(data, self.fisher_batch_size, device, limit=self.fisher_samples)
+        batches = iter_task_batches(data, self.fisher_batch_size, device, limit=self.fisher_samples,
+                                    generator=self.generator)
         fisher = fisher_diagonal(model, batches, head, self.fisher_kind, method=self.fisher_method)
         anchor = {n: p.detach().clone() for n, p in trainable(model).items()}
         if self.online and self.fishers:
@@ -284,13 +287,13 @@ class EWC(Strategy):
                                         self.ewc_lambda)
         return total
 
-    _STATE = ("hparams", "fishers", "anchors")
+    _STATE = ("hparams", "fishers", "anchors", "generator")
 
     def state_dict(self):
         return {"hparams": {"ewc_lambda": self.ewc_lambda, "fisher": self.fisher_kind,
                             "fisher_samples": self.fisher_samples, "online": self.online, "gamma": self.gamma,
                             "fisher_batch_size": self.fisher_batch_size, "fisher_method": self.fisher_method},
-                "fishers": self.fishers, "anchors": self.anchors}
+                "fishers": self.fishers, "anchors": self.anchors, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state):
         check_state_keys(self, state, self._STATE)
@@ -300,6 +303,7 @@ class EWC(Strategy):
         self.online, self.gamma, self.fisher_batch_size = bool(hp["online"]), float(hp["gamma"]), \
             int(hp["fisher_batch_size"])
         self.fisher_method = hp["fisher_method"]
+        self.generator.set_state(state["generator"].cpu())  # a checkpoint may have moved it to the device
         self.fishers = [{n: t.clone() for n, t in f.items()} for f in state["fishers"]]
         self.anchors = [{n: t.clone() for n, t in a.items()} for a in state["anchors"]]
         self._params = {}  # bound again to the model being trained on the next step

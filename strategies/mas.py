@@ -105,7 +105,8 @@ class MAS(Strategy):
 
     Omega: mean over a task's inputs of |d ||f(x)||^2 / d theta| (f: the task's head), summed over tasks.
 
-    importance_samples: cap on the training inputs used for Omega (0 = all).
+    importance_samples: cap on the training inputs used for Omega (0 = all): a random subset drawn from a generator
+    seeded by the run's seed (torch.initial_seed() when the strategy is made), kept in the checkpoint.
     """
 
     def __init__(self, mas_lambda: float = 1.0, importance_samples: int = 0, importance_batch_size: int = 256):
@@ -113,6 +114,7 @@ class MAS(Strategy):
             raise ValueError(f"mas_lambda must be >= 0, got {mas_lambda}")
         self.mas_lambda, self.importance_samples = float(mas_lambda), int(importance_samples)
         self.importance_batch_size = int(importance_batch_size)
+        self.generator = torch.Generator().manual_seed(torch.initial_seed())  # draws the importance_samples subsets
         self.omega: Dict[str, torch.Tensor] = {}   # accumulated importance
         self.anchor: Dict[str, torch.Tensor] = {}  # theta*: the weights at the end of the last task
         self._params: Dict[str, nn.Parameter] = {}
@@ -144,7 +146,8 @@ class MAS(Strategy):
 
     def on_task_end(self, model: nn.Module, data, head: int = 0) -> None:
         device = next(model.parameters()).device
-        batches = iter_task_batches(data, self.importance_batch_size, device, limit=self.importance_samples)
+        batches = iter_task_batches(data, self.importance_batch_size, device, limit=self.importance_samples,
+                                    generator=self.generator)
         for n, w in mas_importance(model, batches, head).items():
             self.omega[n] = self.omega[n] + w if n in self.omega else w
         self.anchor = {n: p.detach().clone() for n, p in trainable(model).items()}
@@ -161,13 +164,14 @@ class MAS(Strategy):
     def state_dict(self):
         return {"hparams": {"mas_lambda": self.mas_lambda, "importance_samples": self.importance_samples,
                             "importance_batch_size": self.importance_batch_size},
-                "omega": self.omega, "anchor": self.anchor}
+                "omega": self.omega, "anchor": self.anchor, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state):
-        check_state_keys(self, state, ("hparams", "omega", "anchor"))
+        check_state_keys(self, state, ("hparams", "omega", "anchor", "generator"))
         hp = state["hparams"]
         self.mas_lambda, self.importance_samples = float(hp["mas_lambda"]), int(hp["importance_samples"])
         self.importance_batch_size = int(hp["importance_batch_size"])
+        self.generator.set_state(state["generator"].cpu())  # a checkpoint may have moved it to the device
         self.omega = {n: t.clone() for n, t in state["omega"].items()}
         self.anchor = {n: t.clone() for n, t in state["anchor"].items()}
         self._plans, self._params = {}, {}  # rebuilt against the model on the next step

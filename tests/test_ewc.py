@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from clframework import Trainer, make_strategy, mlp
+from clframework.plugin import subset_rows
 from penalty_check import assert_hook_adds_autograd_penalty_gradient
 from clframework.strategies.ewc import EWC, ewc_penalty, fisher_diagonal
 
@@ -69,6 +70,12 @@ def test_penalty_gradient_equals_autograd():
     assert_hook_adds_autograd_penalty_gradient(ewc, model)
 
 
+def _copy(generator: torch.Generator) -> torch.Generator:
+    copy = torch.Generator()
+    copy.set_state(generator.get_state())
+    return copy
+
+
 def test_online_ewc_keeps_one_decayed_term(mnist_stream):
     torch.manual_seed(0)
     model = mlp(784, mnist_stream.head_sizes, hidden=(32,))
@@ -76,9 +83,10 @@ def test_online_ewc_keeps_one_decayed_term(mnist_stream):
     trainer = Trainer(model, ewc, epochs=1, quiet=True)
     trainer.train_task(mnist_stream[0], 0)
     first = {n: f.clone() for n, f in ewc.fishers[0].items()}
+    rows = subset_rows(len(mnist_stream[1].train_y), 64, _copy(ewc.generator))  # the subset EWC will draw
     trainer.train_task(mnist_stream[1], 1)
     assert len(ewc.fishers) == 1 and len(ewc.anchors) == 1
-    new = fisher_diagonal(model, [(mnist_stream[1].train_x[:64], mnist_stream[1].train_y[:64])], head=1)
+    new = fisher_diagonal(model, [(mnist_stream[1].train_x[rows], mnist_stream[1].train_y[rows])], head=1)
     for n in first:
         assert torch.allclose(ewc.fishers[0][n], new[n] + 0.5 * first[n], rtol=1e-5, atol=1e-9)
 
@@ -86,7 +94,9 @@ def test_online_ewc_keeps_one_decayed_term(mnist_stream):
 def test_fisher_samples_caps_inputs(mnist_stream):
     model = mlp(784, mnist_stream.head_sizes, hidden=(16,))
     ewc = make_strategy("ewc", fisher_samples=10)
+    rows = subset_rows(len(mnist_stream[0].train_y), 10, _copy(ewc.generator))
     ewc.on_task_end(model, mnist_stream[0], head=0)
-    direct = fisher_diagonal(model, [(mnist_stream[0].train_x[:10], mnist_stream[0].train_y[:10])], head=0)
+    assert len(rows) == 10
+    direct = fisher_diagonal(model, [(mnist_stream[0].train_x[rows], mnist_stream[0].train_y[rows])], head=0)
     for n, f in direct.items():
         assert torch.allclose(ewc.fishers[0][n], f, rtol=1e-5, atol=1e-10)
