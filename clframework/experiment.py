@@ -157,6 +157,7 @@ class RunResult:
     train_seconds: float
     wall_seconds: float
     provenance: Dict[str, object] = field(default_factory=dict)
+    train_cpu_seconds: Optional[float] = None  # CPU time of training (None in results of older versions)
     omega_correlation: Optional[Dict[str, list]] = None
     resumed_from: Optional[dict] = None
     model: Optional[torch.nn.Module] = field(default=None, repr=False, compare=False)
@@ -261,7 +262,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
         exc.result = {**head, "status": "diverged", "diverged_at": {**exc.where, "loss": str(exc.loss)},
                       "error": str(exc), "accuracy_matrix": p["accuracy_matrix"],
                       "initial_accuracy": p["initial_accuracy"], "curves": p["curves"] + trainer._task_curve,
-                      "train_seconds": p["train_seconds"], "wall_seconds": time.perf_counter() - wall_start,
+                      "train_seconds": p["train_seconds"], "train_cpu_seconds": p["train_cpu_seconds"],
+                      "wall_seconds": time.perf_counter() - wall_start,
                       "provenance": provenance.finish(record)}
         if out_dir is not None:
             write_text(out_dir / "matrix.csv", matrix_csv(exc.result))
@@ -274,7 +276,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
     out = RunResult(
         **head, accuracy_matrix=R, initial_accuracy=result.initial_accuracy,
         metrics=M.summary(R, result.initial_accuracy), average_seen=M.average_seen(R), curves=result.curves,
-        train_seconds=result.train_seconds, wall_seconds=time.perf_counter() - wall_start,
+        train_seconds=result.train_seconds, train_cpu_seconds=result.train_cpu_seconds,
+        wall_seconds=time.perf_counter() - wall_start,
         provenance=provenance.finish(record), model=trainer.model, trained_strategy=strategy)
     if state is not None:
         out.resumed_from = dict(state["trainer"]["position"])
@@ -516,11 +519,14 @@ def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, sta
             stats = A.aggregate_runs(runs)
             entry.update({
                 "acc_mean": stats["metrics"]["acc"]["mean"], "acc_sem": stats["metrics"]["acc"]["sem"],
-                "seconds_per_run": sum(r["wall_seconds"] for r in runs) / len(runs), **stats,
-                "runs": [{k: r[k] for k in ("seed", "metrics", "train_seconds", "wall_seconds", "accuracy_matrix",
-                                            "initial_accuracy", "average_seen")} for r in runs]})
+                "seconds_per_run": sum(r["wall_seconds"] for r in runs) / len(runs),
+                "cpu_seconds_per_run": A.mean_cpu_seconds(runs), **stats,
+                "runs": [{k: r.get(k) for k in ("seed", "metrics", "train_seconds", "train_cpu_seconds",
+                                                "wall_seconds", "accuracy_matrix", "initial_accuracy",
+                                                "average_seen")} for r in runs]})
         else:  # every seed diverged: shown in the table, no statistics
-            entry.update({"acc_mean": None, "acc_sem": None, "seconds_per_run": None, "metrics": {}, "runs": []})
+            entry.update({"acc_mean": None, "acc_sem": None, "seconds_per_run": None, "cpu_seconds_per_run": None,
+                          "metrics": {}, "runs": []})
         summary["strategies"][name] = entry
     summary["paired"] = A.paired_table(all_runs)  # finished runs only, on the seeds both strategies finished
     summary["table"] = A.head_to_head(summary)

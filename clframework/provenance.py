@@ -6,6 +6,7 @@ configuration instead.
 """
 from __future__ import annotations
 
+import os
 import platform
 import shlex
 import socket
@@ -62,6 +63,15 @@ def versions() -> dict:
     return {"clframework": clframework.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
+def load_average() -> Optional[List[float]]:
+    """The machine's 1, 5 and 15 minute load averages (None where the OS has none): a time measured on a loaded
+    machine is slower, and a reader must be able to tell."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def collect(api_call: Optional[dict], overrides: dict, device: str, started: str, data_source) -> dict:
     """Everything but the end time (added by `finish`). `api_call` describes a Python call; it is recorded only when
     no command line was set."""
@@ -70,10 +80,13 @@ def collect(api_call: Optional[dict], overrides: dict, device: str, started: str
     cmd = command()
     return {"command": cmd, "api_call": None if cmd is not None else api_call, "overrides": overrides,
             "versions": versions(), "git": git_state(), "hostname": socket.gethostname(), "device": device,
-            "threads": torch.get_num_threads(), "cwd": str(Path.cwd()), "executable": sys.executable,
-            "started": started, "finished": None, "data_source": data_source}
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "cwd": str(Path.cwd()),
+            "executable": sys.executable, "started": started, "finished": None, "data_source": data_source,
+            "load_average": {"started": load_average(), "finished": None}}
 
 
 def finish(record: dict) -> dict:
     record["finished"] = now()
+    if isinstance(record.get("load_average"), dict):
+        record["load_average"]["finished"] = load_average()
     return record

@@ -84,6 +84,7 @@ class StreamResult:
     initial_accuracy: List[float]
     train_seconds: float
     curves: List[dict] = field(default_factory=list)
+    train_cpu_seconds: float = 0.0  # the process's CPU time: waiting for busy cores adds none
 
 
 class TrainingDiverged(RuntimeError):
@@ -156,9 +157,10 @@ class Trainer:
         self.global_step = 0
         self._epoch: Optional[dict] = None  # the epoch in flight: its batch order and running sums
         self._task_curve: List[dict] = []
-        self._progress = {"initial_accuracy": [], "accuracy_matrix": [], "curves": [], "train_seconds": 0.0}
-        self._clock = 0.0  # perf_counter when the current task's timing started
-        self._checkpoint_seconds = 0.0
+        self._progress = {"initial_accuracy": [], "accuracy_matrix": [], "curves": [], "train_seconds": 0.0,
+                          "train_cpu_seconds": 0.0}
+        self._clock = self._cpu_clock = 0.0  # perf_counter and process_time when the current task's timing started
+        self._checkpoint_seconds = self._checkpoint_cpu_seconds = 0.0
 
     def _callback(self, name: str, *args) -> None:
         for cb in self.callbacks:
@@ -167,9 +169,10 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything the continuation needs: model, optimizer, strategy, RNG states, position, results so far."""
-        elapsed = self._progress["train_seconds"]
+        elapsed, cpu = self._progress["train_seconds"], self._progress.get("train_cpu_seconds", 0.0)
         if self._clock:
             elapsed += time.perf_counter() - self._clock - self._checkpoint_seconds
+            cpu += time.process_time() - self._cpu_clock - self._checkpoint_cpu_seconds
         epoch = None
         if self._epoch is not None:
             epoch = {k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v for k, v in self._epoch.items()}
@@ -181,15 +184,16 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "position": dict(self.position), "global_step": self.global_step, "epoch_in_flight": epoch,
             "task_curve": [dict(p) for p in self._task_curve],
-            "progress": {**self._progress, "train_seconds": elapsed},
+            "progress": {**self._progress, "train_seconds": elapsed, "train_cpu_seconds": cpu},
         }
 
     def _checkpoint(self) -> None:
         if self.on_checkpoint is None:
             return
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         self.on_checkpoint(self.state_dict())
         self._checkpoint_seconds += time.perf_counter() - start  # writing files is not training time
+        self._checkpoint_cpu_seconds += time.process_time() - cpu
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a `state_dict()`; the next `fit(stream, resume=...)` continues from its position."""
@@ -209,7 +213,8 @@ class Trainer:
             k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in epoch.items()}
         self._task_curve = [dict(p) for p in state["task_curve"]]
         progress = state["progress"]
-        self._progress = {**progress, "accuracy_matrix": [list(r) for r in progress["accuracy_matrix"]],
+        self._progress = {"train_cpu_seconds": 0.0, **progress,  # (checkpoints of older versions had no CPU time)
+                          "accuracy_matrix": [list(r) for r in progress["accuracy_matrix"]],
                           "curves": [dict(p) for p in progress["curves"]]}
 
     # -- training ------------------------------------------------------------------------------------------------
@@ -340,6 +345,7 @@ class Trainer:
         for i in range(first, len(stream.tasks)):
             task = stream.tasks[i]
             self._clock, self._checkpoint_seconds = time.perf_counter(), 0.0
+            self._cpu_clock, self._checkpoint_cpu_seconds = time.process_time(), 0.0
             try:
                 curve = self.train_task(task, i, resume=mid_task and i == first)
             except (TrainingDiverged, OutputError):
@@ -349,6 +355,7 @@ class Trainer:
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             progress["train_seconds"] += time.perf_counter() - self._clock - self._checkpoint_seconds
+            progress["train_cpu_seconds"] += time.process_time() - self._cpu_clock - self._checkpoint_cpu_seconds
             self._clock = 0.0
             progress["curves"] += curve
             self._task_curve = []
@@ -358,4 +365,4 @@ class Trainer:
             self.position = {"task": i + 1, "task_name": "", "epoch": 0, "step": 0}
             self._checkpoint()
         return StreamResult([list(r) for r in progress["accuracy_matrix"]], list(progress["initial_accuracy"]),
-                            progress["train_seconds"], list(progress["curves"]))
+                            progress["train_seconds"], list(progress["curves"]), progress["train_cpu_seconds"])

@@ -46,6 +46,16 @@ def aggregate_runs(runs: Sequence[dict]) -> dict:
             "average_seen": cellwise([r["average_seen"] for r in runs])}
 
 
+def mean_cpu_seconds(runs: Sequence[dict]) -> Optional[float]:
+    """Mean CPU seconds of training per run (`train_cpu_seconds`), or None when a run has none (older results)."""
+    cpu = [r.get("train_cpu_seconds") for r in runs]
+    return None if not cpu or None in cpu else float(np.mean(cpu))
+
+
+def _secs(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def paired(a: Dict[int, float], b: Dict[int, float], confidence: float = 0.95) -> dict:
     """Paired comparison of A - B over the seeds both have: mean difference, t confidence interval, t-test p-value.
 
@@ -103,7 +113,8 @@ def head_to_head(summary: dict) -> List[dict]:
     """Rows of the head-to-head table: one per strategy, mean/SD/SEM of each metric and seconds per run."""
     rows = []
     for name, s in summary["strategies"].items():
-        row = {"strategy": name, "n_seeds": len(s["runs"]), "seconds_per_run": s["seconds_per_run"]}
+        row = {"strategy": name, "n_seeds": len(s["runs"]), "seconds_per_run": s["seconds_per_run"],
+               "cpu_seconds_per_run": s.get("cpu_seconds_per_run")}
         for m in METRICS:
             st = s["metrics"].get(m)
             for k in ("mean", "sd", "sem"):
@@ -121,13 +132,14 @@ def table_csv(rows: List[dict]) -> str:
 
 
 def table_markdown(summary: dict) -> str:
-    """The head-to-head table and the paired comparisons, as Markdown (mean ± SEM over seeds)."""
+    """The head-to-head table and the paired comparisons, as Markdown (mean ± SEM over seeds). Seconds per run:
+    CPU seconds of training (waiting for a loaded machine's cores does not count) and wall seconds of the run."""
     n = len(summary["seeds"])
     lines = [f"# {summary['benchmark']}: {n} seed(s), mean ± SEM over seeds", "",
-             "| strategy | ACC | BWT | FWT | forgetting | s/run |", "|---|---|---|---|---|---|"]
+             "| strategy | ACC | BWT | FWT | forgetting | CPU s/run | wall s/run |", "|---|---|---|---|---|---|---|"]
     for name, s in summary["strategies"].items():
         cells = [_pm(s["metrics"].get(m)) for m in METRICS]
-        secs = "-" if s["seconds_per_run"] is None else f"{s['seconds_per_run']:.1f}"
+        secs = f"{_secs(s.get('cpu_seconds_per_run'))} | {_secs(s['seconds_per_run'])}"
         lines.append(f"| {name}{_diverged_note(s)} | " + " | ".join(cells) + f" | {secs} |")
     pairs = summary.get("paired", [])
     if pairs:
@@ -142,17 +154,19 @@ def table_markdown(summary: dict) -> str:
 
 
 def format_console(summary: dict) -> str:
-    """A short console table: final average accuracy (mean ± SEM), seconds per run, paired ACC differences."""
+    """A short console table: final average accuracy (mean ± SEM), CPU seconds of training and wall seconds per
+    run, paired ACC differences."""
     one_seed = len(summary["seeds"]) < 2  # one seed has no SEM: the value alone
     lines = [f"benchmark {summary['benchmark']}, {len(summary['seeds'])} seed(s): final average accuracy",
-             f"{'strategy':<12} {'acc' if one_seed else 'acc mean +- SEM':>18} {'s/run':>8}"]
+             f"{'strategy':<12} {'acc' if one_seed else 'acc mean +- SEM':>18} {'CPU s/run':>10} {'wall s/run':>10}"]
     for name, s in summary["strategies"].items():
         st = s["metrics"].get("acc")
         if st is None:
-            lines.append(f"{name:<12} {'diverged':>18} {'-':>8}{_diverged_note(s)}")
+            lines.append(f"{name:<12} {'diverged':>18} {'-':>10} {'-':>10}{_diverged_note(s)}")
             continue
         acc = f"{st['mean']:.4f}" if st["sem"] is None else f"{st['mean']:.4f} +- {st['sem']:.4f}"
-        lines.append(f"{name:<12} {acc:>18} {s['seconds_per_run']:>8.1f}{_diverged_note(s)}")
+        lines.append(f"{name:<12} {acc:>18} {_secs(s.get('cpu_seconds_per_run')):>10} "
+                     f"{_secs(s['seconds_per_run']):>10}{_diverged_note(s)}")
     for p in summary.get("paired", []):
         if p["metric"] != "acc":
             continue

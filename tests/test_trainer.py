@@ -42,3 +42,27 @@ def test_single_head_domain_setting_trains_one_head():
 def test_device_selection():
     assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert select_device("cpu").type == "cpu"
+
+
+def test_cpu_seconds_count_this_process_working_not_waiting(mnist_stream, tmp_path):
+    """train_cpu_seconds is the process's CPU time in training: a callback that sleeps (as a process waiting for
+    the cores of a loaded machine does) adds to the wall seconds, not to the CPU seconds. Both reach results.json
+    with the machine's load average."""
+    import json
+    import time
+
+    from clframework import TrainerCallback
+    from clframework.experiment import RunConfig, run
+
+    class Sleeper(TrainerCallback):
+        def on_epoch_end(self, *args):
+            time.sleep(0.5)
+
+    res = run(RunConfig("naive", "split-mnist-5k", epochs=2, hidden=[16]), tmp_path / "r", quiet=True,
+              callbacks=[Sleeper()], stream=mnist_stream)
+    assert res.train_seconds >= 2.0  # 2 tasks x 2 epochs x 0.5 s asleep
+    assert 0 < res.train_cpu_seconds < res.train_seconds - 1.5
+    saved = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert saved["train_cpu_seconds"] == res.train_cpu_seconds
+    load = saved["provenance"]["load_average"]
+    assert len(load["started"]) == 3 and len(load["finished"]) == 3 and saved["provenance"]["cpu_count"] >= 1

@@ -22,6 +22,7 @@ import torch
 
 from clframework.benchmarks.registry import BENCHMARKS
 from clframework.benchmarks.stream import Stream, Task
+from clframework.evaluation.aggregate import mean_cpu_seconds
 from clframework.evaluation.evaluator import evaluate_stream
 from clframework.evaluation.plots import average_figure, final_accuracy_figure, save
 from clframework.evaluation.results import write_json, write_text
@@ -356,6 +357,7 @@ def summarize(exp: Experiment, p: dict, runs: Dict[str, List[dict]], tasks: List
             "final_per_task_spread": [spread(finals[:, j], exp.spread) for j in range(finals.shape[1])],
             "seconds_per_run": float(np.mean([r["wall_seconds"] for r in arm_runs])),
             "train_seconds_per_run": float(np.mean([r["train_seconds"] for r in arm_runs])),
+            "cpu_seconds_per_run": mean_cpu_seconds(arm_runs),
         }
     out["tasks"] = tasks
     return out
@@ -367,16 +369,18 @@ def table(summary: dict) -> str:
              + (f" (quick: {'; '.join(summary['scaled'])})" if summary["scaled"] else "")
              + (f", on {summary['device']}" if summary.get("device") else "")
              + (f" (PARTIAL: {summary['partial']} finished)" if summary.get("partial") else ""), "",
-             f"| arm | final average accuracy (mean +- {pm}) | BWT | s/run |", "|---|---|---|---|"]
+             f"| arm | final average accuracy (mean +- {pm}) | BWT | CPU s/run | wall s/run |",
+             "|---|---|---|---|---|"]
     for label, a in summary["arms"].items():
+        cpu = a.get("cpu_seconds_per_run")
         lines.append(f"| {label} | {a['acc_mean']:.4f} +- {a['acc_spread']:.4f} | {a['bwt_mean']:+.4f} "
-                     f"| {a['seconds_per_run']:.1f} |")
+                     f"| {'-' if cpu is None else f'{cpu:.1f}'} | {a['seconds_per_run']:.1f} |")
     controls = summary.get("controls", {})
     if "joint" in controls:
-        lines.append(f"| joint training (all tasks at once) | {controls['joint']['acc_mean']:.4f} | | |")
+        lines.append(f"| joint training (all tasks at once) | {controls['joint']['acc_mean']:.4f} | | | |")
     if "scratch" in controls:
         per = ", ".join(f"{v:.3f}" for v in controls["scratch"]["per_task_mean"])
-        lines.append(f"| from scratch per task (per-task accuracy) | {per} | | |")
+        lines.append(f"| from scratch per task (per-task accuracy) | {per} | | | |")
     return "\n".join(lines) + "\n"
 
 
