@@ -15,7 +15,7 @@ from clframework.benchmarks.registry import BENCHMARKS, benchmark_protocol
 from clframework.evaluation import aggregate as A
 from clframework.evaluation import metrics as M
 from clframework.evaluation.aggregate import format_console as format_table  # noqa: F401 (the CLI's compare table)
-from clframework.evaluation.plots import write_compare_plots, write_run_plots
+from clframework.evaluation.plots import Figures, write_compare_plots, write_run_plots
 from clframework.evaluation.results import OutputError, matrix_csv, read_json, write_json, write_text
 
 from .checkpoint import (CHECKPOINT, CONFIG, MODEL, RESULTS, STRATEGY_STATE, OutputFolder, as_json,
@@ -175,6 +175,7 @@ class RunResult:
 
 
 DEFAULT_CHECKPOINT_EVERY = 500  # optimizer steps between mid-task checkpoints (besides one after every task)
+STUDY_FIGURES = Figures(runs=False)  # a study's default: its own figures, not one set per run
 
 
 def identity(cfg: dict) -> dict:
@@ -185,12 +186,14 @@ def identity(cfg: dict) -> dict:
 
 def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
         callbacks: Sequence[TrainerCallback] = (), stream=None, *, resume: bool = False, overwrite: bool = False,
-        checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, label: str = "") -> RunResult:
+        checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, label: str = "",
+        figures: Figures = Figures()) -> RunResult:
     """Train one strategy on one benchmark (or on `stream`, with the benchmark's protocol; results then carry the
     stream's own name as their benchmark) and return (and, with out_dir, write) its results.
 
     With out_dir, the folder is prepared before training (created, proved writable, locked; a non-empty one needs
-    resume or overwrite) and holds a checkpoint while the run trains. resume: a finished run with the same
+    resume or overwrite) and holds a checkpoint while the run trains; `figures` says which figures it gets (all, as
+    PNG, by default). resume: a finished run with the same
     configuration is returned as saved, an interrupted one continues from its checkpoint (docs/reliability.md).
     A diverged run writes its partial results (status "diverged") and raises TrainingDiverged.
     """
@@ -201,11 +204,13 @@ def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
     if out_dir is None:
         return _run(config, cfg, None, quiet, callbacks, stream, False, checkpoint_every, label, benchmark)
     with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
-        return _run(config, cfg, Path(out_dir), quiet, callbacks, stream, resume, checkpoint_every, label, benchmark)
+        return _run(config, cfg, Path(out_dir), quiet, callbacks, stream, resume, checkpoint_every, label, benchmark,
+                    figures)
 
 
 def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, callbacks, stream, resume: bool,
-         checkpoint_every: int, label: str, benchmark: Optional[str] = None) -> RunResult:
+         checkpoint_every: int, label: str, benchmark: Optional[str] = None,
+         figures: Figures = Figures()) -> RunResult:
     started, wall_start = provenance.now(), time.perf_counter()
     label = label or f"{config.strategy} seed {config.seed}"
     benchmark = benchmark or config.benchmark
@@ -286,7 +291,7 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
     if out_dir is not None:
         save_torch(out_dir / MODEL, trainer.model.state_dict())
         save_torch(out_dir / STRATEGY_STATE, {"strategy": config.strategy, "state": strategy.state_dict()})
-        write_run(out.to_json(), out_dir)
+        write_run(out.to_json(), out_dir, figures)
         (out_dir / CHECKPOINT).unlink(missing_ok=True)  # results.json, model.pt and strategy.pt hold it all now
     for cb in callbacks:
         cb.on_run_end(out.to_json(), out_dir)
@@ -301,12 +306,13 @@ def _diverged_again(saved: dict, label: str) -> TrainingDiverged:
     return exc
 
 
-def write_run(result: dict, out_dir: Path) -> Path:
-    """matrix.csv, the run's plots, then results.json (docs/results-schema.md): results.json last, as its presence
-    marks the run finished."""
+def write_run(result: dict, out_dir: Path, figures: Figures = Figures()) -> Path:
+    """matrix.csv, the run's plots (if `figures.runs`), then results.json (docs/results-schema.md): results.json
+    last, as its presence marks the run finished."""
     out_dir = Path(out_dir)
     write_text(out_dir / "matrix.csv", matrix_csv(result))
-    write_run_plots(result, out_dir)
+    if figures.runs:
+        write_run_plots(result, out_dir, figures.formats)
     return write_json(out_dir / RESULTS, result)
 
 
@@ -320,11 +326,12 @@ def compare(strategies: Sequence[str], benchmark: str, seeds: int = 3, out_dir: 
             callbacks_for=None, *, resume: bool = False, overwrite: bool = False,
             checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, stream=None, summary_callbacks: Sequence = (),
             backend: Optional[Backend] = None, progress: Optional[StudyProgress] = None,
-            checkpoint_dir: Optional[Path] = None) -> dict:
+            checkpoint_dir: Optional[Path] = None, figures: Figures = STUDY_FIGURES) -> dict:
     """Run every (strategy, seed) pair on one benchmark (or on `stream`, with the benchmark's protocol; the summary
     then carries the stream's own name); return (and write) summary.json content.
 
-    Every configuration is checked before the first run starts.
+    Every configuration is checked before the first run starts. figures: the study's figures only, as PNG, unless
+    asked for more (`Figures(runs=True, formats=("png", "svg"))`).
     """
     strategies = list(strategies)
     if not strategies:
@@ -341,7 +348,7 @@ def compare(strategies: Sequence[str], benchmark: str, seeds: int = 3, out_dir: 
                             f"{list(strategies)}")
     return compare_configs(configs, seeds, out_dir, quiet, callbacks_for, resume=resume, overwrite=overwrite,
                            checkpoint_every=checkpoint_every, stream=stream, summary_callbacks=summary_callbacks,
-                           backend=backend, progress=progress, checkpoint_dir=checkpoint_dir)
+                           backend=backend, progress=progress, checkpoint_dir=checkpoint_dir, figures=figures)
 
 
 def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional[Path] = None, quiet: bool = False,
@@ -350,7 +357,8 @@ def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional
                     summary_callbacks: Sequence = (), backend: Optional[Backend] = None,
                     progress: Optional[StudyProgress] = None, checkpoint_dir: Optional[Path] = None,
                     executor: Optional[Executor] = None,
-                    on_run: Optional[Callable[[str, int, dict], None]] = None) -> dict:
+                    on_run: Optional[Callable[[str, int, dict], None]] = None,
+                    figures: Figures = STUDY_FIGURES) -> dict:
     """Run each labelled configuration (all on one benchmark) for seeds 0..seeds-1 and aggregate them head to head.
 
     Every configuration is checked before the first run starts; the stream is built once (unless given) and shared.
@@ -359,7 +367,8 @@ def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional
     backend: where the runs execute (in turn here, `--jobs`, `--ray`; parallel.py); checkpoint_dir: where each run's
     folder lives while it trains, if not in out_dir (shared storage for Ray workers on other machines); executor:
     an open executor holding this stream (reproduce shares one between arms and controls); on_run: called here
-    with (label, seed, results) as each run finishes, whichever process trained it.
+    with (label, seed, results) as each run finishes, whichever process trained it; figures: which figures are
+    written (the study's, as PNG, by default).
     """
     started = provenance.now()
     if not configs:
@@ -382,7 +391,7 @@ def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional
     own_progress = progress is None
     progress = progress or StudyProgress("compare", quiet)
     args = (configs, seeds, quiet, callbacks_for, checkpoint_every, stream, started, summary_callbacks, label,
-            backend, plugins, progress, executor, on_run)
+            backend, plugins, progress, executor, on_run, figures)
     try:
         if out_dir is None:
             return _compare(*args, None, None, False)
@@ -434,6 +443,7 @@ class RunJob:
     resume: bool = False
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
     benchmark: Optional[str] = None
+    figures: Figures = STUDY_FIGURES
 
 
 def run_job(stream, job: RunJob) -> dict:
@@ -442,7 +452,7 @@ def run_job(stream, job: RunJob) -> dict:
     (exceptions cross processes by pickling, and a traceback does not pickle)."""
     try:
         res = _run_in(job.config, job.out_dir, job.quiet, job.callbacks, stream, job.resume, job.checkpoint_every,
-                      job.label, job.benchmark or job.config.benchmark)
+                      job.label, job.benchmark or job.config.benchmark, job.figures)
     except TrainingDiverged as exc:
         return {"_diverged": {"message": str(exc), "diverged_at": exc.result["diverged_at"]}}
     except TrainingFailed as exc:
@@ -470,7 +480,7 @@ def run_study(executor: Executor, jobs: Sequence[RunJob], progress: StudyProgres
             return
         target = result_dirs[i] if result_dirs else None
         if target is not None and not (target / RESULTS).exists():
-            write_run(result, target)
+            write_run(result, target, jobs[i].figures)
         if on_result is not None:
             on_result(i, result)
         progress.finished(jobs[i].label, result["metrics"]["acc"], result["wall_seconds"])
@@ -479,7 +489,7 @@ def run_study(executor: Executor, jobs: Sequence[RunJob], progress: StudyProgres
 
 
 def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, started, summary_callbacks, benchmark,
-             backend, plugins, progress, executor, on_run, out_dir, runs_root, resume) -> dict:
+             backend, plugins, progress, executor, on_run, figures, out_dir, runs_root, resume) -> dict:
     first = next(iter(configs.values()))
     summary = {"benchmark": benchmark, "protocol": first.benchmark, "tasks": stream.task_names,
                "seeds": list(range(seeds)), "strategies": {}, "diverged": []}
@@ -492,7 +502,7 @@ def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, sta
                    runs_root / f"{slug(name)}-seed{seed}" if runs_root is not None else None,
                    tuple(callbacks_for(name, seed)) if callbacks_for else (), quiet or backend.parallel,
                    # a Ray task retried after its worker died finds its own checkpoint: it must continue from it
-                   resume or backend.ray is not None, checkpoint_every, benchmark)
+                   resume or backend.ray is not None, checkpoint_every, benchmark, figures)
             for name, seed in pairs]
     result_dirs = [out_dir / f"{slug(name)}-seed{seed}" if out_dir is not None else None for name, seed in pairs]
     progress.add(len(jobs))
@@ -535,17 +545,17 @@ def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, sta
         write_json(out_dir / "summary.json", summary)
         write_text(out_dir / "table.md", A.table_markdown(summary))
         write_text(out_dir / "table.csv", A.table_csv(summary["table"]))
-        if all_runs:
-            write_compare_plots(all_runs, out_dir)
+        if all_runs and figures.study:
+            write_compare_plots(all_runs, out_dir, figures.formats)
     for cb in summary_callbacks:
         cb.on_summary(summary, out_dir)
     return summary
 
 
 def _run_in(config: RunConfig, run_dir: Optional[Path], quiet: bool, callbacks, stream, resume: bool,
-            checkpoint_every: int, label: str, benchmark: str) -> RunResult:
+            checkpoint_every: int, label: str, benchmark: str, figures: Figures = Figures()) -> RunResult:
     """One run inside a comparison's folder (already locked and checked): its own subfolder, same resume rules."""
     cfg = config.resolved()
     if run_dir is not None and run_dir.exists() and not resume and any(run_dir.iterdir()):
         raise OutputError(f"{run_dir} is not empty; add --resume or --overwrite")
-    return _run(config, cfg, run_dir, quiet, callbacks, stream, resume, checkpoint_every, label, benchmark)
+    return _run(config, cfg, run_dir, quiet, callbacks, stream, resume, checkpoint_every, label, benchmark, figures)

@@ -1,5 +1,6 @@
 """Figures of runs and comparisons (matplotlib, no display needed): each function returns a Figure, `save` writes
-PNG and SVG. Figures are built with `matplotlib.figure.Figure` (Agg rendering), not pyplot, so no global state.
+it as PNG (SVG on request). Figures are built with `matplotlib.figure.Figure` (Agg rendering), not pyplot, so no
+global state. `Figures` says which figures a command writes: a run's own, the study's, in which formats.
 
 - `matrix_heatmap`: one run's accuracy matrix, cells annotated.
 - `training_curves`: one run's per-epoch training loss and current-task accuracy.
@@ -9,8 +10,9 @@ PNG and SVG. Figures are built with `matplotlib.figure.Figure` (Agg rendering), 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -33,13 +35,53 @@ def chance_levels(result: dict) -> List[float]:
             for j in range(T)]
 
 
-def save(fig: Figure, stem: Path) -> List[Path]:
-    """Write `stem`.png and `stem`.svg (parents created, each file atomically); returns both paths."""
+FORMATS = ("png", "svg")
+SCOPES = ("all", "study", "none")
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Which figures a command writes. runs: each run's own (matrix, training curves, omega); study: a study's
+    (Figs. 3-6); formats: file formats, PNG by default (drawing a figure costs more than training a small run)."""
+
+    runs: bool = True
+    study: bool = True
+    formats: Tuple[str, ...] = ("png",)
+
+    def __post_init__(self):
+        check_formats(self.formats)
+
+    @classmethod
+    def parse(cls, plots: str = "all", formats: str = "png") -> "Figures":
+        """From `--plots all|study|none` and `--plot-format png|svg|png,svg`; a bad value names the choices."""
+        if plots not in SCOPES:
+            raise ValueError(f"--plots must be one of {', '.join(SCOPES)}, got {plots!r}")
+        return cls(runs=plots == "all", study=plots != "none",
+                   formats=tuple(f.strip() for f in str(formats).split(",") if f.strip()))
+
+
+def check_formats(formats: Sequence[str]) -> None:
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats or len(set(formats)) != len(formats):
+        raise ValueError(f"figure formats must be a comma-separated subset of {', '.join(FORMATS)} (e.g. png or "
+                         f"png,svg), got {','.join(formats) or '(none)'}")
+
+
+def save(fig: Figure, stem: Path, formats: Sequence[str] = ("png",)) -> List[Path]:
+    """Write `stem`.png (and/or .svg; parents created, each file atomically); returns the paths.
+
+    The layout is computed once (constrained layout, then frozen) and each format drawn once: `bbox_inches="tight"`
+    and a live layout engine would lay the figure out again for every draw, twice per file."""
+    check_formats(formats)
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    write_atomic(paths[0], lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
-    write_atomic(paths[1], lambda f: fig.savefig(f, format="svg", bbox_inches="tight"))
+    engine = fig.get_layout_engine()
+    if engine is not None:
+        engine.execute(fig)
+        fig.set_layout_engine("none")
+    paths = [stem.with_suffix(f".{fmt}") for fmt in formats]
+    for path, fmt in zip(paths, formats):
+        write_atomic(path, lambda f, fmt=fmt: fig.savefig(f, format=fmt, dpi=120))
     return paths
 
 
@@ -176,29 +218,31 @@ def omega_figure(correlations: Dict[str, Dict[str, Sequence[Sequence[float]]]], 
     return fig
 
 
-def write_run_plots(result: dict, out_dir: Path) -> List[Path]:
+def write_run_plots(result: dict, out_dir: Path, formats: Sequence[str] = ("png",)) -> List[Path]:
     """A run's figures: accuracy matrix, training curves and, when omega was recorded, its Fig. 5 row."""
     out_dir = Path(out_dir)
     name = f"{result['strategy']} on {result['benchmark']}, seed {result['seed']}"
     files = save(matrix_heatmap(result["accuracy_matrix"], result["tasks"], f"Accuracy matrix: {name}"),
-                 out_dir / "matrix")
+                 out_dir / "matrix", formats)
     if result.get("curves"):
         files += save(training_curves(result["curves"], result["tasks"], f"Training curves: {name}"),
-                      out_dir / "training")
+                      out_dir / "training", formats)
     if result.get("omega_correlation"):
-        files += save(omega_figure({result["strategy"]: result["omega_correlation"]}), out_dir / "omega_correlation")
+        files += save(omega_figure({result["strategy"]: result["omega_correlation"]}), out_dir / "omega_correlation",
+                      formats)
     return files
 
 
-def write_compare_plots(runs_by_strategy: Dict[str, Sequence[dict]], out_dir: Path) -> List[Path]:
+def write_compare_plots(runs_by_strategy: Dict[str, Sequence[dict]], out_dir: Path,
+                        formats: Sequence[str] = ("png",)) -> List[Path]:
     """A comparison's figures: Fig. 3 and Fig. 4 layouts, and Fig. 5 for the strategies that recorded omega
     (seed 0 of each)."""
     out_dir = Path(out_dir)
-    files = save(per_task_figure(runs_by_strategy), out_dir / "fig3_per_task")
-    files += save(average_figure(runs_by_strategy), out_dir / "fig4_average")
+    files = save(per_task_figure(runs_by_strategy), out_dir / "fig3_per_task", formats)
+    files += save(average_figure(runs_by_strategy), out_dir / "fig4_average", formats)
     omegas = {name: runs[0].get("omega_correlation") for name, runs in runs_by_strategy.items()}
     if any(omegas.values()):
-        files += save(omega_figure(omegas), out_dir / "fig5_omega_correlation")
+        files += save(omega_figure(omegas), out_dir / "fig5_omega_correlation", formats)
     return files
 
 

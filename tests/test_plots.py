@@ -1,4 +1,6 @@
 """Plots: files written and non-empty; panels, lines and values read back from the figure objects."""
+import json
+
 import numpy as np
 import pytest
 
@@ -83,8 +85,8 @@ def test_training_curves_one_line_per_task_in_each_panel():
 
 
 def test_files_written_png_and_svg(tmp_path):
-    run_files = P.write_run_plots(RUNS["si"][0], tmp_path / "run")
-    cmp_files = P.write_compare_plots(RUNS, tmp_path / "cmp")
+    run_files = P.write_run_plots(RUNS["si"][0], tmp_path / "run", formats=("png", "svg"))
+    cmp_files = P.write_compare_plots(RUNS, tmp_path / "cmp", formats=("png", "svg"))
     names = sorted(f.name for f in run_files)
     assert names == sorted(f"{s}.{e}" for s in ("matrix", "training", "omega_correlation") for e in ("png", "svg"))
     assert sorted(f.name for f in cmp_files) == sorted(
@@ -93,6 +95,55 @@ def test_files_written_png_and_svg(tmp_path):
         data = f.read_bytes()
         assert len(data) > 1000
         assert data[:8] == b"\x89PNG\r\n\x1a\n" if f.suffix == ".png" else b"<svg" in data[:500]
+
+
+def test_png_by_default_and_the_layout_frozen_once(tmp_path):
+    fig = P.per_task_figure(RUNS)
+    assert fig.get_layout_engine() is not None
+    files = P.save(fig, tmp_path / "f")
+    assert [f.name for f in files] == ["f.png"] and not (tmp_path / "f.svg").exists()
+    # laid out once by the constrained engine, then frozen: a second save draws the same positions
+    positions = [ax.get_position().bounds for ax in fig.get_axes()]
+    assert type(fig.get_layout_engine()).__name__ in ("NoneType", "PlaceHolderLayoutEngine")
+    P.save(fig, tmp_path / "g", ("svg",))
+    assert [ax.get_position().bounds for ax in fig.get_axes()] == positions
+    assert (tmp_path / "g.svg").read_bytes().find(b"<svg") >= 0
+    with pytest.raises(ValueError, match="subset of png, svg"):
+        P.save(fig, tmp_path / "h", ("pdf",))
+    assert not (tmp_path / "h.pdf").exists()
+
+
+def _figure_files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix in (".png", ".svg"))
+
+
+def test_compare_writes_the_study_figures_only_unless_asked(tmp_path, capsys):
+    """`--plots study` (compare's default): Figs. 3-5 as PNG and no per-run figures; `--plots all` adds each run's,
+    `--plot-format png,svg` both formats; `--plots none` no figure. The tables are the same in every case."""
+    from clframework.apps.cli import main
+
+    common = ["compare", "--strategies", "naive,si", "--seeds", "1", "--epochs", "1", "--hidden", "16", "--tasks",
+              "2", "--quiet"]
+    assert main(common + ["--out", str(tmp_path / "study")]) == 0
+    assert _figure_files(tmp_path / "study") == ["fig3_per_task.png", "fig4_average.png", "fig5_omega_correlation.png"]
+    assert main(common + ["--out", str(tmp_path / "all"), "--plots", "all", "--plot-format", "png,svg"]) == 0
+    runs = [f"{r}/{n}" for r, names in (("naive-seed0", ("matrix", "training")),
+                                        ("si-seed0", ("matrix", "omega_correlation", "training"))) for n in names]
+    assert _figure_files(tmp_path / "all") == sorted(
+        f"{s}.{e}" for s in ["fig3_per_task", "fig4_average", "fig5_omega_correlation"] + runs for e in ("png", "svg"))
+    assert main(common + ["--out", str(tmp_path / "none"), "--plots", "none"]) == 0
+    assert _figure_files(tmp_path / "none") == []
+    tables = [(tmp_path / d / "table.md").read_text() for d in ("study", "all", "none")]
+    matrices = [{n: [r["accuracy_matrix"] for r in s["runs"]] for n, s in
+                 json.loads((tmp_path / d / "summary.json").read_text())["strategies"].items()}
+                for d in ("study", "all", "none")]
+    assert matrices[0] == matrices[1] == matrices[2] and len(tables[0]) > 0
+    assert main(["run", "--strategy", "naive", "--tasks", "2", "--epochs", "1", "--hidden", "16", "--quiet",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert _figure_files(tmp_path / "run") == ["matrix.png", "training.png"]  # a run's own figures, as PNG
+    capsys.readouterr()
+    assert main(common + ["--out", str(tmp_path / "bad"), "--plot-format", "pdf"]) == 2
+    assert "subset of png, svg" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_chance_levels_follow_the_heads():

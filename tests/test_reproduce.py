@@ -86,7 +86,7 @@ def test_reproduce_split_cifar_quick_on_generated_files(tmp_path, capsys):
     write_cifar100(tmp_path / "data", cifar_arrays(100, 400, 200, seed=1))
     out = tmp_path / "cifar"
     assert main(["reproduce", "split-cifar", "--quick", "--seeds", "2", "--epochs", "1", "--quiet",
-                 "--data-root", str(tmp_path / "data"), "--out", str(out)]) == 0
+                 "--data-root", str(tmp_path / "data"), "--out", str(out), "--plot-format", "png,svg"]) == 0
     assert "cifar100_tasks 5 -> 2" in capsys.readouterr().out
     result = json.loads((out / "reproduction.json").read_text())
     assert result["spread"] == "sd" and len(result["tasks"]) == 3

@@ -49,7 +49,8 @@ def _check_run_against_results(logged: dict, res: dict, group: str) -> None:
 def test_cli_compare_offline_one_wandb_run_per_strategy_and_seed(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", "--strategies", "naive,si", "--seeds", "1", "--epochs", "1", "--hidden", "32",
-                 "--out", str(out), "--quiet", "--wandb", "--wandb-mode", "offline", "--wandb-project", "t"]) == 0
+                 "--out", str(out), "--quiet", "--wandb", "--wandb-mode", "offline", "--wandb-project", "t",
+                 "--plots", "all", "--plot-format", "png,svg"]) == 0
     runs = _offline_runs(out / "wandb")
     assert len(runs) == 3  # one per (strategy, seed), and the group's summary run
     logged = {d["run"]["job_type"]: d for d in runs}

@@ -77,6 +77,21 @@ def _folder_args(p: argparse.ArgumentParser, checkpoints: bool = True) -> None:
                             "task only)")
 
 
+def _plot_args(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--plots", choices=["all", "study", "none"], default=default,
+                   help="figures to write: all (each run's matrix and curves too), study (the study's figures only), "
+                        f"none (default {default})")
+    p.add_argument("--plot-format", default="png", metavar="png|svg|png,svg",
+                   help="figure file format(s) (default png)")
+
+
+def _figures(args):
+    """--plots/--plot-format, checked before any data loads."""
+    from clframework.evaluation.plots import Figures
+
+    return Figures.parse(args.plots, args.plot_format)
+
+
 WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # wandb.init's modes
 
 
@@ -153,11 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--strategy", required=True, help="registered strategy, e.g. si, ewc, naive (clframework list)")
     rp.add_argument("--seed", type=int, default=0, help="random seed of the weights and batch order (default 0)")
     _common(rp)
+    _plot_args(rp, "all")
     _wandb_args(rp)
     cp = sub.add_parser("compare", help="run strategies x seeds on one benchmark and write summary.json")
     cp.add_argument("--strategies", default=DEFAULT_STRATEGIES, help=f"comma-separated (default {DEFAULT_STRATEGIES})")
     cp.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
     _common(cp)
+    _plot_args(cp, "study")
     _wandb_args(cp)
     _study_args(cp)
     xp = sub.add_parser("reproduce", help="one of the paper's experiments: its arms, seeds, controls, figures, table")
@@ -173,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--out", type=Path, help="output folder")
     xp.add_argument("--quiet", action="store_true", help="no progress bars")
     _folder_args(xp)
+    _plot_args(xp, "study")
     _wandb_args(xp)
     _study_args(xp)
     tp = sub.add_parser("tune", help="grid search on a validation hold-out; reports the chosen value's test accuracy")
@@ -181,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--validation", type=float, default=0.1, help="fraction of training data held out (default 0.1)")
     tp.add_argument("--seeds", type=int, default=1, help="seeds per grid point (default 1)")
     _common(tp)
+    _plot_args(tp, "study")
     _wandb_args(tp)
     _study_args(tp)
     bp = sub.add_parser("bench", help="time a bare PyTorch loop, our strategies and Avalanche's on one stream")
@@ -273,10 +292,11 @@ def cmd_run(args) -> int:
     cfg = _base_config(args, args.strategy)
     cfg.hparams = _parse_sets(args.set)
     cfg.resolved()  # every error before training
+    figures = _figures(args)
     out = args.out or Path("runs") / f"{args.benchmark}-{args.strategy}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     loggers, _ = _wandb_loggers(args, out, args.wandb_group, several=False)
     res = run(cfg, out, quiet=args.quiet, callbacks=loggers(cfg.resolved()) if loggers else (),
-              **_folder_options(args))
+              **_folder_options(args), figures=figures)
     m = res.metrics
     print(f"{args.strategy} on {args.benchmark} (seed {args.seed}): acc {m['acc']:.4f}  bwt {m['bwt']:+.4f}  "
           f"forgetting {m['forgetting']:.4f}  ({res.train_seconds:.1f} s training)")
@@ -289,6 +309,7 @@ def cmd_compare(args) -> int:
 
     with StudyProgress("compare", args.quiet) as progress:  # before torch loads: the first output within a second
         backend = _backend(args)
+        figures = _figures(args)
         from ..experiment import compare, format_table
 
         strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -304,7 +325,7 @@ def cmd_compare(args) -> int:
         summary = compare(strategies, args.benchmark, args.seeds, out, quiet=args.quiet, base=base, hparams=hparams,
                           callbacks_for=callbacks_for, summary_callbacks=[summary_logger] if summary_logger else (),
                           **_folder_options(args), backend=backend, progress=progress,
-                          checkpoint_dir=args.checkpoint_dir)
+                          checkpoint_dir=args.checkpoint_dir, figures=figures)
     print(format_table(summary))
     print(f"summary: {out / 'summary.json'}")
     return _diverged_exit(summary["diverged"])
@@ -325,6 +346,7 @@ def cmd_reproduce(args) -> int:
 
     with StudyProgress(f"reproduce {args.experiment}", args.quiet) as progress:
         backend = _backend(args)
+        figures = _figures(args)
         from .reproduce import reproduce
 
         out = args.out or Path("runs") / f"reproduce-{args.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -335,7 +357,7 @@ def cmd_reproduce(args) -> int:
                            arms=arms, device=args.device,
                            callbacks_for=(lambda cfg: loggers(cfg.resolved())) if loggers else None,
                            summary_callbacks=[summary_logger] if summary_logger else (), **_folder_options(args),
-                           backend=backend, progress=progress, checkpoint_dir=args.checkpoint_dir)
+                           backend=backend, progress=progress, checkpoint_dir=args.checkpoint_dir, figures=figures)
     return _diverged_exit(result.get("diverged", []))
 
 
@@ -344,6 +366,7 @@ def cmd_tune(args) -> int:
 
     with StudyProgress(f"tune {args.strategy}", args.quiet) as progress:
         backend = _backend(args)
+        figures = _figures(args)
         from .tune import parse_grid, tune
 
         grid = parse_grid(args.grid)
@@ -354,7 +377,7 @@ def cmd_tune(args) -> int:
         result = tune(base, grid, validation=args.validation, seeds=args.seeds, out_dir=out, quiet=args.quiet,
                       log=progress.note, callbacks_for=(lambda cfg: loggers(cfg.resolved())) if loggers else None,
                       **_folder_options(args), backend=backend, progress=progress,
-                      checkpoint_dir=args.checkpoint_dir)
+                      checkpoint_dir=args.checkpoint_dir, figures=figures)
     print(f"results: {out / 'tune.json'}")
     return _diverged_exit(result.get("diverged", []))
 

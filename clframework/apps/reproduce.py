@@ -28,7 +28,7 @@ from clframework.evaluation.plots import average_figure, final_accuracy_figure, 
 from clframework.evaluation.results import write_json, write_text
 
 from ..checkpoint import OutputFolder
-from ..experiment import DEFAULT_CHECKPOINT_EVERY, RunConfig, compare_configs, study_plugins
+from ..experiment import DEFAULT_CHECKPOINT_EVERY, STUDY_FIGURES, RunConfig, compare_configs, study_plugins
 from ..models import build_model
 from ..parallel import Backend, Executor, open_executor
 from ..plugin import make_strategy
@@ -260,8 +260,8 @@ class _Progress:
     part-way (a time limit, a lost machine) keeps every run it finished (each run's own folder has the rest).
     Called by compare_configs in this process as each run's results arrive (also from --jobs/--ray workers)."""
 
-    def __init__(self, exp: Experiment, p: dict, out_dir: Path, device: str, log):
-        self.exp, self.p, self.out_dir, self.device, self.log = exp, p, out_dir, device, log
+    def __init__(self, exp: Experiment, p: dict, out_dir: Path, device: str, log, figures):
+        self.exp, self.p, self.out_dir, self.device, self.log, self.figures = exp, p, out_dir, device, log, figures
         self.runs: Dict[str, List[dict]] = {}
 
     def __call__(self, label: str, seed: int, result: dict) -> None:
@@ -273,7 +273,8 @@ class _Progress:
         summary["partial"] = f"{done} of {len(self.p['configs']) * self.p['seeds']} runs"
         write_json(self.out_dir / "reproduction.json", summary)
         write_text(self.out_dir / "reproduction.md", table(summary))
-        save(average_figure(self.runs), self.out_dir / "fig4_average")
+        if self.figures.study:
+            save(average_figure(self.runs), self.out_dir / "fig4_average", self.figures.formats)
         self.log(f"[{done}/{len(self.p['configs']) * self.p['seeds']}] {self.label} seed {run['seed']}: "
                  f"ACC {run['metrics']['acc']:.4f}, {run['wall_seconds']:.1f} s")
 
@@ -283,14 +284,16 @@ def reproduce(name: str, out_dir: Path, dataset: Optional[str] = None, quick: bo
               quiet: bool = False, log=print, arms: Optional[Sequence[str]] = None, device: str = "auto", *,
               resume: bool = False, overwrite: bool = False, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
               backend: Optional[Backend] = None, progress: Optional[StudyProgress] = None,
-              checkpoint_dir: Optional[Path] = None, callbacks_for=None, summary_callbacks: Sequence = ()) -> dict:
+              checkpoint_dir: Optional[Path] = None, callbacks_for=None, summary_callbacks: Sequence = (),
+              figures=STUDY_FIGURES) -> dict:
     """Run every arm for every seed (a head-to-head comparison), the controls, and draw the paper's figures.
 
     `callbacks_for(config)` gives each arm's run more callbacks (W&B loggers); `summary_callbacks` see the
     comparison's summary.
 
     resume: finished arm runs are kept and interrupted ones continue from their checkpoints; the controls (short
-    from-scratch trainings) run again. backend: where the runs execute (parallel.py)."""
+    from-scratch trainings) run again. backend: where the runs execute (parallel.py). figures: the paper's figures
+    as PNG by default; each run's own only if asked."""
     p = plan(name, dataset, quick, seeds, epochs, data_root, arms, device)
     exp: Experiment = p["experiment"]
     out_dir = Path(out_dir)
@@ -299,7 +302,7 @@ def reproduce(name: str, out_dir: Path, dataset: Optional[str] = None, quick: bo
     try:
         with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
             return _reproduce(exp, p, out_dir, quiet, log, resume, checkpoint_every, device, backend or Backend(),
-                              progress, checkpoint_dir, callbacks_for, summary_callbacks)
+                              progress, checkpoint_dir, callbacks_for, summary_callbacks, figures)
     finally:
         if own_progress:
             progress.close()
@@ -307,7 +310,7 @@ def reproduce(name: str, out_dir: Path, dataset: Optional[str] = None, quick: bo
 
 def _reproduce(exp: "Experiment", p: dict, out_dir: Path, quiet: bool, log, resume: bool,
                checkpoint_every: int, device: str, backend: Backend, study: StudyProgress, checkpoint_dir,
-               callbacks_for=None, summary_callbacks: Sequence = ()) -> dict:
+               callbacks_for=None, summary_callbacks: Sequence = (), figures=STUDY_FIGURES) -> dict:
     hardware = device_name(device)
     log(f"reproducing {exp.name} ({exp.section}) on {p['benchmark']}, {p['seeds']} seed(s), "
         f"arms {', '.join(p['configs'])}" + (f", controls {', '.join(p['controls'])}" if p["controls"] else "")
@@ -323,7 +326,7 @@ def _reproduce(exp: "Experiment", p: dict, out_dir: Path, quiet: bool, log, resu
         comparison = compare_configs(p["configs"], p["seeds"], out_dir, quiet, resume=resume,
                                      checkpoint_every=checkpoint_every, backend=backend, progress=study,
                                      checkpoint_dir=checkpoint_dir, executor=ex,
-                                     on_run=_Progress(exp, p, out_dir, hardware, log),
+                                     on_run=_Progress(exp, p, out_dir, hardware, log, figures), figures=figures,
                                      callbacks_for=((lambda label, seed: callbacks_for(replace(p["configs"][label],
                                                                                              seed=seed)))
                                                     if callbacks_for else None),
@@ -331,7 +334,7 @@ def _reproduce(exp: "Experiment", p: dict, out_dir: Path, quiet: bool, log, resu
         runs = {label: s["runs"] for label, s in comparison["strategies"].items()}
         result = summarize(exp, p, runs, comparison["tasks"], hardware, comparison.get("diverged"))
         result["controls"] = run_controls(ex, controls, len(stream), study)
-    result["figures"] = [str(f.relative_to(out_dir)) for f in draw_figures(exp, result, stream, out_dir)]
+    result["figures"] = [str(f.relative_to(out_dir)) for f in draw_figures(exp, result, stream, out_dir, figures)]
     write_json(out_dir / "reproduction.json", result)
     write_text(out_dir / "reproduction.md", table(result))
     log(table(result))
@@ -384,10 +387,10 @@ def table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def draw_figures(exp: Experiment, summary: dict, stream: Stream, out_dir: Path) -> List[Path]:
+def draw_figures(exp: Experiment, summary: dict, stream: Stream, out_dir: Path, figures=STUDY_FIGURES) -> List[Path]:
     """Figs. 3-5 come with the comparison (fig3_per_task, fig4_average, fig5_omega_correlation); Fig. 6 is drawn here."""
     files = [f for f in out_dir.iterdir() if f.suffix in (".png", ".svg") and f.name.startswith("fig")]
-    if 6 in exp.figures:
+    if 6 in exp.figures and figures.study:
         bars = {label: {"mean": a["final_per_task_mean"], "err": a["final_per_task_spread"]}
                 for label, a in summary["arms"].items()}
         if "scratch" in summary["controls"]:
@@ -395,5 +398,6 @@ def draw_figures(exp: Experiment, summary: dict, stream: Stream, out_dir: Path) 
             bars["from scratch (single task)"] = {"mean": per_seed.mean(0).tolist(),
                                                   "err": [spread(per_seed[:, j], exp.spread)
                                                           for j in range(per_seed.shape[1])]}
-        files += save(final_accuracy_figure(bars, stream.task_names, exp.spread), out_dir / "fig6_final_per_task")
+        files += save(final_accuracy_figure(bars, stream.task_names, exp.spread), out_dir / "fig6_final_per_task",
+                      figures.formats)
     return sorted(files)

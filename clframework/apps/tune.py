@@ -12,8 +12,8 @@ import numpy as np
 from clframework.benchmarks.scenarios import holdout
 from clframework.evaluation.results import write_json
 
-from ..experiment import (DEFAULT_CHECKPOINT_EVERY, RunConfig, RunJob, StudyFolders, build_stream, run_study, slug,
-                          study_plugins)
+from ..experiment import (DEFAULT_CHECKPOINT_EVERY, STUDY_FIGURES, RunConfig, RunJob, StudyFolders, build_stream,
+                          run_study, slug, study_plugins)
 from ..parallel import Backend, open_executor
 from ..progress import StudyProgress
 from ..registry import RegistryError
@@ -36,11 +36,13 @@ def parse_grid(items: Sequence[str]) -> Dict[str, List[str]]:
 def tune(base: RunConfig, grid: Dict[str, List[str]], validation: float = 0.1, seeds: int = 1,
          out_dir: Optional[Path] = None, quiet: bool = False, log=print, *, resume: bool = False,
          overwrite: bool = False, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, backend: Optional[Backend] = None,
-         progress: Optional[StudyProgress] = None, checkpoint_dir: Optional[Path] = None, callbacks_for=None) -> dict:
+         progress: Optional[StudyProgress] = None, checkpoint_dir: Optional[Path] = None, callbacks_for=None,
+         figures=STUDY_FIGURES) -> dict:
     """With out_dir, every run keeps its own folder (`valid-<point>-seed<k>/`, `test-<point>-seed<k>/`) as it
     finishes, so an interrupted search continues with resume=True. A diverging grid point scores no validation
     accuracy and cannot be chosen (tune["diverged"] lists it). `callbacks_for(config)` gives each run its
-    callbacks (W&B loggers). backend: where the runs execute (parallel.py)."""
+    callbacks (W&B loggers). backend: where the runs execute (parallel.py). figures: a search has no study figures;
+    each run's own are written only if asked (`Figures(runs=True)`)."""
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"--seeds must be an integer >= 1, got {seeds!r}")
     if not 0 < validation < 1:
@@ -56,7 +58,7 @@ def tune(base: RunConfig, grid: Dict[str, List[str]], validation: float = 0.1, s
     own_progress = progress is None
     progress = progress or StudyProgress(f"tune {base.strategy}", quiet)
     args = (base, keys, configs, resolved, stream, seeds, quiet, log, checkpoint_every, backend, plugins, progress,
-            callbacks_for)
+            callbacks_for, figures)
     try:
         if out_dir is None:
             return _tune(*args, None, None, False)
@@ -68,7 +70,7 @@ def tune(base: RunConfig, grid: Dict[str, List[str]], validation: float = 0.1, s
 
 
 def _tune(base, keys, configs, resolved, stream, seeds, quiet, log, checkpoint_every, backend, plugins, progress,
-          callbacks_for, out_dir, runs_root, resume) -> dict:
+          callbacks_for, figures, out_dir, runs_root, resume) -> dict:
     validation = stream.info["validation"]["fraction"]
     diverged = []
 
@@ -79,7 +81,7 @@ def _tune(base, keys, configs, resolved, stream, seeds, quiet, log, checkpoint_e
         return ([RunJob(f"{base.strategy} {point} seed {s} ({split})", replace(cfg, seed=s),
                         runs_root / folder[s] if runs_root is not None else None,
                         tuple(callbacks_for(replace(cfg, seed=s))) if callbacks_for else (), quiet or backend.parallel,
-                        resume or backend.ray is not None, checkpoint_every) for s in range(seeds)],
+                        resume or backend.ray is not None, checkpoint_every, figures=figures) for s in range(seeds)],
                 [out_dir / f if out_dir is not None else None for f in folder])
 
     def accuracies(split: str, point: dict, results: List[dict]) -> List[Optional[float]]:
