@@ -20,13 +20,9 @@ import torch
 
 from clframework.evaluation.results import OutputError, write_atomic
 
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.json"
-RESULTS = "results.json"
-MODEL = "model.pt"
-STRATEGY_STATE = "strategy.pt"
-MARKER = ".clframework"          # says "clframework made this folder": --overwrite may empty it
-LOCK = ".clframework.lock"       # the pid and host of the process writing into the folder
+from .folders import (CHECKPOINT, CONFIG, FAILED, LOCK, MARKER, MODEL, RESULTS, STRATEGY_STATE,  # noqa: F401
+                      STUDY, in_use, lock_holder)
+
 FORMAT = 1
 
 
@@ -95,16 +91,6 @@ def check_same_config(folder: Path, config: dict) -> None:
                          f"same command as before, or use another --out (or --overwrite to discard it)")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 _held: Dict[Path, int] = {}  # folders this process holds a lock on -> nesting depth
 
 
@@ -166,10 +152,8 @@ class OutputFolder:
             try:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                holder = lock.read_text().split() if lock.exists() else []
-                pid = int(holder[0]) if holder and holder[0].isdigit() else -1
-                host = holder[1] if len(holder) > 1 else ""
-                if pid > 0 and (host != socket.gethostname() or _pid_alive(pid)):
+                pid, host = lock_holder(self.path) or (-1, "")
+                if in_use(self.path):
                     raise OutputError(f"output folder {self.path} is in use by process {pid} on {host or '?'} "
                                       f"(lock file {lock}); wait for it to finish or choose another --out") from None
                 lock.unlink(missing_ok=True)  # left by a process that no longer runs (killed): take it over

@@ -18,7 +18,7 @@ from clframework.evaluation.aggregate import format_console as format_table  # n
 from clframework.evaluation.plots import Figures, write_compare_plots, write_run_plots
 from clframework.evaluation.results import OutputError, matrix_csv, read_json, write_json, write_text
 
-from .checkpoint import (CHECKPOINT, CONFIG, MODEL, RESULTS, STRATEGY_STATE, OutputFolder, as_json,
+from .checkpoint import (CHECKPOINT, CONFIG, FAILED, MODEL, RESULTS, STRATEGY_STATE, STUDY, OutputFolder, as_json,
                          check_same_config, load_checkpoint, save_checkpoint, save_torch)
 from . import provenance
 from .models import build_model
@@ -259,6 +259,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
                        "benchmark_options": cfg["benchmark_options"], "device": str(trainer.device),
                        "evaluated_on": config.evaluate_on},
             "tasks": stream.task_names}
+    if out_dir is not None:
+        (out_dir / FAILED).unlink(missing_ok=True)  # a failed run continued with --resume trains again
     try:
         result = trainer.fit(stream, resume=state["trainer"] if state is not None else None)
     except TrainingDiverged as exc:
@@ -276,6 +278,9 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
         raise
     except TrainingFailed as exc:
         exc.run = label
+        if out_dir is not None:  # says why this folder holds a checkpoint and no results (clframework runs)
+            write_json(out_dir / FAILED, {**head, "status": "failed", "failed_at": exc.where, "error": str(exc),
+                                          "provenance": provenance.finish(record)})
         raise
     R = result.accuracy_matrix
     out = RunResult(
@@ -488,6 +493,15 @@ def run_study(executor: Executor, jobs: Sequence[RunJob], progress: StudyProgres
     return executor.map(run_job, jobs, done)
 
 
+def write_plan(out_dir: Path, kind: str, benchmark: str, configs: Sequence[RunConfig], seeds: int, tasks: int,
+               runs: int) -> Path:
+    """study.json, before the first run: what the study will hold, so that `clframework runs` can tell a study
+    stopped part-way (k of `runs` run folders finished) from a finished one."""
+    epochs = sorted({c.resolved()["train"]["epochs"] for c in configs})
+    return write_json(out_dir / STUDY, {"kind": kind, "benchmark": benchmark, "seeds": seeds, "tasks": tasks,
+                                        "epochs": epochs, "runs": runs, "started": provenance.now()})
+
+
 def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, started, summary_callbacks, benchmark,
              backend, plugins, progress, executor, on_run, figures, out_dir, runs_root, resume) -> dict:
     first = next(iter(configs.values()))
@@ -498,6 +512,8 @@ def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, sta
     record = provenance.collect(api_call, {label: overrides(cfg) for label, cfg in configs.items()},
                                 str(select_device(first.device)), started, data_source(stream))
     pairs = [(name, seed) for name in configs for seed in range(seeds)]
+    if out_dir is not None and not (out_dir / STUDY).exists():  # reproduce wrote its own plan
+        write_plan(out_dir, "compare", benchmark, list(configs.values()), seeds, len(stream), len(pairs))
     jobs = [RunJob(f"{name} seed {seed}", replace(configs[name], seed=seed),
                    runs_root / f"{slug(name)}-seed{seed}" if runs_root is not None else None,
                    tuple(callbacks_for(name, seed)) if callbacks_for else (), quiet or backend.parallel,

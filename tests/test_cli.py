@@ -170,7 +170,8 @@ def test_runs_lists_past_runs_and_studies(tmp_path, capsys):
     capsys.readouterr()
     assert main(["runs", str(tmp_path / "runs")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["date", "(UTC)", "label", "kind", "benchmark", "status", "ACC"]
+    assert lines[0].split() == ["date", "(UTC)", "label", "kind", "benchmark", "status", "tasks", "epochs", "seeds",
+                                "ACC"]
     assert len(lines) == 3  # the run and the study; the study's own runs are not listed separately
     one = json.loads((tmp_path / "runs" / "one" / "results.json").read_text())
     summary = json.loads((tmp_path / "runs" / "study" / "summary.json").read_text())

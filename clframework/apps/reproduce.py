@@ -28,7 +28,8 @@ from clframework.evaluation.plots import average_figure, final_accuracy_figure, 
 from clframework.evaluation.results import write_json, write_text
 
 from ..checkpoint import OutputFolder
-from ..experiment import DEFAULT_CHECKPOINT_EVERY, STUDY_FIGURES, RunConfig, compare_configs, study_plugins
+from ..experiment import (DEFAULT_CHECKPOINT_EVERY, STUDY_FIGURES, RunConfig, compare_configs, study_plugins,
+                          write_plan)
 from ..models import build_model
 from ..parallel import Backend, Executor, open_executor
 from ..plugin import make_strategy
@@ -321,6 +322,7 @@ def _reproduce(exp: "Experiment", p: dict, out_dir: Path, quiet: bool, log, resu
     stream = BENCHMARKS.create(p["benchmark"], **p["benchmark_options"])
     controls = control_jobs(p["controls"], stream, configs[0], p["seeds"], quiet or backend.parallel)
     study.add(len(controls))  # compare_configs adds the arms' runs
+    write_plan(out_dir, "reproduce", p["benchmark"], configs, p["seeds"], len(stream), len(configs) * p["seeds"])
     plugins = study_plugins(configs) if backend.parallel else []
     with open_executor(backend, stream, plugins, configs[0].device) as ex:
         comparison = compare_configs(p["configs"], p["seeds"], out_dir, quiet, resume=resume,

@@ -13,7 +13,7 @@ from clframework.benchmarks.scenarios import holdout
 from clframework.evaluation.results import write_json
 
 from ..experiment import (DEFAULT_CHECKPOINT_EVERY, STUDY_FIGURES, RunConfig, RunJob, StudyFolders, build_stream,
-                          run_study, slug, study_plugins)
+                          run_study, slug, study_plugins, write_plan)
 from ..parallel import Backend, open_executor
 from ..progress import StudyProgress
 from ..registry import RegistryError
@@ -94,6 +94,8 @@ def _tune(base, keys, configs, resolved, stream, seeds, quiet, log, checkpoint_e
     points = [{k: hp[k] for k in keys} for hp in resolved]
     valid = [jobs("valid", cfg, point) for cfg, point in zip(configs, points)]
     progress.add(len(points) * seeds + seeds)  # the chosen value's test runs included
+    if out_dir is not None:
+        write_plan(out_dir, "tune", base.benchmark, configs, seeds, len(stream), len(points) * seeds + seeds)
     with open_executor(backend, stream, plugins, base.device) as ex:
         done = run_study(ex, [j for js, _ in valid for j in js], progress, [d for _, ds in valid for d in ds])
         results = []
