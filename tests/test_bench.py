@@ -6,18 +6,18 @@ import re
 import pytest
 import torch
 
+from clframework.apps import bench as B
 from clframework.apps.bench import ENTRIES, BenchConfig, resolve
 from clframework.apps.cli import main
 
-pytest.importorskip("avalanche")
-
-ROW = re.compile(r"^(\S+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$")
+ROW = re.compile(r"^(\S+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+%|-)$")
 
 
 def test_bench_prints_every_entry(tmp_path, capsys):
+    pytest.importorskip("avalanche")
     threads = torch.get_num_threads()
     # one thread: intra-op threads on a shared, busy 2-core machine make tiny steps many times slower
-    code = main(["bench", "--quick", "--max-train", "96", "--batch-size", "32", "--threads", "1",
+    code = main(["bench", "--quick", "--max-train", "96", "--batch-size", "32", "--threads", "1", "--repeats", "2",
                  "--out", str(tmp_path)])
     assert torch.get_num_threads() == threads  # restored
     assert code == 0
@@ -25,28 +25,82 @@ def test_bench_prints_every_entry(tmp_path, capsys):
     for line in capsys.readouterr().out.splitlines():
         m = ROW.match(line.strip())
         if m:
-            rows[m.group(1)] = [float(v) for v in m.groups()[1:]]
+            rows[m.group(1)] = [float(v) for v in m.groups()[1:-1]]
     assert sorted(rows) == sorted(ENTRIES)
-    for entry, (seconds, ratio, acc, peak_mb, cpu) in rows.items():
-        assert seconds > 0 and ratio > 0 and cpu > 0 and peak_mb >= 0, entry  # peak: RSS growth, never below the start
+    for entry, (seconds, ratio, acc, peak_mb, cpu, cpu_ratio) in rows.items():
+        assert seconds > 0 and ratio > 0 and cpu > 0 and cpu_ratio > 0 and peak_mb >= 0, entry  # peak: growth
         assert 0 < acc <= 1, entry
-    assert rows["floor"][1] == 1.0
+    assert rows["floor"][1] == 1.0 and rows["floor"][5] == 1.0
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert [r["entry"] for r in saved["rows"]] == list(ENTRIES)
     assert saved["train_examples"] == [96, 96] and saved["train"]["epochs"] == 1
-    targets = {t["target"] for t in saved["targets"]}
-    assert {"naive <= 1.10x floor", "si accuracy above Avalanche's naive, si and ewc"} <= targets
+    for r in saved["rows"]:  # two repeats of two tasks; the entry's seconds: the sum of each task's faster repeat
+        assert len(r["task_seconds"]) == 2 and all(len(t) == 2 for t in r["task_seconds"])
+        assert r["seconds"] == pytest.approx(sum(min(a, b) for a, b in zip(*r["task_seconds"])))
+        assert r["spread"] == pytest.approx(B.spread(r["task_seconds"]))
     assert "| floor |" in (tmp_path / "bench.md").read_text()
+    out = capsys.readouterr().out
+    assert "NOT met" not in out and "budget" not in out  # the project's speed budgets only with --targets
 
 
 @pytest.mark.parametrize("config, message", [
     (BenchConfig(entries=["si", "fast"]), "unknown bench entries"),
     (BenchConfig(entries=["si"]), "must include 'floor'"),
     (BenchConfig(repeats=0), "repeats must be >= 1"),
+    (BenchConfig(max_spread=3), "max_spread must be a fraction"),
 ])
 def test_bad_bench_settings_fail_before_training(config, message):
     with pytest.raises(ValueError, match=message):
         resolve(config)
+
+
+def test_best_of_sums_each_tasks_fastest_repeat_and_spread_compares_halves():
+    sections = [[1.0, 2.0], [1.2, 1.8], [0.9, 2.5], [1.1, 2.1]]  # repeat r, task k
+    assert B.best_of(sections) == pytest.approx(0.9 + 1.8)
+    even, odd = 0.9 + 2.0, 1.1 + 1.8  # repeats 0, 2 and 1, 3
+    assert B.spread(sections) == pytest.approx(abs(even - odd) / min(even, odd))
+    assert B.spread(sections[:1]) is None
+
+
+def _rows(floor_spread, si_spread, si_ratio=1.1):
+    return [{"entry": "floor", "seconds": 1.0, "ratio": 1.0, "cpu_ratio": 1.0, "spread": floor_spread, "acc": 0.9,
+             "peak_mb": 0.0, "cpu_seconds": 1.0},
+            {"entry": "si", "seconds": si_ratio, "ratio": si_ratio, "cpu_ratio": si_ratio, "spread": si_spread,
+             "acc": 0.9, "peak_mb": 0.0, "cpu_seconds": si_ratio}]
+
+
+def test_no_verdict_while_the_floor_spreads_and_undecided_entries():
+    assert B.verdict(_rows(0.01, 0.01), 0.03)["given"]
+    refused = B.verdict(_rows(0.08, 0.01), 0.03)
+    assert not refused["given"] and "8.0%" in refused["reason"] and "too busy" in refused["reason"]
+    assert not B.verdict(_rows(None, None), 0.03)["given"]
+    (si,) = B.targets(_rows(0.01, 0.01, 1.1), 0.03)
+    assert si["target"] == "si <= 1.15x floor" and si["met"] is True
+    assert B.targets(_rows(0.01, 0.01, 1.2), 0.03)[0]["met"] is False
+    assert B.targets(_rows(0.01, 0.10, 1.1), 0.03)[0]["met"] is None  # its own spread too wide to judge
+    result = {"benchmark": "b", "tasks": 1, "train_examples": [8], "device": "cpu", "repeats": 4,
+              "train": {"epochs": 1, "batch_size": 8, "lr": 0.1, "hidden": [4]}, "machine": {"threads": 1},
+              "rows": _rows(0.08, 0.01), "verdict": refused, "targets": []}
+    assert "budget" not in B.format_table(result)
+    assert "budgets: no verdict: the floor's own time moved 8.0%" in B.format_table(result, show_targets=True)
+    result.update(rows=_rows(0.01, 0.01), verdict=B.verdict(_rows(0.01, 0.01), 0.03))
+    result["targets"] = B.targets(result["rows"], 0.03)
+    assert "si <= 1.15x floor: 1.100x (CPU 1.100x): within" in B.format_table(result, show_targets=True)
+
+
+def test_clock_pauses_the_garbage_collector_and_peak_memory_sees_an_allocation():
+    import gc
+
+    clock = B.Clock(torch.device("cpu"))
+    with clock.timing():
+        assert not gc.isenabled()
+    with clock.timing():
+        pass
+    assert gc.isenabled() and len(clock.walls) == len(clock.cpus) == 2 and clock.wall == sum(clock.walls)
+    with B.PeakMemory(torch.device("cpu")) as mem:
+        block = torch.ones(64 * 2 ** 20 // 4)  # 64 MB, touched
+        del block
+    assert 48 < mem.peak_mb < 200
 
 
 def test_bench_study_times_jobs1_and_jobs2_on_one_grid(tmp_path, capsys):
@@ -62,7 +116,8 @@ def test_bench_study_times_jobs1_and_jobs2_on_one_grid(tmp_path, capsys):
     assert abs(rows["jobs2"]["speedup"] - rows["jobs1"]["seconds"] / rows["jobs2"]["seconds"]) < 1e-12
     assert rows["jobs2"]["same_matrices_as_jobs2"] is True
     assert len(rows["jobs2"]["matrices"]["si"]) == 2
-    assert re.search(r"^jobs2\s+2\s+1\s+[\d.]+\s+[\d.]+x", out, re.M) and "jobs2 >= 1.5x jobs1" in out
+    assert re.search(r"^jobs2\s+2\s+1\s+[\d.]+\s+[\d.]+x", out, re.M) and "budget" not in out
+    assert saved["targets"][0]["target"] == "jobs2 >= 1.6x jobs1"
 
 
 def test_bad_study_bench_modes_fail_before_training():
