@@ -12,7 +12,8 @@ BENCHMARKS = Registry("benchmark", entry_point_group="clframework.benchmarks", p
 
 @dataclass(frozen=True)
 class Protocol:
-    """How the paper trains on a benchmark: model, optimizer and schedule, and strategy hyperparameters."""
+    """How the paper trains on a benchmark: model, optimizer and schedule, augmentation, and strategy
+    hyperparameters."""
 
     model: str = "mlp"
     hidden: Tuple[int, ...] = (256, 256)
@@ -22,7 +23,9 @@ class Protocol:
     lr: float = 1e-3
     optimizer: str = "adam"
     reset_optimizer: bool = True
+    augment: str = "none"  # the training augmentation (clframework.augment)
     strategy_hparams: Dict[str, dict] = field(default_factory=dict)
+    strategy_train: Dict[str, dict] = field(default_factory=dict)  # per-strategy training settings, e.g. its lr
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -21,13 +21,22 @@ from clframework.evaluation.results import OutputError, matrix_csv, read_json, w
 from .checkpoint import (CHECKPOINT, CONFIG, FAILED, MODEL, RESULTS, STRATEGY_STATE, STUDY, OutputFolder, as_json,
                          check_same_config, load_checkpoint, save_checkpoint, save_torch)
 from . import provenance
-from .models import build_model
+from .augment import check_augment, make_augment
+from .models import ModelSpec, build_model, model_factory, model_name
 from .parallel import Backend, Executor, open_executor, plugin_modules
 from .plugin import STRATEGIES, Strategy, make_strategy
 from .progress import StudyProgress
 from .registry import RegistryError
 from .trainer import (OPTIMIZERS, Trainer, TrainerCallback, TrainingDiverged, TrainingFailed, seed_everything,
                       select_device)
+
+
+TRAIN_FIELDS = ("model", "epochs", "batch_size", "lr", "hidden", "dropout", "optimizer", "reset_optimizer", "augment")
+
+
+def augment_seed(seed: int) -> int:
+    """The augmentation generator's seed: derived from the run's seed, apart from the batch-order generator's."""
+    return 2 * seed + 1
 
 
 @dataclass
@@ -49,6 +58,15 @@ class RunConfig:
     benchmark_options: Dict[str, object] = field(default_factory=dict)
     evaluate_on: str = "test"  # "valid" scores the validation hold-out (hyperparameter search)
     tasks: Optional[int] = None  # the first N tasks of the stream only
+    model: Optional[ModelSpec] = None  # a registered model, "module:factory", or a callable (input_shape, head_sizes)
+    augment: Optional[str] = None  # the training augmentation (augment.py): "none" or "crop-flip"
+
+    def as_record(self) -> dict:
+        """The configuration as JSON records it (a model callable by its `module:name`)."""
+        out = asdict(self)
+        if self.model is not None:
+            out["model"] = model_name(self.model)
+        return out
 
     def resolved(self) -> dict:
         """The full configuration, every value checked; raises RegistryError/ValueError before any training.
@@ -62,10 +80,14 @@ class RunConfig:
         hparams = STRATEGIES.check_hparams(self.strategy, {**preset, **self.hparams})
         train = protocol.as_dict()
         train.pop("strategy_hparams")
-        for key in ("epochs", "batch_size", "lr", "hidden", "dropout", "optimizer", "reset_optimizer"):
+        train.update(train.pop("strategy_train").get(self.strategy, {}))  # the method's own lr (DER protocols)
+        for key in TRAIN_FIELDS:
             value = getattr(self, key)
             if value is not None:
                 train[key] = list(value) if key == "hidden" and not isinstance(value, (str, int)) else value
+        if self.model is not None:
+            model_factory(self.model)  # an unknown name or an unimportable factory: RegistryError now
+            train["model"] = model_name(self.model)
         check_training(train)
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
@@ -102,6 +124,7 @@ def check_training(train: dict) -> None:
         raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
     if not isinstance(train["reset_optimizer"], bool):
         raise ValueError(f"reset_optimizer must be true or false, got {train['reset_optimizer']!r}")
+    check_augment(train["augment"])
 
 
 def build_stream(config: RunConfig, stream=None):
@@ -115,12 +138,11 @@ def build_stream(config: RunConfig, stream=None):
     return stream.first(config.tasks) if config.tasks and config.tasks != len(stream) else stream
 
 
-TRAIN_FIELDS = ("epochs", "batch_size", "lr", "hidden", "dropout", "optimizer", "reset_optimizer")
-
-
 def overrides(config: RunConfig) -> dict:
     """What the caller set explicitly, as opposed to what the benchmark's protocol and the defaults supplied."""
     out = {k: list(v) if k == "hidden" else v for k in TRAIN_FIELDS if (v := getattr(config, k)) is not None}
+    if config.model is not None:
+        out["model"] = model_name(config.model)
     for key in ("hparams", "benchmark_options"):
         if getattr(config, key):
             out[key] = dict(getattr(config, key))
@@ -129,6 +151,13 @@ def overrides(config: RunConfig) -> dict:
     if config.tasks:
         out["tasks"] = config.tasks
     return out
+
+
+def model_for(config: RunConfig, train: dict, stream) -> torch.nn.Module:
+    """A fresh model for the stream: the configuration's (its callable itself, when it gave one), else the resolved
+    training protocol's registered or `module:factory` model."""
+    return build_model(config.model if callable(config.model) else train["model"], stream.input_shape,
+                       stream.head_sizes, train["hidden"], train["dropout"])
 
 
 def data_source(stream) -> object:
@@ -226,7 +255,7 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
         state = load_checkpoint(out_dir / CHECKPOINT)
     stream.validate()  # once per stream (cached): data errors before anything is written
     seed_everything(config.seed)
-    model = build_model(train["model"], stream.input_shape, stream.head_sizes, train["hidden"], train["dropout"])
+    model = model_for(config, train, stream)
     strategy = make_strategy(config.strategy, **cfg["hparams"])
     wandb_id = next((getattr(cb, "run_id", None) for cb in callbacks if getattr(cb, "run_id", None)), None)
     if state is not None and state.get("wandb_run_id"):
@@ -249,13 +278,15 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
                       optimizer=train["optimizer"], reset_optimizer=train["reset_optimizer"], device=config.device,
                       seed=config.seed, quiet=quiet, callbacks=callbacks, evaluate_on=config.evaluate_on,
                       checkpoint_every=checkpoint_every if out_dir is not None else 0,
-                      on_checkpoint=save if out_dir is not None else None)
-    record = provenance.collect({"function": "clframework.run", "config": asdict(config)}, overrides(config),
+                      on_checkpoint=save if out_dir is not None else None,
+                      augment=make_augment(train["augment"], stream.input_shape, seed=augment_seed(config.seed)))
+    record = provenance.collect({"function": "clframework.run", "config": config.as_record()}, overrides(config),
                                 str(trainer.device), started, data_source(stream))
     head = {"status": "finished", "strategy": config.strategy, "benchmark": benchmark, "seed": config.seed,
             "hparams": cfg["hparams"],
             "config": {**train, "protocol": config.benchmark, "setting": stream.setting,
-                       "head_sizes": stream.head_sizes,
+                       "head_sizes": stream.head_sizes, "input_shape": list(stream.input_shape),
+                       "classes": [list(t.classes) for t in stream.tasks], "task_heads": [t.head for t in stream.tasks],
                        "benchmark_options": cfg["benchmark_options"], "device": str(trainer.device),
                        "evaluated_on": config.evaluate_on},
             "tasks": stream.task_names}
@@ -508,7 +539,7 @@ def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, sta
     summary = {"benchmark": benchmark, "protocol": first.benchmark, "tasks": stream.task_names,
                "seeds": list(range(seeds)), "strategies": {}, "diverged": []}
     api_call = {"function": "clframework.compare", "seeds": seeds,
-                "configs": {label: asdict(cfg) for label, cfg in configs.items()}}
+                "configs": {label: cfg.as_record() for label, cfg in configs.items()}}
     record = provenance.collect(api_call, {label: overrides(cfg) for label, cfg in configs.items()},
                                 str(select_device(first.device)), started, data_source(stream))
     pairs = [(name, seed) for name in configs for seed in range(seeds)]

@@ -131,7 +131,7 @@ class Trainer:
                  device: Optional[str] = None, seed: int = 0, quiet: bool = False,
                  callbacks: Sequence[TrainerCallback] = (), evaluate_on: str = "test",
                  checkpoint_every: int = 0, on_checkpoint: Optional[Callable[[dict], None]] = None,
-                 label: str = ""):
+                 label: str = "", augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         if epochs < 1 or batch_size < 1 or not lr > 0:
             raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0, got epochs={epochs}, "
                              f"batch_size={batch_size}, lr={lr}")
@@ -149,6 +149,9 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.evaluate_on = evaluate_on
         self.label = label  # names the run on its progress bars, e.g. "si seed 3"
+        # the training augmentation (augment.py): model inputs = augment(stored examples), for every minibatch
+        # trained on, replayed ones included (Batch.prepare); its generator state is part of the checkpoint
+        self.augment = augment
         self.generator = torch.Generator().manual_seed(seed)
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.checkpoint_every, self.on_checkpoint = checkpoint_every, on_checkpoint
@@ -180,6 +183,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "strategy": self.strategy.state_dict(), "generator": self.generator.get_state(),
+            "augment": self.augment.state_dict() if hasattr(self.augment, "state_dict") else None,
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "position": dict(self.position), "global_step": self.global_step, "epoch_in_flight": epoch,
@@ -204,6 +208,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         self.strategy.load_state_dict(to_device(state["strategy"], self.device))
         self.generator.set_state(state["generator"])
+        if state.get("augment") is not None and hasattr(self.augment, "load_state_dict"):
+            self.augment.load_state_dict(state["augment"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -239,6 +245,7 @@ class Trainer:
         opt = self.optimizer
         x, y = task.train_x.to(device), task.train_y.to(device)
         n, head = len(y), task.head
+        prepare = self.augment  # stored examples -> model inputs
         if not resume:
             strategy.on_task_start(model, task_index)
         model.train()
@@ -259,8 +266,9 @@ class Trainer:
                                   start=self.position["step"] + 1):
                 self.position["step"] = b
                 idx = order[i:i + self.batch_size]
-                yb = y[idx]
-                batch = strategy.on_before_forward(model, Batch(x[idx], yb, head))
+                yb, raw = y[idx], x[idx]
+                batch = strategy.on_before_forward(model, Batch(raw if prepare is None else prepare(raw), yb, head,
+                                                                raw=raw, prepare=prepare))
                 batch.out = out = forward_heads(model, batch.x, batch.head)
                 loss = F.cross_entropy(out, batch.y)
                 extra = strategy.loss_term(model, batch)

@@ -53,6 +53,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="epochs per task (default: the benchmark's protocol)")
     p.add_argument("--batch-size", type=int, help="minibatch size (default: the benchmark's protocol)")
     p.add_argument("--lr", type=float, help="learning rate (default: the benchmark's protocol)")
+    _model_args(p)
     p.add_argument("--hidden", help="MLP hidden sizes, comma-separated, e.g. 256,256")
     p.add_argument("--dropout", type=float, help="dropout on hidden layers")
     p.add_argument("--tasks", type=int, metavar="N", help="train and score the first N tasks only (default: all)")
@@ -64,6 +65,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _folder_args(p)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="NAME|MODULE:FACTORY",
+                   help="registered model (mlp, cnn, resnet18, reduced_resnet18; clframework list) or your own "
+                        "factory (input_shape, head_sizes) -> nn.Module as module:function (default: the benchmark's)")
+    p.add_argument("--augment", choices=["none", "crop-flip"],
+                   help="training augmentation, per example on the device: crop-flip = random crop with 4-pixel "
+                        "padding and horizontal flip (default: the benchmark's; CIFAR and TinyImageNet protocols "
+                        "crop-flip, MNIST-like none)")
 
 
 def _folder_args(p: argparse.ArgumentParser, checkpoints: bool = True) -> None:
@@ -187,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--arms", help="comma-separated arms and controls to run, in this order (default: all); "
                     "an arm may override hyperparameters, e.g. --arms si,sgd,ewc,si:c=0.02,joint")
     xp.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    _model_args(xp)
     xp.add_argument("--out", type=Path, help="output folder")
     xp.add_argument("--quiet", action="store_true", help="no progress bars")
     _folder_args(xp)
@@ -250,7 +262,7 @@ def _base_config(args, strategy: str):
     options = {k: v for k, v in (("setting", args.setting), ("data_root", args.data_root)) if v is not None}
     return RunConfig(strategy=strategy, benchmark=args.benchmark, seed=getattr(args, "seed", 0), epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, hidden=hidden, dropout=args.dropout, device=args.device,
-                     benchmark_options=options, tasks=args.tasks)
+                     benchmark_options=options, tasks=args.tasks, model=args.model, augment=args.augment)
 
 
 def _folder_options(args) -> dict:
@@ -360,7 +372,7 @@ def cmd_reproduce(args) -> int:
         loggers, summary_logger = _wandb_loggers(args, out, args.wandb_group or out.resolve().name, several=True)
         result = reproduce(args.experiment, out, dataset=args.dataset, quick=args.quick, seeds=args.seeds,
                            epochs=args.epochs, data_root=args.data_root, quiet=args.quiet, log=progress.note,
-                           arms=arms, device=args.device,
+                           arms=arms, device=args.device, model=args.model, augment=args.augment,
                            callbacks_for=(lambda cfg: loggers(cfg.resolved())) if loggers else None,
                            summary_callbacks=[summary_logger] if summary_logger else (), **_folder_options(args),
                            backend=backend, progress=progress, checkpoint_dir=args.checkpoint_dir, figures=figures)

@@ -28,9 +28,9 @@ from clframework.evaluation.plots import average_figure, final_accuracy_figure, 
 from clframework.evaluation.results import write_json, write_text
 
 from ..checkpoint import OutputFolder
-from ..experiment import (DEFAULT_CHECKPOINT_EVERY, STUDY_FIGURES, RunConfig, compare_configs, study_plugins,
-                          write_plan)
-from ..models import build_model
+from ..augment import make_augment
+from ..experiment import (DEFAULT_CHECKPOINT_EVERY, STUDY_FIGURES, RunConfig, augment_seed, compare_configs, model_for,
+                          study_plugins, write_plan)
 from ..parallel import Backend, Executor, open_executor
 from ..plugin import make_strategy
 from ..progress import StudyProgress
@@ -135,7 +135,7 @@ def select_arms(exp: Experiment, arms: Optional[Sequence[str]] = None) -> Tuple[
 
 def plan(name: str, dataset: Optional[str] = None, quick: bool = False, seeds: Optional[int] = None,
          epochs: Optional[int] = None, data_root: Optional[str] = None, arms: Optional[Sequence[str]] = None,
-         device: str = "auto") -> dict:
+         device: str = "auto", model=None, augment: Optional[str] = None) -> dict:
     """Resolve an experiment into concrete run configurations (checked) and a list of what --quick scaled."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
@@ -173,6 +173,7 @@ def plan(name: str, dataset: Optional[str] = None, quick: bool = False, seeds: O
         if epochs != paper_epochs:
             scaled.append(f"epochs {paper_epochs} -> {epochs} (--epochs)")
         overrides["epochs"] = epochs
+    overrides.update({k: v for k, v in (("model", model), ("augment", augment)) if v is not None})
     configs = {}
     for arm in chosen:
         cfg = RunConfig(strategy=arm.strategy, benchmark=benchmark, hparams=dict(arm.hparams),
@@ -187,10 +188,10 @@ def train_alone(stream: Stream, config: RunConfig, seed: int, tasks: List[Task],
     """A fresh network trained on `tasks` only (controls: from scratch per task, or all tasks jointly)."""
     train = config.resolved()["train"]
     seed_everything(seed)
-    model = build_model(train["model"], stream.input_shape, stream.head_sizes, train["hidden"], train["dropout"])
-    trainer = Trainer(model, make_strategy("naive"), epochs=train["epochs"], batch_size=train["batch_size"],
-                      lr=train["lr"], optimizer=train["optimizer"], reset_optimizer=True, device=config.device,
-                      seed=seed, quiet=quiet)
+    trainer = Trainer(model_for(config, train, stream), make_strategy("naive"), epochs=train["epochs"],
+                      batch_size=train["batch_size"], lr=train["lr"], optimizer=train["optimizer"],
+                      reset_optimizer=True, device=config.device, seed=seed, quiet=quiet,
+                      augment=make_augment(train["augment"], stream.input_shape, seed=augment_seed(seed)))
     for i, task in enumerate(tasks):
         trainer.train_task(task, i)
     return evaluate_stream(trainer.model, stream, trainer.device)
@@ -286,16 +287,16 @@ def reproduce(name: str, out_dir: Path, dataset: Optional[str] = None, quick: bo
               resume: bool = False, overwrite: bool = False, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
               backend: Optional[Backend] = None, progress: Optional[StudyProgress] = None,
               checkpoint_dir: Optional[Path] = None, callbacks_for=None, summary_callbacks: Sequence = (),
-              figures=STUDY_FIGURES) -> dict:
+              figures=STUDY_FIGURES, model=None, augment: Optional[str] = None) -> dict:
     """Run every arm for every seed (a head-to-head comparison), the controls, and draw the paper's figures.
 
     `callbacks_for(config)` gives each arm's run more callbacks (W&B loggers); `summary_callbacks` see the
-    comparison's summary.
+    comparison's summary. model, augment: replace the protocol's (a registered model, "module:factory" or a callable).
 
     resume: finished arm runs are kept and interrupted ones continue from their checkpoints; the controls (short
     from-scratch trainings) run again. backend: where the runs execute (parallel.py). figures: the paper's figures
     as PNG by default; each run's own only if asked."""
-    p = plan(name, dataset, quick, seeds, epochs, data_root, arms, device)
+    p = plan(name, dataset, quick, seeds, epochs, data_root, arms, device, model, augment)
     exp: Experiment = p["experiment"]
     out_dir = Path(out_dir)
     own_progress = progress is None

@@ -1,0 +1,141 @@
+"""The class-incremental protocols of the DER line, with their published settings.
+
+Sources: Buzzega et al., "Dark Experience for General Continual Learning: a Strong, Simple Baseline" (NeurIPS 2020),
+and its code, aimagelab/mammoth: `datasets/seq_cifar10.py`, `seq_tinyimagenet.py`, `seq_cifar100.py` (tasks, epochs,
+batch size, augmentation, backbone, scheduler) and `utils/best_args.py` (each method's learning rate and
+hyperparameters per buffer size); seq-CIFAR-100 follows Boschini et al., "Class-Incremental Continual Learning into
+the eXtended DER-verse" (X-DER, TPAMI 2022), whose settings are in the same files. Every run: SGD without momentum or
+weight decay unless the table says otherwise, the optimizer reset per task, random crop with 4-pixel padding and
+horizontal flip on incoming and replayed examples, a ResNet-18 (3x3 stem, no max-pool) with one output per class.
+
+`BEST[protocol][(strategy, buffer)]` = (training settings, strategy hyperparameters) in our names (Mammoth's
+`sgd` is our `naive`, its `minibatch_size` our `minibatch_size`, A-GEM's our `sample_size`, `softmax_temp` our
+`temperature`, `optim_wd` our `weight_decay`); buffer None for methods without a memory. The benchmark's own
+protocol takes each method's buffer-500 row (the size all three tables report); `clframework reproduce der-table
+--buffer N` takes the row of N.
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Dict, Optional, Tuple
+
+from . import datasets
+from .registry import Protocol, register_benchmark
+
+Row = Tuple[Dict[str, object], Dict[str, object]]
+BUFFERS = (200, 500, 5120)
+CIFAR100_BUFFERS = (500, 2000)
+
+
+def _memory(lr: float, buffers, **hparams) -> Dict[Tuple[str, Optional[int]], Row]:
+    return {b: ({"lr": lr}, dict(hparams)) for b in buffers}
+
+
+def _rows(strategy: str, per_buffer: Dict[Optional[int], Row]) -> Dict[Tuple[str, Optional[int]], Row]:
+    return {(strategy, b): row for b, row in per_buffer.items()}
+
+
+BEST: Dict[str, Dict[Tuple[str, Optional[int]], Row]] = {
+    "seq-cifar10": {  # best_args.py 'seq-cifar10'; batch 32, minibatch_size 32, 50 epochs
+        **_rows("naive", {None: ({"lr": 0.1}, {})}),
+        **_rows("si", {None: ({"lr": 0.03}, {"c": 0.5, "xi": 1.0})}),
+        **_rows("lwf", {None: ({"lr": 0.01, "weight_decay": 5e-4}, {"alpha": 3.0, "temperature": 2.0})}),
+        **_rows("er", _memory(0.1, BUFFERS, minibatch_size=32)),
+        **_rows("agem", _memory(0.03, BUFFERS, sample_size=32)),
+        **_rows("icarl", {200: ({"lr": 0.1, "weight_decay": 1e-5}, {}), 500: ({"lr": 0.1, "weight_decay": 1e-5}, {}),
+                          5120: ({"lr": 0.03, "weight_decay": 1e-5}, {})}),
+        **_rows("der", _memory(0.03, BUFFERS, alpha=0.3, minibatch_size=32)),
+        **_rows("derpp", {200: ({"lr": 0.03}, {"alpha": 0.1, "beta": 0.5, "minibatch_size": 32}),
+                          500: ({"lr": 0.03}, {"alpha": 0.2, "beta": 0.5, "minibatch_size": 32}),
+                          5120: ({"lr": 0.03}, {"alpha": 0.1, "beta": 1.0, "minibatch_size": 32})}),
+    },
+    "seq-tinyimagenet": {  # best_args.py 'seq-tinyimg'; batch 32, minibatch_size 32, 100 epochs
+        **_rows("naive", {None: ({"lr": 0.03}, {})}),
+        **_rows("si", {None: ({"lr": 0.03}, {"c": 0.5, "xi": 1.0})}),
+        **_rows("lwf", {None: ({"lr": 0.01, "weight_decay": 5e-4}, {"alpha": 1.0, "temperature": 2.0})}),
+        **_rows("er", {200: ({"lr": 0.1}, {"minibatch_size": 32}), 500: ({"lr": 0.03}, {"minibatch_size": 32}),
+                       5120: ({"lr": 0.1}, {"minibatch_size": 32})}),
+        **_rows("agem", _memory(0.01, BUFFERS, sample_size=32)),
+        **_rows("icarl", {b: ({"lr": 0.03, "weight_decay": 1e-5}, {}) for b in BUFFERS}),
+        **_rows("der", _memory(0.03, BUFFERS, alpha=0.1, minibatch_size=32)),
+        **_rows("derpp", {200: ({"lr": 0.03}, {"alpha": 0.1, "beta": 1.0, "minibatch_size": 32}),
+                          500: ({"lr": 0.03}, {"alpha": 0.2, "beta": 0.5, "minibatch_size": 32}),
+                          5120: ({"lr": 0.03}, {"alpha": 0.1, "beta": 0.5, "minibatch_size": 32})}),
+    },
+    "seq-cifar100": {  # best_args.py 'seq-cifar100' (X-DER); batch 32 = minibatch_size, 50 epochs, lr decay
+        **_rows("naive", {None: ({"lr": 0.03}, {})}),
+        **_rows("lwf", {None: ({"lr": 0.03, "weight_decay": 5e-4}, {})}),
+        **_rows("er", _memory(0.1, CIFAR100_BUFFERS, minibatch_size=32)),
+        **_rows("er_ace", _memory(0.03, CIFAR100_BUFFERS, minibatch_size=32)),
+        **_rows("icarl", {b: ({"lr": 0.3, "weight_decay": 1e-5}, {}) for b in CIFAR100_BUFFERS}),
+        **_rows("der", _memory(0.03, CIFAR100_BUFFERS, alpha=0.3, minibatch_size=32)),
+        **_rows("derpp", _memory(0.03, CIFAR100_BUFFERS, alpha=0.1, beta=0.5, minibatch_size=32)),
+    },
+}
+
+# Published final class-incremental accuracy (%), (mean, std or None), from ../shared/reference/PROTOCOLS.md:
+# DER paper Table 2 (seq-CIFAR-10, seq-TinyImageNet; 10 runs) and X-DER paper Table 2 (seq-CIFAR-100).
+DER_TABLE = "Buzzega et al. 2020 (DER), Table 2"
+XDER_TABLE = "Boschini et al. 2022 (X-DER), Table 2"
+PUBLISHED: Dict[str, Dict[Tuple[str, Optional[int]], Tuple[float, Optional[float]]]] = {
+    "seq-cifar10": {("joint", None): (92.20, None), ("naive", None): (19.62, None), ("si", None): (19.48, None),
+                    ("lwf", None): (19.61, None), ("er", 200): (44.79, 1.86), ("agem", 200): (20.04, 0.34),
+                    ("icarl", 200): (49.02, 3.20), ("der", 200): (61.93, 1.79), ("derpp", 200): (64.88, 1.17),
+                    ("er", 500): (57.74, 0.27), ("agem", 500): (22.67, 0.57), ("icarl", 500): (47.55, 3.95),
+                    ("der", 500): (70.51, 1.67), ("derpp", 500): (72.70, 1.36)},
+    "seq-tinyimagenet": {("joint", None): (59.99, None), ("er", 500): (9.99, None), ("der", 500): (17.75, None),
+                         ("derpp", 500): (19.38, None)},
+    "seq-cifar100": {("er", 500): (22.10, None), ("er", 2000): (38.58, None), ("er_ace", 500): (38.75, None),
+                     ("er_ace", 2000): (49.72, None), ("icarl", 500): (46.52, None), ("icarl", 2000): (49.82, None),
+                     ("derpp", 500): (38.25, None), ("derpp", 2000): (53.63, None)},
+}
+SOURCES = {"seq-cifar10": DER_TABLE, "seq-tinyimagenet": DER_TABLE, "seq-cifar100": XDER_TABLE}
+
+
+def best_row(protocol: str, strategy: str, buffer: Optional[int]) -> Optional[Row]:
+    """(training settings, hyperparameters incl. memory_size) of `strategy` at `buffer`, None if not published."""
+    rows = BEST[protocol]
+    if (strategy, None) in rows:
+        return rows[(strategy, None)]
+    row = rows.get((strategy, buffer))
+    if row is None:
+        return None
+    return dict(row[0]), {**row[1], "memory_size": buffer}
+
+
+def _protocol(name: str, model: str, epochs: int, default_buffer: int, **train) -> Protocol:
+    """The benchmark's protocol: the shared settings, and each method's row at `default_buffer`."""
+    rows = {s: best_row(name, s, default_buffer) for s, _ in BEST[name]}
+    known = {f.name for f in fields(Protocol)}  # settings this version's trainer takes (see UNSUPPORTED)
+    return Protocol(model=model, epochs=epochs, batch_size=32, lr=0.1, optimizer="sgd", reset_optimizer=True,
+                    augment="crop-flip", strategy_hparams={s: r[1] for s, r in rows.items() if r[1]},
+                    strategy_train={s: {k: v for k, v in r[0].items() if k in known} for s, r in rows.items()},
+                    **train)
+
+
+SEQ_CIFAR10 = _protocol("seq-cifar10", "resnet18", 50, 500)
+SEQ_TINYIMAGENET = _protocol("seq-tinyimagenet", "resnet18", 100, 500)
+SEQ_CIFAR100 = _protocol("seq-cifar100", "resnet18", 50, 500)
+
+
+def _split(key: str, data_root: str, classes_per_task: int, n_tasks: int, setting: str, name: str):
+    from .scenarios import split
+
+    data = datasets.load(key, data_root or None)
+    return split(data, classes_per_task, n_tasks=n_tasks or None, setting=setting, name=name)
+
+
+@register_benchmark("seq-cifar10", protocol=SEQ_CIFAR10, source=datasets.describe("cifar10"),
+                    available=lambda root=None: datasets.available("cifar10", root),
+                    description="DER protocol: CIFAR-10 in 5 tasks of 2 classes, class-incremental, ResNet-18, 50 "
+                                "epochs, batch 32, SGD, crop+flip (Buzzega et al. 2020)")
+def seq_cifar10(data_root: str = "", setting: str = "class", n_tasks: int = 5):
+    return _split("cifar10", data_root, 2, n_tasks, setting, "seq-cifar10")
+
+
+@register_benchmark("seq-cifar100", protocol=SEQ_CIFAR100, source=datasets.describe("cifar100"),
+                    available=lambda root=None: datasets.available("cifar100", root),
+                    description="X-DER protocol: CIFAR-100 in 10 tasks of 10 classes, class-incremental, ResNet-18, "
+                                "50 epochs, batch 32, SGD, crop+flip (Boschini et al. 2022)")
+def seq_cifar100(data_root: str = "", setting: str = "class", n_tasks: int = 10):
+    return _split("cifar100", data_root, 10, n_tasks, setting, "seq-cifar100")

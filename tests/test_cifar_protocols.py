@@ -1,0 +1,80 @@
+"""The DER-line CIFAR protocols end to end on CIFAR-format files the test writes: a ResNet-18 with augmentation
+trains, every protocol setting lands in results.json, and `clframework.load` predicts the stream's labels."""
+import json
+
+import pytest
+import torch
+
+from clframework import load, make_benchmark
+from clframework.apps.cli import main
+from clframework.benchmarks.der import BEST, PUBLISHED, best_row
+from clframework.experiment import RunConfig
+from fake_datasets import cifar_arrays, write_cifar10, write_cifar100
+
+
+def test_seq_cifar10_protocol_is_the_der_papers():
+    cfg = RunConfig("naive", "seq-cifar10").resolved()
+    train = cfg["train"]
+    assert (train["model"], train["epochs"], train["batch_size"], train["optimizer"], train["augment"]) == \
+        ("resnet18", 50, 32, "sgd", "crop-flip")
+    assert train["lr"] == 0.1  # best_args.py: sgd on seq-cifar10
+    assert RunConfig("si", "seq-cifar10").resolved()["train"]["lr"] == 0.03
+    assert RunConfig("si", "seq-cifar10").resolved()["hparams"]["c"] == 0.5
+    assert RunConfig("si", "seq-cifar10", lr=0.5).resolved()["train"]["lr"] == 0.5  # the user's value wins
+    assert best_row("seq-cifar10", "derpp", 200) == ({"lr": 0.03}, {"alpha": 0.1, "beta": 0.5, "minibatch_size": 32,
+                                                                   "memory_size": 200})
+    assert best_row("seq-cifar10", "naive", 5120)[1] == {}
+    assert set(PUBLISHED) <= set(BEST)
+
+
+def test_seq_cifar_streams_from_real_format_files(tmp_path):
+    write_cifar10(tmp_path, cifar_arrays(10, 60, 30, seed=1))
+    write_cifar100(tmp_path, cifar_arrays(100, 300, 100, seed=2))
+    s10 = make_benchmark("seq-cifar10", data_root=str(tmp_path))
+    assert s10.setting == "class" and s10.head_sizes == [10] and len(s10) == 5
+    assert [t.classes for t in s10] == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    assert s10.input_shape == (3, 32, 32) and sorted(s10[2].train_y.unique().tolist()) == [4, 5]
+    s100 = make_benchmark("seq-cifar100", data_root=str(tmp_path))
+    assert len(s100) == 10 and s100.head_sizes == [100] and s100[9].classes == tuple(range(90, 100))
+
+
+def test_reduced_resnet18_with_augmentation_trains_end_to_end_and_loads(tmp_path):
+    write_cifar10(tmp_path / "data", cifar_arrays(10, 80, 40, seed=3))
+    out = tmp_path / "run"
+    code = main(["run", "--strategy", "naive", "--benchmark", "seq-cifar10", "--data-root", str(tmp_path / "data"),
+                 "--model", "reduced_resnet18", "--tasks", "2", "--epochs", "2", "--batch-size", "8",
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    c = res["config"]
+    assert (c["model"], c["augment"], c["optimizer"], c["lr"], c["batch_size"], c["epochs"]) == \
+        ("reduced_resnet18", "crop-flip", "sgd", 0.1, 8, 2)
+    assert c["input_shape"] == [3, 32, 32] and c["classes"] == [[0, 1], [2, 3]] and c["head_sizes"] == [4]
+    assert res["provenance"]["overrides"]["model"] == "reduced_resnet18"
+    assert all(torch.isfinite(torch.tensor(p["loss"])) for p in res["curves"])
+    trained = load(out)
+    assert type(trained.model).__name__ == "MultiHeadNet" and trained.model.feature_size == 160
+    stream = make_benchmark("seq-cifar10", data_root=str(tmp_path / "data"), n_tasks=2)
+    for j, task in enumerate(stream):
+        pred = trained.predict(task.test_x)
+        assert set(pred.tolist()) <= {0, 1, 2, 3}
+        truth = torch.tensor(task.classes)[task.test_y - 2 * j]  # head outputs -> CIFAR-10 labels
+        assert (pred == truth).float().mean().item() == pytest.approx(res["accuracy_matrix"][-1][j])
+
+
+def test_load_task_incremental_run_predicts_within_the_task(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", "--strategy", "naive", "--benchmark", "split-mnist-5k", "--tasks", "2", "--epochs", "1",
+                 "--hidden", "32", "--out", str(out), "--quiet"]) == 0
+    trained = load(out)
+    stream = make_benchmark("split-mnist-5k")
+    pred = trained.predict(stream[1].test_x, task=1)
+    assert set(pred.tolist()) <= {2, 3}
+    res = json.loads((out / "results.json").read_text())
+    acc = (pred == torch.tensor(stream[1].classes)[stream[1].test_y]).float().mean().item()
+    assert acc == pytest.approx(res["accuracy_matrix"][-1][1])
+    assert (trained.predict(stream[0].test_x, task="0-1") <= 1).all()
+    with pytest.raises(ValueError, match="pass task="):
+        trained.predict(stream[0].test_x)
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        load(tmp_path)
