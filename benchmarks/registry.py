@@ -24,6 +24,13 @@ class Protocol:
     optimizer: str = "adam"
     reset_optimizer: bool = True
     augment: str = "none"  # the training augmentation (clframework.augment)
+    momentum: Optional[float] = None  # the rest of the optimizer recipe (clframework.recipe.Recipe; None: default)
+    weight_decay: Optional[float] = None
+    lr_schedule: str = "constant"
+    lr_step_epochs: Optional[int] = None
+    lr_gamma: Optional[float] = None
+    lr_min: Optional[float] = None
+    grad_clip: Optional[float] = None
     strategy_hparams: Dict[str, dict] = field(default_factory=dict)
     strategy_train: Dict[str, dict] = field(default_factory=dict)  # per-strategy training settings, e.g. its lr
 

@@ -1,7 +1,6 @@
 """Runs and comparisons: resolve a configuration (checking everything before training), train, score, write files."""
 from __future__ import annotations
 
-import math
 import sys
 import time
 import traceback
@@ -27,11 +26,13 @@ from .parallel import Backend, Executor, open_executor, plugin_modules
 from .plugin import STRATEGIES, Strategy, make_strategy
 from .progress import StudyProgress
 from .registry import RegistryError
-from .trainer import (OPTIMIZERS, Trainer, TrainerCallback, TrainingDiverged, TrainingFailed, seed_everything,
+from .recipe import RECIPE_FIELDS, Recipe
+from .trainer import (Trainer, TrainerCallback, TrainingDiverged, TrainingFailed, seed_everything,
                       select_device)
 
 
-TRAIN_FIELDS = ("model", "epochs", "batch_size", "lr", "hidden", "dropout", "optimizer", "reset_optimizer", "augment")
+TRAIN_FIELDS = ("model", "epochs", "batch_size", "lr", "hidden", "dropout", "optimizer", "reset_optimizer",
+                "augment") + RECIPE_FIELDS[2:]
 
 
 def augment_seed(seed: int) -> int:
@@ -52,8 +53,15 @@ class RunConfig:
     lr: Optional[float] = None
     hidden: Optional[Sequence[int]] = None
     dropout: Optional[float] = None
-    optimizer: Optional[str] = None
+    optimizer: Optional[str] = None  # sgd, adam or adamw (clframework.recipe.Recipe, as are the next six)
     reset_optimizer: Optional[bool] = None
+    momentum: Optional[float] = None
+    weight_decay: Optional[float] = None
+    lr_schedule: Optional[str] = None  # constant, step (lr_step_epochs, lr_gamma) or cosine (lr_min), per task
+    lr_step_epochs: Optional[int] = None
+    lr_gamma: Optional[float] = None
+    lr_min: Optional[float] = None
+    grad_clip: Optional[float] = None
     device: str = "auto"
     benchmark_options: Dict[str, object] = field(default_factory=dict)
     evaluate_on: str = "test"  # "valid" scores the validation hold-out (hyperparameter search)
@@ -107,15 +115,12 @@ def _is_int(v) -> bool:
 
 
 def check_training(train: dict) -> None:
-    """The training protocol's values, each against what is accepted (ValueError naming the value)."""
+    """The training protocol's values, each against what is accepted (ValueError naming the value); the optimizer
+    recipe's defaults are filled in, so that results.json records every value used."""
     for key in ("epochs", "batch_size"):
         if not _is_int(train[key]) or train[key] < 1:
             raise ValueError(f"{key.replace('_', ' ')} must be an integer >= 1, got {train[key]!r}")
-    lr = train["lr"]
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr (learning rate) must be a finite number > 0, got {lr!r}")
-    if train["optimizer"] not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(sorted(OPTIMIZERS))}, got {train['optimizer']!r}")
+    train.update(Recipe(**{k: train[k] for k in RECIPE_FIELDS}).resolved().as_dict())
     hidden = train["hidden"]
     if not isinstance(hidden, list) or not all(_is_int(h) and h >= 1 for h in hidden):
         raise ValueError(f"hidden sizes must be positive integers (e.g. 256,256), got {hidden!r}")
@@ -125,6 +130,11 @@ def check_training(train: dict) -> None:
     if not isinstance(train["reset_optimizer"], bool):
         raise ValueError(f"reset_optimizer must be true or false, got {train['reset_optimizer']!r}")
     check_augment(train["augment"])
+
+
+def recipe_of(train: dict) -> dict:
+    """The optimizer recipe's values of a resolved training protocol, as Trainer keywords."""
+    return {k: train[k] for k in RECIPE_FIELDS}
 
 
 def build_stream(config: RunConfig, stream=None):
@@ -274,8 +284,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
 
     if out_dir is not None and state is None:
         write_json(out_dir / CONFIG, identity(cfg))
-    trainer = Trainer(model, strategy, epochs=train["epochs"], batch_size=train["batch_size"], lr=train["lr"],
-                      optimizer=train["optimizer"], reset_optimizer=train["reset_optimizer"], device=config.device,
+    trainer = Trainer(model, strategy, epochs=train["epochs"], batch_size=train["batch_size"],
+                      reset_optimizer=train["reset_optimizer"], **recipe_of(train), device=config.device,
                       seed=config.seed, quiet=quiet, callbacks=callbacks, evaluate_on=config.evaluate_on,
                       checkpoint_every=checkpoint_every if out_dir is not None else 0,
                       on_checkpoint=save if out_dir is not None else None,

@@ -5,6 +5,7 @@ permutation from a seeded generator, so there is no per-sample Python and no Dat
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
@@ -21,6 +22,7 @@ from clframework.evaluation.results import OutputError
 from .checkpoint import to_device
 from .models import forward_heads
 from .plugin import Batch, Strategy
+from .recipe import Recipe
 
 
 def select_device(device: Optional[str] = None) -> torch.device:
@@ -64,18 +66,6 @@ class TrainerCallback:
 
     def on_run_end(self, result: dict, out_dir) -> None:
         """After a run's results (and, with an output folder, its files) are complete: loggers finish here."""
-
-
-def adam(params, lr: float = 1e-3) -> torch.optim.Optimizer:
-    """The paper's optimizer: Adam, lr 1e-3, betas (0.9, 0.999)."""
-    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
-
-
-def sgd(params, lr: float = 1e-3) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=lr)
-
-
-OPTIMIZERS = {"adam": adam, "sgd": sgd}
 
 
 @dataclass
@@ -122,6 +112,8 @@ class Trainer:
     """Sequential training over a stream with a strategy's hooks.
 
     reset_optimizer: a fresh optimizer per task (paper: split MNIST, CIFAR) or one kept across tasks (permuted MNIST).
+    optimizer, lr, momentum, weight_decay, lr_schedule, lr_step_epochs, lr_gamma, lr_min, grad_clip: the optimizer
+    recipe (recipe.Recipe; the schedule restarts with every task).
     on_checkpoint: called with `state_dict()` after every task and, with checkpoint_every > 0, every that many
     optimizer steps; `fit(stream, resume=state)` continues from such a state exactly (bit for bit on CPU).
     """
@@ -131,19 +123,21 @@ class Trainer:
                  device: Optional[str] = None, seed: int = 0, quiet: bool = False,
                  callbacks: Sequence[TrainerCallback] = (), evaluate_on: str = "test",
                  checkpoint_every: int = 0, on_checkpoint: Optional[Callable[[dict], None]] = None,
-                 label: str = "", augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
-        if epochs < 1 or batch_size < 1 or not lr > 0:
-            raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0, got epochs={epochs}, "
-                             f"batch_size={batch_size}, lr={lr}")
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+                 label: str = "", augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                 momentum: Optional[float] = None, weight_decay: Optional[float] = None,
+                 lr_schedule: str = "constant", lr_step_epochs: Optional[int] = None,
+                 lr_gamma: Optional[float] = None, lr_min: Optional[float] = None, grad_clip: Optional[float] = None):
+        if epochs < 1 or batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
+        self.recipe = Recipe(optimizer, lr, momentum, weight_decay, lr_schedule, lr_step_epochs, lr_gamma, lr_min,
+                             grad_clip).resolved()
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: after every task only), got {checkpoint_every}")
         self.device = select_device(device)
         self.model = model.to(self.device)
         self.strategy = strategy
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
-        self.make_optimizer: Callable = OPTIMIZERS[optimizer]
+        self.make_optimizer: Callable = self.recipe.make_optimizer
         self.reset_optimizer = reset_optimizer
         self.seed, self.quiet = seed, quiet
         self.callbacks = list(callbacks)
@@ -204,7 +198,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer = None
         if state["optimizer"] is not None:
-            self.optimizer = self.make_optimizer([p for p in self.model.parameters() if p.requires_grad], lr=self.lr)
+            self.optimizer = self.make_optimizer([p for p in self.model.parameters() if p.requires_grad])
             self.optimizer.load_state_dict(state["optimizer"])
         self.strategy.load_state_dict(to_device(state["strategy"], self.device))
         self.generator.set_state(state["generator"])
@@ -241,11 +235,12 @@ class Trainer:
         if not resume:
             self._epoch, self._task_curve = None, []
             if self.optimizer is None or self.reset_optimizer:
-                self.optimizer = self.make_optimizer([p for p in model.parameters() if p.requires_grad], lr=self.lr)
+                self.optimizer = self.make_optimizer([p for p in model.parameters() if p.requires_grad])
         opt = self.optimizer
         x, y = task.train_x.to(device), task.train_y.to(device)
         n, head = len(y), task.head
         prepare = self.augment  # stored examples -> model inputs
+        adjust = self._step_adjustment(opt, n)
         if not resume:
             strategy.on_task_start(model, task_index)
         model.train()
@@ -281,6 +276,8 @@ class Trainer:
                     ep["first_bad"] = torch.where(bad, torch.full_like(ep["first_bad"], b), ep["first_bad"])
                 total.backward()
                 strategy.on_before_step(model)
+                if adjust is not None:
+                    adjust(epoch, b - 1)
                 opt.step()
                 strategy.on_after_step(model)
                 opt.zero_grad(set_to_none=True)
@@ -300,6 +297,25 @@ class Trainer:
             self._callback("on_epoch_end", task_index, epoch + 1, point["loss"], point["accuracy"])
         strategy.on_task_end(model, task, head)
         return list(curve)
+
+    def _step_adjustment(self, opt: torch.optim.Optimizer, n: int) -> Optional[Callable[[int, int], None]]:
+        """What the recipe does before each optimizer step (this step's learning rate, gradient clipping), or None
+        when it does nothing (constant learning rate, no clipping): the hot loop then pays nothing for it."""
+        recipe, steps_per_epoch = self.recipe, math.ceil(n / self.batch_size)
+        scheduled, clip = recipe.lr_schedule != "constant", recipe.grad_clip
+        if not scheduled and not clip:
+            return None
+        params = [p for group in opt.param_groups for p in group["params"]]
+
+        def adjust(epoch: int, step: int) -> None:
+            if scheduled:
+                lr = recipe.lr_at(epoch, step, steps_per_epoch, self.epochs)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+            if clip:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+
+        return adjust
 
     def _check_finite(self, ep: dict) -> None:
         """On CUDA, non-finite losses are noted on the device and looked at here (epoch end, before a checkpoint)."""

@@ -56,6 +56,12 @@ def test_plain_loop_example_reaches_the_stated_accuracy(tmp_path):
     run_document(DOCS / "plain-loop.md", tmp_path)
 
 
+def test_recipe_guide_gives_its_stated_results(tmp_path):
+    """docs/recipe.md: the recipe flags and RunConfig fields are recorded, and each run reaches the stated accuracy."""
+    run_document(DOCS / "recipe.md", tmp_path)
+    assert len(re.findall(r"```text output", (DOCS / "recipe.md").read_text())) == 2
+
+
 def test_output_blocks_compare_numbers_within_tolerance():
     assert_output_matches("acc: [0.995, 0.5]", "acc: [0.99, 0.51]\n", "doc")
     for printed in ("acc: [0.9, 0.5]", "acc: [0.995]", "loss: [0.995, 0.5]"):

@@ -54,6 +54,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="minibatch size (default: the benchmark's protocol)")
     p.add_argument("--lr", type=float, help="learning rate (default: the benchmark's protocol)")
     _model_args(p)
+    _recipe_args(p)
     p.add_argument("--hidden", help="MLP hidden sizes, comma-separated, e.g. 256,256")
     p.add_argument("--dropout", type=float, help="dropout on hidden layers")
     p.add_argument("--tasks", type=int, metavar="N", help="train and score the first N tasks only (default: all)")
@@ -75,6 +76,31 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="training augmentation, per example on the device: crop-flip = random crop with 4-pixel "
                         "padding and horizontal flip (default: the benchmark's; CIFAR and TinyImageNet protocols "
                         "crop-flip, MNIST-like none)")
+RECIPE_FLAGS = ("optimizer", "momentum", "weight_decay", "lr_schedule", "lr_step_epochs", "lr_gamma", "lr_min",
+                "grad_clip")
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    """The optimizer recipe (docs/recipe.md); each default is the benchmark's protocol, each value is checked by
+    RunConfig.resolved before any training."""
+    g = p.add_argument_group("optimizer recipe (default: the benchmark's protocol; docs/recipe.md)")
+    g.add_argument("--optimizer", metavar="sgd|adam|adamw", help="the optimizer")
+    g.add_argument("--momentum", type=float, help="SGD momentum (sgd only; default 0)")
+    g.add_argument("--weight-decay", type=float, help="L2 penalty for sgd and adam, decoupled for adamw (default 0; "
+                   "adamw 0.01)")
+    g.add_argument("--lr-schedule", metavar="constant|step|cosine",
+                   help="learning-rate schedule, restarting with every task (default constant)")
+    g.add_argument("--lr-step-epochs", type=int, metavar="N", help="step schedule: multiply the lr by --lr-gamma every "
+                   "N epochs of a task")
+    g.add_argument("--lr-gamma", type=float, help="step schedule: the factor (default 0.1)")
+    g.add_argument("--lr-min", type=float, help="cosine schedule: the lr it anneals to by a task's last step "
+                   "(default 0)")
+    g.add_argument("--grad-clip", type=float, metavar="NORM", help="clip the L2 norm of all gradients together to "
+                   "NORM before each step (default 0: no clipping)")
+
+
+def _recipe(args) -> dict:
+    return {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k) is not None}
 
 
 def _folder_args(p: argparse.ArgumentParser, checkpoints: bool = True) -> None:
@@ -195,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--seeds", type=int, help="override the paper's number of seeds")
     xp.add_argument("--epochs", type=int, help="override the epochs per task")
     xp.add_argument("--data-root", help="folder holding the dataset files")
+    _recipe_args(xp)
     xp.add_argument("--arms", help="comma-separated arms and controls to run, in this order (default: all); "
                     "an arm may override hyperparameters, e.g. --arms si,sgd,ewc,si:c=0.02,joint")
     xp.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
@@ -262,7 +289,8 @@ def _base_config(args, strategy: str):
     options = {k: v for k, v in (("setting", args.setting), ("data_root", args.data_root)) if v is not None}
     return RunConfig(strategy=strategy, benchmark=args.benchmark, seed=getattr(args, "seed", 0), epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, hidden=hidden, dropout=args.dropout, device=args.device,
-                     benchmark_options=options, tasks=args.tasks, model=args.model, augment=args.augment)
+                     benchmark_options=options, tasks=args.tasks, model=args.model, augment=args.augment,
+                     **_recipe(args))
 
 
 def _folder_options(args) -> dict:
@@ -373,6 +401,7 @@ def cmd_reproduce(args) -> int:
         result = reproduce(args.experiment, out, dataset=args.dataset, quick=args.quick, seeds=args.seeds,
                            epochs=args.epochs, data_root=args.data_root, quiet=args.quiet, log=progress.note,
                            arms=arms, device=args.device, model=args.model, augment=args.augment,
+                           recipe=_recipe(args),
                            callbacks_for=(lambda cfg: loggers(cfg.resolved())) if loggers else None,
                            summary_callbacks=[summary_logger] if summary_logger else (), **_folder_options(args),
                            backend=backend, progress=progress, checkpoint_dir=args.checkpoint_dir, figures=figures)

@@ -30,7 +30,8 @@ from clframework.evaluation.results import write_json, write_text
 from ..checkpoint import OutputFolder
 from ..augment import make_augment
 from ..experiment import (DEFAULT_CHECKPOINT_EVERY, STUDY_FIGURES, RunConfig, augment_seed, compare_configs, model_for,
-                          study_plugins, write_plan)
+                          recipe_of, study_plugins, write_plan)
+from ..recipe import RECIPE_FIELDS
 from ..parallel import Backend, Executor, open_executor
 from ..plugin import make_strategy
 from ..progress import StudyProgress
@@ -135,8 +136,10 @@ def select_arms(exp: Experiment, arms: Optional[Sequence[str]] = None) -> Tuple[
 
 def plan(name: str, dataset: Optional[str] = None, quick: bool = False, seeds: Optional[int] = None,
          epochs: Optional[int] = None, data_root: Optional[str] = None, arms: Optional[Sequence[str]] = None,
-         device: str = "auto", model=None, augment: Optional[str] = None) -> dict:
-    """Resolve an experiment into concrete run configurations (checked) and a list of what --quick scaled."""
+         device: str = "auto", model=None, augment: Optional[str] = None,
+         recipe: Optional[Dict[str, object]] = None) -> dict:
+    """Resolve an experiment into concrete run configurations (checked) and a list of what --quick scaled and
+    what `recipe` (optimizer recipe values, RunConfig fields) changed from the paper's protocol."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
     exp = EXPERIMENTS[name]
@@ -174,6 +177,13 @@ def plan(name: str, dataset: Optional[str] = None, quick: bool = False, seeds: O
             scaled.append(f"epochs {paper_epochs} -> {epochs} (--epochs)")
         overrides["epochs"] = epochs
     overrides.update({k: v for k, v in (("model", model), ("augment", augment)) if v is not None})
+    paper = BENCHMARKS.get(benchmark).extra["protocol"]
+    for key, value in (recipe or {}).items():
+        if key not in RECIPE_FIELDS:
+            raise ValueError(f"{key!r} is not part of the optimizer recipe ({', '.join(RECIPE_FIELDS)})")
+        if value != getattr(paper, key):
+            scaled.append(f"{key} {getattr(paper, key)} -> {value} (--{key.replace('_', '-')})")
+        overrides[key] = value
     configs = {}
     for arm in chosen:
         cfg = RunConfig(strategy=arm.strategy, benchmark=benchmark, hparams=dict(arm.hparams),
@@ -189,7 +199,7 @@ def train_alone(stream: Stream, config: RunConfig, seed: int, tasks: List[Task],
     train = config.resolved()["train"]
     seed_everything(seed)
     trainer = Trainer(model_for(config, train, stream), make_strategy("naive"), epochs=train["epochs"],
-                      batch_size=train["batch_size"], lr=train["lr"], optimizer=train["optimizer"],
+                      batch_size=train["batch_size"], **recipe_of(train),
                       reset_optimizer=True, device=config.device, seed=seed, quiet=quiet,
                       augment=make_augment(train["augment"], stream.input_shape, seed=augment_seed(seed)))
     for i, task in enumerate(tasks):
@@ -283,7 +293,8 @@ class _Progress:
 
 def reproduce(name: str, out_dir: Path, dataset: Optional[str] = None, quick: bool = False,
               seeds: Optional[int] = None, epochs: Optional[int] = None, data_root: Optional[str] = None,
-              quiet: bool = False, log=print, arms: Optional[Sequence[str]] = None, device: str = "auto", *,
+              quiet: bool = False, log=print, arms: Optional[Sequence[str]] = None, device: str = "auto",
+              recipe: Optional[Dict[str, object]] = None, *,
               resume: bool = False, overwrite: bool = False, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
               backend: Optional[Backend] = None, progress: Optional[StudyProgress] = None,
               checkpoint_dir: Optional[Path] = None, callbacks_for=None, summary_callbacks: Sequence = (),
@@ -292,11 +303,12 @@ def reproduce(name: str, out_dir: Path, dataset: Optional[str] = None, quick: bo
 
     `callbacks_for(config)` gives each arm's run more callbacks (W&B loggers); `summary_callbacks` see the
     comparison's summary. model, augment: replace the protocol's (a registered model, "module:factory" or a callable).
+    recipe: optimizer recipe values replacing the paper's (e.g. {"optimizer": "sgd"}), listed with what was scaled.
 
     resume: finished arm runs are kept and interrupted ones continue from their checkpoints; the controls (short
     from-scratch trainings) run again. backend: where the runs execute (parallel.py). figures: the paper's figures
     as PNG by default; each run's own only if asked."""
-    p = plan(name, dataset, quick, seeds, epochs, data_root, arms, device, model, augment)
+    p = plan(name, dataset, quick, seeds, epochs, data_root, arms, device, model, augment, recipe)
     exp: Experiment = p["experiment"]
     out_dir = Path(out_dir)
     own_progress = progress is None
