@@ -78,3 +78,34 @@ def test_load_task_incremental_run_predicts_within_the_task(tmp_path):
         trained.predict(stream[0].test_x)
     with pytest.raises(FileNotFoundError, match="no finished run"):
         load(tmp_path)
+
+
+def test_der_table_runs_a_table_and_writes_its_ledger_rows(tmp_path):
+    """`reproduce der-table` (scaled down, on generated CIFAR files): each method with its own published settings,
+    the paper's number beside ours, ledger rows with the command, and --resume trains nothing again."""
+    from clframework.apps.reproduce import plan
+    from clframework.benchmarks.der import PUBLISHED
+
+    write_cifar10(tmp_path / "data", cifar_arrays(10, 40, 20, seed=4))
+    args = ["reproduce", "der-table", "--dataset", "seq-cifar10", "--buffer", "200", "--quick", "--seeds", "1",
+            "--data-root", str(tmp_path / "data"), "--model", "reduced_resnet18", "--arms", "naive,agem,joint",
+            "--out", str(tmp_path / "table"), "--quiet"]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "table" / "reproduction.json").read_text())
+    arms = result["arms"]
+    assert arms["naive"]["protocol"]["lr"] == 0.1 and arms["agem (buffer 200)"]["protocol"]["lr"] == 0.03
+    assert arms["agem (buffer 200)"]["hparams"]["memory_size"] == 200
+    assert arms["agem (buffer 200)"]["published"].startswith("20.04 +- 0.34")
+    assert "model resnet18 -> reduced_resnet18 (--model)" in result["scaled"]
+    ledger = (tmp_path / "table" / "ledger.md").read_text().splitlines()
+    rows = {line.split(" | ")[1]: line for line in ledger[2:]}
+    assert set(rows) == {"naive", "agem", "joint (bound)"}
+    assert f"{PUBLISHED['seq-cifar10'][('joint', None)][0]:.2f}" in rows["joint (bound)"]
+    ours = f"{100 * arms['naive']['acc_mean']:.2f} +- {100 * arms['naive']['acc_spread']:.2f} (1)"
+    assert ours in rows["naive"] and "reproduce der-table --dataset seq-cifar10 --buffer 200" in rows["naive"]
+    assert "[scaled:" in rows["naive"]
+    before = (tmp_path / "table" / "naive-seed0" / "results.json").read_text()
+    assert main(args[:-1] + ["--resume", "--quiet"]) == 0
+    assert (tmp_path / "table" / "naive-seed0" / "results.json").read_text() == before
+    with pytest.raises(ValueError, match="5120"):
+        plan("der-table", dataset="seq-cifar10", buffer=300)

@@ -215,8 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     _wandb_args(cp)
     _study_args(cp)
     xp = sub.add_parser("reproduce", help="one of the paper's experiments: its arms, seeds, controls, figures, table")
-    xp.add_argument("experiment", help="split-mnist, permuted-mnist or split-cifar")
-    xp.add_argument("--dataset", help="mnist (default), fashion-mnist or mnist-5k for the MNIST protocols; cifar")
+    xp.add_argument("experiment", help="split-mnist, permuted-mnist, split-cifar (the SI paper) or der-table (the DER "
+                                       "paper's class-incremental table; writes ledger.md)")
+    xp.add_argument("--dataset", help="mnist (default), fashion-mnist or mnist-5k for the MNIST protocols; cifar; "
+                                      "seq-cifar10 (default), seq-cifar100 or seq-tinyimagenet for der-table")
+    xp.add_argument("--buffer", type=int, help="der-table: the memory size whose row to run (seq-cifar10 and "
+                                               "seq-tinyimagenet: 200, 500 (default), 5120; seq-cifar100: 500, 2000)")
     xp.add_argument("--quick", action="store_true", help="scale width, epochs, tasks and seeds down (printed)")
     xp.add_argument("--seeds", type=int, help="override the paper's number of seeds")
     xp.add_argument("--epochs", type=int, help="override the epochs per task")
@@ -401,7 +405,7 @@ def cmd_reproduce(args) -> int:
         result = reproduce(args.experiment, out, dataset=args.dataset, quick=args.quick, seeds=args.seeds,
                            epochs=args.epochs, data_root=args.data_root, quiet=args.quiet, log=progress.note,
                            arms=arms, device=args.device, model=args.model, augment=args.augment,
-                           recipe=_recipe(args),
+                           recipe=_recipe(args), buffer=args.buffer,
                            callbacks_for=(lambda cfg: loggers(cfg.resolved())) if loggers else None,
                            summary_callbacks=[summary_logger] if summary_logger else (), **_folder_options(args),
                            backend=backend, progress=progress, checkpoint_dir=args.checkpoint_dir, figures=figures)

@@ -13,13 +13,14 @@ import math
 import platform
 import time
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from clframework.benchmarks import der
 from clframework.benchmarks.registry import BENCHMARKS
 from clframework.benchmarks.stream import Stream, Task
 from clframework.evaluation.aggregate import mean_cpu_seconds
@@ -27,13 +28,15 @@ from clframework.evaluation.evaluator import evaluate_stream
 from clframework.evaluation.plots import average_figure, final_accuracy_figure, save
 from clframework.evaluation.results import write_json, write_text
 
+from .. import provenance
 from ..checkpoint import OutputFolder
 from ..augment import make_augment
 from ..experiment import (DEFAULT_CHECKPOINT_EVERY, STUDY_FIGURES, RunConfig, augment_seed, compare_configs, model_for,
                           recipe_of, study_plugins, write_plan)
+from ..models import model_name
 from ..recipe import RECIPE_FIELDS
 from ..parallel import Backend, Executor, open_executor
-from ..plugin import make_strategy
+from ..plugin import STRATEGIES, make_strategy
 from ..progress import StudyProgress
 from ..trainer import Trainer, seed_everything, select_device
 
@@ -45,6 +48,7 @@ class Arm:
     strategy: str
     hparams: Dict[str, object] = field(default_factory=dict)
     train: Dict[str, object] = field(default_factory=dict)  # RunConfig overrides, e.g. dropout
+    published: str = ""  # the paper's number for this arm, with its source (shown beside ours)
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,34 @@ class Experiment:
     figures: Tuple[int, ...]
     controls: Tuple[str, ...] = ()
     quick: Dict[str, object] = field(default_factory=dict)  # training overrides, benchmark options, seeds
+    # arms that depend on the dataset and memory size (dataset, buffer) -> arms, replacing `arms` (der-table)
+    arms_for: Optional[Callable[[str, Optional[int]], Tuple[Arm, ...]]] = None
+    buffers: Dict[str, Tuple[int, ...]] = field(default_factory=dict)  # dataset -> the memory sizes it reports
+
+
+DER_ORDER = ("naive", "si", "lwf", "agem", "er", "er_ace", "icarl", "der", "derpp")  # the tables' row order
+
+
+def _published(dataset: str, strategy: str, buffer: Optional[int]) -> str:
+    value = der.PUBLISHED[dataset].get((strategy, buffer)) or der.PUBLISHED[dataset].get((strategy, None))
+    if value is None:
+        return ""
+    mean, sd = value
+    return f"{mean:.2f}" + (f" +- {sd:.2f}" if sd is not None else "") + f" ({der.SOURCES[dataset]})"
+
+
+def der_table_arms(dataset: str, buffer: Optional[int]) -> Tuple[Arm, ...]:
+    """One arm per method of the DER-line table with a published setting at `buffer` (best_args.py), in the
+    table's order; methods not registered here are left out (plan() lists them)."""
+    arms = []
+    for strategy in DER_ORDER:
+        row = der.best_row(dataset, strategy, buffer)
+        if row is None:
+            continue
+        train, hparams = row
+        label = f"{strategy} (buffer {buffer})" if "memory_size" in hparams else strategy
+        arms.append(Arm(strategy, label, strategy, hparams, train, _published(dataset, strategy, buffer)))
+    return tuple(arms)
 
 
 EXPERIMENTS: Dict[str, Experiment] = {
@@ -84,6 +116,14 @@ EXPERIMENTS: Dict[str, Experiment] = {
          Arm("si", "SI (c=0.1)", "si", {"c": 0.1, "xi": 1e-3})),
         seeds=5, spread="sd", figures=(6,), controls=("scratch",),
         quick={"epochs": 2, "cifar100_tasks": 2, "seeds": 2}),
+    "der-table": Experiment(
+        "der-table", "Buzzega et al. 2020 (DER) Table 2 / Boschini et al. 2022 (X-DER) Table 2: class-incremental "
+                     "rehearsal methods, ResNet-18, crop+flip, SGD, each method's best_args.py settings",
+        {"seq-cifar10": "seq-cifar10", "seq-cifar100": "seq-cifar100", "seq-tinyimagenet": "seq-tinyimagenet"},
+        (), seeds=10, spread="sem", figures=(), controls=("joint",),
+        quick={"epochs": 1, "n_tasks": 2, "seeds": 2}, arms_for=der_table_arms,
+        buffers={"seq-cifar10": der.BUFFERS, "seq-cifar100": der.CIFAR100_BUFFERS,
+                 "seq-tinyimagenet": der.BUFFERS}),
 }
 
 
@@ -137,16 +177,29 @@ def select_arms(exp: Experiment, arms: Optional[Sequence[str]] = None) -> Tuple[
 def plan(name: str, dataset: Optional[str] = None, quick: bool = False, seeds: Optional[int] = None,
          epochs: Optional[int] = None, data_root: Optional[str] = None, arms: Optional[Sequence[str]] = None,
          device: str = "auto", model=None, augment: Optional[str] = None,
-         recipe: Optional[Dict[str, object]] = None) -> dict:
+         recipe: Optional[Dict[str, object]] = None, buffer: Optional[int] = None) -> dict:
     """Resolve an experiment into concrete run configurations (checked) and a list of what --quick scaled and
     what `recipe` (optimizer recipe values, RunConfig fields) changed from the paper's protocol."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
     exp = EXPERIMENTS[name]
-    chosen, controls = select_arms(exp, arms)
     dataset = dataset or next(iter(exp.benchmarks))
     if dataset not in exp.benchmarks:
         raise ValueError(f"experiment {name} runs on {', '.join(exp.benchmarks)}, not {dataset!r}")
+    missing: List[str] = []
+    if exp.arms_for is not None:
+        sizes = exp.buffers[dataset]
+        buffer = sizes[min(1, len(sizes) - 1)] if buffer is None else buffer
+        if buffer not in sizes:
+            raise ValueError(f"{name} on {dataset} reports memory sizes {', '.join(map(str, sizes))}; --buffer "
+                             f"{buffer} has no published setting")
+        registered = set(STRATEGIES.names())
+        all_arms = exp.arms_for(dataset, buffer)
+        missing = [a.strategy for a in all_arms if a.strategy not in registered]
+        exp = replace(exp, arms=tuple(a for a in all_arms if a.strategy in registered))
+    elif buffer is not None:
+        raise ValueError(f"--buffer applies to experiments with memory sizes (der-table), not {name}")
+    chosen, controls = select_arms(exp, arms)
     benchmark = exp.benchmarks[dataset]
     options: Dict[str, object] = {"data_root": data_root} if data_root else {}
     overrides: Dict[str, object] = {}
@@ -176,8 +229,12 @@ def plan(name: str, dataset: Optional[str] = None, quick: bool = False, seeds: O
         if epochs != paper_epochs:
             scaled.append(f"epochs {paper_epochs} -> {epochs} (--epochs)")
         overrides["epochs"] = epochs
-    overrides.update({k: v for k, v in (("model", model), ("augment", augment)) if v is not None})
     paper = BENCHMARKS.get(benchmark).extra["protocol"]
+    for key, value in (("model", model), ("augment", augment)):
+        if value is not None:
+            overrides[key] = value
+            if model_name(value) != getattr(paper, key):
+                scaled.append(f"{key} {getattr(paper, key)} -> {model_name(value)} (--{key})")
     for key, value in (recipe or {}).items():
         if key not in RECIPE_FIELDS:
             raise ValueError(f"{key!r} is not part of the optimizer recipe ({', '.join(RECIPE_FIELDS)})")
@@ -185,13 +242,18 @@ def plan(name: str, dataset: Optional[str] = None, quick: bool = False, seeds: O
             scaled.append(f"{key} {getattr(paper, key)} -> {value} (--{key.replace('_', '-')})")
         overrides[key] = value
     configs = {}
+    known = {f.name for f in fields(RunConfig)}
     for arm in chosen:
+        train = {k: v for k, v in arm.train.items() if k in known}
+        scaled += [f"{arm.label}: {k} {v} not applied (no such training setting in this version)"
+                   for k, v in arm.train.items() if k not in known]
         cfg = RunConfig(strategy=arm.strategy, benchmark=benchmark, hparams=dict(arm.hparams),
-                        benchmark_options=dict(options), device=device, **{**overrides, **arm.train})
+                        benchmark_options=dict(options), device=device, **{**overrides, **train})
         cfg.resolved()  # every error before any training
         configs[arm.label] = cfg
     return {"experiment": exp, "benchmark": benchmark, "dataset": dataset, "configs": configs, "seeds": n_seeds,
-            "scaled": scaled, "benchmark_options": options, "controls": controls}
+            "scaled": scaled, "benchmark_options": options, "controls": controls, "buffer": buffer,
+            "published": {a.label: a.published for a in chosen if a.published}, "not_registered": missing}
 
 
 def train_alone(stream: Stream, config: RunConfig, seed: int, tasks: List[Task], quiet: bool) -> List[float]:
@@ -298,17 +360,20 @@ def reproduce(name: str, out_dir: Path, dataset: Optional[str] = None, quick: bo
               resume: bool = False, overwrite: bool = False, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
               backend: Optional[Backend] = None, progress: Optional[StudyProgress] = None,
               checkpoint_dir: Optional[Path] = None, callbacks_for=None, summary_callbacks: Sequence = (),
-              figures=STUDY_FIGURES, model=None, augment: Optional[str] = None) -> dict:
+              figures=STUDY_FIGURES, model=None, augment: Optional[str] = None,
+              buffer: Optional[int] = None) -> dict:
     """Run every arm for every seed (a head-to-head comparison), the controls, and draw the paper's figures.
 
     `callbacks_for(config)` gives each arm's run more callbacks (W&B loggers); `summary_callbacks` see the
     comparison's summary. model, augment: replace the protocol's (a registered model, "module:factory" or a callable).
     recipe: optimizer recipe values replacing the paper's (e.g. {"optimizer": "sgd"}), listed with what was scaled.
+    buffer: the memory size of a table that reports several (der-table: 200, 500, 5120; default 500); its run also
+    writes ledger.md, the table's rows for docs/ledger.md.
 
     resume: finished arm runs are kept and interrupted ones continue from their checkpoints; the controls (short
     from-scratch trainings) run again. backend: where the runs execute (parallel.py). figures: the paper's figures
     as PNG by default; each run's own only if asked."""
-    p = plan(name, dataset, quick, seeds, epochs, data_root, arms, device, model, augment, recipe)
+    p = plan(name, dataset, quick, seeds, epochs, data_root, arms, device, model, augment, recipe, buffer)
     exp: Experiment = p["experiment"]
     out_dir = Path(out_dir)
     own_progress = progress is None
@@ -331,6 +396,8 @@ def _reproduce(exp: "Experiment", p: dict, out_dir: Path, quiet: bool, log, resu
         + f"; on {hardware}")
     if p["scaled"]:
         log("scaled from the paper's protocol: " + "; ".join(p["scaled"]))
+    if p.get("not_registered"):
+        log(f"not run (no such strategy registered here): {', '.join(p['not_registered'])}")
     configs = list(p["configs"].values())
     stream = BENCHMARKS.create(p["benchmark"], **p["benchmark_options"])
     controls = control_jobs(p["controls"], stream, configs[0], p["seeds"], quiet or backend.parallel)
@@ -352,6 +419,8 @@ def _reproduce(exp: "Experiment", p: dict, out_dir: Path, quiet: bool, log, resu
     result["figures"] = [str(f.relative_to(out_dir)) for f in draw_figures(exp, result, stream, out_dir, figures)]
     write_json(out_dir / "reproduction.json", result)
     write_text(out_dir / "reproduction.md", table(result))
+    if exp.arms_for is not None:
+        write_text(out_dir / "ledger.md", ledger_rows(result))
     log(table(result))
     log(f"results: {out_dir}")
     return result
@@ -362,7 +431,9 @@ def summarize(exp: Experiment, p: dict, runs: Dict[str, List[dict]], tasks: List
     """Per arm: final average accuracy with the paper's error bars (SEM or SD over seeds), per-task final accuracy."""
     out = {"experiment": exp.name, "section": exp.section, "benchmark": p["benchmark"], "dataset": p["dataset"],
            "seeds": p["seeds"], "spread": exp.spread, "scaled": p["scaled"], "device": device, "arms": {},
-           "diverged": diverged or []}
+           "diverged": diverged or [], "buffer": p.get("buffer"), "command": provenance.command()}
+    if exp.arms_for is not None:
+        out["joint_published"] = _published(p["dataset"], "joint", None)
     for label, arm_runs in runs.items():
         if not arm_runs:  # every seed diverged: listed in "diverged", no statistics
             continue
@@ -376,6 +447,8 @@ def summarize(exp: Experiment, p: dict, runs: Dict[str, List[dict]], tasks: List
             "seconds_per_run": float(np.mean([r["wall_seconds"] for r in arm_runs])),
             "train_seconds_per_run": float(np.mean([r["train_seconds"] for r in arm_runs])),
             "cpu_seconds_per_run": mean_cpu_seconds(arm_runs),
+            "published": p.get("published", {}).get(label, ""),
+            "protocol": {k: v for k, v in p["configs"][label].resolved()["train"].items()},
         }
     out["tasks"] = tasks
     return out
@@ -383,22 +456,48 @@ def summarize(exp: Experiment, p: dict, runs: Dict[str, List[dict]], tasks: List
 
 def table(summary: dict) -> str:
     pm = summary["spread"].upper()
+    paper = any(a.get("published") for a in summary["arms"].values()) or summary.get("joint_published")
+    paper_head = " paper (%, source) |" if paper else ""
     lines = [f"{summary['experiment']} on {summary['benchmark']}, {summary['seeds']} seed(s)"
              + (f" (quick: {'; '.join(summary['scaled'])})" if summary["scaled"] else "")
              + (f", on {summary['device']}" if summary.get("device") else "")
              + (f" (PARTIAL: {summary['partial']} finished)" if summary.get("partial") else ""), "",
-             f"| arm | final average accuracy (mean +- {pm}) | BWT | CPU s/run | wall s/run |",
-             "|---|---|---|---|---|"]
+             f"| arm | final average accuracy (mean +- {pm}) | BWT | CPU s/run | wall s/run |{paper_head}",
+             "|---|---|---|---|---|" + ("---|" if paper_head else "")]
     for label, a in summary["arms"].items():
         cpu = a.get("cpu_seconds_per_run")
         lines.append(f"| {label} | {a['acc_mean']:.4f} +- {a['acc_spread']:.4f} | {a['bwt_mean']:+.4f} "
-                     f"| {'-' if cpu is None else f'{cpu:.1f}'} | {a['seconds_per_run']:.1f} |")
+                     f"| {'-' if cpu is None else f'{cpu:.1f}'} | {a['seconds_per_run']:.1f} |"
+                     + (f" {a.get('published') or '-'} |" if paper_head else ""))
     controls = summary.get("controls", {})
     if "joint" in controls:
-        lines.append(f"| joint training (all tasks at once) | {controls['joint']['acc_mean']:.4f} | | | |")
+        lines.append(f"| joint training (all tasks at once) | {controls['joint']['acc_mean']:.4f} | | | |"
+                     + (f" {summary.get('joint_published') or '-'} |" if paper_head else ""))
     if "scratch" in controls:
         per = ", ".join(f"{v:.3f}" for v in controls["scratch"]["per_task_mean"])
         lines.append(f"| from scratch per task (per-task accuracy) | {per} | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def ledger_rows(summary: dict) -> str:
+    """docs/ledger.md's rows for this table: protocol, method, buffer, the published number with its source, ours
+    (final class-incremental accuracy in %, mean +- SEM over the seeds run, scaled settings named) and the command."""
+    command = summary.get("command") or "(Python API)"
+    scaled = f" [scaled: {'; '.join(summary['scaled'])}]" if summary["scaled"] else ""
+    n = summary["seeds"]
+    lines = ["| protocol | method | buffer | published (source) | ours: mean +- SEM (seeds) | command |",
+             "|---|---|---|---|---|---|"]
+    for label, a in summary["arms"].items():
+        buffer = a["hparams"].get("memory_size", "-")
+        ours = f"{100 * a['acc_mean']:.2f} +- {100 * a['acc_spread']:.2f} ({n}){scaled}"
+        lines.append(f"| {summary['dataset']} | {label.split(' ')[0]} | {buffer} | {a.get('published') or '-'} "
+                     f"| {ours} | `{command}` |")
+    joint = summary.get("controls", {}).get("joint")
+    if joint:
+        accs = [float(np.mean(r)) for r in joint["per_seed"]]
+        lines.append(f"| {summary['dataset']} | joint (bound) | - | {summary.get('joint_published') or '-'} "
+                     f"| {100 * float(np.mean(accs)):.2f} +- {100 * spread(accs, 'sem'):.2f} ({len(accs)}){scaled} "
+                     f"| `{command}` |")
     return "\n".join(lines) + "\n"
 
 
