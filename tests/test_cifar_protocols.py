@@ -109,3 +109,22 @@ def test_der_table_runs_a_table_and_writes_its_ledger_rows(tmp_path):
     assert (tmp_path / "table" / "naive-seed0" / "results.json").read_text() == before
     with pytest.raises(ValueError, match="5120"):
         plan("der-table", dataset="seq-cifar10", buffer=300)
+
+
+def test_gpu_der_epoch_script_dry_run_on_cpu(tmp_path):
+    """scripts/gpu_der_epoch.sh (for a GPU machine) on the CPU at a tiny scale: it writes the CIFAR-format files,
+    trains two tasks and states the time per epoch from results.json."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_der_epoch.sh"
+    env = {**os.environ, "PYTHON": sys.executable, "STRATEGY": "naive", "N_TRAIN": "100", "N_TEST": "20"}
+    proc = subprocess.run([str(script), str(tmp_path / "out"), "--model", "reduced_resnet18", "--device", "cpu"],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    line = (tmp_path / "out" / "epoch_time.txt").read_text()
+    assert f"{res['train_seconds'] / 2:.1f} s per epoch" in line and "augment crop-flip" in line
+    assert res["config"]["batch_size"] == 32 and len(res["tasks"]) == 2

@@ -167,3 +167,10 @@ def test_fisher_runs_in_eval_mode_and_leaves_running_statistics_alone():
     one = [fisher_diagonal(model, [(x[i:i + 1], torch.zeros(1, dtype=torch.long))], head=0) for i in range(6)]
     for n, f in fisher.items():
         assert torch.allclose(f, sum(o[n] for o in one) / 6, rtol=1e-9, atol=1e-15), n
+
+
+def test_models_doc_runs(tmp_path):
+    """docs/models.md: an own model by module:factory from the CLI, then clframework.load and predict."""
+    from test_docs import DOCS, run_document
+
+    run_document(DOCS / "models.md", tmp_path)
