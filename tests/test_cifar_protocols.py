@@ -128,3 +128,32 @@ def test_gpu_der_epoch_script_dry_run_on_cpu(tmp_path):
     line = (tmp_path / "out" / "epoch_time.txt").read_text()
     assert f"{res['train_seconds'] / 2:.1f} s per epoch" in line and "augment crop-flip" in line
     assert res["config"]["batch_size"] == 32 and len(res["tasks"]) == 2
+
+
+def test_ledger_lists_every_published_row_with_a_command_that_plans():
+    """docs/ledger.md: every published CIFAR/TinyImageNet number (benchmarks/der.py) with its source, and its
+    command resolves to that method at that buffer (methods not registered yet are named by plan())."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from clframework.apps.reproduce import plan
+    from clframework.benchmarks.der import SOURCES
+    from clframework.benchmarks.registry import BENCHMARKS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "ledger.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| seq-")]
+    for proto, table in PUBLISHED.items():
+        for (strategy, buffer), (mean, sd) in table.items():
+            value = f"{mean:.2f}" + (f" +- {sd:.2f}" if sd is not None else "")
+            hits = [r for r in rows if r.startswith(f"| {proto} |") and f"| {value} ({SOURCES[proto]}) |" in r
+                    and f"| {buffer if buffer is not None else '-'} |" in r]
+            assert len(hits) == 1, (proto, strategy, buffer)
+            args = shlex.split(re.search(r"`(clframework reproduce [^`]+)`", hits[0]).group(1))
+            opts = dict(zip(args[3::2], args[4::2]))
+            assert opts["--dataset"] == proto and opts["--arms"].split(",")[-1] in (strategy, "joint")
+            if proto not in BENCHMARKS.names():
+                continue
+            p = plan("der-table", dataset=proto, buffer=int(opts["--buffer"]) if "--buffer" in opts else None)
+            labels = [c.strategy for c in p["configs"].values()]
+            assert strategy in labels + p["not_registered"] + ["joint"]
