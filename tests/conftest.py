@@ -1,4 +1,5 @@
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -24,3 +25,27 @@ def scratch_registry(monkeypatch):
     STRATEGIES.names()
     monkeypatch.setattr(STRATEGIES, "_entries", dict(STRATEGIES._entries))
     return STRATEGIES
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """`clframework ARGS` in this process, as a finished process reads: returncode, stdout, stderr. `env` and `cwd`
+    hold for the call. For what needs no process of its own (a real signal, a file-size limit, a fresh registry or
+    import state do): it saves the seconds an interpreter takes to import torch."""
+    from clframework.apps.cli import main
+
+    def run(*args, env=None, cwd=None):
+        with monkeypatch.context() as m:
+            for key, value in (env or {}).items():
+                m.setenv(key, value)
+            if cwd is not None:
+                m.chdir(cwd)
+            capsys.readouterr()
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:  # argparse's own errors
+                code = exc.code
+            out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return run

@@ -9,6 +9,8 @@ avalanche_generators = pytest.importorskip("avalanche.benchmarks.scenarios.depre
 from clframework.benchmarks.avalanche_interop import from_avalanche, infer_setting  # noqa: E402
 from clframework.experiment import RunConfig, run  # noqa: E402
 
+pytestmark = pytest.mark.slow  # imports Avalanche and trains through it
+
 
 def tensor_sets(n_classes=6, per_class=8, test_per_class=3):
     gen = torch.Generator().manual_seed(0)

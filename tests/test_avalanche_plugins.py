@@ -19,6 +19,8 @@ from clframework.benchmarks import Stream, Task  # noqa: E402
 from clframework import Trainer, make_strategy, mlp  # noqa: E402
 from clframework.avalanche import AvalanchePlugin, TaskView, as_multitask_module  # noqa: E402
 
+pytestmark = pytest.mark.slow  # imports Avalanche and trains through it
+
 EPOCHS, PER_TASK = 15, 200
 STRATEGIES = {"si": {"c": 1.0, "xi": 1e-3}, "ewc": {"ewc_lambda": 1000.0}}
 

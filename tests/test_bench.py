@@ -13,6 +13,7 @@ from clframework.apps.cli import main
 ROW = re.compile(r"^(\S+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+%|-)$")
 
 
+@pytest.mark.slow
 def test_bench_prints_every_entry(tmp_path, capsys):
     pytest.importorskip("avalanche")
     threads = torch.get_num_threads()
@@ -103,6 +104,7 @@ def test_clock_pauses_the_garbage_collector_and_peak_memory_sees_an_allocation()
     assert 48 < mem.peak_mb < 200
 
 
+@pytest.mark.slow
 def test_bench_study_times_jobs1_and_jobs2_on_one_grid(tmp_path, capsys):
     code = main(["bench", "--study", "--modes", "jobs1,jobs2", "--strategies", "naive,si", "--seeds", "2",
                  "--epochs", "1", "--out", str(tmp_path)])

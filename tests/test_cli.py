@@ -1,4 +1,5 @@
 """The command line end to end on the embedded real data: list, run (results.json) and compare (summary.json)."""
+import pytest
 import json
 import subprocess
 import sys
@@ -17,11 +18,11 @@ def test_list_shows_strategies_hyperparameters_and_benchmarks(capsys):
     assert "split-mnist-5k" in out and "data on this machine" in out
 
 
-def test_run_writes_results_json(tmp_path):
+@pytest.mark.slow
+def test_run_writes_results_json(tmp_path, cli):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "clframework", "run", "--strategy", "si", "--benchmark",
-                           "split-mnist-5k", "--set", "c=0.5", "--epochs", "1", "--seed", "4", "--out", str(out),
-                           "--quiet"], capture_output=True, text=True)
+    proc = cli("run", "--strategy", "si", "--benchmark", "split-mnist-5k", "--set", "c=0.5", "--epochs", "1", "--seed",
+               "4", "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
     res = json.loads((out / "results.json").read_text())
     assert res["strategy"] == "si" and res["benchmark"] == "split-mnist-5k" and res["seed"] == 4
@@ -38,8 +39,8 @@ def test_run_writes_results_json(tmp_path):
 
 def test_compare_writes_summary_json(tmp_path, capsys):
     out = tmp_path / "cmp"
-    assert main(["compare", "--strategies", "naive,si", "--seeds", "2", "--epochs", "1", "--out", str(out),
-                 "--quiet", "--set", "si.c=2"]) == 0
+    assert main(["compare", "--strategies", "naive,si", "--seeds", "2", "--epochs", "1", "--hidden", "16", "--tasks",
+                 "2", "--out", str(out), "--quiet", "--set", "si.c=2"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["strategies"]) == {"naive", "si"}
     si = summary["strategies"]["si"]
@@ -110,6 +111,7 @@ def test_single_seed_table_shows_no_sem(tmp_path, capsys):
     assert "+-" not in table and "SEM" not in table and "naive" in table
 
 
+@pytest.mark.slow
 def test_results_record_their_provenance(tmp_path):
     """Command line, overrides, versions, the user's git commit and dirty flag, host, device, threads, times and
     the data actually read, from a user's git repository."""
@@ -182,6 +184,7 @@ def test_runs_lists_past_runs_and_studies(tmp_path, capsys):
     assert main(["runs", str(tmp_path / "nowhere")]) == 2
 
 
+@pytest.mark.slow
 def test_help_and_list_import_no_torch():
     """What makes them answer at once (measured: docs/performance.md): neither imports torch, wandb or matplotlib."""
     code = ("import sys\nfrom clframework.apps.cli import main\n"

@@ -3,7 +3,11 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from test_docs import DOCS, run_document
+
+pytestmark = pytest.mark.slow  # every doc example in a fresh interpreter
 
 
 def test_custom_data_examples_run(tmp_path):

@@ -6,8 +6,6 @@ import hashlib
 import http.server
 import os
 import pickle
-import subprocess
-import sys
 import tarfile
 import threading
 from functools import partial
@@ -205,15 +203,15 @@ def test_real_debian_fashion_mnist_found_and_read(tmp_path, monkeypatch):
     assert data.train_y.bincount().tolist() == np.bincount(labels).tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DEBIAN.is_dir(), reason="Debian's dataset-fashion-mnist is not installed "
                                                 "(apt-get install -y dataset-fashion-mnist)")
-def test_cli_run_on_real_split_fashion_mnist(tmp_path):
+def test_cli_run_on_real_split_fashion_mnist(tmp_path, cli):
     """End to end from the command line, 1 epoch on the full data (batch 1024 keeps it to seconds)."""
-    env = {**os.environ, "CLFRAMEWORK_DATA": str(DEBIAN)}  # named explicitly: Debian's folder holds the .gz files
+    env = {"CLFRAMEWORK_DATA": str(DEBIAN)}  # named explicitly: Debian's folder holds the .gz files
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "clframework", "run", "--strategy", "si", "--benchmark",
-                           "split-fashion-mnist", "--epochs", "1", "--batch-size", "1024", "--quiet", "--out",
-                           str(out)], capture_output=True, text=True, env=env, timeout=300)
+    proc = cli("run", "--strategy", "si", "--benchmark", "split-fashion-mnist", "--epochs", "1", "--batch-size",
+               "1024", "--quiet", "--out", str(out), env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
 
@@ -224,11 +222,10 @@ def test_cli_run_on_real_split_fashion_mnist(tmp_path):
     assert min(diag) > 0.6, diag  # every 2-way task learned far above chance (0.5) in one epoch
 
 
-def test_cli_missing_data_stops_before_training(tmp_path):
-    env = {**os.environ, "CLFRAMEWORK_DATA": str(tmp_path), D.NO_DOWNLOAD_VAR: "1"}  # no network even where online
-    proc = subprocess.run([sys.executable, "-m", "clframework", "run", "--strategy", "naive", "--benchmark",
-                           "split-cifar100", "--quiet", "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, env=env, timeout=120)
+def test_cli_missing_data_stops_before_training(tmp_path, cli):
+    env = {"CLFRAMEWORK_DATA": str(tmp_path), D.NO_DOWNLOAD_VAR: "1"}  # no network even where online
+    proc = cli("run", "--strategy", "naive", "--benchmark", "split-cifar100", "--quiet", "--out", str(tmp_path / "run"),
+               env=env)
     assert proc.returncode == 2
     assert "CIFAR-100 not found" in proc.stderr and "--data-root" in proc.stderr
     assert not (tmp_path / "run").exists()

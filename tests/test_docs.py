@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 BLOCK = re.compile(r"```(\w+)([^\n]*)\n(.*?)```", re.S)
 CLI = [sys.executable, "-m", "clframework"]
@@ -48,6 +50,7 @@ def run_document(path: Path, workdir: Path) -> None:
                 assert proc.returncode == 0, f"{path.name}: `{line}` failed:\n{proc.stderr[-3000:]}"
 
 
+@pytest.mark.slow
 def test_plain_loop_example_reaches_the_stated_accuracy(tmp_path):
     """docs/plain-loop.md prints per-task accuracies it states (its output block); the loop must learn every task."""
     text = (DOCS / "plain-loop.md").read_text()
@@ -72,6 +75,7 @@ def test_output_blocks_compare_numbers_within_tolerance():
         raise AssertionError(f"{printed!r} passed as 'acc: [0.995, 0.5]'")
 
 
+@pytest.mark.slow
 def test_custom_strategy_registered_and_run_from_cli(tmp_path):
     run_document(DOCS / "custom-strategy.md", tmp_path)
     result = json.loads((tmp_path / "runs/l2/results.json").read_text())
@@ -80,6 +84,7 @@ def test_custom_strategy_registered_and_run_from_cli(tmp_path):
     assert set(summary["strategies"]) == {"naive", "l2", "si"}
 
 
+@pytest.mark.slow
 def test_avalanche_plugin_guide_runs(tmp_path):
     """docs/avalanche.md: SI as a plugin of Avalanche's Naive, classes relabelled per task for a multi-head model."""
     import pytest

@@ -47,6 +47,7 @@ def test_bad_arms_fail_before_training(arms, message):
         plan("permuted-mnist", "fashion-mnist", arms=arms)
 
 
+@pytest.mark.slow
 def test_results_are_rewritten_after_every_run(tmp_path, fashion_root):
     out, seen = tmp_path / "rep", []
 
@@ -67,6 +68,7 @@ def test_results_are_rewritten_after_every_run(tmp_path, fashion_root):
     assert "PARTIAL" not in (out / "reproduction.md").read_text()
 
 
+@pytest.mark.slow
 def test_gpu_check_script_dry_run_on_cpu(tmp_path, fashion_root):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable}

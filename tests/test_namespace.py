@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # builds a wheel and starts interpreters
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

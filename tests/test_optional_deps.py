@@ -12,6 +12,8 @@ import textwrap
 import pytest
 from fake_datasets import mnist_arrays, write_idx_set
 
+pytestmark = pytest.mark.slow  # interpreters without wandb or mlxtend
+
 BLOCKED = ("wandb", "mlxtend")
 
 

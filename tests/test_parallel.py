@@ -27,6 +27,7 @@ def _matrices(summary):
     return {name: [r["accuracy_matrix"] for r in s["runs"]] for name, s in summary["strategies"].items()}
 
 
+@pytest.mark.slow
 def test_jobs_2_gives_the_matrices_of_jobs_1(tmp_path, capsys, scratch_registry):
     plugin = tmp_path / "my_plugin.py"
     plugin.write_text(PLUGIN)
@@ -73,6 +74,7 @@ def test_jobs_auto_is_one_job_per_two_cores(monkeypatch):
         assert Backend(jobs=jobs).threads_per_run() == max(1, n // jobs)
 
 
+@pytest.mark.slow
 def test_compare_jobs_2_progress_lines_and_run_folders(tmp_path):
     out = tmp_path / "cmp"
     cmd = [sys.executable, "-m", "clframework", "compare", "--strategies", "naive,si", "--seeds", "1", "--epochs", "1",

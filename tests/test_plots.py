@@ -117,6 +117,7 @@ def _figure_files(folder):
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix in (".png", ".svg"))
 
 
+@pytest.mark.slow
 def test_compare_writes_the_study_figures_only_unless_asked(tmp_path, capsys):
     """`--plots study` (compare's default): Figs. 3-5 as PNG and no per-run figures; `--plots all` adds each run's,
     `--plot-format png,svg` both formats; `--plots none` no figure. The tables are the same in every case."""

@@ -11,6 +11,8 @@ from clframework.experiment import RunConfig, compare  # noqa: E402
 from clframework.parallel import Backend  # noqa: E402
 from clframework.registry import import_plugin  # noqa: E402
 
+pytestmark = pytest.mark.slow  # starts a real local Ray instance
+
 DIES_ONCE = '''
 import os
 import signal

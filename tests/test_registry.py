@@ -40,7 +40,7 @@ def test_strings_from_the_command_line_are_converted():
         make_strategy("ewc", fisher="sampled")
 
 
-def test_decorator_registers_a_custom_strategy():
+def test_decorator_registers_a_custom_strategy(scratch_registry):
     @register_strategy("test-anchor", checks={"k": (lambda v: v > 0, "a number > 0")})
     class Anchor(Strategy):
         def __init__(self, k: float = 2.0):

@@ -119,6 +119,7 @@ def _limit_file_size(limit):
     return apply
 
 
+@pytest.mark.slow
 def test_full_disk_keeps_the_previous_complete_file(tmp_path):
     path = tmp_path / "results.json"
     write_json(path, {"acc": 0.9})
@@ -130,6 +131,7 @@ def test_full_disk_keeps_the_previous_complete_file(tmp_path):
     assert json.loads(path.read_text()) == {"acc": 0.9} and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
+@pytest.mark.slow
 def test_full_disk_during_a_run_is_one_clear_error(tmp_path):
     out = tmp_path / "run"
     proc = _cli("run", "--strategy", "si", "--out", str(out), *TINY, preexec_fn=_limit_file_size(20_000))
@@ -140,9 +142,9 @@ def test_full_disk_during_a_run_is_one_clear_error(tmp_path):
 
 # ---- divergence ------------------------------------------------------------------------------------------------
 
-def test_set_c_inf_stops_with_a_divergence_message_and_no_nan_in_files(tmp_path):
+def test_set_c_inf_stops_with_a_divergence_message_and_no_nan_in_files(tmp_path, cli):
     out = tmp_path / "run"
-    proc = _cli("run", "--strategy", "si", "--set", "c=inf", "--out", str(out), *TINY)
+    proc = cli("run", "--strategy", "si", "--set", "c=inf", "--out", str(out), *TINY)
     assert proc.returncode == 3, proc.stderr
     err = proc.stderr.strip().splitlines()[-1]
     assert "run si seed 0: the training loss became nan at task 2 (2-3), epoch 1, step 2" in err
@@ -151,7 +153,7 @@ def test_set_c_inf_stops_with_a_divergence_message_and_no_nan_in_files(tmp_path)
     assert res["status"] == "diverged" and res["diverged_at"]["task"] == 1 and res["diverged_at"]["step"] == 2
     assert len(res["accuracy_matrix"]) == 1 and res["accuracy_matrix"][0][0] > 0.9  # the finished task is kept
     assert "nan" not in (out / "matrix.csv").read_text().lower()
-    again = _cli("run", "--strategy", "si", "--set", "c=inf", "--out", str(out), "--resume", *TINY)
+    again = cli("run", "--strategy", "si", "--set", "c=inf", "--out", str(out), "--resume", *TINY)
     assert again.returncode == 3 and "diverged" in again.stderr  # reported again, not trained again
 
 
@@ -165,10 +167,10 @@ def test_divergence_names_run_task_epoch_step(strategy, hparams, mnist_stream, t
     assert _strict_json(tmp_path / "r" / "results.json")["accuracy_matrix"] == err.value.result["accuracy_matrix"]
 
 
-def test_compare_keeps_going_leaves_diverged_runs_out_and_exits_non_zero(tmp_path):
+def test_compare_keeps_going_leaves_diverged_runs_out_and_exits_non_zero(tmp_path, cli):
     out = tmp_path / "cmp"
-    proc = _cli("compare", "--strategies", "naive,si", "--seeds", "2", "--set", "si.c=inf", "--out", str(out),
-                *TINY)
+    proc = cli("compare", "--strategies", "naive,si", "--seeds", "2", "--set", "si.c=inf", "--out", str(out),
+               *TINY)
     assert proc.returncode == 3, proc.stderr
     assert "2 run(s) diverged and were left out of the statistics: si seed 0, si seed 1" in proc.stderr
     summary = _strict_json(out / "summary.json")
@@ -301,6 +303,7 @@ def test_registering_an_existing_name_is_an_error_unless_override(capsys):
         STRATEGIES._entries["si"] = original
 
 
+@pytest.mark.slow
 def test_plugin_file_re_registering_si_is_an_error(tmp_path):
     plugin = tmp_path / "evil.py"
     plugin.write_text("from clframework import Strategy, register_strategy\n\n"
@@ -319,6 +322,7 @@ def _dist(tmp_path, module_code, name="broken_cl"):
     return {"PYTHONPATH": str(tmp_path)}
 
 
+@pytest.mark.slow
 def test_broken_installed_plugin_is_one_warning_and_every_command_works(tmp_path):
     env = _dist(tmp_path, "import numpy_that_does_not_exist\n")
     proc = _cli("list", env=env, cwd=tmp_path)
@@ -330,6 +334,7 @@ def test_broken_installed_plugin_is_one_warning_and_every_command_works(tmp_path
     assert "si " in proc.stdout and "from: built-in" in proc.stdout
 
 
+@pytest.mark.slow
 def test_list_shows_where_each_strategy_comes_from(tmp_path):
     env = _dist(tmp_path, "from clframework import Strategy, register_strategy\n\n"
                           "@register_strategy('installed-one')\nclass Installed(Strategy):\n    pass\n", "good_cl")
@@ -350,10 +355,10 @@ def test_list_shows_where_each_strategy_comes_from(tmp_path):
 
 # ---- data folders: an explicit one is used alone ---------------------------------------------------------------
 
-def test_missing_explicit_data_root_is_an_error_listing_files_never_a_fallback(tmp_path):
+def test_missing_explicit_data_root_is_an_error_listing_files_never_a_fallback(tmp_path, cli):
     missing = tmp_path / "typo"
-    proc = _cli("run", "--strategy", "si", "--benchmark", "split-fashion-mnist", "--data-root", str(missing),
-                "--out", str(tmp_path / "never"), *TINY)
+    proc = cli("run", "--strategy", "si", "--benchmark", "split-fashion-mnist", "--data-root", str(missing),
+               "--out", str(tmp_path / "never"), *TINY)
     assert proc.returncode == 2
     assert f"the data folder you named ({missing}) does not exist" in proc.stderr
     assert "train-images-idx3-ubyte" in proc.stderr and "t10k-labels-idx1-ubyte" in proc.stderr
@@ -361,12 +366,12 @@ def test_missing_explicit_data_root_is_an_error_listing_files_never_a_fallback(t
     assert not (tmp_path / "never").exists() and not missing.exists()
 
 
-def test_explicit_environment_folder_lacking_files_lists_them(tmp_path):
+def test_explicit_environment_folder_lacking_files_lists_them(tmp_path, cli):
     empty = tmp_path / "data"
     empty.mkdir()
     (empty / "train-images-idx3-ubyte").write_bytes(b"")  # one of four present
-    proc = _cli("run", "--strategy", "si", "--benchmark", "split-fashion-mnist", "--out", str(tmp_path / "never"),
-                *TINY, env={"CLFRAMEWORK_DATA": str(empty), "CLFRAMEWORK_NO_DOWNLOAD": "1"})
+    proc = cli("run", "--strategy", "si", "--benchmark", "split-fashion-mnist", "--out", str(tmp_path / "never"),
+               *TINY, env={"CLFRAMEWORK_DATA": str(empty), "CLFRAMEWORK_NO_DOWNLOAD": "1"})
     assert proc.returncode == 2
     assert "lacks train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte" in proc.stderr
 
@@ -388,6 +393,7 @@ BUGGY = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_exception_in_a_strategy_shows_traceback_and_where_and_keeps_finished_tasks(tmp_path):
     (tmp_path / "buggy_plugin.py").write_text(BUGGY)
     out = tmp_path / "run"
@@ -401,6 +407,7 @@ def test_exception_in_a_strategy_shows_traceback_and_where_and_keeps_finished_ta
     assert state["trainer"]["position"]["task"] == 1 and len(state["trainer"]["progress"]["accuracy_matrix"]) == 1
 
 
+@pytest.mark.slow
 def test_debug_shows_full_tracebacks_for_user_errors(tmp_path):
     plain = _cli("run", "--strategy", "nope", "--out", str(tmp_path / "a"), *TINY)
     debug = _cli("run", "--strategy", "nope", "--out", str(tmp_path / "b"), "--debug", *TINY)
@@ -469,6 +476,7 @@ def test_wrong_strategy_state_names_the_keys():
         make_strategy("naive").load_state_dict(make_strategy("si").state_dict())
 
 
+@pytest.mark.slow
 def test_sigint_prints_one_line_keeps_checkpoints_and_finished_runs(tmp_path):
     out = tmp_path / "cmp"
     args = ["compare", "--strategies", "naive,si", "--seeds", "1", "--out", str(out), "--checkpoint-every", "3", *TINY]
@@ -493,26 +501,26 @@ def test_sigint_prints_one_line_keeps_checkpoints_and_finished_runs(tmp_path):
     assert "resumed_from" in _strict_json(out / "si-seed0" / "results.json")  # continued, not restarted
 
 
-def test_tune_keeps_each_finished_run_and_resumes(tmp_path):
+def test_tune_keeps_each_finished_run_and_resumes(tmp_path, cli):
     out = tmp_path / "tune"
     args = ["tune", "--strategy", "si", "--grid", "c=0,1", "--out", str(out), *TINY]
-    assert _cli(*args).returncode == 0
+    assert cli(*args).returncode == 0
     first = (out / "tune.json").read_text()
     folders = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert folders == ["test-c-0-0-seed0", "valid-c-0-0-seed0", "valid-c-1-0-seed0"] or \
         folders == ["test-c-1-0-seed0", "valid-c-0-0-seed0", "valid-c-1-0-seed0"]
     stamps = {f: (out / f / "results.json").stat().st_mtime_ns for f in folders}
-    again = _cli(*args, "--resume")
+    again = cli(*args, "--resume")
     assert again.returncode == 0, again.stderr
     assert {f: (out / f / "results.json").stat().st_mtime_ns for f in folders} == stamps  # nothing trained again
     assert json.loads((out / "tune.json").read_text()) == json.loads(first)
 
 
 
-def test_tune_with_a_diverging_grid_point_names_it_and_exits_non_zero(tmp_path):
+def test_tune_with_a_diverging_grid_point_names_it_and_exits_non_zero(tmp_path, cli):
     """The finite point is still chosen; the diverged one is named (tune's entries carry a point, not a strategy)."""
     out = tmp_path / "tune"
-    res = _cli("tune", "--strategy", "si", "--grid", "c=0,inf", "--tasks", "2", "--out", str(out), *TINY)
+    res = cli("tune", "--strategy", "si", "--grid", "c=0,inf", "--tasks", "2", "--out", str(out), *TINY)
     assert res.returncode == 3, res.stderr
     assert "diverged and were left out of the statistics" in res.stderr and "'c': inf" in res.stderr
     tune = _strict_json(out / "tune.json")

@@ -50,6 +50,7 @@ def test_quick_mode_prints_what_it_scaled():
     assert plan("permuted-mnist", "mnist-5k", quick=True)["scaled"] == ["epochs 10 -> 2", "n_tasks 10 -> 5", "seeds 3 -> 2"]
 
 
+@pytest.mark.slow
 def test_reproduce_quick_end_to_end_on_embedded_data(tmp_path, capsys):
     out = tmp_path / "rep"
     assert main(["reproduce", "split-mnist", "--dataset", "mnist-5k", "--quick", "--seeds", "1", "--epochs", "1",
@@ -67,6 +68,7 @@ def test_reproduce_quick_end_to_end_on_embedded_data(tmp_path, capsys):
     assert (out / "reproduction.md").read_text().count("| SI (c=1) |") == 1
 
 
+@pytest.mark.slow
 def test_tune_picks_the_best_validation_value_and_reports_its_test_accuracy(tmp_path):
     out = tmp_path / "tune"
     assert main(["tune", "--strategy", "si", "--grid", "c=0,1000", "--benchmark", "split-mnist-5k", "--epochs", "1",
@@ -78,6 +80,7 @@ def test_tune_picks_the_best_validation_value_and_reports_its_test_accuracy(tmp_
     assert 0.5 < res["test_acc_mean"] <= 1.0 and len(res["test_accs"]) == 1
 
 
+@pytest.mark.slow
 def test_reproduce_split_cifar_quick_on_generated_files(tmp_path, capsys):
     """The CIFAR protocol end to end (CNN, from-scratch control, Fig. 6) on small files in the real CIFAR format."""
     from fake_datasets import cifar_arrays, write_cifar10, write_cifar100

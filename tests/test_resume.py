@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real kill -9 of subprocesses that import torch
+
 DRIVER = Path(__file__).with_name("resume_driver.py")
 
 # each strategy is killed three times in a row, each time at another kind of moment, then left to finish

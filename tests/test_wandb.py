@@ -9,6 +9,8 @@ from clframework.apps.cli import main
 from clframework.experiment import RunConfig, run
 from clframework.evaluation.wandb_logger import WandbLogger, check_mode, read_offline_run
 
+pytestmark = pytest.mark.slow  # real wandb runs (offline)
+
 
 def _offline_runs(folder):
     """What each offline run under `folder` logged, once wandb's service has written everything (its writes may
