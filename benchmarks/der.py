@@ -115,7 +115,8 @@ def _protocol(name: str, model: str, epochs: int, default_buffer: int, **train) 
 
 SEQ_CIFAR10 = _protocol("seq-cifar10", "resnet18", 50, 500)
 SEQ_TINYIMAGENET = _protocol("seq-tinyimagenet", "resnet18", 100, 500)
-SEQ_CIFAR100 = _protocol("seq-cifar100", "resnet18", 50, 500)
+SEQ_CIFAR100 = _protocol("seq-cifar100", "resnet18", 50, 500, lr_schedule="multistep", lr_milestones=(35, 45),
+                         lr_gamma=0.1)  # mammoth datasets/seq_cifar100.py: MultiStepLR([35, 45], gamma=0.1)
 
 
 def _split(key: str, data_root: str, classes_per_task: int, n_tasks: int, setting: str, name: str):

@@ -31,6 +31,7 @@ class Protocol:
     lr_gamma: Optional[float] = None
     lr_min: Optional[float] = None
     grad_clip: Optional[float] = None
+    lr_milestones: Optional[Tuple[int, ...]] = None
     strategy_hparams: Dict[str, dict] = field(default_factory=dict)
     strategy_train: Dict[str, dict] = field(default_factory=dict)  # per-strategy training settings, e.g. its lr
 

@@ -57,11 +57,13 @@ class RunConfig:
     reset_optimizer: Optional[bool] = None
     momentum: Optional[float] = None
     weight_decay: Optional[float] = None
-    lr_schedule: Optional[str] = None  # constant, step (lr_step_epochs, lr_gamma) or cosine (lr_min), per task
+    lr_schedule: Optional[str] = None  # constant, step (lr_step_epochs, lr_gamma), multistep (lr_milestones,
+    # lr_gamma) or cosine (lr_min), per task
     lr_step_epochs: Optional[int] = None
     lr_gamma: Optional[float] = None
     lr_min: Optional[float] = None
     grad_clip: Optional[float] = None
+    lr_milestones: Optional[Sequence[int]] = None  # multistep: the epochs of a task where the lr is multiplied
     device: str = "auto"
     benchmark_options: Dict[str, object] = field(default_factory=dict)
     evaluate_on: str = "test"  # "valid" scores the validation hold-out (hyperparameter search)

@@ -112,7 +112,7 @@ class Trainer:
     """Sequential training over a stream with a strategy's hooks.
 
     reset_optimizer: a fresh optimizer per task (paper: split MNIST, CIFAR) or one kept across tasks (permuted MNIST).
-    optimizer, lr, momentum, weight_decay, lr_schedule, lr_step_epochs, lr_gamma, lr_min, grad_clip: the optimizer
+    optimizer, lr, momentum, weight_decay, lr_schedule, lr_step_epochs, lr_gamma, lr_min, grad_clip, lr_milestones: the
     recipe (recipe.Recipe; the schedule restarts with every task).
     on_checkpoint: called with `state_dict()` after every task and, with checkpoint_every > 0, every that many
     optimizer steps; `fit(stream, resume=state)` continues from such a state exactly (bit for bit on CPU).
@@ -126,11 +126,12 @@ class Trainer:
                  label: str = "", augment: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                  momentum: Optional[float] = None, weight_decay: Optional[float] = None,
                  lr_schedule: str = "constant", lr_step_epochs: Optional[int] = None,
-                 lr_gamma: Optional[float] = None, lr_min: Optional[float] = None, grad_clip: Optional[float] = None):
+                 lr_gamma: Optional[float] = None, lr_min: Optional[float] = None, grad_clip: Optional[float] = None,
+                 lr_milestones: Optional[Sequence[int]] = None):
         if epochs < 1 or batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
         self.recipe = Recipe(optimizer, lr, momentum, weight_decay, lr_schedule, lr_step_epochs, lr_gamma, lr_min,
-                             grad_clip).resolved()
+                             grad_clip, lr_milestones).resolved()
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: after every task only), got {checkpoint_every}")
         self.device = select_device(device)

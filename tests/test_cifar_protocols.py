@@ -157,3 +157,24 @@ def test_ledger_lists_every_published_row_with_a_command_that_plans():
             p = plan("der-table", dataset=proto, buffer=int(opts["--buffer"]) if "--buffer" in opts else None)
             labels = [c.strategy for c in p["configs"].values()]
             assert strategy in labels + p["not_registered"] + ["joint"]
+
+
+def test_seq_cifar100_multistep_schedule_matches_torch_multisteplr():
+    """X-DER's seq-CIFAR-100 decays the lr x0.1 at epochs 35 and 45 (mammoth: MultiStepLR([35, 45], gamma=0.1),
+    stepped once per epoch); our per-task schedule gives torch's learning rate at every epoch."""
+    from clframework.recipe import Recipe
+
+    train = RunConfig("naive", "seq-cifar100").resolved()["train"]
+    assert (train["lr_schedule"], tuple(train["lr_milestones"]), train["lr_gamma"], train["epochs"]) == \
+        ("multistep", (35, 45), 0.1, 50)
+    recipe = Recipe("sgd", train["lr"], lr_schedule="multistep", lr_milestones=[35, 45]).resolved()
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=train["lr"])
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [35, 45], gamma=0.1)
+    for epoch in range(50):
+        assert recipe.lr_at(epoch, 7, 10, 50) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12), epoch
+        opt.step()
+        sched.step()
+    with pytest.raises(ValueError, match="increasing epochs"):
+        RunConfig("naive", "seq-cifar100", lr_milestones=[45, 35]).resolved()
+    with pytest.raises(ValueError, match="lr_milestones applies to the multistep schedule only"):
+        RunConfig("naive", "seq-cifar10", lr_milestones=[35]).resolved()

@@ -77,7 +77,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "padding and horizontal flip (default: the benchmark's; CIFAR and TinyImageNet protocols "
                         "crop-flip, MNIST-like none)")
 RECIPE_FLAGS = ("optimizer", "momentum", "weight_decay", "lr_schedule", "lr_step_epochs", "lr_gamma", "lr_min",
-                "grad_clip")
+                "grad_clip", "lr_milestones")
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
@@ -88,15 +88,24 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--momentum", type=float, help="SGD momentum (sgd only; default 0)")
     g.add_argument("--weight-decay", type=float, help="L2 penalty for sgd and adam, decoupled for adamw (default 0; "
                    "adamw 0.01)")
-    g.add_argument("--lr-schedule", metavar="constant|step|cosine",
+    g.add_argument("--lr-schedule", metavar="constant|step|multistep|cosine",
                    help="learning-rate schedule, restarting with every task (default constant)")
     g.add_argument("--lr-step-epochs", type=int, metavar="N", help="step schedule: multiply the lr by --lr-gamma every "
                    "N epochs of a task")
-    g.add_argument("--lr-gamma", type=float, help="step schedule: the factor (default 0.1)")
+    g.add_argument("--lr-milestones", type=_int_list, metavar="E1,E2,...", help="multistep schedule: multiply the lr "
+                   "by --lr-gamma at each of these epochs of a task (X-DER's seq-cifar100: 35,45)")
+    g.add_argument("--lr-gamma", type=float, help="step and multistep schedules: the factor (default 0.1)")
     g.add_argument("--lr-min", type=float, help="cosine schedule: the lr it anneals to by a task's last step "
                    "(default 0)")
     g.add_argument("--grad-clip", type=float, metavar="NORM", help="clip the L2 norm of all gradients together to "
                    "NORM before each step (default 0: no clipping)")
+
+
+def _int_list(text: str) -> list:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 35,45, got {text!r}") from None
 
 
 def _recipe(args) -> dict:
