@@ -272,3 +272,30 @@ def declared_entries(package: str, decorator: str, base: str) -> Optional[List[d
     except (OSError, SyntaxError, ValueError, KeyError, IndexError, TypeError):
         return None
     return out
+
+
+def declared_functions(module: str, decorator: str) -> Optional[List[dict]]:
+    """Name, description and option defaults (keyword arguments after the positional ones) of every function that
+    `module`'s source registers with `@decorator("name", description=...)`, read without importing it (the model
+    registry: `clframework list` needs no torch). None when something cannot be read statically."""
+    import ast
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return None
+    out = []
+    try:
+        for node in ast.parse(Path(spec.origin).read_text()).body:
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            for deco in node.decorator_list:
+                if isinstance(deco, ast.Call) and getattr(deco.func, "id", None) == decorator:
+                    args = node.args.args[len(node.args.args) - len(node.args.defaults):] + node.args.kwonlyargs
+                    defaults = node.args.defaults + [d for d in node.args.kw_defaults if d is not None]
+                    description = next((ast.literal_eval(k.value) for k in deco.keywords if k.arg == "description"),
+                                       "")
+                    out.append({"name": ast.literal_eval(deco.args[0]), "description": description,
+                                "params": {a.arg: ast.literal_eval(d) for a, d in zip(args, defaults)}})
+    except (OSError, SyntaxError, ValueError, IndexError):
+        return None
+    return out

@@ -38,6 +38,7 @@ def test_seq_cifar_streams_from_real_format_files(tmp_path):
     assert len(s100) == 10 and s100.head_sizes == [100] and s100[9].classes == tuple(range(90, 100))
 
 
+@pytest.mark.slow
 def test_reduced_resnet18_with_augmentation_trains_end_to_end_and_loads(tmp_path):
     write_cifar10(tmp_path / "data", cifar_arrays(10, 80, 40, seed=3))
     out = tmp_path / "run"
@@ -62,6 +63,7 @@ def test_reduced_resnet18_with_augmentation_trains_end_to_end_and_loads(tmp_path
         assert (pred == truth).float().mean().item() == pytest.approx(res["accuracy_matrix"][-1][j])
 
 
+@pytest.mark.slow
 def test_load_task_incremental_run_predicts_within_the_task(tmp_path):
     out = tmp_path / "run"
     assert main(["run", "--strategy", "naive", "--benchmark", "split-mnist-5k", "--tasks", "2", "--epochs", "1",
@@ -80,6 +82,7 @@ def test_load_task_incremental_run_predicts_within_the_task(tmp_path):
         load(tmp_path)
 
 
+@pytest.mark.slow
 def test_der_table_runs_a_table_and_writes_its_ledger_rows(tmp_path):
     """`reproduce der-table` (scaled down, on generated CIFAR files): each method with its own published settings,
     the paper's number beside ours, ledger rows with the command, and --resume trains nothing again."""
@@ -111,6 +114,7 @@ def test_der_table_runs_a_table_and_writes_its_ledger_rows(tmp_path):
         plan("der-table", dataset="seq-cifar10", buffer=300)
 
 
+@pytest.mark.slow
 def test_gpu_der_epoch_script_dry_run_on_cpu(tmp_path):
     """scripts/gpu_der_epoch.sh (for a GPU machine) on the CPU at a tiny scale: it writes the CIFAR-format files,
     trains two tasks and states the time per epoch from results.json."""

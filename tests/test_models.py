@@ -169,8 +169,25 @@ def test_fisher_runs_in_eval_mode_and_leaves_running_statistics_alone():
         assert torch.allclose(f, sum(o[n] for o in one) / 6, rtol=1e-9, atol=1e-15), n
 
 
+@pytest.mark.slow
 def test_models_doc_runs(tmp_path):
     """docs/models.md: an own model by module:factory from the CLI, then clframework.load and predict."""
     from test_docs import DOCS, run_document
 
     run_document(DOCS / "models.md", tmp_path)
+
+
+def test_list_shows_the_models_read_without_torch():
+    """`clframework list` reads the built-in models from source (no torch import); what it reads is the registry."""
+    import subprocess
+
+    from clframework.registry import declared_functions
+
+    declared = {e["name"]: e for e in declared_functions("clframework.models", "register_model")}
+    assert set(declared) == set(MODELS.names())
+    for name, e in declared.items():
+        assert e["params"] == MODELS.get(name).defaults and e["description"] == MODELS.get(name).description
+    code = "import sys; from clframework.apps.cli import main; main(['list']); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "reduced_resnet18" in out and "hidden=(256, 256), dropout=0.0" in out
+    assert out.strip().endswith("False")

@@ -116,7 +116,7 @@ def test_resume_mid_schedule_is_exact(mnist_stream):
     (dict(optimizer="rmsprop"), "optimizer must be one of adam, adamw, sgd, got 'rmsprop'"),
     (dict(lr_schedule="step"), "the step schedule needs lr_step_epochs"),
     (dict(lr_schedule="cosine", lr_step_epochs=2), "lr_step_epochs applies to the step schedule only"),
-    (dict(lr_schedule="linear"), "lr schedule must be one of constant, step, cosine"),
+    (dict(lr_schedule="linear"), "lr schedule must be one of constant, step, multistep, cosine"),
     (dict(optimizer="sgd", momentum=-0.1), "momentum must be a finite number >= 0"),
     (dict(weight_decay=float("nan")), "weight decay must be a finite number >= 0"),
     (dict(grad_clip=-1.0), "grad clip must be a finite number >= 0"),

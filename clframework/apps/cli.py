@@ -330,6 +330,23 @@ def _strategy_entries(args) -> List[dict]:
              "origin": STRATEGIES.get(n).extra.get("origin", "?")} for n in STRATEGIES.names()]
 
 
+def _model_entries(args) -> List[dict]:
+    """The registered models; the built-ins read from clframework/models.py's source (no torch) unless plugins or
+    installed entry points may add some."""
+    from importlib import metadata
+
+    from ..registry import declared_functions
+
+    if not args.plugin and not metadata.entry_points(group="clframework.models"):
+        declared = declared_functions("clframework.models", "register_model")
+        if declared is not None:
+            return sorted(declared, key=lambda e: e["name"])
+    from ..models import MODELS
+
+    return [{"name": n, "description": MODELS.get(n).description, "params": MODELS.get(n).defaults}
+            for n in MODELS.names()]
+
+
 def cmd_list(args) -> int:
     from clframework.benchmarks.registry import BENCHMARKS
 
@@ -337,6 +354,10 @@ def cmd_list(args) -> int:
     for e in _strategy_entries(args):
         params = ", ".join(f"{k}={v!r}" for k, v in e["params"].items()) or "(no hyperparameters)"
         print(f"  {e['name']:<10} {e['description']}\n  {'':<10} {params}\n  {'':<10} from: {e['origin']}")
+    print("models (--model NAME, or your own as --model module:factory):")
+    for e in _model_entries(args):
+        params = ", ".join(f"{k}={v!r}" for k, v in e["params"].items()) or "(no options)"
+        print(f"  {e['name']:<18} {e['description']}\n  {'':<18} {params}")
     print("benchmarks:")
     for name in BENCHMARKS.names():
         e = BENCHMARKS.get(name)
