@@ -136,7 +136,8 @@ def holdout(stream: Stream, fraction: float = 0.1, seed: int = 0) -> Stream:
         v, tr = idx[:n_valid], idx[n_valid:]
         tasks.append(Task(t.name, t.train_x[tr], t.train_y[tr], t.test_x, t.test_y, t.classes, t.head,
                           t.train_x[v], t.train_y[v]))
-    out = Stream(stream.name, tasks, list(stream.head_sizes), stream.setting, stream.input_shape, dict(stream.info))
+    out = Stream(stream.name, tasks, list(stream.head_sizes), stream.setting, stream.input_shape, dict(stream.info),
+                 stream.protocol)
     out.info["validation"] = {"fraction": fraction, "seed": seed}
     return out
 

@@ -7,9 +7,12 @@ task uses; single-head settings put every task on head 0.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Sequence, Tuple
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import torch
+
+if TYPE_CHECKING:
+    from .registry import Protocol
 
 SETTINGS = ("task", "domain", "class")  # task-, domain-, class-incremental
 
@@ -45,7 +48,11 @@ class Task:
 
 @dataclass
 class Stream:
-    """An ordered list of tasks plus what a model needs to know to serve them."""
+    """An ordered list of tasks plus what a model needs to know to serve them.
+
+    protocol: how to train on it (a benchmarks.Protocol: model, epochs, optimizer recipe, strategy presets), which
+    run() and compare() use for a stream of your own when no registered benchmark is named; None: Protocol()'s
+    defaults."""
 
     name: str
     tasks: List[Task]
@@ -53,6 +60,7 @@ class Stream:
     setting: str = "task"
     input_shape: Tuple[int, ...] = ()
     info: dict = field(default_factory=dict)
+    protocol: Optional["Protocol"] = None
 
     def __post_init__(self):
         if self.setting not in SETTINGS:
@@ -113,7 +121,7 @@ class Stream:
     def subset(self, indices: Sequence[int]) -> "Stream":
         info = {k: v for k, v in self.info.items() if k != "_validated"}
         return Stream(self.name, [self.tasks[i] for i in indices], self.head_sizes, self.setting, self.input_shape,
-                      info)
+                      info, self.protocol)
 
     def first(self, n: int) -> "Stream":
         """The first `n` tasks, with only the outputs they use: the heads of those tasks (task setting), or the
@@ -127,4 +135,4 @@ class Stream:
         else:
             heads = list(self.head_sizes[:max(t.head for t in tasks) + 1])
         info = {k: v for k, v in self.info.items() if k != "_validated"}
-        return Stream(self.name, tasks, heads, self.setting, self.input_shape, info)
+        return Stream(self.name, tasks, heads, self.setting, self.input_shape, info, self.protocol)

@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from clframework.benchmarks.registry import BENCHMARKS, benchmark_protocol
+from clframework.benchmarks.registry import BENCHMARKS, Protocol, benchmark_protocol
 from clframework.evaluation import aggregate as A
 from clframework.evaluation import metrics as M
 from clframework.evaluation.aggregate import format_console as format_table  # noqa: F401 (the CLI's compare table)
@@ -42,10 +42,11 @@ def augment_seed(seed: int) -> int:
 
 @dataclass
 class RunConfig:
-    """One (strategy, benchmark, seed) run. Unset training fields take the benchmark's paper protocol."""
+    """One (strategy, benchmark, seed) run. Unset training fields take the benchmark's paper protocol, or
+    `protocol` (a stream of your own: run(config, stream=...) takes the stream's own when no benchmark is named)."""
 
     strategy: str
-    benchmark: str
+    benchmark: Optional[str] = None
     hparams: Dict[str, object] = field(default_factory=dict)
     seed: int = 0
     epochs: Optional[int] = None
@@ -70,6 +71,19 @@ class RunConfig:
     tasks: Optional[int] = None  # the first N tasks of the stream only
     model: Optional[ModelSpec] = None  # a registered model, "module:factory", or a callable (input_shape, head_sizes)
     augment: Optional[str] = None  # the training augmentation (augment.py): "none" or "crop-flip"
+    protocol: Optional[Protocol] = None  # the defaults of the fields above, in place of the benchmark's
+
+    def training_protocol(self) -> Protocol:
+        """`protocol`, else the named benchmark's; neither is an error saying what to give."""
+        if self.protocol is not None:
+            if not isinstance(self.protocol, Protocol):
+                raise ValueError(f"protocol must be a clframework.benchmarks.Protocol, got {self.protocol!r}")
+            return self.protocol
+        if self.benchmark is None:
+            raise ValueError("the run has no benchmark: name a registered one (clframework list), or pass a stream "
+                             "of your own (run(config, stream=...), compare(..., stream=...)), whose protocol "
+                             "(stream.protocol, else Protocol()'s defaults) sets the training")
+        return benchmark_protocol(self.benchmark)
 
     def as_record(self) -> dict:
         """The configuration as JSON records it (a model callable by its `module:name`)."""
@@ -83,8 +97,14 @@ class RunConfig:
 
         This is the one place a configuration is validated: the CLI, run(), compare(), tune() and reproduce() all
         come through here, and each error names the value and what is accepted."""
-        BENCHMARKS.check_hparams(self.benchmark, self.benchmark_options)
-        protocol = benchmark_protocol(self.benchmark)
+        options = dict(self.benchmark_options)
+        if self.benchmark is not None:
+            checked = BENCHMARKS.check_hparams(self.benchmark, options)
+            options = {k: checked[k] for k in options}  # typed, e.g. "3" from --option n_tasks=3 -> 3
+        elif options:
+            raise ValueError(f"benchmark options {sorted(self.benchmark_options)} need a registered benchmark; a "
+                             f"stream of your own is built by your code")
+        protocol = self.training_protocol()
         entry = STRATEGIES.get(self.strategy)
         preset = {k: v for k, v in protocol.strategy_hparams.get(self.strategy, {}).items() if k in entry.params}
         hparams = STRATEGIES.check_hparams(self.strategy, {**preset, **self.hparams})
@@ -108,7 +128,7 @@ class RunConfig:
         if self.evaluate_on not in ("test", "valid"):
             raise ValueError(f"evaluate_on must be 'test' or 'valid', got {self.evaluate_on!r}")
         return {"strategy": self.strategy, "benchmark": self.benchmark, "seed": self.seed, "hparams": hparams,
-                "train": train, "benchmark_options": dict(self.benchmark_options), "device": self.device,
+                "train": train, "benchmark_options": options, "device": self.device,
                 "tasks": self.tasks, "evaluate_on": self.evaluate_on}
 
 
@@ -139,10 +159,18 @@ def recipe_of(train: dict) -> dict:
     return {k: train[k] for k in RECIPE_FIELDS}
 
 
+def with_stream_protocol(config: RunConfig, stream) -> RunConfig:
+    """A run on a stream of its own with no benchmark named trains by the stream's protocol (else Protocol())."""
+    if stream is None or config.benchmark is not None or config.protocol is not None:
+        return config
+    return replace(config, protocol=stream.protocol or Protocol())
+
+
 def build_stream(config: RunConfig, stream=None):
     """The configuration's stream (or `stream`), cut to its first `config.tasks` tasks. A builder that takes
     `n_tasks` is asked for them directly, so the unused tasks are never built."""
     if stream is None:
+        config.training_protocol()  # no benchmark named and no stream given: say so
         options = dict(config.benchmark_options)
         if config.tasks and "n_tasks" in BENCHMARKS.get(config.benchmark).params and "n_tasks" not in options:
             options["n_tasks"] = config.tasks
@@ -170,6 +198,12 @@ def model_for(config: RunConfig, train: dict, stream) -> torch.nn.Module:
     training protocol's registered or `module:factory` model."""
     return build_model(config.model if callable(config.model) else train["model"], stream.input_shape,
                        stream.head_sizes, train["hidden"], train["dropout"])
+
+
+def protocol_source(config: RunConfig) -> str:
+    """Whose protocol supplied the training defaults: the registered benchmark's name, or "own" (RunConfig.protocol,
+    e.g. a custom stream's)."""
+    return "own" if config.protocol is not None else config.benchmark
 
 
 def data_source(stream) -> object:
@@ -238,6 +272,7 @@ def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
     configuration is returned as saved, an interrupted one continues from its checkpoint (docs/reliability.md).
     A diverged run writes its partial results (status "diverged") and raises TrainingDiverged.
     """
+    config = with_stream_protocol(config, stream)
     cfg = config.resolved()
     benchmark = config.benchmark if stream is None else stream.name
     stream = build_stream(config, stream)  # data errors (missing files, bad labels) before the folder is touched
@@ -296,7 +331,7 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
                                 str(trainer.device), started, data_source(stream))
     head = {"status": "finished", "strategy": config.strategy, "benchmark": benchmark, "seed": config.seed,
             "hparams": cfg["hparams"],
-            "config": {**train, "protocol": config.benchmark, "setting": stream.setting,
+            "config": {**train, "protocol": protocol_source(config), "setting": stream.setting,
                        "head_sizes": stream.head_sizes, "input_shape": list(stream.input_shape),
                        "classes": [list(t.classes) for t in stream.tasks], "task_heads": [t.head for t in stream.tasks],
                        "benchmark_options": cfg["benchmark_options"], "device": str(trainer.device),
@@ -369,17 +404,19 @@ def slug(label: str) -> str:
     return "-".join("".join(ch if ch.isalnum() else " " for ch in label.lower()).split())
 
 
-def compare(strategies: Sequence[str], benchmark: str, seeds: int = 3, out_dir: Optional[Path] = None,
+def compare(strategies: Sequence[str], benchmark: Optional[str] = None, seeds: int = 3, out_dir: Optional[Path] = None,
             quiet: bool = False, base: Optional[RunConfig] = None, hparams: Optional[Dict[str, dict]] = None,
             callbacks_for=None, *, resume: bool = False, overwrite: bool = False,
             checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, stream=None, summary_callbacks: Sequence = (),
             backend: Optional[Backend] = None, progress: Optional[StudyProgress] = None,
-            checkpoint_dir: Optional[Path] = None, figures: Figures = STUDY_FIGURES) -> dict:
-    """Run every (strategy, seed) pair on one benchmark (or on `stream`, with the benchmark's protocol; the summary
-    then carries the stream's own name); return (and write) summary.json content.
+            checkpoint_dir: Optional[Path] = None, figures: Figures = STUDY_FIGURES, **settings) -> dict:
+    """Run every (strategy, seed) pair on one benchmark (or on `stream`: with the named benchmark's protocol, else
+    the stream's own; the summary then carries the stream's name); return (and write) summary.json content.
 
-    Every configuration is checked before the first run starts. figures: the study's figures only, as PNG, unless
-    asked for more (`Figures(runs=True, formats=("png", "svg"))`).
+    settings: RunConfig fields shared by every run, as `run` takes them (tasks=2, epochs=1, lr=..., optimizer=...,
+    model=..., benchmark_options=...); they replace those of `base`. Every configuration is checked before the
+    first run starts. figures: the study's figures only, as PNG, unless asked for more
+    (`Figures(runs=True, formats=("png", "svg"))`).
     """
     strategies = list(strategies)
     if not strategies:
@@ -387,7 +424,12 @@ def compare(strategies: Sequence[str], benchmark: str, seeds: int = 3, out_dir: 
     repeated = sorted({s for s in strategies if strategies.count(s) > 1})
     if repeated:
         raise ValueError(f"strategies {repeated} are listed more than once in {strategies}; list each once")
-    base = base or RunConfig(strategy=strategies[0], benchmark=benchmark)
+    shared = {f.name for f in fields(RunConfig)} - {"strategy", "benchmark", "hparams", "seed"}
+    unknown = sorted(set(settings) - shared)
+    if unknown:
+        raise TypeError(f"compare() got unknown setting(s) {unknown}; it takes these RunConfig fields: "
+                        f"{', '.join(sorted(shared))} (hyperparameters go in hparams={{strategy: {{...}}}})")
+    base = replace(base or RunConfig(strategy=strategies[0], benchmark=benchmark), **settings)
     hparams = hparams or {}
     configs = {s: replace(base, strategy=s, benchmark=benchmark, hparams=dict(hparams.get(s, {}))) for s in strategies}
     unknown = sorted(set(hparams) - set(strategies))
@@ -423,6 +465,7 @@ def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional
         raise ValueError("give at least one configuration to compare")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"--seeds must be an integer >= 1, got {seeds!r}")
+    configs = {label: with_stream_protocol(cfg, stream) for label, cfg in configs.items()}
     for cfg in configs.values():
         cfg.resolved()
     first = next(iter(configs.values()))
@@ -511,7 +554,7 @@ def run_job(stream, job: RunJob) -> dict:
 def study_plugins(configs: Sequence[RunConfig]) -> list:
     """The user modules that worker processes import to find the configurations' strategies and benchmarks."""
     return plugin_modules([STRATEGIES.get(c.strategy).factory for c in configs]
-                          + [BENCHMARKS.get(c.benchmark).factory for c in configs])
+                          + [BENCHMARKS.get(c.benchmark).factory for c in configs if c.benchmark is not None])
 
 
 def run_study(executor: Executor, jobs: Sequence[RunJob], progress: StudyProgress,
@@ -548,7 +591,7 @@ def write_plan(out_dir: Path, kind: str, benchmark: str, configs: Sequence[RunCo
 def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, started, summary_callbacks, benchmark,
              backend, plugins, progress, executor, on_run, figures, out_dir, runs_root, resume) -> dict:
     first = next(iter(configs.values()))
-    summary = {"benchmark": benchmark, "protocol": first.benchmark, "tasks": stream.task_names,
+    summary = {"benchmark": benchmark, "protocol": protocol_source(first), "tasks": stream.task_names,
                "seeds": list(range(seeds)), "strategies": {}, "diverged": []}
     api_call = {"function": "clframework.compare", "seeds": seeds,
                 "configs": {label: cfg.as_record() for label, cfg in configs.items()}}

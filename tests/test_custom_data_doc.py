@@ -14,6 +14,7 @@ def test_custom_data_examples_run(tmp_path):
     doc = DOCS / "custom-data.md"
     blocks = re.findall(r"```python\n", doc.read_text())
     assert len(blocks) == 3  # tensors, torch Dataset, Avalanche
+    assert len(re.findall(r"```text output\n", doc.read_text())) == 3  # each states what it prints, checked
     run_document(doc, tmp_path)
     # its register_benchmark example: run by name from the CLI, with its own protocol and data source recorded
     res = json.loads((tmp_path / "runs/my-digits/results.json").read_text())

@@ -19,12 +19,12 @@ DEFAULT_BENCHMARK = "split-mnist-5k"
 PLUGIN_HELP = "import MODULE (or a .py file) first so that its registered strategies and benchmarks count"
 
 
-def _parse_sets(items: List[str]) -> Dict[str, str]:
+def _parse_sets(items: List[str], flag: str = "--set", example: str = "c=0.1") -> Dict[str, str]:
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise RegistryError(f"--set expects KEY=VALUE (for example --set c=0.1), got {item!r}")
+            raise RegistryError(f"{flag} expects KEY=VALUE (for example {flag} {example}), got {item!r}")
         out[key.strip()] = value.strip()
     return out
 
@@ -61,6 +61,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--setting", choices=["task", "domain", "class"],
                    help="task-, domain- or class-incremental (default: the benchmark's, as in the paper)")
     p.add_argument("--data-root", help="folder holding the dataset files (else $CLFRAMEWORK_DATA or the defaults)")
+    p.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="benchmark option(s), e.g. --option n_tasks=3 (the benchmark's options: clframework list)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     p.add_argument("--out", type=Path, help="output folder")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
@@ -299,7 +301,12 @@ def _base_config(args, strategy: str):
             hidden = [int(h) for h in args.hidden.split(",") if h]
         except ValueError:
             raise RegistryError(f"--hidden expects comma-separated integers like 256,256, got {args.hidden!r}") from None
-    options = {k: v for k, v in (("setting", args.setting), ("data_root", args.data_root)) if v is not None}
+    options = _parse_sets(args.option, "--option", "n_tasks=3")
+    for key, value in (("setting", args.setting), ("data_root", args.data_root)):
+        if value is not None:
+            if key in options:
+                raise RegistryError(f"--option {key}=... and --{key.replace('_', '-')} both given; give one")
+            options[key] = value
     return RunConfig(strategy=strategy, benchmark=args.benchmark, seed=getattr(args, "seed", 0), epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, hidden=hidden, dropout=args.dropout, device=args.device,
                      benchmark_options=options, tasks=args.tasks, model=args.model, augment=args.augment,
@@ -362,7 +369,9 @@ def cmd_list(args) -> int:
     for name in BENCHMARKS.names():
         e = BENCHMARKS.get(name)
         here = "data on this machine" if e.extra["available"](None) else "data NOT on this machine"
-        print(f"  {name:<24} {e.description}\n  {'':<24} source: {e.extra['source']} [{here}]")
+        options = ", ".join(f"{k}={v!r}" for k, v in e.defaults.items()) or "(none)"
+        print(f"  {name:<24} {e.description}\n  {'':<24} source: {e.extra['source']} [{here}]\n  {'':<24} "
+              f"options (--option KEY=VALUE): {options}")
     return 0
 
 

@@ -13,7 +13,7 @@ from clframework.benchmarks.scenarios import holdout
 from clframework.evaluation.results import write_json
 
 from ..experiment import (DEFAULT_CHECKPOINT_EVERY, STUDY_FIGURES, RunConfig, RunJob, StudyFolders, build_stream,
-                          run_study, slug, study_plugins, write_plan)
+                          run_study, slug, study_plugins, with_stream_protocol, write_plan)
 from ..parallel import Backend, open_executor
 from ..progress import StudyProgress
 from ..registry import RegistryError
@@ -37,21 +37,23 @@ def tune(base: RunConfig, grid: Dict[str, List[str]], validation: float = 0.1, s
          out_dir: Optional[Path] = None, quiet: bool = False, log=print, *, resume: bool = False,
          overwrite: bool = False, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, backend: Optional[Backend] = None,
          progress: Optional[StudyProgress] = None, checkpoint_dir: Optional[Path] = None, callbacks_for=None,
-         figures=STUDY_FIGURES) -> dict:
+         figures=STUDY_FIGURES, stream=None) -> dict:
     """With out_dir, every run keeps its own folder (`valid-<point>-seed<k>/`, `test-<point>-seed<k>/`) as it
     finishes, so an interrupted search continues with resume=True. A diverging grid point scores no validation
     accuracy and cannot be chosen (tune["diverged"] lists it). `callbacks_for(config)` gives each run its
     callbacks (W&B loggers). backend: where the runs execute (parallel.py). figures: a search has no study figures;
-    each run's own are written only if asked (`Figures(runs=True)`)."""
+    each run's own are written only if asked (`Figures(runs=True)`). stream: a stream of your own (trained by the
+    base's benchmark protocol if it names one, else by the stream's own)."""
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"--seeds must be an integer >= 1, got {seeds!r}")
     if not 0 < validation < 1:
         raise ValueError(f"--validation must be a fraction in (0, 1), got {validation}")
+    base = with_stream_protocol(base, stream)
     keys = list(grid)
     points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
     configs = [replace(base, hparams={**base.hparams, **point}, evaluate_on="valid") for point in points]
     resolved = [c.resolved()["hparams"] for c in configs]  # every grid point checked before training
-    stream = holdout(build_stream(base), validation, seed=0)
+    stream = holdout(build_stream(base, stream), validation, seed=0)
     stream.validate()  # data errors before the folder is touched
     backend = backend or Backend()
     plugins = study_plugins(configs) if backend.parallel else []
@@ -95,7 +97,8 @@ def _tune(base, keys, configs, resolved, stream, seeds, quiet, log, checkpoint_e
     valid = [jobs("valid", cfg, point) for cfg, point in zip(configs, points)]
     progress.add(len(points) * seeds + seeds)  # the chosen value's test runs included
     if out_dir is not None:
-        write_plan(out_dir, "tune", base.benchmark, configs, seeds, len(stream), len(points) * seeds + seeds)
+        write_plan(out_dir, "tune", base.benchmark or stream.name, configs, seeds, len(stream),
+                   len(points) * seeds + seeds)
     with open_executor(backend, stream, plugins, base.device) as ex:
         done = run_study(ex, [j for js, _ in valid for j in js], progress, [d for _, ds in valid for d in ds])
         results = []
@@ -113,7 +116,7 @@ def _tune(base, keys, configs, resolved, stream, seeds, quiet, log, checkpoint_e
         test_jobs, test_dirs = jobs("test", replace(configs[best], evaluate_on="test"), points[best])
         tests = accuracies("test", points[best], run_study(ex, test_jobs, progress, test_dirs))
     finished = [t for t in tests if t is not None]
-    out = {"strategy": base.strategy, "benchmark": base.benchmark, "validation_fraction": validation,
+    out = {"strategy": base.strategy, "benchmark": base.benchmark or stream.name, "validation_fraction": validation,
            "seeds": seeds, "grid": {k: [results[i]["point"][k] for i in range(len(results))] for k in keys},
            "results": results, "chosen": results[best]["point"],
            "test_acc_mean": float(np.mean(finished)) if finished else None, "test_accs": tests, "diverged": diverged}
