@@ -62,8 +62,7 @@ class RecordingReplay(Strategy):
         self.stored, self.seen = stored, []
 
     def on_before_forward(self, model, batch: Batch) -> Batch:
-        aug = batch.prepare.__self__ if hasattr(batch.prepare, "__self__") else batch.prepare
-        state = aug.generator.get_state()
+        state = self.augment.generator.get_state()  # the trainer's augmentation, set by _trainer
         replayed = batch.inputs(self.stored)
         self.seen.append((state, replayed))
         return join(batch, replayed, torch.zeros(len(self.stored), dtype=torch.long), 0, raw=self.stored)
@@ -72,8 +71,9 @@ class RecordingReplay(Strategy):
 def _trainer(strategy, **kw):
     torch.manual_seed(0)
     model = MultiHeadNet(resnet_trunk(3, 4), 32, [4])
+    strategy.augment = CropFlip((3, 8, 8), seed=5)
     return Trainer(model, strategy, epochs=2, batch_size=16, lr=0.05, optimizer="sgd", quiet=True,
-                   augment=CropFlip((3, 8, 8), seed=5), **kw)
+                   augment=strategy.augment, **kw)
 
 
 def test_replayed_examples_are_augmented_like_incoming_ones():
