@@ -13,6 +13,7 @@ from typing import Dict, List, Optional
 
 from .. import __version__, provenance
 from ..registry import RegistryError, import_plugin
+from .interrupt import deferred_in_imports
 
 DEFAULT_STRATEGIES = "naive,ewc,si"
 DEFAULT_BENCHMARK = "split-mnist-5k"
@@ -527,26 +528,41 @@ EXIT_USER_ERROR, EXIT_CRASH, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 1, 3, 130
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Exit codes: 0 done, 2 a user error (one line), 3 a run diverged, 1 an exception in a strategy or the user's
-    code (traceback and where), 130 interrupted (Ctrl-C; the checkpoint is kept for --resume)."""
+    code (traceback and where), 130 interrupted (Ctrl-C at any moment; one line, the checkpoints kept for --resume)."""
+    own_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    provenance.set_command(argv)
+    with deferred_in_imports(keep=own_process) as sigint:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        provenance.set_command(argv)
+        try:
+            code = _command(args)
+            sigint.stop()
+            if sigint.received:  # it came while an import was deferring it, and the command ended meanwhile
+                raise KeyboardInterrupt
+            return code
+        except KeyboardInterrupt:
+            sigint.stop()
+            if args.debug:
+                raise
+            out = getattr(args, "out", None)
+            where = f"the checkpoints in {out} are kept; " if out else ""
+            print(f"\nclframework: interrupted; {where}continue with the same command plus --resume", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        finally:
+            provenance.set_command(None)
+
+
+def _command(args) -> int:
+    """Run the command; an error becomes its message and exit code (a KeyboardInterrupt passes through)."""
     try:
         for module in getattr(args, "plugin", []):
             import_plugin(module)
         return {"list": cmd_list, "run": cmd_run, "compare": cmd_compare, "reproduce": cmd_reproduce,
                 "tune": cmd_tune, "bench": cmd_bench, "runs": cmd_runs}[args.command](args)
-    except KeyboardInterrupt:
-        if args.debug:
-            raise
-        out = getattr(args, "out", None)
-        where = f"the checkpoints in {out} are kept; " if out else ""
-        print(f"\nclframework: interrupted; {where}continue with the same command plus --resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
     except _training_error("TrainingDiverged") as exc:
         if args.debug:
             raise
@@ -564,8 +580,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f"clframework: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    finally:
-        provenance.set_command(None)
 
 
 def _training_error(name: str):
