@@ -27,12 +27,12 @@ from .plugin import STRATEGIES, Strategy, make_strategy
 from .progress import StudyProgress
 from .registry import RegistryError
 from .recipe import RECIPE_FIELDS, Recipe
-from .trainer import (Trainer, TrainerCallback, TrainingDiverged, TrainingFailed, seed_everything,
-                      select_device)
+from .trainer import (Trainer, TrainerCallback, TrainingDiverged, TrainingFailed, check_fast_step,
+                      seed_everything, select_device)
 
 
 TRAIN_FIELDS = ("model", "epochs", "batch_size", "lr", "hidden", "dropout", "optimizer", "reset_optimizer",
-                "augment") + RECIPE_FIELDS[2:]
+                "augment") + RECIPE_FIELDS[2:] + ("precision", "compile")
 
 
 def augment_seed(seed: int) -> int:
@@ -71,6 +71,8 @@ class RunConfig:
     tasks: Optional[int] = None  # the first N tasks of the stream only
     model: Optional[ModelSpec] = None  # a registered model, "module:factory", or a callable (input_shape, head_sizes)
     augment: Optional[str] = None  # the training augmentation (augment.py): "none" or "crop-flip"
+    precision: Optional[str] = None  # opt-in fast step: "bf16" autocast (default fp32, recorded only when set)
+    compile: Optional[str] = None  # opt-in fast step: torch.compile mode of the forward pass (default: eager)
     protocol: Optional[Protocol] = None  # the defaults of the fields above, in place of the benchmark's
 
     def training_protocol(self) -> Protocol:
@@ -152,6 +154,7 @@ def check_training(train: dict) -> None:
     if not isinstance(train["reset_optimizer"], bool):
         raise ValueError(f"reset_optimizer must be true or false, got {train['reset_optimizer']!r}")
     check_augment(train["augment"])
+    check_fast_step(train.get("precision", "fp32"), train.get("compile"))
 
 
 def recipe_of(train: dict) -> dict:
@@ -326,7 +329,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
                       seed=config.seed, quiet=quiet, callbacks=callbacks, evaluate_on=config.evaluate_on,
                       checkpoint_every=checkpoint_every if out_dir is not None else 0,
                       on_checkpoint=save if out_dir is not None else None,
-                      augment=make_augment(train["augment"], stream.input_shape, seed=augment_seed(config.seed)))
+                      augment=make_augment(train["augment"], stream.input_shape, seed=augment_seed(config.seed)),
+                      precision=train.get("precision", "fp32"), compile=train.get("compile"))
     record = provenance.collect({"function": "clframework.run", "config": config.as_record()}, overrides(config),
                                 str(trainer.device), started, data_source(stream))
     head = {"status": "finished", "strategy": config.strategy, "benchmark": benchmark, "seed": config.seed,

@@ -5,6 +5,7 @@ permutation from a seeded generator, so there is no per-sample Python and no Dat
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from clframework.evaluation.evaluator import evaluate_stream
 from clframework.evaluation.results import OutputError
 
 from .checkpoint import to_device
-from .models import forward_heads
+from .models import forward_heads, takes_head
 from .plugin import Batch, Strategy
 from .recipe import Recipe
 
@@ -45,6 +46,19 @@ def select_device(device: Optional[str] = None) -> torch.device:
     elif dev.type not in ("cpu", "mps"):
         raise ValueError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:N")
     return dev
+
+
+PRECISIONS = ("fp32", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's; reduce-overhead: CUDA graphs
+
+
+def check_fast_step(precision: str, compile: Optional[str]) -> None:
+    """The opt-in fast step's settings (ValueError naming the choices)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if compile is not None and compile not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)} (torch.compile's modes), got "
+                         f"{compile!r}")
 
 
 def seed_everything(seed: int) -> None:
@@ -127,15 +141,21 @@ class Trainer:
                  momentum: Optional[float] = None, weight_decay: Optional[float] = None,
                  lr_schedule: str = "constant", lr_step_epochs: Optional[int] = None,
                  lr_gamma: Optional[float] = None, lr_min: Optional[float] = None, grad_clip: Optional[float] = None,
-                 lr_milestones: Optional[Sequence[int]] = None):
+                 lr_milestones: Optional[Sequence[int]] = None, precision: str = "fp32",
+                 compile: Optional[str] = None):
         if epochs < 1 or batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
         self.recipe = Recipe(optimizer, lr, momentum, weight_decay, lr_schedule, lr_step_epochs, lr_gamma, lr_min,
                              grad_clip, lr_milestones).resolved()
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: after every task only), got {checkpoint_every}")
+        check_fast_step(precision, compile)
         self.device = select_device(device)
         self.model = model.to(self.device)
+        # the opt-in fast step (default: neither): bf16 autocast of the forward pass and the loss terms, and/or the
+        # forward pass compiled by torch.compile (fused kernels; "reduce-overhead" replays CUDA graphs)
+        self.precision, self.compile = precision, compile
+        self._forward = forward_heads if compile is None else self._compiled_forward(compile)
         self.strategy = strategy
         self.epochs, self.batch_size, self.lr = epochs, batch_size, lr
         self.make_optimizer: Callable = self.recipe.make_optimizer
@@ -159,6 +179,23 @@ class Trainer:
                           "train_cpu_seconds": 0.0}
         self._clock = self._cpu_clock = 0.0  # perf_counter and process_time when the current task's timing started
         self._checkpoint_seconds = self._checkpoint_cpu_seconds = 0.0
+
+    def _compiled_forward(self, mode: str) -> Callable:
+        """forward_heads with the single-head forward pass compiled (one graph per head and batch shape); a
+        minibatch joined with other heads' examples (replay) runs eagerly."""
+        model = self.model
+        call = (lambda x, head: model(x, head)) if takes_head(model) else (lambda x, head: model(x))
+        compiled = torch.compile(call, mode=mode)
+
+        def forward(m: nn.Module, x: torch.Tensor, head) -> torch.Tensor:
+            return forward_heads(m, x, head) if isinstance(head, torch.Tensor) else compiled(x, head)
+
+        return forward
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _callback(self, name: str, *args) -> None:
         for cb in self.callbacks:
@@ -247,6 +284,7 @@ class Trainer:
         model.train()
         curve = self._task_curve
         check_now = device.type == "cpu"  # on CUDA a per-step check would wait for the GPU: checked per epoch
+        forward, autocast = self._forward, self._autocast
         bar = tqdm(range(first_epoch, self.epochs), desc=f"{self.label} task {task_index + 1} {task.name}".lstrip(),
                    leave=False, disable=self.quiet, unit="epoch")
         for epoch in bar:
@@ -265,9 +303,10 @@ class Trainer:
                 yb, raw = y[idx], x[idx]
                 batch = strategy.on_before_forward(model, Batch(raw if prepare is None else prepare(raw), yb, head,
                                                                 raw=raw, prepare=prepare))
-                batch.out = out = forward_heads(model, batch.x, batch.head)
-                loss = F.cross_entropy(out, batch.y)
-                extra = strategy.loss_term(model, batch)
+                with autocast():
+                    batch.out = out = forward(model, batch.x, batch.head)
+                    loss = F.cross_entropy(out, batch.y)
+                    extra = strategy.loss_term(model, batch)
                 total = loss + extra if isinstance(extra, torch.Tensor) else loss
                 if check_now:
                     if not torch.isfinite(total):

@@ -65,6 +65,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--option", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="benchmark option(s), e.g. --option n_tasks=3 (the benchmark's options: clframework list)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="bf16: the forward pass and loss under bfloat16 autocast, an opt-in fast step for GPUs "
+                        "(default fp32; docs/performance.md)")
+    p.add_argument("--compile", nargs="?", const="default", choices=["default", "reduce-overhead", "max-autotune"],
+                   help="compile the forward pass with torch.compile (MODE: default; reduce-overhead replays CUDA "
+                        "graphs); opt-in, the plain eager step is the default")
     p.add_argument("--out", type=Path, help="output folder")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -311,7 +317,7 @@ def _base_config(args, strategy: str):
     return RunConfig(strategy=strategy, benchmark=args.benchmark, seed=getattr(args, "seed", 0), epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, hidden=hidden, dropout=args.dropout, device=args.device,
                      benchmark_options=options, tasks=args.tasks, model=args.model, augment=args.augment,
-                     **_recipe(args))
+                     precision=args.precision, compile=args.compile, **_recipe(args))
 
 
 def _folder_options(args) -> dict:
