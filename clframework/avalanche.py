@@ -12,13 +12,15 @@ Our hooks map onto Avalanche's callbacks:
 | clframework hook | Avalanche callback |
 |---|---|
 | `on_task_start(model, task_index)` | `before_training_exp` |
+| `on_before_forward(model, Batch(mb_x, mb_y, head))` (a larger minibatch replaces `strategy.mbatch`) | `before_forward` |
 | `loss_term(model, Batch(mb_x, mb_y, head, mb_output))` (added to `strategy.loss`) | `before_backward` |
 | `on_before_step(model)` (gradients there, weights unchanged) | `before_update` |
 | `on_after_step(model)` | `after_update` |
 | `on_task_end(model, (x, y), head)` | `after_training_exp`, with the experience's training data as tensors |
 
-A strategy that adds examples to the minibatch (`on_before_forward`, e.g. replay) is refused: Avalanche has its own
-replay plugins.
+A strategy that adds examples to the minibatch (`on_before_forward`: replay) has them trained on their own task
+labels: the joined minibatch's heads become its per-example task labels (a MultiTaskModule sends each row through
+its head; a single-head model ignores them).
 
 Our strategies see the Avalanche model through `TaskView`, whose `forward(x, head)` sends inputs to one task's head
 (`forward_single_task` of a MultiTaskModule), so that, for example, EWC's Fisher uses the finished task's head.
@@ -116,10 +118,8 @@ class AvalanchePlugin(SupervisedPlugin):
         if not isinstance(strategy, Strategy):
             raise TypeError(f"AvalanchePlugin wraps a clframework Strategy (make_strategy('si', ...)), "
                             f"got {type(strategy).__name__}")
-        if type(strategy).on_before_forward is not Strategy.on_before_forward:
-            raise TypeError(f"{type(strategy).__name__} adds examples to the minibatch (on_before_forward), which "
-                            f"AvalanchePlugin cannot do; use Avalanche's own replay (avalanche.training.Replay)")
         self.strategy = strategy
+        self._joins = type(strategy).on_before_forward is not Strategy.on_before_forward  # else no per-step cost
         self._view: TaskView | None = None
 
     def _model(self, cl) -> TaskView:
@@ -129,6 +129,18 @@ class AvalanchePlugin(SupervisedPlugin):
 
     def before_training_exp(self, strategy, **kwargs):
         self.strategy.on_task_start(self._model(strategy), strategy.clock.train_exp_counter)
+
+    def before_forward(self, strategy, **kwargs):
+        if not self._joins:
+            return
+        head = experience_head(strategy.experience, strategy.model)
+        batch = self.strategy.on_before_forward(self._model(strategy), Batch(strategy.mb_x, strategy.mb_y, head))
+        if len(batch) != len(strategy.mb_y):
+            if len(strategy.mbatch) != 3:
+                raise ValueError(f"{type(self.strategy).__name__} joined examples to a minibatch of "
+                                 f"{len(strategy.mbatch)} parts; AvalanchePlugin joins (inputs, labels, task labels) "
+                                 f"minibatches only")
+            strategy.mbatch = [batch.x, batch.y, batch.heads().to(batch.y.device)]
 
     def before_backward(self, strategy, **kwargs):
         head = experience_head(strategy.experience, strategy.model)

@@ -22,7 +22,7 @@ from clframework.avalanche import AvalanchePlugin, TaskView, as_multitask_module
 pytestmark = pytest.mark.slow  # imports Avalanche and trains through it
 
 EPOCHS, PER_TASK = 15, 200
-STRATEGIES = {"si": {"c": 1.0, "xi": 1e-3}, "ewc": {"ewc_lambda": 1000.0}}
+STRATEGIES = {"si": {"c": 1.0, "xi": 1e-3}, "ewc": {"ewc_lambda": 1000.0}, "replay": {"memory_size": 100}}
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +43,14 @@ def init(small):
 
 
 def train_ours(init, stream, name):
+    torch.manual_seed(0)  # replay's memory generator starts from the global seed
     net, strategy = copy.deepcopy(init), make_strategy(name, **STRATEGIES[name])
     Trainer(net, strategy, epochs=EPOCHS, batch_size=PER_TASK, quiet=True).fit(stream)
     return net, strategy
 
 
 def train_avalanche(init, stream, name=None):
+    torch.manual_seed(0)
     net = copy.deepcopy(init)
     model = as_multitask_module(net)
     bm = tensors_benchmark([[t.train_x, t.train_y] for t in stream], [[t.test_x, t.test_y] for t in stream],
@@ -80,7 +82,11 @@ def test_plugin_matches_our_trainer_and_differs_from_naive(init, small, avalanch
     to_naive = max_diff(theirs, avalanche_naive)
     assert to_ours < 1e-4, f"{name}: Avalanche+plugin drifted {to_ours} from our Trainer"
     assert to_naive > 100 * max(to_ours, 1e-7), f"{name}: plugin run is no different from Avalanche's Naive"
-    # the consolidation state learned inside Avalanche is the one our Trainer learns, parameter by parameter
+    if name == "replay":  # the same examples stored, and replayed on their own task's head (to_ours above)
+        for a, b in zip(plugin.strategy.memory.contents(), our_strategy.memory.contents()):
+            assert torch.equal(a, b)
+        assert set(plugin.strategy.memory.contents()[2].tolist()) == {0, 1}  # each task's examples on its head
+        return
     # the consolidation state learned inside Avalanche (names under the view's "model.net.") is our Trainer's
     learned = plugin.strategy.Omega if name == "si" else plugin.strategy.fisher_sum
     expected = our_strategy.Omega if name == "si" else our_strategy.fisher_sum
