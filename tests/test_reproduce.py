@@ -69,6 +69,19 @@ def test_reproduce_quick_end_to_end_on_embedded_data(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("quiet", [False, True])
+def test_each_finished_run_is_reported_once(tmp_path, capsys, quiet):
+    """A finished run's line appears once: from the progress view, or (--quiet) as the numbered log line."""
+    assert main(["reproduce", "split-mnist", "--dataset", "mnist-5k", "--quick", "--seeds", "1", "--epochs", "1",
+                 "--arms", "si", "--out", str(tmp_path / "rep")] + (["--quiet"] if quiet else [])) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in (captured.out + captured.err).replace("\r", "\n").splitlines()
+             if "SI (c=1) seed 0" in line and "ACC" in line]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("[1/1]") == quiet
+
+
+@pytest.mark.slow
 def test_tune_picks_the_best_validation_value_and_reports_its_test_accuracy(tmp_path):
     out = tmp_path / "tune"
     assert main(["tune", "--strategy", "si", "--grid", "c=0,1000", "--benchmark", "split-mnist-5k", "--epochs", "1",

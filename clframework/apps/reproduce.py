@@ -332,7 +332,8 @@ def device_name(device: str = "auto") -> str:
 class _Progress:
     """Rewrites the table, JSON and Fig. 4 after every finished run, marked partial, so that a reproduction stopped
     part-way (a time limit, a lost machine) keeps every run it finished (each run's own folder has the rest).
-    Called by compare_configs in this process as each run's results arrive (also from --jobs/--ray workers)."""
+    Called by compare_configs in this process as each run's results arrive (also from --jobs/--ray workers).
+    log: where a line per finished run goes, or None where the study's progress view shows that line already."""
 
     def __init__(self, exp: Experiment, p: dict, out_dir: Path, device: str, log, figures):
         self.exp, self.p, self.out_dir, self.device, self.log, self.figures = exp, p, out_dir, device, log, figures
@@ -349,8 +350,9 @@ class _Progress:
         write_text(self.out_dir / "reproduction.md", table(summary))
         if self.figures.study:
             save(average_figure(self.runs), self.out_dir / "fig4_average", self.figures.formats)
-        self.log(f"[{done}/{len(self.p['configs']) * self.p['seeds']}] {self.label} seed {run['seed']}: "
-                 f"ACC {run['metrics']['acc']:.4f}, {run['wall_seconds']:.1f} s")
+        if self.log is not None:
+            self.log(f"[{done}/{len(self.p['configs']) * self.p['seeds']}] {self.label} seed {run['seed']}: "
+                     f"ACC {run['metrics']['acc']:.4f}, {run['wall_seconds']:.1f} s")
 
 
 def reproduce(name: str, out_dir: Path, dataset: Optional[str] = None, quick: bool = False,
@@ -408,7 +410,8 @@ def _reproduce(exp: "Experiment", p: dict, out_dir: Path, quiet: bool, log, resu
         comparison = compare_configs(p["configs"], p["seeds"], out_dir, quiet, resume=resume,
                                      checkpoint_every=checkpoint_every, backend=backend, progress=study,
                                      checkpoint_dir=checkpoint_dir, executor=ex,
-                                     on_run=_Progress(exp, p, out_dir, hardware, log, figures), figures=figures,
+                                     on_run=_Progress(exp, p, out_dir, hardware, log if study.quiet else None,
+                                                      figures), figures=figures,
                                      callbacks_for=((lambda label, seed: callbacks_for(replace(p["configs"][label],
                                                                                              seed=seed)))
                                                     if callbacks_for else None),
