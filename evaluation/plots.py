@@ -85,16 +85,23 @@ def save(fig: Figure, stem: Path, formats: Sequence[str] = ("png",)) -> List[Pat
     return paths
 
 
+NOT_TRAINED = "#d9d9d9"  # the cells of tasks not yet trained: their accuracy is chance, not a result
+
+
 def matrix_heatmap(R, tasks: Sequence[str], title: str = "Accuracy matrix") -> Figure:
+    """R[i, j]: accuracy on task j after training task i. Cells j > i (task j not trained yet) are grey, their
+    value printed in grey, so that the colour scale shows results only."""
     R = np.asarray(R, dtype=float)
     T = len(tasks)
+    rows, cols = np.indices(R.shape)
     fig = Figure(figsize=(1.1 * T + 2.5, 0.9 * T + 1.6), layout="constrained")
     ax = fig.add_subplot()
-    im = ax.imshow(R, vmin=0, vmax=1, cmap="viridis")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad=NOT_TRAINED)
+    im = ax.imshow(np.ma.masked_where(cols > rows, R), vmin=0, vmax=1, cmap=cmap)
     for i in range(R.shape[0]):
         for j in range(R.shape[1]):
-            ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=9,
-                    color="black" if R[i, j] > 0.6 else "white")
+            color = "dimgray" if j > i else "black" if R[i, j] > 0.6 else "white"
+            ax.text(j, i, f"{R[i, j]:.2f}", ha="center", va="center", fontsize=9, color=color)
     ax.set_xticks(range(T), tasks)
     ax.set_yticks(range(R.shape[0]), [f"{i + 1}: {t}" for i, t in enumerate(tasks[:R.shape[0]])])
     ax.set_xlabel("evaluated on task")

@@ -1,6 +1,7 @@
 """Plots: files written and non-empty; panels, lines and values read back from the figure objects."""
 import json
 
+import matplotlib
 import numpy as np
 import pytest
 
@@ -75,6 +76,21 @@ def test_heatmap_annotates_every_cell():
     texts = [t.get_text() for t in ax.texts]
     assert texts == [f"{v:.2f}" for row in R for v in row]
     assert ax.get_xlabel() == "evaluated on task"
+
+
+def test_heatmap_greys_out_tasks_not_yet_trained():
+    """After task i, tasks j > i are untrained (chance accuracy): masked to the grey 'bad' colour, not coloured as
+    results; every trained cell keeps its colour."""
+    R = RUNS["si"][0]["accuracy_matrix"]
+    ax = P.matrix_heatmap(R, TASKS).get_axes()[0]
+    image = ax.get_images()[0]
+    data = image.get_array()
+    expected = np.triu(np.ones_like(np.asarray(R), dtype=bool), k=1)
+    assert np.array_equal(np.ma.getmaskarray(data), expected)
+    rgba = image.to_rgba(data)
+    grey = matplotlib.colors.to_rgba(P.NOT_TRAINED)
+    assert all(tuple(rgba[i, j]) == grey for i, j in zip(*np.nonzero(expected)))
+    assert not any(tuple(rgba[i, j]) == grey for i, j in zip(*np.nonzero(~expected)))
 
 
 def test_training_curves_one_line_per_task_in_each_panel():
