@@ -1,8 +1,8 @@
 """clframework: paper-faithful continual learning (Synaptic Intelligence, exact-Fisher EWC) for head-to-head comparisons.
 
 Layers, bottom to top (each imports only from those below it):
-  registry, benchmarks.stream, plugin (strategy interface)  ->  models, evaluation, trainer, strategies, benchmarks
-  ->  experiment (run / compare)  ->  apps (cli, bench, reproduce, tune).
+  registry, benchmarks.stream, plugin (strategy interface), callbacks (observer interface)  ->  models, evaluation,
+  trainer, strategies, benchmarks  ->  experiment (run / compare)  ->  apps (cli, bench, reproduce, tune, runs).
 The public names below are resolved on first use (PEP 562), so `import clframework` and `clframework --help` do not
 pay for importing torch.
 """
@@ -17,7 +17,8 @@ _PUBLIC = {
     "register_model": "clframework.models", "available_models": "clframework.models",
     "resnet18": "clframework.models", "reduced_resnet18": "clframework.models",
     "load": "clframework.inference", "TrainedModel": "clframework.inference",
-    "Trainer": "clframework.trainer", "TrainerCallback": "clframework.trainer", "select_device": "clframework.trainer",
+    "Trainer": "clframework.trainer", "TrainerCallback": "clframework.callbacks",
+    "select_device": "clframework.trainer",
     "TrainingDiverged": "clframework.trainer", "TrainingFailed": "clframework.trainer",
     "Stream": "clframework.benchmarks", "Task": "clframework.benchmarks",
     "available_benchmarks": "clframework.benchmarks", "make_benchmark": "clframework.benchmarks",

@@ -308,10 +308,13 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
     model = model_for(config, train, stream)
     strategy = make_strategy(config.strategy, **cfg["hparams"])
     wandb_id = next((getattr(cb, "run_id", None) for cb in callbacks if getattr(cb, "run_id", None)), None)
-    if state is not None and state.get("wandb_run_id"):
-        for cb in callbacks:  # a W&B logger that can continue a run reads this before it starts
-            if hasattr(cb, "resume_run_id"):
-                cb.resume_run_id = state["wandb_run_id"]
+    if state is not None:  # loggers continue their run (W&B: the same run id) and its counters
+        progress = state["trainer"]["progress"]
+        resumed = {"run_id": state.get("wandb_run_id"),
+                   "epochs_trained": len(progress["curves"]) + len(state["trainer"]["task_curve"]),
+                   "tasks_evaluated": 1 + len(progress["accuracy_matrix"])}  # the untrained model's row first
+        for cb in callbacks:
+            cb.on_resume(resumed)
     startup = time.perf_counter()
     for cb in callbacks:  # a logger's start-up (W&B: up to its timeout) is not part of the run's seconds
         cb.on_run_start()

@@ -20,6 +20,7 @@ from clframework.evaluation.evaluator import evaluate_stream
 
 from clframework.evaluation.results import OutputError
 
+from .callbacks import TrainerCallback  # also importable from here, its home before callbacks.py
 from .checkpoint import to_device
 from .models import forward_heads, takes_head
 from .plugin import Batch, Strategy
@@ -64,22 +65,6 @@ def check_fast_step(precision: str, compile: Optional[str]) -> None:
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
-
-
-class TrainerCallback:
-    """Observer of training progress (loggers such as W&B implement these)."""
-
-    def on_run_start(self) -> None:
-        """Before a run's clock starts (a logger's start-up is not counted in the run's seconds)."""
-
-    def on_epoch_end(self, task_index: int, epoch: int, loss: float, accuracy: float) -> None:
-        """After each epoch: mean training loss and accuracy on the current task's training batches."""
-
-    def on_task_evaluated(self, task_index: int, accuracies: List[float]) -> None:
-        """After each task (task_index = -1 for the untrained model): test accuracy on every task."""
-
-    def on_run_end(self, result: dict, out_dir) -> None:
-        """After a run's results (and, with an output folder, its files) are complete: loggers finish here."""
 
 
 @dataclass

@@ -6,10 +6,16 @@ W&B is optional: any failure (wandb not installed, no network, no account) print
 while training and the local result files go on untouched. The first online start that fails switches the rest of
 the process to offline runs at once (one warning), which `wandb sync` can upload later. Runs are created with
 `reinit="create_new"`, so a W&B run the caller already has open is neither finished nor logged to.
+
+A run continued with --resume continues its W&B run: the same id (online, W&B's own resume), and the counters
+`epochs_trained` and `tasks_trained` go on from the checkpoint. Offline, wandb writes every session to a folder of its
+own; the earlier session's folder is replayed into the new one up to the checkpoint and removed, so one folder holds
+the whole run and `wandb sync` uploads it once.
 """
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -17,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
-from clframework.trainer import TrainerCallback
+from clframework.callbacks import TrainerCallback
 
 MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # what wandb.init(mode=...) accepts
 DEFAULT_PROJECT = "clframework"
@@ -108,6 +114,7 @@ class WandbLogger(TrainerCallback):
         self.log = log
         self.run = None
         self.resume_run_id: Optional[str] = None  # set by a resumed run (--resume): continue that W&B run
+        self.resumed: Optional[dict] = None  # what the checkpoint holds (on_resume): the history to keep
         self.failed = False
         self.epochs_trained = 0
 
@@ -122,23 +129,42 @@ class WandbLogger(TrainerCallback):
         warnings.warn(f"W&B {what} failed ({type(exc).__name__}: {exc}); W&B logging is off for this run, "
                       f"local results are unaffected", RuntimeWarning, stacklevel=3)
 
+    def init_arguments(self, mode: str) -> dict:
+        """wandb.init's arguments in `mode`; a resumed run names its W&B run's id (W&B's resume="allow": online
+        the server continues that run and its step; offline see _continue_offline)."""
+        settings = {"silent": True, "console": "off", "x_save_requirements": False}
+        if self.init_timeout is not None:
+            settings["init_timeout"] = self.init_timeout
+        return dict(project=self.project, entity=self.entity, group=self.group, job_type=self.job_type, mode=mode,
+                    name=self.name, tags=self.tags or None, config=self.config, reinit="create_new",
+                    dir=str(self.wandb_dir) if self.wandb_dir else None, settings=settings,
+                    **({"id": self.resume_run_id, "resume": "allow"} if self.resume_run_id else {}))
+
     def _init(self, mode: str):
         import wandb
 
         if self.wandb_dir is not None:
             self.wandb_dir.mkdir(parents=True, exist_ok=True)
-        settings = {"silent": True, "console": "off", "x_save_requirements": False}
-        if self.init_timeout is not None:
-            settings["init_timeout"] = self.init_timeout
-        run = wandb.init(project=self.project, entity=self.entity, group=self.group, job_type=self.job_type,
-                         mode=mode, name=self.name, tags=self.tags or None, config=self.config, reinit="create_new",
-                         dir=str(self.wandb_dir) if self.wandb_dir else None, settings=wandb.Settings(**settings),
-                         **({"id": self.resume_run_id, "resume": "allow"} if self.resume_run_id else {}))
+        args = self.init_arguments(mode)
+        run = wandb.init(**{**args, "settings": wandb.Settings(**args["settings"])})
         run.define_metric("tasks_trained")
         run.define_metric("accuracy/*", step_metric="tasks_trained")
         run.define_metric("epochs_trained")
         run.define_metric("train/*", step_metric="epochs_trained")
+        if self.resumed is not None and run.settings.mode in ("offline", "dryrun"):
+            self._continue_offline(run)
         return run
+
+    def _continue_offline(self, run) -> None:
+        """Replay the earlier offline sessions of this run (same id) into `run`, the history up to the checkpoint
+        only (epochs and evaluations after it are trained again), then remove their folders."""
+        here = Path(run.settings.sync_dir)
+        epochs, tasks = self.resumed["epochs_trained"], self.resumed["tasks_evaluated"]
+        for folder in sorted(p for p in here.parent.glob(f"offline-run-*-{run.id}") if p != here):
+            for row in read_offline_run(folder)["history"]:
+                if row.get("epochs_trained", epochs + 1) <= epochs or row.get("tasks_trained", tasks) < tasks:
+                    run.log({k: v for k, v in row.items() if not k.startswith("_")})
+            shutil.rmtree(folder)
 
     def start(self) -> None:
         global _offline_after_failure
@@ -190,6 +216,10 @@ class WandbLogger(TrainerCallback):
             pass
 
     # -- TrainerCallback -----------------------------------------------------------------------------------------
+    def on_resume(self, progress: dict) -> None:
+        self.resume_run_id = progress["run_id"]
+        self.resumed, self.epochs_trained = progress, progress["epochs_trained"]
+
     def on_run_start(self) -> None:
         self.start()
 
@@ -233,9 +263,7 @@ class WandbLogger(TrainerCallback):
                             data=[[f"{i + 1}: {tasks[i]}"] + row for i, row in enumerate(result["accuracy_matrix"])])
         media = {"accuracy_matrix": table}
         if out_dir is not None:
-            for png in sorted(out_dir.glob("*.png")):
-                key = "accuracy_matrix_heatmap" if png.stem == "matrix" else f"plots/{png.stem}"
-                media[key] = wandb.Image(str(png), caption=png.stem)
+            media.update(figures(out_dir, {"matrix": "accuracy_matrix_heatmap"}))
             artifact = wandb.Artifact(f"results-{run.id}", type="results",
                                       description=f"{result['strategy']} seed {result['seed']} result folder")
             for f in sorted(out_dir.iterdir()):
@@ -246,8 +274,8 @@ class WandbLogger(TrainerCallback):
 
 
 class WandbSummary(WandbLogger):
-    """The summary run of a compare's group (job type `summary`): the head-to-head table, the paired tests, and
-    each strategy's mean ACC as summary metrics."""
+    """The summary run of a study's group (job type `summary`): the head-to-head table, the paired tests, the
+    study's figures (its folder's PNGs, under `plots/`) and each strategy's mean ACC as summary metrics."""
 
     def __init__(self, group: str, **kwargs):
         kwargs.setdefault("name", f"{group}-summary")
@@ -269,13 +297,21 @@ class WandbSummary(WandbLogger):
             head = wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])
             cols = ["a", "b", "metric", "mean_diff", "ci_low", "ci_high", "p_value", "n", "note"]
             paired = wandb.Table(columns=cols, data=[[p.get(c) for c in cols] for p in summary["paired"]])
-            run.log({"head_to_head": head, "paired": paired})
+            run.log({"head_to_head": head, "paired": paired, **(figures(out_dir) if out_dir is not None else {})})
             for name, s in summary["strategies"].items():
                 run.summary.update({f"{name}/acc_mean": s["acc_mean"], f"{name}/acc_sem": s["acc_sem"]})
             self._finish()
         except Exception as exc:  # noqa: BLE001
             self._warn("summary logging", exc)
             self._finish_quietly()
+
+
+def figures(folder: Path, keys: Optional[dict] = None) -> dict:
+    """The folder's PNG figures as W&B images, under `plots/<name>` unless `keys` names another key."""
+    import wandb
+
+    return {(keys or {}).get(png.stem, f"plots/{png.stem}"): wandb.Image(str(png), caption=png.stem)
+            for png in sorted(Path(folder).glob("*.png"))}
 
 
 def _records(path: Path):
@@ -294,6 +330,8 @@ def _records(path: Path):
             continue
         length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
         pos += 7
+        if pos + length > len(data):  # a chunk cut short (the writing process was killed): the file ends here
+            break
         if kind == 0 and length == 0:  # zero padding at a block's end
             pos += left - 7
             continue

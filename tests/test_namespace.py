@@ -83,3 +83,14 @@ def test_every_module_imports_in_any_order(order):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "tests")
     assert out.returncode == 0, out.stderr
 
+
+
+def test_wandb_logger_sits_below_the_trainer():
+    """The callback interface lives below both (clframework.callbacks): the W&B logger imports no trainer, and the
+    interface's old home still gives the same class."""
+    code = ("import sys\nimport clframework.evaluation.wandb_logger\n"
+            "assert 'clframework.trainer' not in sys.modules, 'the W&B logger imported the trainer'\n"
+            "from clframework.callbacks import TrainerCallback\nfrom clframework.trainer import TrainerCallback as T\n"
+            "import clframework\nassert T is TrainerCallback is clframework.TrainerCallback\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "tests")
+    assert out.returncode == 0, out.stderr

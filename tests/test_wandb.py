@@ -8,6 +8,7 @@ import pytest
 from clframework.apps.cli import main
 from clframework.experiment import RunConfig, run
 from clframework.evaluation.wandb_logger import WandbLogger, check_mode, read_offline_run
+from test_runs import CtrlC
 
 pytestmark = pytest.mark.slow  # real wandb runs (offline)
 
@@ -72,6 +73,8 @@ def test_cli_compare_offline_one_wandb_run_per_strategy_and_seed(tmp_path, capsy
     assert logged_summary["summary"]["paired._type"] == "table-file"
     for name in ("naive", "si"):
         assert logged_summary["summary"][f"{name}/acc_mean"] == summary["strategies"][name]["acc_mean"]
+    figures = sorted(f.stem for f in out.glob("fig*.png"))  # the study's figures, beside its tables
+    assert figures and all(logged_summary["summary"][f"plots/{f}._type"] == "image-file" for f in figures)
     for f in ("summary.json", "table.md", "table.csv", "fig3_per_task.png", "fig4_average.svg",
               "fig5_omega_correlation.png"):
         assert (out / f).stat().st_size > 0
@@ -245,3 +248,40 @@ def test_tune_with_wandb_names_every_trial(tmp_path):
     names = sorted(d["run"]["name"] for d in _offline_runs(out / "wandb"))
     chosen = json.loads((out / "tune.json").read_text())["chosen"]["c"]
     assert names == sorted(["si-c0-seed0-valid", "si-c10-seed0-valid", f"si-c{chosen:g}-seed0"])
+
+
+def test_resumed_run_continues_its_offline_wandb_run(tmp_path, mnist_stream):
+    """Interrupted in task 2 (its checkpoint: after task 1), then resumed: one offline folder, the same run id, W&B's
+    step and our epoch and task counters continuing, and the history equal to results.json, as if never stopped
+    (the epoch trained after the checkpoint and again on resume is logged once)."""
+    import wandb
+
+    cfg = RunConfig(strategy="naive", benchmark="split-mnist-5k", epochs=2, hidden=[16])
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, out, quiet=True, stream=mnist_stream, callbacks=[
+            WandbLogger(cfg.resolved(), mode="offline", wandb_dir=out, group="g"), CtrlC(at=3)])
+    wandb.teardown()
+    (first,) = (out / "wandb").glob("offline-run-*")
+    assert max(h.get("epochs_trained", 0) for h in read_offline_run(first)["history"]) == 3
+    run(cfg, out, quiet=True, stream=mnist_stream, resume=True,
+        callbacks=[WandbLogger(cfg.resolved(), mode="offline", wandb_dir=out, group="g")])
+    (logged,) = _offline_runs(out / "wandb")
+    res = json.loads((out / "results.json").read_text())
+    assert res["resumed_from"]["task"] == 1 and logged["run"]["id"] == first.name.rsplit("-", 1)[1]
+    _check_run_against_results(logged, res, group="g")
+    assert [h["epochs_trained"] for h in logged["history"] if "epochs_trained" in h] == [1, 2, 3, 4]
+    assert [h["_step"] for h in logged["history"]] == list(range(len(logged["history"])))
+
+
+def test_resumed_run_names_its_wandb_run_online_and_offline():
+    """What wandb.init is given for a resumed run in either mode: the saved id, with W&B's resume="allow"."""
+    cfg = RunConfig(strategy="naive", benchmark="split-mnist-5k").resolved()
+    fresh = WandbLogger(cfg, mode="online")
+    assert "id" not in fresh.init_arguments("online") and "resume" not in fresh.init_arguments("online")
+    logger = WandbLogger(cfg, mode="online")
+    logger.on_resume({"run_id": "abc123", "epochs_trained": 7, "tasks_evaluated": 3})
+    for mode in ("online", "offline"):
+        args = logger.init_arguments(mode)
+        assert (args["id"], args["resume"], args["mode"]) == ("abc123", "allow", mode)
+    assert logger.epochs_trained == 7

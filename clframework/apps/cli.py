@@ -293,6 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--study: which of jobs1,jobs2,ray to time (default all)")
     rl = sub.add_parser("runs", help="past runs and studies under a folder: label, benchmark, ACC, status, date")
     rl.add_argument("folder", nargs="?", type=Path, default=Path("runs"), help="where to look (default: runs)")
+    rp = sub.add_parser("report", help="a finished compare's or reproduce's table for a paper: mean +- SEM, best in "
+                        "bold, paired-test marks (Markdown, LaTeX or CSV)")
+    rp.add_argument("study", type=Path, help="the study's folder (holding summary.json)")
+    rp.add_argument("--format", default="md", choices=["md", "latex", "csv"], help="output format (default md)")
+    rp.add_argument("--baseline", metavar="NAME", help="mark differences from this strategy (default: from each "
+                    "column's best)")
+    rp.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired t-test (default 0.05)")
+    rp.add_argument("--metrics", default="acc,bwt,fwt,forgetting", help="columns, from acc,bwt,fwt,forgetting")
+    rp.add_argument("--out", type=Path, help="write the table to this file (default: print it)")
     for command in sub.choices.values():  # --debug also after the command name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="full Python tracebacks for every error")
@@ -506,6 +515,21 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from clframework.evaluation.results import write_text
+
+    from .report import report
+
+    text = report(args.study, args.format, args.baseline, args.alpha,
+                  [m.strip() for m in args.metrics.split(",") if m.strip()])
+    if args.out:
+        write_text(args.out, text)
+        print(f"table: {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def cmd_runs(args) -> int:
     from .runs import list_runs
 
@@ -568,7 +592,7 @@ def _command(args) -> int:
         for module in getattr(args, "plugin", []):
             import_plugin(module)
         return {"list": cmd_list, "run": cmd_run, "compare": cmd_compare, "reproduce": cmd_reproduce,
-                "tune": cmd_tune, "bench": cmd_bench, "runs": cmd_runs}[args.command](args)
+                "tune": cmd_tune, "bench": cmd_bench, "runs": cmd_runs, "report": cmd_report}[args.command](args)
     except _training_error("TrainingDiverged") as exc:
         if args.debug:
             raise

@@ -65,6 +65,8 @@ class Experiment:
     # arms that depend on the dataset and memory size (dataset, buffer) -> arms, replacing `arms` (der-table)
     arms_for: Optional[Callable[[str, Optional[int]], Tuple[Arm, ...]]] = None
     buffers: Dict[str, Tuple[int, ...]] = field(default_factory=dict)  # dataset -> the memory sizes it reports
+    published_controls: Dict[str, str] = field(default_factory=dict)  # control -> the paper's result, with where
+    published_source: str = ""  # the paper, and how to read the results its arms quote (when they name no source)
 
 
 DER_ORDER = ("naive", "si", "lwf", "agem", "er", "er_ace", "icarl", "der", "derpp")  # the tables' row order
@@ -92,30 +94,41 @@ def der_table_arms(dataset: str, buffer: Optional[int]) -> Tuple[Arm, ...]:
     return tuple(arms)
 
 
+PAPER_SOURCE = ("Zenke, Poole & Ganguli, ICML 2017; its results are figures, not tables: a number marked ≈ is read "
+                "from the figure named, the rest is what its text says")
+NOT_IN_PAPER = "not in the paper"
+
 EXPERIMENTS: Dict[str, Experiment] = {
     "split-mnist": Experiment(
         "split-mnist", "Sec. 5.1, Fig. 3: 5 digit-pair tasks, multi-head, MLP 256-256, Adam reset per task",
         {"mnist": "split-mnist", "fashion-mnist": "split-fashion-mnist", "mnist-5k": "split-mnist-5k"},
-        (Arm("fine-tuning", "fine-tuning (c=0)", "si", {"c": 0.0, "xi": 1e-3}),
-         Arm("si", "SI (c=1)", "si", {"c": 1.0, "xi": 1e-3}),
-         Arm("ewc", "EWC (exact Fisher)", "ewc")),
-        seeds=10, spread="sem", figures=(3,), quick={"epochs": 2, "seeds": 3}),
+        (Arm("fine-tuning", "fine-tuning (c=0)", "si", {"c": 0.0, "xi": 1e-3},
+             published="first tasks back to chance, 0.5 (Sec. 5.1, Fig. 3)"),
+         Arm("si", "SI (c=1)", "si", {"c": 1.0, "xi": 1e-3}, published="average stays close to 1 (Sec. 5.1, Fig. 3)"),
+         Arm("ewc", "EWC (exact Fisher)", "ewc", published=f"{NOT_IN_PAPER} (Sec. 5.1 has no EWC arm)")),
+        seeds=10, spread="sem", figures=(3,), quick={"epochs": 2, "seeds": 3}, published_source=PAPER_SOURCE),
     "permuted-mnist": Experiment(
         "permuted-mnist", "Sec. 5.2, Fig. 4-5: 10 permutations, one head, MLP 2000-2000, Adam kept across tasks",
         {"mnist": "permuted-mnist", "fashion-mnist": "permuted-fashion-mnist", "mnist-5k": "permuted-mnist-5k"},
-        (Arm("si", "SI (c=0.1)", "si", {"c": 0.1, "xi": 0.1}),
-         Arm("ewc", "EWC (exact Fisher)", "ewc"),
-         Arm("sgd", "SGD (c=0)", "si", {"c": 0.0, "xi": 0.1}),
-         Arm("sgd-dropout", "SGD w/ dropout (c=0)", "si", {"c": 0.0, "xi": 0.1}, {"dropout": 0.5})),
+        (Arm("si", "SI (c=0.1)", "si", {"c": 0.1, "xi": 0.1}, published="≈ 0.97 after 10 tasks (Fig. 4)"),
+         Arm("ewc", "EWC (exact Fisher)", "ewc",
+             published="≈ 0.97 after 10 tasks (Fig. 4, replotted from Kirkpatrick et al. 2017)"),
+         Arm("sgd", "SGD (c=0)", "si", {"c": 0.0, "xi": 0.1}, published="far worse than SI (Sec. 5.2, Fig. 4)"),
+         Arm("sgd-dropout", "SGD w/ dropout (c=0)", "si", {"c": 0.0, "xi": 0.1}, {"dropout": 0.5},
+             published="far worse than SI (Sec. 5.2, Fig. 4)")),
         seeds=3, spread="sem", figures=(4, 5), controls=("joint",),
-        quick={"epochs": 2, "hidden": (256, 256), "n_tasks": 5, "seeds": 2}),
+        published_controls={"joint": "slightly above SI (Sec. 5.2, Fig. 4, black arrow)"},
+        quick={"epochs": 2, "hidden": (256, 256), "n_tasks": 5, "seeds": 2}, published_source=PAPER_SOURCE),
     "split-cifar": Experiment(
         "split-cifar", "Sec. 5.3, Fig. 6: CIFAR-10 then 5 CIFAR-100 blocks, multi-head CNN, Adam reset per task",
         {"cifar": "split-cifar10-100"},
-        (Arm("fine-tuning", "fine-tuning (c=0)", "si", {"c": 0.0, "xi": 1e-3}),
-         Arm("si", "SI (c=0.1)", "si", {"c": 0.1, "xi": 1e-3})),
+        (Arm("fine-tuning", "fine-tuning (c=0)", "si", {"c": 0.0, "xi": 1e-3},
+             published="older tasks lower, declining with age; chance 0.1 (Sec. 5.3, Fig. 6)"),
+         Arm("si", "SI (c=0.1)", "si", {"c": 0.1, "xi": 1e-3},
+             published="similar on every task, above c=0 except the last task (Sec. 5.3, Fig. 6)")),
         seeds=5, spread="sd", figures=(6,), controls=("scratch",),
-        quick={"epochs": 2, "cifar100_tasks": 2, "seeds": 2}),
+        published_controls={"scratch": "SI as good or better on every task but Task 1, CIFAR-10 (Sec. 5.3, Fig. 6)"},
+        quick={"epochs": 2, "cifar100_tasks": 2, "seeds": 2}, published_source=PAPER_SOURCE),
     "der-table": Experiment(
         "der-table", "Buzzega et al. 2020 (DER) Table 2 / Boschini et al. 2022 (X-DER) Table 2: class-incremental "
                      "rehearsal methods, ResNet-18, crop+flip, SGD, each method's best_args.py settings",
@@ -147,7 +160,8 @@ def _override(arm: Arm, spec: str) -> Arm:
         pattern = rf"(?<![\w.]){re.escape(param)}=[^,)\s]+"
         named = re.search(pattern, label)
         label = re.sub(pattern, f"{param}={value}", label) if named else f"{label} ({param}={value})"
-    return replace(arm, key=spec, label=label, hparams=hparams)
+    return replace(arm, key=spec, label=label, hparams=hparams,
+                   published=f"{NOT_IN_PAPER} (its arm: {arm.label})" if arm.published else "")
 
 
 def select_arms(exp: Experiment, arms: Optional[Sequence[str]] = None) -> Tuple[List[Arm], List[str]]:
@@ -253,7 +267,8 @@ def plan(name: str, dataset: Optional[str] = None, quick: bool = False, seeds: O
         configs[arm.label] = cfg
     return {"experiment": exp, "benchmark": benchmark, "dataset": dataset, "configs": configs, "seeds": n_seeds,
             "scaled": scaled, "benchmark_options": options, "controls": controls, "buffer": buffer,
-            "published": {a.label: a.published for a in chosen if a.published}, "not_registered": missing}
+            "published": {**{a.label: a.published for a in chosen if a.published},
+                          **{c: exp.published_controls[c] for c in controls if c in exp.published_controls}}, "not_registered": missing}
 
 
 def train_alone(stream: Stream, config: RunConfig, seed: int, tasks: List[Task], quiet: bool) -> List[float]:
@@ -414,8 +429,7 @@ def _reproduce(exp: "Experiment", p: dict, out_dir: Path, quiet: bool, log, resu
                                                       figures), figures=figures,
                                      callbacks_for=((lambda label, seed: callbacks_for(replace(p["configs"][label],
                                                                                              seed=seed)))
-                                                    if callbacks_for else None),
-                                     summary_callbacks=summary_callbacks)
+                                                    if callbacks_for else None))
         runs = {label: s["runs"] for label, s in comparison["strategies"].items()}
         result = summarize(exp, p, runs, comparison["tasks"], hardware, comparison.get("diverged"))
         result["controls"] = run_controls(ex, controls, len(stream), study)
@@ -424,6 +438,8 @@ def _reproduce(exp: "Experiment", p: dict, out_dir: Path, quiet: bool, log, resu
     write_text(out_dir / "reproduction.md", table(result))
     if exp.arms_for is not None:
         write_text(out_dir / "ledger.md", ledger_rows(result))
+    for cb in summary_callbacks:  # after every figure is drawn (Fig. 6 too): the W&B summary run shows them all
+        cb.on_summary(comparison, out_dir)
     log(table(result))
     log(f"results: {out_dir}")
     return result
@@ -437,6 +453,9 @@ def summarize(exp: Experiment, p: dict, runs: Dict[str, List[dict]], tasks: List
            "diverged": diverged or [], "buffer": p.get("buffer"), "command": provenance.command()}
     if exp.arms_for is not None:
         out["joint_published"] = _published(p["dataset"], "joint", None)
+    out.update({f"{c}_published": p["published"][c] for c in p["controls"] if c in p["published"]})
+    if exp.published_source:
+        out["published_source"] = {"source": exp.published_source, "dataset": next(iter(exp.benchmarks))}
     for label, arm_runs in runs.items():
         if not arm_runs:  # every seed diverged: listed in "diverged", no statistics
             continue
@@ -458,9 +477,12 @@ def summarize(exp: Experiment, p: dict, runs: Dict[str, List[dict]], tasks: List
 
 
 def table(summary: dict) -> str:
+    """The reproduction's table: our result per arm and control beside the paper's (with its source)."""
     pm = summary["spread"].upper()
-    paper = any(a.get("published") for a in summary["arms"].values()) or summary.get("joint_published")
-    paper_head = " paper (%, source) |" if paper else ""
+    source = summary.get("published_source")
+    paper = (any(a.get("published") for a in summary["arms"].values()) or summary.get("joint_published")
+             or summary.get("scratch_published"))
+    paper_head = (" paper (source) |" if source else " paper (%, source) |") if paper else ""
     lines = [f"{summary['experiment']} on {summary['benchmark']}, {summary['seeds']} seed(s)"
              + (f" (quick: {'; '.join(summary['scaled'])})" if summary["scaled"] else "")
              + (f", on {summary['device']}" if summary.get("device") else "")
@@ -478,7 +500,14 @@ def table(summary: dict) -> str:
                      + (f" {summary.get('joint_published') or '-'} |" if paper_head else ""))
     if "scratch" in controls:
         per = ", ".join(f"{v:.3f}" for v in controls["scratch"]["per_task_mean"])
-        lines.append(f"| from scratch per task (per-task accuracy) | {per} | | | |")
+        lines.append(f"| from scratch per task (per-task accuracy) | {per} | | | |"
+                     + (f" {summary.get('scratch_published') or '-'} |" if paper_head else ""))
+    if source:
+        lines += ["", f"paper: {source['source']}."]
+        if summary.get("dataset") != source["dataset"] or summary["scaled"]:
+            lines.append(f"The paper ran on {source['dataset']} with its full protocol; this run is on "
+                         f"{summary.get('dataset')}" + (", scaled down (above)" if summary["scaled"] else "")
+                         + ": compare the shape of the results, not the digits.")
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,26 @@
+"""The callback interface between the trainer and what observes it (loggers such as W&B's): below both, so that a
+logger never imports the trainer."""
+from __future__ import annotations
+
+from typing import List
+
+
+class TrainerCallback:
+    """Observer of training progress (loggers such as W&B implement these)."""
+
+    def on_resume(self, progress: dict) -> None:
+        """Before `on_run_start` of a run continued from its checkpoint (--resume): `progress` holds `run_id` (the
+        W&B run id the checkpoint saved, or None), `epochs_trained` (epochs finished so far, every task) and
+        `tasks_evaluated` (accuracy rows so far: the untrained model's, then one per finished task)."""
+
+    def on_run_start(self) -> None:
+        """Before a run's clock starts (a logger's start-up is not counted in the run's seconds)."""
+
+    def on_epoch_end(self, task_index: int, epoch: int, loss: float, accuracy: float) -> None:
+        """After each epoch: mean training loss and accuracy on the current task's training batches."""
+
+    def on_task_evaluated(self, task_index: int, accuracies: List[float]) -> None:
+        """After each task (task_index = -1 for the untrained model): test accuracy on every task."""
+
+    def on_run_end(self, result: dict, out_dir) -> None:
+        """After a run's results (and, with an output folder, its files) are complete: loggers finish here."""

@@ -1,0 +1,122 @@
+"""A study's comparison table for a paper or a report (`clframework report STUDY --format md|latex|csv`): mean ± SEM
+over seeds per metric, the best of each column in bold, and a mark where a strategy differs from the column's best
+(or from a named baseline) in a paired t-test over the same seeds. Read from summary.json only; the statistics are
+aggregate.py's (describe, paired)."""
+from __future__ import annotations
+
+import csv
+import io
+from typing import Dict, List, Optional, Sequence
+
+from .aggregate import METRICS, paired
+
+LOWER_IS_BETTER = {"forgetting"}
+NAMES = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "Forgetting"}
+FORMATS = ("md", "latex", "csv")
+
+
+def comparison(summary: dict, baseline: Optional[str] = None, alpha: float = 0.05,
+               metrics: Sequence[str] = METRICS) -> dict:
+    """Per strategy and metric: mean, SEM, n, whether it is the column's best, and the paired test against the
+    reference (the baseline if named, else the column's best): `p` (None where the test is undefined: one common
+    seed, or the same difference on every seed) and `significant` (p < alpha)."""
+    strategies = summary["strategies"]
+    if baseline is not None and baseline not in strategies:
+        raise ValueError(f"--baseline {baseline!r} is not in this study; choose one of {', '.join(strategies)}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"--alpha must be in (0, 1), got {alpha}")
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)}")
+    finished = {n: s for n, s in strategies.items() if s.get("runs")}
+    if baseline is not None and baseline not in finished:
+        raise ValueError(f"--baseline {baseline!r} has no finished run (every seed diverged)")
+    cells: Dict[str, Dict[str, dict]] = {n: {} for n in strategies}
+    references = {}
+    for m in metrics:
+        means = {n: s["metrics"][m]["mean"] for n, s in finished.items() if m in s["metrics"]}
+        if not means:
+            continue
+        pick = min if m in LOWER_IS_BETTER else max
+        best = pick(means.values())
+        ref = baseline or pick(means, key=means.get)
+        references[m] = ref
+        per_seed = {n: {r["seed"]: r["metrics"][m] for r in finished[n]["runs"]} for n in means}
+        for n, mean in means.items():
+            stat = finished[n]["metrics"][m]
+            test = paired(per_seed[n], per_seed[ref]) if n != ref else None
+            cells[n][m] = {"mean": mean, "sem": stat["sem"], "n": stat["n"], "best": mean == best,
+                           "reference": ref, "p": test["p_value"] if test else None,
+                           "significant": bool(test and test["p_value"] is not None and test["p_value"] < alpha)}
+    return {"benchmark": summary["benchmark"], "seeds": len(summary["seeds"]), "metrics": list(metrics),
+            "baseline": baseline, "alpha": alpha, "references": references, "cells": cells,
+            "diverged": {n: s.get("diverged_seeds") or [] for n, s in strategies.items()}}
+
+
+def _cell(c: Optional[dict], fmt: str) -> str:
+    if c is None:
+        return "-"
+    pm = {"md": " ± ", "latex": r" \pm "}[fmt]
+    text = f"{c['mean']:.4f}" + (f"{pm}{c['sem']:.4f}" if c["sem"] is not None else "")
+    if fmt == "latex":
+        text = rf"\mathbf{{{text}}}" if c["best"] else text
+        return f"${text}" + (r"^{*}" if c["significant"] else "") + "$"
+    return (f"**{text}**" if c["best"] else text) + ("\\*" if c["significant"] else "")
+
+
+def legend(table: dict) -> str:
+    """What the marks mean, and against what each column was tested."""
+    against = (f"the baseline {table['baseline']}" if table["baseline"] else
+               "the column's best (" + ", ".join(f"{NAMES[m]}: {r}" for m, r in table["references"].items()) + ")")
+    diverged = "; ".join(f"{n}: seed(s) {', '.join(map(str, s))} diverged, left out"
+                         for n, s in table["diverged"].items() if s)
+    return (f"Mean ± SEM over {table['seeds']} seed(s) on {table['benchmark']}; bold: best in its column "
+            f"(lowest forgetting, highest otherwise); *: differs from {against} in a two-sided paired t-test over the "
+            f"same seeds, p < {table['alpha']:g} (no mark where the test is undefined: one seed, or the same "
+            f"difference on every seed)." + (f" {diverged}." if diverged else ""))
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"$<$", ">": r"$>$",
+          "±": r"$\pm$", "≈": r"$\approx$"}
+
+
+def _latex_escape(text) -> str:
+    return "".join(_LATEX.get(ch, ch) for ch in str(text))
+
+
+def render(table: dict, fmt: str, paper: Optional[Dict[str, str]] = None) -> str:
+    """The table as Markdown, LaTeX (a booktabs `table`) or CSV (one row per strategy and metric). `paper` maps a
+    strategy to the paper's number with its source, shown as a last column (md, latex) or field (csv)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    metrics, cells = table["metrics"], table["cells"]
+    paper = paper or {}
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["strategy", "metric", "mean", "sem", "n", "best", "reference", "p_value", "significant",
+                         "paper"])
+        for name, row in cells.items():
+            for m in metrics:
+                c = row.get(m)
+                if c is not None:
+                    writer.writerow([name, m, c["mean"], "" if c["sem"] is None else c["sem"], c["n"], c["best"],
+                                     c["reference"], "" if c["p"] is None else c["p"], c["significant"],
+                                     paper.get(name, "")])
+        return buf.getvalue()
+    head = ["strategy"] + [NAMES[m] for m in metrics] + (["paper"] if paper else [])
+    rows = [[name] + [_cell(row.get(m), fmt) for m in metrics] + ([paper.get(name, "-")] if paper else [])
+            for name, row in cells.items()]
+    if fmt == "md":
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines) + "\n\n" + legend(table) + "\n"
+    esc = [[_latex_escape(r[0])] + r[1:len(metrics) + 1] + [_latex_escape(x) for x in r[len(metrics) + 1:]]
+           for r in rows]
+    lines = [r"% needs \usepackage{booktabs}", r"\begin{table}[t]", r"\centering",
+             r"\begin{tabular}{l" + "c" * len(metrics) + ("l" if paper else "") + "}", r"\toprule",
+             " & ".join(_latex_escape(h) for h in head) + r" \\", r"\midrule"]
+    lines += [" & ".join(r) + r" \\" for r in esc]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + _latex_escape(legend(table)) + "}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
