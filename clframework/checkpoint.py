@@ -85,10 +85,15 @@ def check_same_config(folder: Path, config: dict) -> None:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise OutputError(f"--resume: cannot read {path} ({exc}); use --overwrite to start this run over") from None
+    refuse_other_config(saved, config, f"{folder} holds a run")
+
+
+def refuse_other_config(saved: Any, config: dict, what: str) -> None:
+    """Raise a ValueError naming each difference between a saved configuration and the command's."""
     diff = config_differences(saved, as_json(config))
     if diff:
-        raise ValueError(f"--resume: {folder} holds a run with another configuration ({'; '.join(diff)}); run the "
-                         f"same command as before, or use another --out (or --overwrite to discard it)")
+        raise ValueError(f"--resume: {what} with another configuration ({'; '.join(diff)}); run the same command as "
+                         f"before, or use another --out (or --overwrite to discard it)")
 
 
 _held: Dict[Path, int] = {}  # folders this process holds a lock on -> nesting depth
@@ -101,6 +106,9 @@ class OutputFolder:
     Nested use by the same process (reproduce -> compare -> run) only counts depth."""
 
     def __init__(self, path: Path, resume: bool = False, overwrite: bool = False):
+        if resume and overwrite:
+            raise ValueError("--resume continues the runs in the folder and --overwrite discards them; give one of "
+                             "the two")
         self.path = Path(path)
         self.resume, self.overwrite = resume, overwrite
         self.key = self.path.absolute()

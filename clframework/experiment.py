@@ -18,7 +18,7 @@ from clframework.evaluation.plots import Figures, write_compare_plots, write_run
 from clframework.evaluation.results import OutputError, matrix_csv, read_json, write_json, write_text
 
 from .checkpoint import (CHECKPOINT, CONFIG, FAILED, MODEL, RESULTS, STRATEGY_STATE, STUDY, OutputFolder, as_json,
-                         check_same_config, load_checkpoint, save_checkpoint, save_torch)
+                         check_same_config, load_checkpoint, refuse_other_config, save_checkpoint, save_torch)
 from . import provenance
 from .augment import check_augment, make_augment
 from .models import ModelSpec, build_model, model_factory, model_name
@@ -303,6 +303,7 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
                 raise _diverged_again(saved, label)
             return RunResult.from_json(saved)
         state = load_checkpoint(out_dir / CHECKPOINT)
+        refuse_other_config(state.get("config"), identity(cfg), f"checkpoint {out_dir / CHECKPOINT} was made")
     stream.validate()  # once per stream (cached): data errors before anything is written
     seed_everything(config.seed)
     model = model_for(config, train, stream)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import math
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ class Param:
                 ) from None
             if self.type is int and isinstance(value, float) and not value.is_integer():
                 raise RegistryError(f"{owner}: {word} '{self.name}' must be an integer, got {value!r}")
+            if not math.isfinite(converted):  # inf passes every range check and reaches JSON as null
+                raise RegistryError(f"{owner}: {word} '{self.name}' must be a finite number, got {value!r}")
             value = converted
         elif self.type is str:
             value = str(value)

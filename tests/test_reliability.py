@@ -7,6 +7,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from clframework.evaluation.results import OutputError, write_json
 from clframework.experiment import compare
 from clframework.models import forward_heads
 from clframework.plugin import STRATEGIES, Batch, available_strategies
-from clframework.trainer import Trainer, TrainingDiverged, TrainingFailed
+from clframework.trainer import Trainer, TrainerCallback, TrainingDiverged, TrainingFailed
 
 TINY = ["--epochs", "1", "--hidden", "16", "--quiet", "--device", "cpu"]
 
@@ -142,46 +143,87 @@ def test_full_disk_during_a_run_is_one_clear_error(tmp_path):
 
 # ---- divergence ------------------------------------------------------------------------------------------------
 
-def test_set_c_inf_stops_with_a_divergence_message_and_no_nan_in_files(tmp_path, cli):
+class NanAt(Strategy):
+    """Its loss term becomes NaN at step `step` (from 1) of task `task` (from 0): a run that diverges where the test
+    says (an infinite hyperparameter did this once; those are refused before training now)."""
+
+    def __init__(self, task: int = 1, step: int = 2):
+        self.task, self.step, self.current, self.steps = task, step, -1, 0
+
+    def on_task_start(self, model, task_index):
+        self.current, self.steps = task_index, 0
+
+    def loss_term(self, model, batch):
+        self.steps += 1
+        return torch.tensor(float("nan")) if (self.current, self.steps) == (self.task, self.step) else 0.0
+
+
+@pytest.fixture
+def nan_at(scratch_registry):
+    scratch_registry.register("nan-at")(NanAt)
+
+
+def test_a_diverging_run_stops_with_a_divergence_message_and_no_nan_in_files(tmp_path, cli, nan_at):
     out = tmp_path / "run"
-    proc = cli("run", "--strategy", "si", "--set", "c=inf", "--out", str(out), *TINY)
+    proc = cli("run", "--strategy", "nan-at", "--out", str(out), *TINY)
     assert proc.returncode == 3, proc.stderr
     err = proc.stderr.strip().splitlines()[-1]
-    assert "run si seed 0: the training loss became nan at task 2 (2-3), epoch 1, step 2" in err
+    assert "run nan-at seed 0: the training loss became nan at task 2 (2-3), epoch 1, step 2" in err
     assert "lower learning rate" in err and "--set c=" in err
     res = _strict_json(out / "results.json")
     assert res["status"] == "diverged" and res["diverged_at"]["task"] == 1 and res["diverged_at"]["step"] == 2
     assert len(res["accuracy_matrix"]) == 1 and res["accuracy_matrix"][0][0] > 0.9  # the finished task is kept
     assert "nan" not in (out / "matrix.csv").read_text().lower()
-    again = cli("run", "--strategy", "si", "--set", "c=inf", "--out", str(out), "--resume", *TINY)
+    again = cli("run", "--strategy", "nan-at", "--out", str(out), "--resume", *TINY)
     assert again.returncode == 3 and "diverged" in again.stderr  # reported again, not trained again
 
 
-@pytest.mark.parametrize("strategy, hparams", [("si", {"c": math.inf}), ("ewc", {"ewc_lambda": math.inf})])
-def test_divergence_names_run_task_epoch_step(strategy, hparams, mnist_stream, tmp_path):
+def test_divergence_names_run_task_epoch_step(mnist_stream, tmp_path, nan_at):
     with pytest.raises(TrainingDiverged) as err:
-        run(_cfg(strategy, hparams=hparams), tmp_path / "r", quiet=True, stream=mnist_stream, label="my-run")
+        run(_cfg("nan-at", hparams={"step": 5}), tmp_path / "r", quiet=True, stream=mnist_stream, label="my-run")
     msg = str(err.value)
-    assert msg.startswith("run my-run: the training loss became nan at task 2") and "epoch 1, step" in msg
+    assert msg.startswith("run my-run: the training loss became nan at task 2") and "epoch 1, step 5" in msg
     assert err.value.result["status"] == "diverged"
     assert _strict_json(tmp_path / "r" / "results.json")["accuracy_matrix"] == err.value.result["accuracy_matrix"]
 
 
-def test_compare_keeps_going_leaves_diverged_runs_out_and_exits_non_zero(tmp_path, cli):
+def test_compare_keeps_going_leaves_diverged_runs_out_and_exits_non_zero(tmp_path, cli, nan_at):
     out = tmp_path / "cmp"
-    proc = cli("compare", "--strategies", "naive,si", "--seeds", "2", "--set", "si.c=inf", "--out", str(out),
-               *TINY)
+    proc = cli("compare", "--strategies", "naive,nan-at", "--seeds", "2", "--out", str(out), *TINY)
     assert proc.returncode == 3, proc.stderr
-    assert "2 run(s) diverged and were left out of the statistics: si seed 0, si seed 1" in proc.stderr
+    assert "2 run(s) diverged and were left out of the statistics: nan-at seed 0, nan-at seed 1" in proc.stderr
     summary = _strict_json(out / "summary.json")
     assert [d["seed"] for d in summary["diverged"]] == [0, 1]
     assert summary["strategies"]["naive"]["metrics"]["acc"]["n"] == 2  # every naive run finished and counts
-    assert summary["strategies"]["si"]["runs"] == [] and summary["strategies"]["si"]["acc_mean"] is None
+    assert summary["strategies"]["nan-at"]["runs"] == [] and summary["strategies"]["nan-at"]["acc_mean"] is None
     assert summary["paired"] == []  # no paired test against runs that diverged
-    assert "si (diverged: seeds 0, 1; left out)" in (out / "table.md").read_text()
+    assert "nan-at (diverged: seeds 0, 1; left out)" in (out / "table.md").read_text()
     assert "diverged" in proc.stdout
     for seed in (0, 1):
         assert _strict_json(out / f"naive-seed{seed}" / "results.json")["status"] == "finished"
+
+
+def _float_hparams():
+    return [(name, p) for name in sorted(available_strategies()) for p, param in STRATEGIES.get(name).params.items()
+            if param.type is float]
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, "inf", "nan"])
+def test_every_float_hyperparameter_of_every_strategy_must_be_finite(value):
+    """Issue 19: temperature=inf made lwf bit-identical to naive (with temperature: null in results.json); c,
+    ewc_lambda, mas_lambda and alpha at inf trained a task before failing. One check, in the registry."""
+    assert _float_hparams()  # the check below is not vacuous
+    for name, param in _float_hparams():
+        with pytest.raises(RegistryError, match=rf"strategy '{name}': hyperparameter '{param}' must be a finite "
+                                                r"number, got"):
+            RunConfig(name, "split-mnist-5k", hparams={param: value}).resolved()
+
+
+def test_set_temperature_inf_is_one_line_before_training(tmp_path, cli):
+    proc = cli("run", "--strategy", "lwf", "--set", "temperature=inf", "--out", str(tmp_path / "never"), *TINY)
+    assert proc.returncode == 2 and not (tmp_path / "never").exists()
+    assert proc.stderr.strip().splitlines() == ["clframework: error: strategy 'lwf': hyperparameter 'temperature' "
+                                                "must be a finite number, got 'inf'"]
 
 
 def test_json_files_never_hold_nan_or_infinity(tmp_path):
@@ -429,6 +471,41 @@ def test_resume_with_another_configuration_names_the_difference(tmp_path, mnist_
     assert again.accuracy_matrix == first.accuracy_matrix and (out / "results.json").read_text() == before
 
 
+class _StopAtTask2(TrainerCallback):
+    """Ctrl-C once task 1 is done and checkpointed (a KeyboardInterrupt passes through the trainer)."""
+
+    def on_epoch_end(self, task_index, epoch, loss, accuracy):
+        if task_index == 1:
+            raise KeyboardInterrupt
+
+
+def test_resume_refuses_a_checkpoint_made_under_another_configuration(tmp_path, mnist_stream):
+    """Issue 19: a checkpoint copied from a c=0.01 folder into a c=1 one continued the c=0.01 run labelled c=1."""
+    folders = {}
+    for c in (0.01, 1.0):
+        folders[c] = tmp_path / f"c{c}"
+        with pytest.raises(KeyboardInterrupt):
+            run(_cfg(hparams={"c": c}), folders[c], quiet=True, stream=mnist_stream, callbacks=[_StopAtTask2()])
+    shutil.copy(folders[0.01] / "checkpoint.pt", folders[1.0] / "checkpoint.pt")  # config.json still says c=1
+    before = (folders[1.0] / "checkpoint.pt").read_bytes()
+    with pytest.raises(ValueError, match=rf"checkpoint {folders[1.0] / 'checkpoint.pt'} was made with another "
+                                         r"configuration \(hparams.c: 0.01 in the folder, 1.0 now\)"):
+        run(_cfg(hparams={"c": 1.0}), folders[1.0], quiet=True, stream=mnist_stream, resume=True)
+    assert (folders[1.0] / "checkpoint.pt").read_bytes() == before and not (folders[1.0] / "results.json").exists()
+
+
+def test_resume_with_overwrite_is_an_error_before_anything_is_touched(tmp_path, cli):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"mine")
+    proc = cli("run", "--strategy", "naive", "--out", str(out), "--resume", "--overwrite", *TINY)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["clframework: error: --resume continues the runs in the folder and "
+                                                "--overwrite discards them; give one of the two"]
+    assert (out / "checkpoint.pt").read_bytes() == b"mine" and sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pt"]
+
+
 def test_final_model_and_strategy_state_are_kept_and_reload(tmp_path, mnist_stream):
     out = tmp_path / "run"
     res = run(_cfg(), out, quiet=True, stream=mnist_stream)
@@ -554,14 +631,14 @@ def test_tune_keeps_each_finished_run_and_resumes(tmp_path, cli):
 
 
 
-def test_tune_with_a_diverging_grid_point_names_it_and_exits_non_zero(tmp_path, cli):
+def test_tune_with_a_diverging_grid_point_names_it_and_exits_non_zero(tmp_path, cli, nan_at):
     """The finite point is still chosen; the diverged one is named (tune's entries carry a point, not a strategy)."""
     out = tmp_path / "tune"
-    res = cli("tune", "--strategy", "si", "--grid", "c=0,inf", "--tasks", "2", "--out", str(out), *TINY)
+    res = cli("tune", "--strategy", "nan-at", "--grid", "step=2,100000", "--tasks", "2", "--out", str(out), *TINY)
     assert res.returncode == 3, res.stderr
-    assert "diverged and were left out of the statistics" in res.stderr and "'c': inf" in res.stderr
+    assert "diverged and were left out of the statistics" in res.stderr and "'step': 2" in res.stderr
     tune = _strict_json(out / "tune.json")
-    assert tune["chosen"]["c"] == 0.0 and [d["point"]["c"] for d in tune["diverged"]] == [None]
+    assert tune["chosen"]["step"] == 100000 and [d["point"]["step"] for d in tune["diverged"]] == [2]
 
 
 # ---- property: load_state_dict(state_dict()) round-trips every registered strategy mid-task ------------------
