@@ -34,11 +34,19 @@ class Protocol:
     lr_milestones: Optional[Tuple[int, ...]] = None
     strategy_hparams: Dict[str, dict] = field(default_factory=dict)
     strategy_train: Dict[str, dict] = field(default_factory=dict)  # per-strategy training settings, e.g. its lr
+    # per strategy, per memory size (-1: any), the published best settings (lr/batch_size/epochs and hyperparameters),
+    # chosen by the run's memory_size; they take precedence over strategy_hparams and strategy_train
+    method_settings: Dict[str, Dict[int, dict]] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
         return d
+
+    def for_method(self, strategy: str, memory_size: int = -1) -> dict:
+        """The published settings of `strategy` at this memory size (else its size-independent ones, else none)."""
+        table = self.method_settings.get(strategy, {})
+        return dict(table.get(memory_size, table.get(-1, {})))
 
 
 def register_benchmark(name: str, *, protocol: Protocol, source: str,

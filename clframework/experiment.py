@@ -108,11 +108,16 @@ class RunConfig:
                              f"stream of your own is built by your code")
         protocol = self.training_protocol()
         entry = STRATEGIES.get(self.strategy)
-        preset = {k: v for k, v in protocol.strategy_hparams.get(self.strategy, {}).items() if k in entry.params}
+        size = self.hparams.get("memory_size", entry.defaults.get("memory_size", -1))
+        best = protocol.for_method(self.strategy, int(size) if str(size).isdigit() else -1)
+        preset = {k: v for k, v in {**protocol.strategy_hparams.get(self.strategy, {}), **best}.items()
+                  if k in entry.params}
         hparams = STRATEGIES.check_hparams(self.strategy, {**preset, **self.hparams})
         train = protocol.as_dict()
-        train.pop("strategy_hparams")
+        for key in ("strategy_hparams", "method_settings"):
+            train.pop(key)
         train.update(train.pop("strategy_train").get(self.strategy, {}))  # the method's own lr (DER protocols)
+        train.update({k: v for k, v in best.items() if k in ("epochs", "batch_size", "lr")})  # ... at this memory
         for key in TRAIN_FIELDS:
             value = getattr(self, key)
             if value is not None:
@@ -236,6 +241,7 @@ class RunResult:
     wall_seconds: float
     provenance: Dict[str, object] = field(default_factory=dict)
     train_cpu_seconds: Optional[float] = None  # CPU time of training (None in results of older versions)
+    task_il_accuracy_matrix: Optional[List[List[float]]] = None  # task-IL scores of the same outputs (evaluator.py)
     omega_correlation: Optional[Dict[str, list]] = None
     resumed_from: Optional[dict] = None
     model: Optional[torch.nn.Module] = field(default=None, repr=False, compare=False)
@@ -243,7 +249,8 @@ class RunResult:
 
     def to_json(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("model", "trained_strategy")}
-        return {k: v for k, v in out.items() if v is not None or k not in ("omega_correlation", "resumed_from")}
+        return {k: v for k, v in out.items()
+                if v is not None or k not in ("omega_correlation", "resumed_from", "task_il_accuracy_matrix")}
 
     @classmethod
     def from_json(cls, data: dict) -> "RunResult":
@@ -371,7 +378,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
     R = result.accuracy_matrix
     out = RunResult(
         **head, accuracy_matrix=R, initial_accuracy=result.initial_accuracy,
-        metrics=M.summary(R, result.initial_accuracy), average_seen=M.average_seen(R), curves=result.curves,
+        metrics={**M.summary(R, result.initial_accuracy), "task_il_acc": M.acc(result.task_il_matrix)},
+        task_il_accuracy_matrix=result.task_il_matrix, average_seen=M.average_seen(R), curves=result.curves,
         train_seconds=result.train_seconds, train_cpu_seconds=result.train_cpu_seconds,
         wall_seconds=time.perf_counter() - wall_start,
         provenance=provenance.finish(record), model=trainer.model, trained_strategy=strategy)
@@ -633,7 +641,8 @@ def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, sta
             else:
                 runs.append(res)
         summary["diverged"] += diverged
-        entry = {"hparams": cfg.resolved()["hparams"], "diverged_seeds": [d["seed"] for d in diverged]}
+        entry = {"hparams": cfg.resolved()["hparams"], "diverged_seeds": [d["seed"] for d in diverged],
+                 "bound": getattr(STRATEGIES.get(cfg.strategy).factory, "bound", None)}  # joint, cumulative
         if runs:
             all_runs[name] = runs
             stats = A.aggregate_runs(runs)

@@ -16,6 +16,13 @@ The same hooks drive a strategy from clframework's Trainer or from a user's own 
 
 A strategy written to the original hooks (penalty(model), no batch) runs unchanged: `on_before_forward` returns the
 minibatch as it is and `loss_term` calls `penalty` unless a strategy overrides them.
+
+Three further hooks change what the loop does; the Trainer checks once per task whether a strategy overrides them
+(`overrides`), so a strategy that does not pays nothing per step:
+
+    task = strategy.task_data(stream, i)      # the data task i trains on (joint, cumulative); None: no steps
+    loss = strategy.task_loss(model, batch)   # replaces F.cross_entropy(batch.out, batch.y) (ER-ACE, iCaRL, DER)
+    scorer = strategy.eval_model(model)       # the model scored after each task (iCaRL's nearest mean, GDumb)
 """
 from __future__ import annotations
 
@@ -98,6 +105,21 @@ class Strategy:
         `batch`'s (`join`), e.g. replay's stored examples; the loss is the mean over all its rows."""
         return batch
 
+    def task_data(self, stream, task_index: int) -> Optional[Task]:
+        """The data task `task_index` of `stream` trains on (joint, cumulative); None trains nothing (the start and
+        end hooks still run). Default: that task. Called once per task, only when overridden."""
+        return stream.tasks[task_index]
+
+    def task_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The training loss on the minibatch (`batch.out` holds the outputs), replacing the default cross-entropy
+        over all its rows; `loss_term` is still added. Called only when overridden."""
+        return torch.nn.functional.cross_entropy(batch.out, batch.y)
+
+    def eval_model(self, model: nn.Module) -> nn.Module:
+        """The model scored after each task (same `forward(x, head)` interface); default the trained model itself.
+        Called only when overridden, once per evaluation."""
+        return model
+
     def loss_term(self, model: nn.Module, batch: Batch) -> Union[torch.Tensor, float]:
         """The extra loss term added before backward, seeing the minibatch and `batch.out`; default `penalty(model)`."""
         return self.penalty(model)
@@ -123,6 +145,11 @@ class Strategy:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore a `state_dict()`; a state with missing or unexpected keys is an error naming them."""
         check_state_keys(self, state, ())
+
+
+def overrides(strategy, hook: str) -> bool:
+    """Whether `strategy` replaces the base class's `hook` (a strategy that does not skips its cost entirely)."""
+    return getattr(type(strategy), hook, None) is not getattr(Strategy, hook)
 
 
 def check_state_keys(strategy: Strategy, state: Dict[str, Any], expected) -> None:

@@ -23,7 +23,7 @@ from clframework.evaluation.results import OutputError
 from .callbacks import TrainerCallback  # also importable from here, its home before callbacks.py
 from .checkpoint import to_device
 from .models import forward_heads, takes_head
-from .plugin import Batch, Strategy
+from .plugin import Batch, Strategy, overrides
 from .recipe import Recipe
 
 
@@ -74,6 +74,7 @@ class StreamResult:
     train_seconds: float
     curves: List[dict] = field(default_factory=list)
     train_cpu_seconds: float = 0.0  # the process's CPU time: waiting for busy cores adds none
+    task_il_matrix: List[List[float]] = field(default_factory=list)  # the same scores, other tasks' classes masked
 
 
 class TrainingDiverged(RuntimeError):
@@ -160,8 +161,8 @@ class Trainer:
         self.global_step = 0
         self._epoch: Optional[dict] = None  # the epoch in flight: its batch order and running sums
         self._task_curve: List[dict] = []
-        self._progress = {"initial_accuracy": [], "accuracy_matrix": [], "curves": [], "train_seconds": 0.0,
-                          "train_cpu_seconds": 0.0}
+        self._progress = {"initial_accuracy": [], "accuracy_matrix": [], "task_il_matrix": [], "curves": [],
+                          "train_seconds": 0.0, "train_cpu_seconds": 0.0}
         self._clock = self._cpu_clock = 0.0  # perf_counter and process_time when the current task's timing started
         self._checkpoint_seconds = self._checkpoint_cpu_seconds = 0.0
 
@@ -238,34 +239,40 @@ class Trainer:
         progress = state["progress"]
         self._progress = {"train_cpu_seconds": 0.0, **progress,  # (checkpoints of older versions had no CPU time)
                           "accuracy_matrix": [list(r) for r in progress["accuracy_matrix"]],
+                          "task_il_matrix": [list(r) for r in progress.get("task_il_matrix", [])],
                           "curves": [dict(p) for p in progress["curves"]]}
 
     # -- training ------------------------------------------------------------------------------------------------
     def _diverged(self, loss: torch.Tensor) -> TrainingDiverged:
         return TrainingDiverged(self.position, float(loss.detach()))
 
-    def train_task(self, task, task_index: int, resume: bool = False) -> List[dict]:
+    def train_task(self, task, task_index: int, resume: bool = False, own_task=None) -> List[dict]:
         """Train one task for `epochs` epochs; returns the per-epoch loss (of the minibatches trained, replayed rows
         included) and training accuracy (on the task's own examples).
 
         resume: continue the task from `self.position` as restored by `load_state_dict` (no new optimizer, no
-        `on_task_start`: the restored strategy state already includes it)."""
+        `on_task_start`: the restored strategy state already includes it). task None: no training steps (a strategy's
+        `task_data` chose none), only the start and end hooks, the latter with `own_task` (the stream's task)."""
         model, strategy, device = self.model, self.strategy, self.device
         # resuming: the epoch in flight (1-based position["epoch"]) continues after its position["step"] steps
         first_epoch = self.position["epoch"] - 1 if resume else 0
-        self.position = {"task": task_index, "task_name": task.name, "epoch": first_epoch,
+        self.position = {"task": task_index, "task_name": (task or own_task).name, "epoch": first_epoch,
                          "step": self.position["step"] if resume else 0}
         if not resume:
             self._epoch, self._task_curve = None, []
             if self.optimizer is None or self.reset_optimizer:
                 self.optimizer = self.make_optimizer([p for p in model.parameters() if p.requires_grad])
         opt = self.optimizer
-        x, y = task.train_x.to(device), task.train_y.to(device)
-        n, head = len(y), task.head
-        prepare = self.augment  # stored examples -> model inputs
-        adjust = self._step_adjustment(opt, n)
         if not resume:
             strategy.on_task_start(model, task_index)
+        if task is None:  # the strategy trains nothing on this task (task_data gave None)
+            strategy.on_task_end(model, own_task, own_task.head)
+            return []
+        x, y = task.train_x.to(device), task.train_y.to(device)
+        n, head = len(y), task.head
+        task_loss = strategy.task_loss if overrides(strategy, "task_loss") else None  # checked once per task
+        prepare = self.augment  # stored examples -> model inputs
+        adjust = self._step_adjustment(opt, n)
         model.train()
         curve = self._task_curve
         check_now = device.type == "cpu"  # on CUDA a per-step check would wait for the GPU: checked per epoch
@@ -290,7 +297,7 @@ class Trainer:
                                                                 raw=raw, prepare=prepare))
                 with autocast():
                     batch.out = out = forward(model, batch.x, batch.head)
-                    loss = F.cross_entropy(out, batch.y)
+                    loss = F.cross_entropy(out, batch.y) if task_loss is None else task_loss(model, batch)
                     extra = strategy.loss_term(model, batch)
                 total = loss + extra if isinstance(extra, torch.Tensor) else loss
                 if check_now:
@@ -391,12 +398,13 @@ class Trainer:
             progress = self._progress
             first = self.position["task"]
             mid_task = self._epoch is not None
+        task_data = overrides(self.strategy, "task_data")
         for i in range(first, len(stream.tasks)):
-            task = stream.tasks[i]
+            task = self.strategy.task_data(stream, i) if task_data else stream.tasks[i]
             self._clock, self._checkpoint_seconds = time.perf_counter(), 0.0
             self._cpu_clock, self._checkpoint_cpu_seconds = time.process_time(), 0.0
             try:
-                curve = self.train_task(task, i, resume=mid_task and i == first)
+                curve = self.train_task(task, i, resume=mid_task and i == first, own_task=stream.tasks[i])
             except (TrainingDiverged, OutputError):
                 raise
             except Exception as exc:
@@ -408,10 +416,13 @@ class Trainer:
             self._clock = 0.0
             progress["curves"] += curve
             self._task_curve = []
-            row = evaluate_stream(self.model, stream, self.device, self.evaluate_on)
+            scorer = self.strategy.eval_model(self.model) if overrides(self.strategy, "eval_model") else self.model
+            row, task_il = evaluate_stream(scorer, stream, self.device, self.evaluate_on, task_il=True)
             progress["accuracy_matrix"].append(row)
+            progress["task_il_matrix"].append(task_il)
             self._callback("on_task_evaluated", i, row)
             self.position = {"task": i + 1, "task_name": "", "epoch": 0, "step": 0}
             self._checkpoint()
         return StreamResult([list(r) for r in progress["accuracy_matrix"]], list(progress["initial_accuracy"]),
-                            progress["train_seconds"], list(progress["curves"]), progress["train_cpu_seconds"])
+                            progress["train_seconds"], list(progress["curves"]), progress["train_cpu_seconds"],
+                            [list(r) for r in progress["task_il_matrix"]])

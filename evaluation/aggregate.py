@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from scipy import stats
 
-METRICS = ("acc", "bwt", "fwt", "forgetting")
+METRICS = ("acc", "bwt", "fwt", "forgetting", "task_il_acc")  # task-IL ACC: the same run scored task-IL
 
 
 def describe(values: Sequence[float]) -> dict:
@@ -42,8 +42,11 @@ def aggregate_runs(runs: Sequence[dict]) -> dict:
     if not runs:
         raise ValueError("aggregate_runs needs at least one run")
     metrics = {m: describe([r["metrics"][m] for r in runs]) for m in METRICS if all(m in r["metrics"] for r in runs)}
-    return {"metrics": metrics, "matrix": cellwise([r["accuracy_matrix"] for r in runs]),
-            "average_seen": cellwise([r["average_seen"] for r in runs])}
+    out = {"metrics": metrics, "matrix": cellwise([r["accuracy_matrix"] for r in runs]),
+           "average_seen": cellwise([r["average_seen"] for r in runs])}
+    if all(r.get("task_il_accuracy_matrix") for r in runs):
+        out["task_il_matrix"] = cellwise([r["task_il_accuracy_matrix"] for r in runs])
+    return out
 
 
 def mean_cpu_seconds(runs: Sequence[dict]) -> Optional[float]:
@@ -97,6 +100,11 @@ def paired_table(runs_by_strategy: Dict[str, Sequence[dict]], metrics: Sequence[
     return rows
 
 
+def _name(name: str, s: dict) -> str:
+    """A strategy's name in a table; a reference point (joint, cumulative) is marked as a bound, not a learner."""
+    return f"{name} [BOUND: {s['bound']}]" if s.get("bound") else name
+
+
 def _diverged_note(s: dict) -> str:
     """A note such as ' (diverged: seeds 1, 2; left out)' for a strategy whose runs diverged on some seeds."""
     seeds = s.get("diverged_seeds") or []
@@ -113,8 +121,8 @@ def head_to_head(summary: dict) -> List[dict]:
     """Rows of the head-to-head table: one per strategy, mean/SD/SEM of each metric and seconds per run."""
     rows = []
     for name, s in summary["strategies"].items():
-        row = {"strategy": name, "n_seeds": len(s["runs"]), "seconds_per_run": s["seconds_per_run"],
-               "cpu_seconds_per_run": s.get("cpu_seconds_per_run")}
+        row = {"strategy": name, "bound": s.get("bound") or "", "n_seeds": len(s["runs"]),
+               "seconds_per_run": s["seconds_per_run"], "cpu_seconds_per_run": s.get("cpu_seconds_per_run")}
         for m in METRICS:
             st = s["metrics"].get(m)
             for k in ("mean", "sd", "sem"):
@@ -136,11 +144,12 @@ def table_markdown(summary: dict) -> str:
     CPU seconds of training (waiting for a loaded machine's cores does not count) and wall seconds of the run."""
     n = len(summary["seeds"])
     lines = [f"# {summary['benchmark']}: {n} seed(s), mean ± SEM over seeds", "",
-             "| strategy | ACC | BWT | FWT | forgetting | CPU s/run | wall s/run |", "|---|---|---|---|---|---|---|"]
+             "| strategy | ACC | BWT | FWT | forgetting | task-IL ACC | CPU s/run | wall s/run |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, s in summary["strategies"].items():
         cells = [_pm(s["metrics"].get(m)) for m in METRICS]
         secs = f"{_secs(s.get('cpu_seconds_per_run'))} | {_secs(s['seconds_per_run'])}"
-        lines.append(f"| {name}{_diverged_note(s)} | " + " | ".join(cells) + f" | {secs} |")
+        lines.append(f"| {_name(name, s)}{_diverged_note(s)} | " + " | ".join(cells) + f" | {secs} |")
     pairs = summary.get("paired", [])
     if pairs:
         conf = int(round(pairs[0]["confidence"] * 100))
@@ -162,10 +171,10 @@ def format_console(summary: dict) -> str:
     for name, s in summary["strategies"].items():
         st = s["metrics"].get("acc")
         if st is None:
-            lines.append(f"{name:<12} {'diverged':>18} {'-':>10} {'-':>10}{_diverged_note(s)}")
+            lines.append(f"{_name(name, s):<12} {'diverged':>18} {'-':>10} {'-':>10}{_diverged_note(s)}")
             continue
         acc = f"{st['mean']:.4f}" if st["sem"] is None else f"{st['mean']:.4f} +- {st['sem']:.4f}"
-        lines.append(f"{name:<12} {acc:>18} {_secs(s.get('cpu_seconds_per_run')):>10} "
+        lines.append(f"{_name(name, s):<12} {acc:>18} {_secs(s.get('cpu_seconds_per_run')):>10} "
                      f"{_secs(s['seconds_per_run']):>10}{_diverged_note(s)}")
     for p in summary.get("paired", []):
         if p["metric"] != "acc":

@@ -1,11 +1,17 @@
 """The built-in strategies; importing this package registers them."""
 from .agem import AGEM, agem_project
+from .cumulative import Cumulative, Joint
+from .der import DER, DERpp, der_loss, logit_loss
+from .er import ER
+from .er_ace import ERACE, masked_cross_entropy
 from .ewc import EWC, fisher_diagonal
 from .lwf import LwF, distillation_loss
 from .mas import MAS, mas_importance
 from .naive import Naive
-from .replay import Replay, ReplayMemory, reservoir_slots
+from .memory import ReplayMemory, reservoir_slots
+from .replay import Replay
 from .si import SI
 
-__all__ = ["AGEM", "EWC", "LwF", "MAS", "Naive", "Replay", "ReplayMemory", "SI", "agem_project", "distillation_loss",
-           "fisher_diagonal", "mas_importance", "reservoir_slots"]
+__all__ = ["AGEM", "Cumulative", "DER", "DERpp", "ER", "ERACE", "EWC", "Joint", "LwF", "MAS", "Naive", "Replay",
+           "ReplayMemory", "SI", "agem_project", "der_loss", "distillation_loss", "fisher_diagonal", "logit_loss",
+           "mas_importance", "masked_cross_entropy", "reservoir_slots"]

@@ -17,7 +17,7 @@ from torch import nn
 from clframework.models import forward_heads
 from clframework.plugin import Strategy, check_state_keys, register_strategy, trainable
 
-from .replay import SELECTIONS, ReplayMemory, add_task_data
+from .memory import SELECTIONS, ReplayMemory, add_task_data
 
 
 def agem_project(g: torch.Tensor, g_ref: torch.Tensor) -> torch.Tensor:

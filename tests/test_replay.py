@@ -5,7 +5,7 @@ from scipy.stats import chisquare
 
 from clframework import make_strategy, mlp
 from clframework.plugin import Batch
-from clframework.strategies.replay import ReplayMemory, reservoir_slots
+from clframework.strategies.memory import ReplayMemory, reservoir_slots
 
 
 def _stream_into(memory, n, batch):

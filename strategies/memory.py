@@ -1,0 +1,243 @@
+"""The rehearsal memory every replay-based strategy shares: a fixed number of stored examples across tasks.
+
+Each stored example keeps named fields: `x` (its stored form, `Batch.raw`: e.g. uint8 images before decoding and
+augmentation; a memory's user rebuilds model inputs with `batch.inputs(x)`), `y`, `head`, and whatever else a
+strategy offers with it (the task index, the logits DER keeps). Selection:
+- reservoir (Vitter's algorithm R over the stream of offered examples, in order): after n examples have been offered,
+  each of them is in memory with probability size / n. Replay and A-GEM offer a task's data at its end; ER, DER and
+  ER-ACE after every incoming minibatch (so the current task is replayed too);
+- class-balanced: an equal share of the memory per class seen (a class being a (head, label) pair), each share a
+  reservoir over that class's examples, so every example of a class is kept with equal probability too.
+All random draws come from the memory's own seeded generator, whose state is part of `state_dict` (resume is exact).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from clframework.plugin import Batch, Strategy, check_state_keys, iter_task_batches, join
+
+SELECTIONS = ("reservoir", "class-balanced")
+
+
+def reservoir_slots(seen: int, incoming: int, capacity: int, generator: torch.Generator) -> Tuple[torch.Tensor,
+                                                                                                   torch.Tensor]:
+    """Algorithm R for `incoming` new examples after `seen`: (memory slots, indices of the incoming examples that go
+    there). Example i (the (seen + i)-th of the stream, 0-based) fills slot seen + i while the memory is not full,
+    else replaces slot j ~ U{0..seen+i} when j < capacity. A decision never depends on the memory's contents, so all
+    are drawn at once; when two land on one slot the later wins, as in the sequential algorithm."""
+    count = torch.arange(seen, seen + incoming, dtype=torch.long)
+    draw = (torch.rand(incoming, generator=generator, dtype=torch.float64) * (count + 1)).long()
+    slot = torch.where(count < capacity, count, draw)
+    keep = slot < capacity
+    slot, index = slot[keep], torch.arange(incoming)[keep]
+    last = torch.full((capacity,), -1, dtype=torch.long).scatter_reduce_(0, slot, torch.arange(len(slot)), "amax")
+    won = last[last >= 0]
+    return slot[won], index[won]
+
+
+def balanced_quotas(n_classes: int, capacity: int) -> List[int]:
+    """capacity split as evenly as possible over the classes (the first classes take the remainder)."""
+    return [capacity // n_classes + (1 if i < capacity % n_classes else 0) for i in range(n_classes)]
+
+
+def _widen(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Stored logits padded with NaN columns to `width`: heads of different widths share one tensor;
+    NaN marks an output the example's head does not have."""
+    if t.shape[1] >= width:
+        return t
+    return torch.cat([t, t.new_full((len(t), width - t.shape[1]), float("nan"))], 1)
+
+
+class _Pool:
+    """One reservoir: stored fields (tensors on the data's device, one row per example) and how many it has seen."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.seen = capacity, 0
+        self.fields: Dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.fields["y"]) if self.fields else 0
+
+    def add(self, fields: Dict[str, torch.Tensor], generator: torch.Generator) -> None:
+        n = len(fields["y"])
+        slots, index = reservoir_slots(self.seen, n, self.capacity, generator)
+        self.seen += n
+        if not len(slots):
+            return
+        if self.fields and set(fields) != set(self.fields):
+            raise ValueError(f"examples offered with fields {sorted(fields)} to a memory holding {sorted(self.fields)}")
+        size = min(self.seen, self.capacity)
+        slots, index = slots.to(fields["y"].device), index.to(fields["y"].device)
+        for key, new in fields.items():
+            stored = self.fields.get(key)
+            if key == "logits" and stored is not None and stored.shape[1] != new.shape[1]:
+                width = max(stored.shape[1], new.shape[1])
+                stored, new = _widen(stored, width), _widen(new, width)
+            if stored is None or len(stored) < size:  # the memory grows until full; new rows are written below
+                extra = new.new_zeros((size - (0 if stored is None else len(stored)), *new.shape[1:]))
+                stored = extra if stored is None else torch.cat([stored, extra])
+            stored[slots] = new[index]
+            self.fields[key] = stored
+
+    def shrink(self, capacity: int, generator: torch.Generator) -> None:
+        """Keep a uniformly random `capacity` of the stored examples (a uniform sample of a uniform sample)."""
+        self.capacity = capacity
+        if len(self) > capacity:
+            keep = torch.randperm(len(self), generator=generator)[:capacity].sort().values.to(self.fields["y"].device)
+            self.fields = {k: v[keep] for k, v in self.fields.items()}
+
+    def state(self) -> dict:
+        return {"capacity": self.capacity, "seen": self.seen, "fields": dict(self.fields)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "_Pool":
+        pool = cls(int(state["capacity"]))
+        pool.seen = int(state["seen"])
+        pool.fields = {k: v.clone() for k, v in state["fields"].items()}
+        return pool
+
+
+class ReplayMemory:
+    """A fixed-size memory of examples (x, y, head and any further named fields) with reservoir or class-balanced
+    selection."""
+
+    def __init__(self, size: int, selection: str = "reservoir", seed: Optional[int] = None):
+        if selection not in SELECTIONS:
+            raise ValueError(f"unknown memory selection {selection!r}; choose one of {SELECTIONS}")
+        self.size, self.selection = int(size), selection
+        self.generator = torch.Generator().manual_seed(torch.initial_seed() if seed is None else seed)
+        self.pools: Dict[Tuple[int, int], _Pool] = {}  # (head, label) -> pool; one pool keyed (-1, -1) for reservoir
+        self._flat: Optional[Dict[str, torch.Tensor]] = None
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.pools.values())
+
+    def add(self, x: torch.Tensor, y: torch.Tensor, head: torch.Tensor, **extra: torch.Tensor) -> None:
+        """Offer examples (in stream order) to the memory; `extra`: further per-example fields (e.g. logits=...)."""
+        self._flat = None
+        fields = {"x": x, "y": y, "head": head, **extra}
+        if self.selection == "reservoir":
+            self.pools.setdefault((-1, -1), _Pool(self.size)).add(fields, self.generator)
+            return
+        keys = sorted(set(zip(head.tolist(), y.tolist())) | set(self.pools))
+        for key, quota in zip(keys, balanced_quotas(len(keys), self.size)):
+            if key in self.pools:
+                self.pools[key].shrink(quota, self.generator)
+            else:
+                self.pools[key] = _Pool(quota)
+        for key in sorted(set(zip(head.tolist(), y.tolist()))):
+            rows = ((head == key[0]) & (y == key[1])).nonzero().squeeze(1)
+            self.pools[key].add({k: v[rows] for k, v in fields.items()}, self.generator)
+
+    def stored(self) -> Dict[str, torch.Tensor]:
+        """Every stored field, concatenated over pools (cached until the next `add`)."""
+        if self._flat is None:
+            pools = [p for _, p in sorted(self.pools.items()) if len(p)]
+            width = max((p.fields["logits"].shape[1] for p in pools if "logits" in p.fields), default=0)
+            self._flat = {k: torch.cat([_widen(p.fields[k], width) if k == "logits" else p.fields[k] for p in pools])
+                          for k in (pools[0].fields if pools else ())}
+        return self._flat
+
+    def contents(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All stored (x, y, head)."""
+        flat = self.stored()
+        return flat["x"], flat["y"], flat["head"]
+
+    def draw(self, k: int) -> Dict[str, torch.Tensor]:
+        """min(k, len) stored examples, every field, drawn uniformly without replacement."""
+        flat = self.stored()
+        pick = torch.randperm(len(flat["y"]), generator=self.generator)[:k].to(flat["y"].device)
+        return {key: v[pick] for key, v in flat.items()}
+
+    def sample(self, k: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """min(k, len) stored (x, y, head) drawn uniformly without replacement."""
+        d = self.draw(k)
+        return d["x"], d["y"], d["head"]
+
+    def state_dict(self) -> dict:
+        return {"size": self.size, "selection": self.selection, "generator": self.generator.get_state(),
+                "pools": {f"{h},{c}": p.state() for (h, c), p in self.pools.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.size, self.selection = int(state["size"]), state["selection"]
+        self.generator.set_state(state["generator"].cpu())  # a checkpoint may have moved it to the device
+        self.pools = {tuple(int(v) for v in k.split(",")): _Pool.from_state(p) for k, p in state["pools"].items()}
+        self._flat = None
+
+
+def add_task_data(memory: ReplayMemory, model: nn.Module, data, head: int, batch_size: int = 1024) -> None:
+    """Offer a finished task's training data to the memory, stored on the model's device."""
+    device = next(model.parameters()).device
+    for x, y in iter_task_batches(data, batch_size, device):
+        memory.add(x, y, torch.full((len(y),), int(head), dtype=torch.long, device=device))
+
+
+class StreamRehearsal(Strategy):
+    """Base of the DER family (er, der, derpp, er_ace): a reservoir memory offered every incoming minibatch after the
+    optimizer step (so the current task is replayed too), and memory samples joined to the minibatch.
+
+    `replayed(batch, *sizes)` joins one memory sample per size and remembers the row ranges (`self.rows`); subclasses
+    give their loss in `task_loss` and may add fields (e.g. logits) to `self.offer` before the step.
+    """
+
+    def __init__(self, memory_size: int, minibatch_size: int):
+        if memory_size < 1 or minibatch_size < 1:
+            raise ValueError(f"{type(self).__name__} needs memory_size >= 1 and minibatch_size >= 1, got "
+                             f"{memory_size}, {minibatch_size}")
+        self.minibatch_size = int(minibatch_size)
+        self.memory = ReplayMemory(memory_size)
+        self.task_index = 0
+        self.heads_offered: List[int] = []  # the heads stored examples use (Python ints: no host sync to check)
+        self.offer: Dict[str, torch.Tensor] = {}  # the incoming minibatch's fields, stored after the step
+        self.rows: List[Tuple[int, int]] = []  # row ranges of the joined batch: incoming, then each memory sample
+
+    def on_task_start(self, model: nn.Module, task_index: int) -> None:
+        self.task_index = task_index
+
+    def replayed(self, batch: Batch, *sizes: int) -> Tuple[Batch, List[Dict[str, torch.Tensor]]]:
+        """`batch` joined by one memory sample per size (none while the memory is empty), and those samples."""
+        n = len(batch)
+        heads = batch.heads()
+        self.offer = {"x": batch.raw[:n], "y": batch.y, "head": heads,
+                      "task": torch.full_like(heads, self.task_index)}
+        head_key = batch.head if isinstance(batch.head, int) else -1  # -1: per-example heads, never "single"
+        if head_key not in self.heads_offered:
+            self.heads_offered.append(head_key)
+        self.rows, samples = [(0, n)], []
+        if not len(self.memory):
+            return batch, samples
+        single = isinstance(batch.head, int) and self.heads_offered == [batch.head]
+        for size in sizes:
+            s = self.memory.draw(size)
+            first = len(batch)
+            batch = join(batch, batch.inputs(s["x"]), s["y"], batch.head if single else s["head"], raw=s["x"])
+            self.rows.append((first, len(batch)))
+            samples.append(s)
+        return batch, samples
+
+    def on_after_step(self, model: nn.Module) -> None:
+        offer = self.offer
+        if not offer:
+            return
+        self.memory.add(offer.pop("x"), offer.pop("y"), offer.pop("head"), **offer)
+        self.offer = {}
+
+    def _state(self, **hparams) -> Dict[str, object]:
+        return {"hparams": {"memory_size": self.memory.size, "minibatch_size": self.minibatch_size, **hparams},
+                "memory": self.memory.state_dict(), "task_index": self.task_index,
+                "heads_offered": list(self.heads_offered)}
+
+    def state_dict(self) -> Dict[str, object]:
+        return self._state()
+
+    def load_state_dict(self, state: Dict[str, object]) -> None:
+        check_state_keys(self, state, ("hparams", "memory", "task_index", "heads_offered"))
+        self.minibatch_size = int(state["hparams"]["minibatch_size"])
+        for key, value in state["hparams"].items():
+            if key not in ("memory_size", "minibatch_size"):
+                setattr(self, key, value)
+        self.memory.load_state_dict(state["memory"])
+        self.task_index, self.heads_offered = int(state["task_index"]), [int(h) for h in state["heads_offered"]]
