@@ -213,6 +213,18 @@ def build_model(model: ModelSpec, input_shape: Sequence[int], head_sizes: Sequen
     return net
 
 
+def penultimate(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The features the output layer sees (iCaRL's herding and nearest-mean classifier use them). A model exposes
+    them by a method `features(x)`; a MultiHeadNet's are its trunk's output."""
+    method = getattr(model, "features", None)
+    if callable(method):
+        return method(x)
+    if isinstance(model, MultiHeadNet):
+        return model.trunk(x)
+    raise TypeError(f"{type(model).__name__} does not expose its penultimate features: give it a method "
+                    f"features(x) returning the input of its output layer")
+
+
 def takes_head(model: nn.Module) -> bool:
     """Whether `model.forward` accepts a head index (clframework models do; a user's plain model may not)."""
     forward = model.forward

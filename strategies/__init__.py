@@ -5,6 +5,8 @@ from .der import DER, DERpp, der_loss, logit_loss
 from .er import ER
 from .er_ace import ERACE, masked_cross_entropy
 from .ewc import EWC, fisher_diagonal
+from .gdumb import GDumb, greedy_balanced
+from .icarl import ICaRL, herding, nme_scores
 from .lwf import LwF, distillation_loss
 from .mas import MAS, mas_importance
 from .naive import Naive
@@ -12,6 +14,7 @@ from .memory import ReplayMemory, reservoir_slots
 from .replay import Replay
 from .si import SI
 
-__all__ = ["AGEM", "Cumulative", "DER", "DERpp", "ER", "ERACE", "EWC", "Joint", "LwF", "MAS", "Naive", "Replay",
-           "ReplayMemory", "SI", "agem_project", "der_loss", "distillation_loss", "fisher_diagonal", "logit_loss",
-           "mas_importance", "masked_cross_entropy", "reservoir_slots"]
+__all__ = ["AGEM", "Cumulative", "DER", "DERpp", "ER", "ERACE", "EWC", "GDumb", "ICaRL", "Joint", "LwF", "MAS",
+           "Naive", "Replay", "ReplayMemory", "SI", "agem_project", "der_loss", "distillation_loss", "fisher_diagonal",
+           "greedy_balanced", "herding", "logit_loss", "mas_importance", "masked_cross_entropy", "nme_scores",
+           "reservoir_slots"]

@@ -28,6 +28,12 @@ def union(tasks: Sequence[Task]) -> Task:
                 tuple(c for t in tasks for c in t.classes), last.head)
 
 
+def union_data(task: Task, x: torch.Tensor, y: torch.Tensor) -> Task:
+    """`task` with the examples (x, y) appended to its training data (e.g. iCaRL's exemplars)."""
+    return Task(task.name, torch.cat([task.train_x, x]), torch.cat([task.train_y, y.to(task.train_y.device)]),
+                task.test_x, task.test_y, task.classes, task.head)
+
+
 @register_strategy("cumulative", description="BOUND: each task trained on all training data seen so far")
 class Cumulative(Strategy):
     """Each task trains on the union of all tasks so far (a reference point, shown as a bound)."""
