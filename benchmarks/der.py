@@ -177,13 +177,37 @@ SEQ_MNIST = Protocol(  # the DER paper's seq-MNIST protocol (module docstring)
 
 
 
+def per_class_subset(stream, n: int, seed: int = 0):
+    """Each task keeps n training examples per class, drawn once by a fixed seed (test data unchanged)."""
+    import torch
+
+    from .stream import Task
+
+    if n < 1:
+        raise ValueError(f"train_per_class must be >= 1 (or 0 for all), got {n}")
+    gen, tasks = torch.Generator().manual_seed(seed), []
+    for t in stream.tasks:
+        keep = []
+        for c in t.train_y.unique().tolist():
+            rows = (t.train_y == c).nonzero().squeeze(1)
+            keep.append(rows[torch.randperm(len(rows), generator=gen)[:n]])
+        keep = torch.cat(keep).sort().values
+        tasks.append(Task(t.name, t.train_x[keep], t.train_y[keep], t.test_x, t.test_y, t.classes, t.head))
+    out = type(stream)(stream.name, tasks, list(stream.head_sizes), stream.setting, stream.input_shape,
+                       {**{k: v for k, v in stream.info.items() if k != "_validated"}, "train_per_class": n})
+    return out
+
+
 def _register_seq_mnist(key: str, label: str, name: str):
     @register_benchmark(name, protocol=SEQ_MNIST, source=datasets.describe(key),
                         available=lambda root=None: datasets.available(key, root),
                         description=f"DER protocol: {label} in 5 class-incremental tasks of 2 classes, MLP 100-100, "
                                     f"1 epoch, batch 10, SGD, per-method lr by memory size (Buzzega et al. 2020)")
-    def factory(data_root: str = "", setting: str = "class", n_tasks: int = 5):
-        return _split(key, data_root, 2, n_tasks, setting, name)
+    def factory(data_root: str = "", setting: str = "class", n_tasks: int = 5, train_per_class: int = 0):
+        """train_per_class > 0: that many training examples of each class (a fixed draw, the same for every run and
+        seed), to scale the protocol down; 0 keeps them all."""
+        stream = _split(key, data_root, 2, n_tasks, setting, name)
+        return per_class_subset(stream, train_per_class) if train_per_class else stream
 
 
 _register_seq_mnist("mnist", "MNIST", "seq-mnist")

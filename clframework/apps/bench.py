@@ -39,13 +39,20 @@ from clframework.benchmarks import Stream, Task, benchmark_protocol, make_benchm
 from clframework.evaluation.evaluator import evaluate_stream
 
 from ..models import build_model
-from ..plugin import make_strategy
+from ..plugin import make_strategy, overrides
 from ..trainer import Trainer, select_device
 
 OURS = ("naive", "si", "ewc", "mas", "lwf", "replay", "agem")
 AVALANCHE = tuple(f"avalanche-{name}" for name in OURS)
 ENTRIES = ("floor",) + OURS + AVALANCHE
 COUNTERPART = {name: f"avalanche-{name}" for name in OURS}
+# The class-incremental rehearsal family (`--entries rehearsal --setting class`) and Avalanche 0.6's versions of it
+# (Avalanche has no DER++, no plain DER-style ER distinct from its Replay; its GDumb and iCaRL use no task labels).
+REHEARSAL = ("er", "der", "derpp", "er_ace", "icarl", "gdumb")
+AVALANCHE_REHEARSAL = ("avalanche-der", "avalanche-er_ace", "avalanche-icarl", "avalanche-gdumb")
+COUNTERPART.update({name: f"avalanche-{name}" for name in ("der", "er_ace", "icarl", "gdumb")})
+REHEARSAL_ENTRIES = ("floor", "naive") + REHEARSAL + AVALANCHE_REHEARSAL
+ALL_ENTRIES = ENTRIES + REHEARSAL + AVALANCHE_REHEARSAL
 QUICK = {"tasks": 2, "max_train": 256, "epochs": 1}
 
 
@@ -65,11 +72,12 @@ class BenchConfig:
     device: str = "cpu"
     hparams: Dict[str, dict] = field(default_factory=dict)  # our strategies' hyperparameters, by name
     max_spread: float = 0.03  # no verdict while the floor's own spread (see the module's docstring) is wider
+    setting: str = ""  # the benchmark's setting ("" = its default); the rehearsal entries need "class"
 
     def check(self) -> None:
-        unknown = [e for e in self.entries if e not in ENTRIES]
+        unknown = [e for e in self.entries if e not in ALL_ENTRIES]
         if unknown or not self.entries:
-            raise ValueError(f"unknown bench entries {unknown or '(none given)'}; choose from {', '.join(ENTRIES)}")
+            raise ValueError(f"unknown bench entries {unknown or '(none given)'}; choose from {', '.join(ALL_ENTRIES)}")
         if "floor" not in self.entries:
             raise ValueError("the entries must include 'floor' (every ratio is relative to it)")
         sizes = (("repeats", self.repeats), ("epochs", self.epochs or 1), ("batch size", self.batch_size or 1))
@@ -212,12 +220,18 @@ def train_floor(model: nn.Module, stream: Stream, cfg: dict, clock: Clock, seed:
 
 def train_ours(name: str, hparams: dict) -> Callable:
     def run(model: nn.Module, stream: Stream, cfg: dict, clock: Clock, seed: int) -> None:
-        trainer = Trainer(model, make_strategy(name, **hparams), epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+        strategy = make_strategy(name, **hparams)
+        trainer = Trainer(model, strategy, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                           lr=cfg["lr"], reset_optimizer=cfg["reset_optimizer"], device=str(clock.device), seed=seed,
                           quiet=True)
+        data, scored = overrides(strategy, "task_data"), overrides(strategy, "eval_model")
+        scorer = model
         for i, task in enumerate(stream):
-            with clock.timing():
-                trainer.train_task(task, i)
+            with clock.timing():  # the hooks the Trainer's fit calls are part of the strategy's cost
+                trainer.train_task(strategy.task_data(stream, i) if data else task, i, own_task=task)
+                if scored:
+                    scorer = strategy.eval_model(model)
+        return scorer  # what is scored (iCaRL's nearest-mean classifier, GDumb's network fitted on its memory)
 
     return run
 
@@ -230,6 +244,7 @@ def avalanche_hparams(hparams: Dict[str, dict], tasks: int = 5) -> Dict[str, dic
     balances it over experiences). A-GEM: Avalanche stores a fixed number per experience: ours / tasks."""
     si, ewc, mas, lwf = (hparams.get(k, {}) for k in ("si", "ewc", "mas", "lwf"))
     replay, agem = hparams.get("replay", {}), hparams.get("agem", {})
+    der, ace, icarl, gdumb = (hparams.get(k, {}) for k in ("der", "er_ace", "icarl", "gdumb"))
     return {"avalanche-si": {"si_lambda": 2.0 * si.get("c", 1.0), "eps": si.get("xi", 1e-3)},
             "avalanche-ewc": {"ewc_lambda": ewc.get("ewc_lambda", 100.0) / 2.0, "mode": "separate"},
             "avalanche-naive": {},
@@ -237,27 +252,41 @@ def avalanche_hparams(hparams: Dict[str, dict], tasks: int = 5) -> Dict[str, dic
             "avalanche-lwf": {"alpha": lwf.get("alpha", 1.0), "temperature": lwf.get("temperature", 2.0)},
             "avalanche-replay": {"mem_size": replay.get("memory_size", 200)},
             "avalanche-agem": {"patterns_per_exp": max(1, agem.get("memory_size", 200) // max(1, tasks)),
-                               "sample_size": agem.get("sample_size", 256)}}
+                               "sample_size": agem.get("sample_size", 256)},
+            "avalanche-der": {"mem_size": der.get("memory_size", 200), "batch_size_mem": der.get("minibatch_size", 10),
+                              "alpha": der.get("alpha", 0.2), "beta": 0.0},
+            "avalanche-er_ace": {"mem_size": ace.get("memory_size", 200),
+                                 "batch_size_mem": ace.get("minibatch_size", 10)},
+            "avalanche-icarl": {"memory_size": icarl.get("memory_size", 200), "buffer_transform": None,
+                                "fixed_memory": True},
+            "avalanche-gdumb": {"mem_size": gdumb.get("memory_size", 200)}}
 
 
 def train_avalanche(name: str, hparams: dict) -> Callable:
     def run(model: nn.Module, stream: Stream, cfg: dict, clock: Clock, seed: int) -> None:
         from avalanche.benchmarks import tensors_benchmark
-        from avalanche.training import AGEM, EWC, MAS, LwF, Naive, Replay, SynapticIntelligence
+        from avalanche.training import (AGEM, DER, ER_ACE, EWC, MAS, GDumb, ICaRL, LwF, Naive, Replay,
+                                        SynapticIntelligence)
 
         from ..avalanche import as_multitask_module
 
         cls = {"avalanche-naive": Naive, "avalanche-si": SynapticIntelligence, "avalanche-ewc": EWC,
-               "avalanche-mas": MAS, "avalanche-lwf": LwF, "avalanche-replay": Replay, "avalanche-agem": AGEM}[name]
+               "avalanche-mas": MAS, "avalanche-lwf": LwF, "avalanche-replay": Replay, "avalanche-agem": AGEM,
+               "avalanche-der": DER, "avalanche-er_ace": ER_ACE, "avalanche-gdumb": GDumb, "avalanche-icarl": ICaRL}[name]
         wrapped = as_multitask_module(model)
+        kwargs = dict(hparams)
+        if name == "avalanche-icarl":  # iCaRL takes the feature extractor and the classifier apart
+            kwargs.update(feature_extractor=model.trunk, classifier=model.heads[0])
         bm = tensors_benchmark([[t.train_x, t.train_y] for t in stream], [[t.test_x, t.test_y] for t in stream],
                                task_labels=[t.head for t in stream])
         optimizer = torch.optim.Adam(wrapped.parameters(), lr=cfg["lr"], betas=(0.9, 0.999))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "No loggers specified": we score every entry ourselves
-            cl = cls(model=wrapped, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
-                     train_mb_size=cfg["batch_size"], train_epochs=cfg["epochs"], eval_mb_size=cfg["batch_size"],
-                     device=clock.device, evaluator=None, **hparams)
+            common = {"optimizer": optimizer, "train_mb_size": cfg["batch_size"], "train_epochs": cfg["epochs"],
+                      "eval_mb_size": cfg["batch_size"], "device": clock.device, "evaluator": None}
+            if name != "avalanche-icarl":
+                common.update(model=wrapped, criterion=nn.CrossEntropyLoss())
+            cl = cls(**common, **kwargs)
         torch.manual_seed(seed)  # Avalanche shuffles with the global generator
         for exp in bm.train_stream:
             with clock.timing():
@@ -268,9 +297,9 @@ def train_avalanche(name: str, hparams: dict) -> Callable:
 
 def runners(hparams: Dict[str, dict], tasks: int = 5) -> Dict[str, Callable]:
     out: Dict[str, Callable] = {"floor": train_floor}
-    out.update({n: train_ours(n, hparams.get(n, {})) for n in OURS})
+    out.update({n: train_ours(n, hparams.get(n, {})) for n in OURS + REHEARSAL})
     av = avalanche_hparams(hparams, tasks)
-    out.update({n: train_avalanche(n, av[n]) for n in AVALANCHE})
+    out.update({n: train_avalanche(n, av[n]) for n in AVALANCHE + AVALANCHE_REHEARSAL})
     return out
 
 
@@ -278,8 +307,12 @@ def resolve(config: BenchConfig):
     """The stream, the shared training settings and our strategies' hyperparameters; all checked before training."""
     config.check()
     protocol = benchmark_protocol(config.benchmark)
-    stream = make_benchmark(config.benchmark)
+    stream = make_benchmark(config.benchmark, **({"setting": config.setting} if config.setting else {}))
     stream = shrink(stream, config.tasks, config.max_train)
+    class_only = [e for e in config.entries if e in REHEARSAL + AVALANCHE_REHEARSAL]
+    if class_only and stream.setting != "class":
+        raise ValueError(f"bench entries {class_only} are class-incremental methods; {config.benchmark} is in the "
+                         f"{stream.setting} setting here: add --setting class")
     cfg = {"model": protocol.model, "hidden": list(protocol.hidden), "epochs": config.epochs or protocol.epochs,
            "batch_size": config.batch_size or protocol.batch_size, "lr": config.lr or protocol.lr,
            "reset_optimizer": protocol.reset_optimizer, "optimizer": "adam"}
@@ -288,7 +321,7 @@ def resolve(config: BenchConfig):
     from ..plugin import STRATEGIES
 
     hparams = {}
-    for name in OURS:
+    for name in OURS + REHEARSAL:
         preset = {k: v for k, v in protocol.strategy_hparams.get(name, {}).items() if k in STRATEGIES.get(name).params}
         hparams[name] = STRATEGIES.check_hparams(name, {**preset, **config.hparams.get(name, {})})
     if any(e in AVALANCHE for e in config.entries):
@@ -333,8 +366,8 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: N
             model = copy.deepcopy(init).to(device)
             clock = Clock(device)
             with PeakMemory(device) as mem:
-                run[entry](model, stream, cfg, clock, config.seed)
-            acc = evaluate_stream(model, stream, device)
+                scorer = run[entry](model, stream, cfg, clock, config.seed) or model
+            acc = evaluate_stream(scorer, stream, device)
             s = samples[entry]
             s["walls"].append(clock.walls)
             s["cpus"].append(clock.cpus)

@@ -270,7 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--repeats", type=int, default=5,
                     help="runs per entry, interleaved; per task the fastest counts, the spread is shown (default 5)")
     bp.add_argument("--entries", default="all", help="comma-separated subset of: floor, our strategies (naive,si,ewc,"
-                    "mas,lwf,replay,agem) and avalanche-NAME for each (default all)")
+                    "mas,lwf,replay,agem) and avalanche-NAME for each (default all); or 'rehearsal': floor, naive, "
+                    "er, der, derpp, er_ace, icarl, gdumb and Avalanche's der, er_ace, icarl, gdumb (needs "
+                    "--setting class)")
+    bp.add_argument("--setting", choices=["task", "domain", "class"], help="the benchmark's setting (default: its own)")
     bp.add_argument("--quick", action="store_true", help="tiny: 2 tasks, 256 training examples each, 1 epoch")
     bp.add_argument("--tasks", type=int, default=0, help="first N tasks only (0 = all)")
     bp.add_argument("--max-train", type=int, default=0, help="at most N training examples per task (0 = all)")
@@ -493,16 +496,19 @@ def cmd_bench(args) -> int:
         return _bench_study(args)
     import torch
 
-    from .bench import ENTRIES, OURS, QUICK, BenchConfig, format_table, run_bench, write_outputs
+    from .bench import ENTRIES, OURS, QUICK, REHEARSAL, REHEARSAL_ENTRIES, BenchConfig, format_table, run_bench, \
+        write_outputs
 
     threads = torch.get_num_threads()
-    entries = list(ENTRIES) if args.entries == "all" else [e.strip() for e in args.entries.split(",") if e.strip()]
+    groups = {"all": list(ENTRIES), "rehearsal": list(REHEARSAL_ENTRIES)}
+    entries = groups.get(args.entries) or [e.strip() for e in args.entries.split(",") if e.strip()]
     quick = QUICK if args.quick else {}
     config = BenchConfig(benchmark=args.benchmark, epochs=args.epochs or quick.get("epochs"),
                          batch_size=args.batch_size, tasks=args.tasks or quick.get("tasks", 0),
                          max_train=args.max_train or quick.get("max_train", 0), repeats=args.repeats,
-                         entries=entries, device=args.device, hparams=_parse_strategy_sets(args.set, list(OURS)),
-                         max_spread=args.max_spread)
+                         entries=entries, device=args.device,
+                         hparams=_parse_strategy_sets(args.set, list(OURS + REHEARSAL)), max_spread=args.max_spread,
+                         setting=args.setting or "")
     torch.set_num_threads(args.threads or threads)
     try:
         result = run_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
