@@ -262,6 +262,10 @@ class WandbLogger(TrainerCallback):
         table = wandb.Table(columns=["after_task"] + tasks,
                             data=[[f"{i + 1}: {tasks[i]}"] + row for i, row in enumerate(result["accuracy_matrix"])])
         media = {"accuracy_matrix": table}
+        if result.get("task_il_accuracy_matrix"):  # the same run scored task-IL (summary: task_il_acc)
+            media["task_il_accuracy_matrix"] = wandb.Table(
+                columns=["after_task"] + tasks,
+                data=[[f"{i + 1}: {tasks[i]}"] + row for i, row in enumerate(result["task_il_accuracy_matrix"])])
         if out_dir is not None:
             media.update(figures(out_dir, {"matrix": "accuracy_matrix_heatmap"}))
             artifact = wandb.Artifact(f"results-{run.id}", type="results",

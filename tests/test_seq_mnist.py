@@ -13,6 +13,10 @@ from fake_datasets import mnist_arrays, write_idx_set
 
 def test_seq_mnist_reads_idx_files_into_five_class_incremental_tasks(tmp_path):
     write_idx_set(tmp_path, mnist_arrays(n_train=100, n_test=40, seed=3))
+    small = make_benchmark("seq-mnist", data_root=str(tmp_path), train_per_class=4)
+    assert [sorted(t.train_y.tolist()) for t in small.tasks][1] == [2] * 4 + [3] * 4  # a fixed per-class draw
+    assert small.tasks[1].train_y.tolist() == make_benchmark("seq-mnist", data_root=str(tmp_path),
+                                                              train_per_class=4).tasks[1].train_y.tolist()
     stream = make_benchmark("seq-mnist", data_root=str(tmp_path))
     assert stream.setting == "class" and stream.head_sizes == [10] and len(stream) == 5
     for t, task in enumerate(stream.tasks):
@@ -39,8 +43,9 @@ def test_per_method_settings_follow_the_memory_size(strategy, size, lr, hparams)
 def test_a_seq_fashion_mnist_run_records_class_and_task_il_matrices(tmp_path):
     out = tmp_path / "run"
     assert main(["run", "--strategy", "der", "--benchmark", "seq-fashion-mnist", "--tasks", "2", "--quiet",
-                 "--set", "memory_size=500", "--out", str(out)]) == 0
+                 "--set", "memory_size=500", "--option", "train_per_class=150", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
+    assert res["config"]["benchmark_options"]["train_per_class"] == "150"
     assert res["config"]["lr"] == 0.03 and res["hparams"]["alpha"] == 1.0 and res["hparams"]["memory_size"] == 500
     R, T = res["accuracy_matrix"], res["task_il_accuracy_matrix"]
     assert len(R) == len(T) == 2 and all(t >= r for rr, tt in zip(R, T) for r, t in zip(rr, tt))

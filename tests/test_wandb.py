@@ -40,9 +40,10 @@ def _check_run_against_results(logged: dict, res: dict, group: str) -> None:
     epoch_rows = [h for h in logged["history"] if "epochs_trained" in h]
     assert [(h["train/loss"], h["train/accuracy"]) for h in epoch_rows] == [(c["loss"], c["accuracy"])
                                                                             for c in res["curves"]]
-    for m in ("acc", "bwt", "fwt", "forgetting"):
+    for m in ("acc", "bwt", "fwt", "forgetting", "task_il_acc"):
         assert logged["summary"][m] == res["metrics"][m]
     assert logged["summary"]["accuracy_matrix._type"] == "table-file"
+    assert logged["summary"]["task_il_accuracy_matrix._type"] == "table-file"
     assert logged["summary"]["accuracy_matrix_heatmap._type"] == "image-file"
     results_artifact = [a for a in logged["artifacts"] if a["type"] == "results"]
     assert len(results_artifact) == 1
