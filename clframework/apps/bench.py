@@ -273,7 +273,8 @@ def train_avalanche(name: str, hparams: dict) -> Callable:
         cls = {"avalanche-naive": Naive, "avalanche-si": SynapticIntelligence, "avalanche-ewc": EWC,
                "avalanche-mas": MAS, "avalanche-lwf": LwF, "avalanche-replay": Replay, "avalanche-agem": AGEM,
                "avalanche-der": DER, "avalanche-er_ace": ER_ACE, "avalanche-gdumb": GDumb, "avalanche-icarl": ICaRL}[name]
-        wrapped = as_multitask_module(model)
+        # the class-incremental family runs on one head and calls model(x) itself: no task-label wrapper there
+        wrapped = model if name in AVALANCHE_REHEARSAL else as_multitask_module(model)
         kwargs = dict(hparams)
         if name == "avalanche-icarl":  # iCaRL takes the feature extractor and the classifier apart
             kwargs.update(feature_extractor=model.trunk, classifier=model.heads[0])
