@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="runs per entry, interleaved; per task the fastest counts, the spread is shown (default 5)")
     bp.add_argument("--entries", default="all", help="comma-separated subset of: floor, our strategies (naive,si,ewc,"
                     "mas,lwf,replay,agem) and avalanche-NAME for each (default all); or 'rehearsal': floor, naive, "
-                    "er, der, derpp, er_ace, icarl, gdumb and Avalanche's der, er_ace, icarl, gdumb (needs "
+                    "er, der, derpp, er_ace, icarl, gdumb and Avalanche's der, er_ace, gdumb (needs "
                     "--setting class)")
     bp.add_argument("--setting", choices=["task", "domain", "class"], help="the benchmark's setting (default: its own)")
     bp.add_argument("--quick", action="store_true", help="tiny: 2 tasks, 256 training examples each, 1 epoch")
