@@ -45,7 +45,7 @@ def test_a_seq_fashion_mnist_run_records_class_and_task_il_matrices(tmp_path):
     assert main(["run", "--strategy", "der", "--benchmark", "seq-fashion-mnist", "--tasks", "2", "--quiet",
                  "--set", "memory_size=500", "--option", "train_per_class=150", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
-    assert res["config"]["benchmark_options"]["train_per_class"] == "150"
+    assert res["config"]["benchmark_options"]["train_per_class"] == 150
     assert res["config"]["lr"] == 0.03 and res["hparams"]["alpha"] == 1.0 and res["hparams"]["memory_size"] == 500
     R, T = res["accuracy_matrix"], res["task_il_accuracy_matrix"]
     assert len(R) == len(T) == 2 and all(t >= r for rr, tt in zip(R, T) for r, t in zip(rr, tt))
