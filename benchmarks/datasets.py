@@ -13,6 +13,7 @@ to do. Nothing is ever substituted.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import pickle
 import shutil
@@ -32,6 +33,7 @@ ENV_VAR = "CLFRAMEWORK_DATA"
 NO_DOWNLOAD_VAR = "CLFRAMEWORK_NO_DOWNLOAD"  # set (to anything) to never try the network
 DEFAULT_ROOT = Path("~/.cache/clframework/data")
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+TORCHVISION_CACHE = Path("~/.cache/clframework/torchvision")  # torchvision_root's staged copies of flat IDX folders
 EMBEDDED_HINT = "split-mnist-5k or permuted-mnist-5k (embedded real MNIST subset, no download needed)"
 
 
@@ -228,7 +230,7 @@ def _corrupt(src: Source, paths, exc: BaseException) -> DatasetCorrupt:
 def _stage_idx(src: Source, found: Dict[str, Path], tmp: Path) -> None:
     """Give torchvision's class its `<Class>/raw/` layout: gunzip .gz files, link plain ones."""
     raw = tmp / src.tv_name / "raw"
-    raw.mkdir(parents=True)
+    raw.mkdir(parents=True, exist_ok=True)
     for fname, path in found.items():
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as fin, open(raw / fname, "wb") as fout:
@@ -318,6 +320,41 @@ def _load_cached(name: str, root: str, download: bool, explicit: bool = False) -
 def load(name: str, data_root: Optional[str] = None, download: bool = True) -> LabeledData:
     """A dataset as normalized tensors, read once per process (every task and strategy share the tensors)."""
     return _load_cached(name, str(resolve_root(data_root)), download, is_explicit(data_root))
+
+
+def torchvision_root(name: str, data_root: Optional[str] = None, cache: Optional[Path] = None) -> Path:
+    """A root that torchvision's own class for the dataset reads (`FashionMNIST(torchvision_root("fashion-mnist"),
+    train=True, transform=...)`), from the files this module finds (no download). torchvision wants
+    `ROOT/FashionMNIST/raw/` with the IDX files uncompressed; a flat folder such as Debian's
+    /usr/share/datasets/fashion-mnist (gzipped files) is staged once under `cache` (default
+    ~/.cache/clframework/torchvision) in that layout. For CIFAR the folder found is already torchvision's."""
+    src = _source(name)
+    found = _locate_in(src, src.folders(resolve_root(data_root), is_explicit(data_root)))
+    if found is None:
+        raise DatasetNotFound(missing_message(name, resolve_root(data_root), "its files are not on disk",
+                                              is_explicit(data_root)))
+    folder = next(iter(found.values())).parent
+    if src.kind == "cifar":
+        return folder.parent
+    if folder.name == "raw" and folder.parent.name == src.tv_name and all(p.suffix != ".gz" for p in found.values()):
+        return folder.parent.parent
+    root = Path(cache or TORCHVISION_CACHE).expanduser().resolve() / hashlib.sha1(str(folder).encode()).hexdigest()[:12]
+    raw = root / src.tv_name / "raw"
+    if not all((raw / f).is_file() for f in src.files):  # staged in a temporary folder, moved into place whole
+        tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=_made(root.parent)))
+        try:
+            _stage_idx(src, found, tmp)
+            shutil.rmtree(raw, ignore_errors=True)
+            _made(raw.parent)
+            os.replace(tmp / src.tv_name / "raw", raw)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def mnist(data_root: Optional[str] = None, download: bool = True) -> LabeledData:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from clframework.benchmarks.datasets import available
 from test_docs import DOCS, run_document
 
 pytestmark = pytest.mark.slow  # every doc example in a fresh interpreter
@@ -12,10 +13,11 @@ pytestmark = pytest.mark.slow  # every doc example in a fresh interpreter
 
 def test_custom_data_examples_run(tmp_path):
     doc = DOCS / "custom-data.md"
-    blocks = re.findall(r"```python\n", doc.read_text())
-    assert len(blocks) == 3  # tensors, torch Dataset, Avalanche
-    assert len(re.findall(r"```text output\n", doc.read_text())) == 3  # each states what it prints, checked
-    run_document(doc, tmp_path)
+    blocks = re.findall(r"```python(?: requires=\S+)?\n", doc.read_text())
+    assert len(blocks) == 4  # tensors, torch Dataset, Avalanche, dataset files (requires=fashion-mnist)
+    assert len(re.findall(r"```text output\n", doc.read_text())) == 4  # each states what it prints, checked
+    skipped = run_document(doc, tmp_path)
+    assert skipped == (0 if available("fashion-mnist") else 1)
     # its register_benchmark example: run by name from the CLI, with its own protocol and data source recorded
     res = json.loads((tmp_path / "runs/my-digits/results.json").read_text())
     assert res["benchmark"] == "my-digits" and res["tasks"] == ["0-1", "2-3"] and res["config"]["hidden"] == [64]

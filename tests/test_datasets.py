@@ -47,6 +47,33 @@ def test_idx_files_read_exactly(tmp_path, monkeypatch, name, layout, gz):
     assert D.load(name, str(tmp_path), download=False) is data  # prepared once per process
 
 
+@pytest.mark.parametrize("gz", [True, False])
+def test_torchvision_root_lets_torchvisions_class_read_a_flat_folder(tmp_path, monkeypatch, gz):
+    """A flat folder of IDX files (Debian's layout) is not torchvision's: its FashionMNIST class refuses it, and
+    reads the root torchvision_root stages, image for image what our reader gives."""
+    from torchvision.datasets import FashionMNIST
+
+    no_system_dirs(monkeypatch)
+    flat = tmp_path / "flat"
+    arrays = mnist_arrays(seed=4)
+    write_idx_set(flat, arrays, gz=gz)
+    with pytest.raises(RuntimeError, match="Dataset not found"):
+        FashionMNIST(str(flat), train=True)
+    root = D.torchvision_root("fashion-mnist", str(flat), cache=tmp_path / "cache")
+    assert root.parent == tmp_path / "cache" and D.torchvision_root("fashion-mnist", str(flat),
+                                                                     cache=tmp_path / "cache") == root
+    for split, train in (("train", True), ("test", False)):
+        ds = FashionMNIST(str(root), train=train)
+        np.testing.assert_array_equal(ds.data.numpy(), arrays[split][0])
+        np.testing.assert_array_equal(ds.targets.numpy(), arrays[split][1])
+    assert not list((tmp_path / "cache").glob(".staging-*"))  # staged in a temporary folder, moved into place
+    layout = tmp_path / "tv"  # torchvision's own layout is returned as it is
+    write_idx_set(layout / "FashionMNIST" / "raw", arrays, gz=False)
+    assert D.torchvision_root("fashion-mnist", str(layout), cache=tmp_path / "cache2") == layout.resolve()
+    with pytest.raises(D.DatasetNotFound, match="Fashion-MNIST not found"):
+        D.torchvision_root("fashion-mnist", str(tmp_path / "empty"))
+
+
 def test_cifar10_and_100_read_exactly_and_standardized(tmp_path):
     a10, a100 = cifar_arrays(10, 50, 20, seed=1), cifar_arrays(100, 200, 100, seed=2)
     write_cifar10(tmp_path, a10)

@@ -1,6 +1,8 @@
 """The examples in docs/ run as written: `python file=NAME` blocks are written to disk, `python` blocks executed,
 and `bash` blocks' clframework commands run, all in one scratch folder per document. A `text output` block states
-what the python block before it prints: the printed text must match it, numbers to within NUMBER_TOLERANCE."""
+what the python block before it prints: the printed text must match it, numbers to within NUMBER_TOLERANCE. A block
+marked `requires=DATASET` (e.g. fashion-mnist) runs where that dataset's files are on this machine
+(benchmarks.datasets.available), and is skipped with its output block elsewhere."""
 import json
 import os
 import re
@@ -15,6 +17,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 BLOCK = re.compile(r"```(\w+)([^\n]*)\n(.*?)```", re.S)
 CLI = [sys.executable, "-m", "clframework"]
 NUMBER = re.compile(r"-?\d+\.?\d*(?:e-?\d+)?")
+SKIPPED = object()  # the python block before was skipped (its dataset is not on this machine)
 NUMBER_TOLERANCE = 0.02  # thread counts and BLAS builds may move a few test examples across the decision boundary
 
 
@@ -27,12 +30,20 @@ def assert_output_matches(stated: str, printed: str, where: str) -> None:
             f"{where}: the example printed\n{printed}\nbut the document states\n{stated}"
 
 
-def run_document(path: Path, workdir: Path) -> None:
+def run_document(path: Path, workdir: Path) -> int:
+    """Runs the document's examples; returns how many python blocks were skipped for want of a dataset."""
+    from clframework.benchmarks.datasets import available
+
     env = {**os.environ, "PYTHONPATH": str(workdir), "WANDB_MODE": "offline"}
-    printed = None
+    printed, skipped = None, 0
     for lang, info, body in BLOCK.findall(path.read_text()):
         target = re.search(r"file=(\S+)", info)
-        if target:
+        needs = re.search(r"requires=(\S+)", info)
+        if needs and not available(needs.group(1)):
+            printed, skipped = SKIPPED, skipped + 1
+        elif printed is SKIPPED and "output" in info.split():
+            printed = None
+        elif target:
             (workdir / target.group(1)).write_text(body)
         elif lang == "python":
             proc = subprocess.run([sys.executable, "-c", body], cwd=workdir, env=env, capture_output=True, text=True)
@@ -48,6 +59,7 @@ def run_document(path: Path, workdir: Path) -> None:
                 assert args[0] == "clframework", f"unexpected command in {path.name}: {line}"
                 proc = subprocess.run(CLI + args[1:], cwd=workdir, env=env, capture_output=True, text=True)
                 assert proc.returncode == 0, f"{path.name}: `{line}` failed:\n{proc.stderr[-3000:]}"
+    return skipped
 
 
 @pytest.mark.slow
