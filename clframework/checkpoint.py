@@ -99,6 +99,14 @@ def refuse_other_config(saved: Any, config: dict, what: str) -> None:
 _held: Dict[Path, int] = {}  # folders this process holds a lock on -> nesting depth
 
 
+def lock_in_workers(pids: List[int]) -> None:
+    """Add worker processes to the lock of every folder this process holds: the folder stays locked until each of
+    them has stopped too, even if this process is killed first."""
+    for folder in _held:
+        with open(folder / LOCK, "a") as f:
+            f.writelines(f"worker {pid}\n" for pid in pids)
+
+
 class OutputFolder:
     """Context manager: create the folder, prove it writable, refuse a non-empty one unless resuming or
     overwriting, and hold a lock file (pid and host) so that a second process cannot write into it meanwhile.

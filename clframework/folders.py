@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -15,7 +15,7 @@ STUDY = "study.json"              # a study's plan, written before its first run
 MODEL = "model.pt"
 STRATEGY_STATE = "strategy.pt"
 MARKER = ".clframework"           # says "clframework made this folder": --overwrite may empty it
-LOCK = ".clframework.lock"        # the pid and host of the process writing into the folder
+LOCK = ".clframework.lock"        # the pid and host of the process writing into the folder, then its workers
 
 
 def pid_alive(pid: int) -> bool:
@@ -38,7 +38,21 @@ def lock_holder(folder: Path) -> Optional[Tuple[int, str]]:
     return pid, holder[1] if len(holder) > 1 else ""
 
 
+def lock_workers(folder: Path) -> List[int]:
+    """The worker processes (`--jobs`) the lock holder added to its lock file, one "worker PID" line each."""
+    try:
+        lines = (Path(folder) / LOCK).read_text().splitlines()[1:]
+    except OSError:
+        return []
+    return [int(w[1]) for w in (line.split() for line in lines) if len(w) == 2 and w[0] == "worker" and w[1].isdigit()]
+
+
 def in_use(folder: Path) -> bool:
-    """A live process holds the folder's lock (on another host: assumed live, as nothing here can check)."""
+    """A live process holds the folder's lock, or one of the workers it listed there still runs (on another host:
+    assumed live, as nothing here can check)."""
     holder = lock_holder(folder)
-    return holder is not None and holder[0] > 0 and (holder[1] != socket.gethostname() or pid_alive(holder[0]))
+    if holder is None or holder[0] <= 0:
+        return False
+    if holder[1] != socket.gethostname():
+        return True
+    return pid_alive(holder[0]) or any(pid_alive(w) for w in lock_workers(folder))

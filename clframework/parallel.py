@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 import tempfile
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -142,8 +145,20 @@ class InProcess(Executor):
 _SHARED: Any = None  # a pool worker's copy of the study's shared object (memory-mapped tensors)
 
 
-def _init_worker(path: str, threads: int, plugins) -> None:
+def _die_with(parent: int) -> None:
+    """End this worker (SIGKILL: nothing more is written) as soon as the main process is gone, killed or not: a
+    worker outliving it would keep writing into a folder whose lock looks stale (issue 19)."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="clframework-parent-watch").start()
+
+
+def _init_worker(path: str, threads: int, plugins, parent: int) -> None:
     global _SHARED
+    _die_with(parent)
     torch.set_num_threads(threads)
     _import_plugins(plugins)
     _SHARED = torch.load(path, mmap=True, weights_only=False)
@@ -177,16 +192,25 @@ class Pool(Executor):
         path = os.path.join(folder, "shared.pt")
         torch.save(shared, path)  # once; every worker memory-maps it
         self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=torch.multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(path, threads, plugins))
+                                        initializer=_init_worker, initargs=(path, threads, plugins, os.getpid()))
 
     def map(self, fn, payloads, on_result=lambda i, r: None):
+        from .checkpoint import lock_in_workers
+
         submitted = {self.pool.submit(_call, fn, p): i for i, p in enumerate(payloads)}
+        lock_in_workers(list(self.pool._processes))  # started by the submits
         return _gather(submitted, on_result, [None] * len(payloads),
                        cancel=lambda: [f.cancel() for f in submitted], get=lambda f: f.result(),
                        ready=lambda pending: wait(pending, return_when=FIRST_COMPLETED))
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def abort(self) -> None:
+        """Stop the workers now (Ctrl-C, an error): their runs' checkpoints are written atomically, so a kill loses
+        at most the steps since the last one, and --resume continues from there."""
+        for process in list(self.pool._processes.values()):
+            process.kill()
 
 
 _RAY_SHARED: dict = {}  # a Ray worker's copy of the study's shared object, by object id (reused by later tasks)
@@ -266,6 +290,9 @@ def open_executor(backend: Backend, shared, plugins=(), device: str = "auto"):
             ex = Pool(shared, backend.jobs, threads, list(plugins), folder)
             try:
                 yield ex
+            except BaseException:
+                ex.abort()
+                raise
             finally:
                 ex.close()
     else:

@@ -716,3 +716,35 @@ def test_sigint_inside_an_import_is_delivered_after_it(tmp_path):
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr.strip().splitlines() == ["clframework: interrupted; continue with the same command plus "
                                                 "--resume"]
+
+
+# ---- --jobs workers die with their parent ----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_kill_9_of_the_main_process_leaves_no_worker_and_no_write_after(tmp_path):
+    """Issue 19: after kill -9 of `compare --jobs 2`'s main process both workers ran on for 45 s, writing into a folder
+    whose lock looked stale, beside a --resume started meanwhile."""
+    import psutil
+
+    out = tmp_path / "cmp"
+    proc = subprocess.Popen([sys.executable, "-m", "clframework", "compare", "--strategies", "naive,si", "--seeds",
+                             "1", "--jobs", "2", "--checkpoint-every", "3", "--out", str(out), *TINY],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not list(out.glob("*/checkpoint.pt")):  # the workers are training
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.01)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len([w for w in workers if "clframework" not in " ".join(w.cmdline())]) >= 2  # spawned workers
+    from clframework.folders import in_use, lock_workers
+
+    assert sorted(lock_workers(out)) and set(lock_workers(out)) <= {w.pid for w in workers}
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, [w.cmdline() for w in alive]
+    stopped = time.time()
+    assert not in_use(out)  # now, and only now, may another process take the folder over
+    time.sleep(1)
+    late = [p for p in out.rglob("*") if p.stat().st_mtime > stopped]
+    assert not late, late
