@@ -10,9 +10,9 @@ horizontal flip on incoming and replayed examples, a ResNet-18 (3x3 stem, no max
 
 `BEST[protocol][(strategy, buffer)]` = (training settings, strategy hyperparameters) in our names (Mammoth's
 `sgd` is our `naive`, its `minibatch_size` our `minibatch_size`, A-GEM's our `sample_size`, `softmax_temp` our
-`temperature`, `optim_wd` our `weight_decay`); buffer None for methods without a memory. The benchmark's own
-protocol takes each method's buffer-500 row (the size all three tables report); `clframework reproduce der-table
---buffer N` takes the row of N.
+`temperature`, `optim_wd` our `weight_decay`); buffer None for methods without a memory. A run takes the row of its
+`memory_size` (`--set memory_size=500`; the strategies default to 200), as the seq-MNIST protocol below does;
+`clframework reproduce der-table --buffer N` takes the row of N.
 
 seq-MNIST (DER paper, Sec. 5 and best_args.py 'seq-mnist'): 5 tasks of 2 consecutive digits, class-incremental, MLP
 784-100-100-10, one epoch per task, minibatch 10, plain SGD. Its per-method settings are listed per memory size
@@ -26,7 +26,6 @@ on seq-fashion-mnist), and 10 is the larger of the two values we tried (1, 10) t
 """
 from __future__ import annotations
 
-from dataclasses import fields
 from typing import Dict, Optional, Tuple
 
 from . import datasets
@@ -113,19 +112,19 @@ def best_row(protocol: str, strategy: str, buffer: Optional[int]) -> Optional[Ro
     return dict(row[0]), {**row[1], "memory_size": buffer}
 
 
-def _protocol(name: str, model: str, epochs: int, default_buffer: int, **train) -> Protocol:
-    """The benchmark's protocol: the shared settings, and each method's row at `default_buffer`."""
-    rows = {s: best_row(name, s, default_buffer) for s, _ in BEST[name]}
-    known = {f.name for f in fields(Protocol)}  # settings this version's trainer takes (see UNSUPPORTED)
+def _protocol(name: str, model: str, epochs: int, **train) -> Protocol:
+    """The benchmark's protocol: the shared settings, and each method's BEST rows as method_settings, chosen by the
+    run's memory_size (-1: methods without a memory)."""
+    settings: Dict[str, Dict[int, dict]] = {}
+    for (strategy, buffer), (row_train, hparams) in BEST[name].items():
+        settings.setdefault(strategy, {})[-1 if buffer is None else buffer] = {**row_train, **hparams}
     return Protocol(model=model, epochs=epochs, batch_size=32, lr=0.1, optimizer="sgd", reset_optimizer=True,
-                    augment="crop-flip", strategy_hparams={s: r[1] for s, r in rows.items() if r[1]},
-                    strategy_train={s: {k: v for k, v in r[0].items() if k in known} for s, r in rows.items()},
-                    **train)
+                    augment="crop-flip", method_settings=settings, **train)
 
 
-SEQ_CIFAR10 = _protocol("seq-cifar10", "resnet18", 50, 500)
-SEQ_TINYIMAGENET = _protocol("seq-tinyimagenet", "resnet18", 100, 500)
-SEQ_CIFAR100 = _protocol("seq-cifar100", "resnet18", 50, 500, lr_schedule="multistep", lr_milestones=(35, 45),
+SEQ_CIFAR10 = _protocol("seq-cifar10", "resnet18", 50)
+SEQ_TINYIMAGENET = _protocol("seq-tinyimagenet", "resnet18", 100)
+SEQ_CIFAR100 = _protocol("seq-cifar100", "resnet18", 50, lr_schedule="multistep", lr_milestones=(35, 45),
                          lr_gamma=0.1)  # mammoth datasets/seq_cifar100.py: MultiStepLR([35, 45], gamma=0.1)
 
 

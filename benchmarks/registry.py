@@ -33,9 +33,8 @@ class Protocol:
     grad_clip: Optional[float] = None
     lr_milestones: Optional[Tuple[int, ...]] = None
     strategy_hparams: Dict[str, dict] = field(default_factory=dict)
-    strategy_train: Dict[str, dict] = field(default_factory=dict)  # per-strategy training settings, e.g. its lr
-    # per strategy, per memory size (-1: any), the published best settings (lr/batch_size/epochs and hyperparameters),
-    # chosen by the run's memory_size; they take precedence over strategy_hparams and strategy_train
+    # per strategy, per memory size (-1: any), the published best settings (training settings such as lr or
+    # weight_decay, and hyperparameters), chosen by the run's memory_size; they take precedence over strategy_hparams
     method_settings: Dict[str, Dict[int, dict]] = field(default_factory=dict)
 
     def as_dict(self) -> dict:

@@ -116,8 +116,8 @@ class RunConfig:
         train = protocol.as_dict()
         for key in ("strategy_hparams", "method_settings"):
             train.pop(key)
-        train.update(train.pop("strategy_train").get(self.strategy, {}))  # the method's own lr (DER protocols)
-        train.update({k: v for k, v in best.items() if k in ("epochs", "batch_size", "lr")})  # ... at this memory
+        # the method's own training settings at this memory size (lr, weight decay ...: DER-line protocols)
+        train.update({k: v for k, v in best.items() if k in train and k not in entry.params})
         for key in TRAIN_FIELDS:
             value = getattr(self, key)
             if value is not None:

@@ -182,3 +182,14 @@ def test_seq_cifar100_multistep_schedule_matches_torch_multisteplr():
         RunConfig("naive", "seq-cifar100", lr_milestones=[45, 35]).resolved()
     with pytest.raises(ValueError, match="lr_milestones applies to the multistep schedule only"):
         RunConfig("naive", "seq-cifar10", lr_milestones=[35]).resolved()
+
+
+def test_run_takes_the_row_of_its_memory_size():
+    """One mechanism for per-method settings (Protocol.method_settings): the run's memory_size picks the row."""
+    derpp = {b: RunConfig("derpp", "seq-cifar10", hparams={"memory_size": b}).resolved() for b in (200, 500, 5120)}
+    for b, cfg in derpp.items():
+        train, hparams = best_row("seq-cifar10", "derpp", b)
+        assert cfg["train"]["lr"] == train["lr"]
+        assert {k: cfg["hparams"][k] for k in hparams} == hparams
+    lwf = RunConfig("lwf", "seq-cifar10").resolved()
+    assert lwf["train"]["weight_decay"] == 5e-4 and lwf["train"]["lr"] == 0.01
