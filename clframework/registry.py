@@ -219,12 +219,24 @@ def import_plugin(module: str) -> None:
             spec = importlib.util.spec_from_file_location(path.stem, path)
             mod = importlib.util.module_from_spec(spec)
             sys.modules[path.stem] = mod
-            spec.loader.exec_module(mod)
+            try:
+                spec.loader.exec_module(mod)
+            except BaseException:
+                del sys.modules[path.stem]  # no half-imported module left behind
+                raise
         else:
             if "" not in sys.path and str(Path.cwd()) not in sys.path:
                 sys.path.insert(0, str(Path.cwd()))
             importlib.import_module(module)
+    except SyntaxError as exc:
+        raise RegistryError(f"plugin '{module}' has a syntax error: {exc.filename}, line {exc.lineno}: {exc.msg}; "
+                            f"fix the file (python -m py_compile {exc.filename} shows it)") from None
     except ModuleNotFoundError as exc:
+        plugin = path.stem if module.endswith(".py") else module
+        if exc.name and exc.name.split(".")[0] != plugin.split(".")[0]:  # the plugin was found: what it imports is not
+            raise RegistryError(f"plugin '{module}' needs the module '{exc.name}', which is not installed here; "
+                                f"install the package that provides it (e.g. pip install {exc.name.split('.')[0]})"
+                                ) from None
         raise RegistryError(
             f"cannot import plugin '{module}': {exc}. Pass an importable module name (on PYTHONPATH or in the "
             f"current directory) or a path to a .py file."

@@ -395,6 +395,41 @@ def test_list_shows_where_each_strategy_comes_from(tmp_path):
     assert origin("local-one").startswith("from: module local_plugin (") and "local_plugin.py" in origin("local-one")
 
 
+@pytest.mark.parametrize("plugin", ["broken_syntax", "broken_syntax.py"])
+def test_plugin_with_a_syntax_error_is_one_line_exit_2(tmp_path, plugin):
+    """Issue 19: it printed a 15-line traceback with exit 1; the docs promise one line and exit 2."""
+    (tmp_path / "broken_syntax.py").write_text("from clframework import Strategy\n\nclass Oops(Strategy)\n    pass\n")
+    proc = _cli("list", "--plugin", plugin, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"clframework: error: plugin '{plugin}' has a syntax error: ")
+    assert "broken_syntax.py, line 3: expected ':'" in lines[0]
+
+
+@pytest.mark.parametrize("plugin", ["needs_dep", "needs_dep.py"])
+def test_plugin_missing_a_dependency_is_told_to_install_it_not_to_fix_its_path(tmp_path, plugin):
+    (tmp_path / "needs_dep.py").write_text("import package_that_is_not_installed.sub\n")
+    proc = _cli("list", "--plugin", plugin, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"clframework: error: plugin '{plugin}' needs the module 'package_that_is_not_installed', which is not "
+        f"installed here; install the package that provides it (e.g. pip install package_that_is_not_installed)"]
+    missing = _cli("list", "--plugin", "no_such_plugin", cwd=tmp_path)  # the plugin itself missing: the path hint
+    assert missing.returncode == 2 and "Pass an importable module name" in missing.stderr
+
+
+@pytest.mark.parametrize("argv", [["list"], ["runs", "."]])
+def test_a_closed_stdout_pipe_ends_quietly(tmp_path, argv):
+    """`clframework ... | head` ended with a "Broken pipe" error and traceback (issue 20, point 9). The reader here
+    is gone before the first write, so the pipe is closed whatever the machine's speed."""
+    read, write = os.pipe()
+    os.close(read)
+    proc = subprocess.run([sys.executable, "-m", "clframework", *argv], stdout=write, stderr=subprocess.PIPE,
+                          text=True, cwd=tmp_path, timeout=120)
+    os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, "")
+
+
 # ---- data folders: an explicit one is used alone ---------------------------------------------------------------
 
 def test_missing_explicit_data_root_is_an_error_listing_files_never_a_fallback(tmp_path, cli):

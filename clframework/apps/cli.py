@@ -4,6 +4,7 @@ Start with `clframework compare` (naive, EWC and SI on split MNIST, 3 seeds), or
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
@@ -559,12 +560,13 @@ def _bench_study(args) -> int:
     return 0
 
 
-EXIT_USER_ERROR, EXIT_CRASH, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 1, 3, 130
+EXIT_USER_ERROR, EXIT_CRASH, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 1, 3, 130, 141
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Exit codes: 0 done, 2 a user error (one line), 3 a run diverged, 1 an exception in a strategy or the user's
-    code (traceback and where), 130 interrupted (Ctrl-C at any moment; one line, the checkpoints kept for --resume)."""
+    code (traceback and where), 130 interrupted (Ctrl-C at any moment; one line, the checkpoints kept for --resume),
+    141 stdout's reader stopped reading (`| head`; quietly)."""
     own_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     with deferred_in_imports(keep=own_process) as sigint:
@@ -576,6 +578,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         provenance.set_command(argv)
         try:
             code = _command(args)
+            try:
+                sys.stdout.flush()  # here, not at exit, where a closed pipe would print a traceback
+            except BrokenPipeError:
+                code = _reader_gone()
             sigint.stop()
             if sigint.received:  # it came while an import was deferring it, and the command ended meanwhile
                 raise KeyboardInterrupt
@@ -599,6 +605,8 @@ def _command(args) -> int:
             import_plugin(module)
         return {"list": cmd_list, "run": cmd_run, "compare": cmd_compare, "reproduce": cmd_reproduce,
                 "tune": cmd_tune, "bench": cmd_bench, "runs": cmd_runs, "report": cmd_report}[args.command](args)
+    except BrokenPipeError:
+        return _reader_gone()
     except _training_error("TrainingDiverged") as exc:
         if args.debug:
             raise
@@ -616,6 +624,13 @@ def _command(args) -> int:
             raise
         print(f"clframework: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _reader_gone() -> int:
+    """stdout's reader stopped reading (`clframework ... | head`): end quietly, as a program killed by SIGPIPE
+    would, and point stdout at /dev/null so that Python's own flush at exit has nowhere to fail."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
 
 
 def _training_error(name: str):
