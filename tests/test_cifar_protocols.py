@@ -42,14 +42,15 @@ def test_seq_cifar_streams_from_real_format_files(tmp_path):
 def test_reduced_resnet18_with_augmentation_trains_end_to_end_and_loads(tmp_path):
     write_cifar10(tmp_path / "data", cifar_arrays(10, 80, 40, seed=3))
     out = tmp_path / "run"
-    code = main(["run", "--strategy", "naive", "--benchmark", "seq-cifar10", "--data-root", str(tmp_path / "data"),
+    code = main(["run", "--strategy", "derpp", "--benchmark", "seq-cifar10", "--data-root", str(tmp_path / "data"),
                  "--model", "reduced_resnet18", "--tasks", "2", "--epochs", "2", "--batch-size", "8",
-                 "--out", str(out), "--quiet"])
+                 "--set", "memory_size=200", "--out", str(out), "--quiet"])
     assert code == 0
     res = json.loads((out / "results.json").read_text())
     c = res["config"]
     assert (c["model"], c["augment"], c["optimizer"], c["lr"], c["batch_size"], c["epochs"]) == \
-        ("reduced_resnet18", "crop-flip", "sgd", 0.1, 8, 2)
+        ("reduced_resnet18", "crop-flip", "sgd", 0.03, 8, 2)  # DER++'s buffer-200 row of best_args.py
+    assert (res["hparams"]["alpha"], res["hparams"]["beta"], res["hparams"]["minibatch_size"]) == (0.1, 0.5, 32)
     assert c["input_shape"] == [3, 32, 32] and c["classes"] == [[0, 1], [2, 3]] and c["head_sizes"] == [4]
     assert res["provenance"]["overrides"]["model"] == "reduced_resnet18"
     assert all(torch.isfinite(torch.tensor(p["loss"])) for p in res["curves"])
