@@ -28,6 +28,7 @@ from clframework.callbacks import TrainerCallback
 MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # what wandb.init(mode=...) accepts
 DEFAULT_PROJECT = "clframework"
 _offline_after_failure = False  # set by the first failed online start: later runs of this process go offline
+START_TIMEOUT = 8.0  # seconds an online start may wait for the server (wandb's own default, 90 s, looked like a hang)
 
 
 def package_versions() -> dict:
@@ -71,6 +72,11 @@ def settings_from_env(project: Optional[str] = None, entity: Optional[str] = Non
             "tags": list(tags) or env_tags, "name": name or os.environ.get("WANDB_NAME") or None}
 
 
+def _first_line(exc: BaseException) -> str:
+    """`Type: message` on one line (wandb's errors carry multi-line advice)."""
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+
+
 def _short(value) -> str:
     if isinstance(value, bool):
         return str(value).lower()
@@ -110,7 +116,8 @@ class WandbLogger(TrainerCallback):
         self.job_type = job_type or config.get("strategy")
         # absolute: a wandb-core service shared with another process (WANDB_SERVICE) has its own working directory
         self.wandb_dir = Path(wandb_dir).absolute() if wandb_dir else None
-        self.init_timeout = init_timeout
+        self.init_timeout = START_TIMEOUT if init_timeout is None and "WANDB_INIT_TIMEOUT" not in os.environ \
+            else init_timeout
         self.log = log
         self.run = None
         self.resume_run_id: Optional[str] = None  # set by a resumed run (--resume): continue that W&B run
@@ -126,7 +133,7 @@ class WandbLogger(TrainerCallback):
     # -- guarded access ----------------------------------------------------------------------------------------
     def _warn(self, what: str, exc: BaseException) -> None:
         self.failed, self.run = True, None
-        warnings.warn(f"W&B {what} failed ({type(exc).__name__}: {exc}); W&B logging is off for this run, "
+        warnings.warn(f"W&B {what} failed ({_first_line(exc)}); W&B logging is off for this run, "
                       f"local results are unaffected", RuntimeWarning, stacklevel=3)
 
     def init_arguments(self, mode: str) -> dict:
@@ -177,7 +184,7 @@ class WandbLogger(TrainerCallback):
             if not online:
                 return self._warn("initialisation", exc)
             _offline_after_failure = True
-            warnings.warn(f"W&B online start failed ({type(exc).__name__}: {exc}); this and every later run of this "
+            warnings.warn(f"W&B online start failed ({_first_line(exc)}); this and every later run of this "
                           f"process log offline instead (upload later with `wandb sync`)", RuntimeWarning,
                           stacklevel=2)
             try:

@@ -430,6 +430,22 @@ def test_a_closed_stdout_pipe_ends_quietly(tmp_path, argv):
     assert (proc.returncode, proc.stderr) == (141, "")
 
 
+@pytest.mark.slow
+def test_unreachable_wandb_server_gives_up_soon_with_one_line_once_per_study(tmp_path):
+    """Issue 19: W&B online with no network waited about 90 s (wandb's default) with no output before falling back."""
+    env = {"WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "0" * 40, "WANDB_MODE": "online"}
+    start = time.perf_counter()
+    proc = _cli("compare", "--strategies", "naive,si", "--seeds", "1", "--tasks", "1", "--wandb", "--out",
+                str(tmp_path / "cmp"), *TINY, env=env)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "W&B" in line]
+    assert len(lines) == 1 and lines[0].startswith("clframework: warning: W&B online start failed")  # 3 W&B runs
+    assert "log offline instead" in lines[0]
+    assert len(list((tmp_path / "cmp" / "wandb").glob("offline-run-*"))) == 3  # 2 runs and the summary
+    assert seconds < 80, seconds  # one wait of START_TIMEOUT (8 s) plus the study; wandb's default alone is 90 s
+
+
 # ---- data folders: an explicit one is used alone ---------------------------------------------------------------
 
 def test_missing_explicit_data_root_is_an_error_listing_files_never_a_fallback(tmp_path, cli):

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -577,7 +578,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         provenance.set_command(argv)
         try:
-            code = _command(args)
+            with warnings.catch_warnings():
+                if own_process:  # main() called from Python leaves warnings to its caller
+                    warnings.showwarning = _one_line
+                code = _command(args)
             try:
                 sys.stdout.flush()  # here, not at exit, where a closed pipe would print a traceback
             except BrokenPipeError:
@@ -624,6 +628,11 @@ def _command(args) -> int:
             raise
         print(f"clframework: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def _one_line(message, category, *args, **kwargs) -> None:
+    """A warning as one line on stderr (not Python's file:line and source line)."""
+    print(f"clframework: warning: {message}", file=sys.stderr)
 
 
 def _reader_gone() -> int:
