@@ -555,15 +555,16 @@ class RunJob:
 
 def run_job(stream, job: RunJob) -> dict:
     """A worker's side of a study: train and return results.json's content. A diverged run returns
-    {"_diverged": ...}; a failure inside training comes back as one RuntimeError carrying its traceback's text
-    (exceptions cross processes by pickling, and a traceback does not pickle)."""
+    {"_diverged": ...}; an exception inside training {"_failed": ...} with its traceback's text (exceptions cross
+    processes by pickling, and a traceback does not pickle): the study goes on with its other runs."""
     try:
         res = _run_in(job.config, job.out_dir, job.quiet, job.callbacks, stream, job.resume, job.checkpoint_every,
                       job.label, job.benchmark or job.config.benchmark, job.figures)
     except TrainingDiverged as exc:
         return {"_diverged": {"message": str(exc), "diverged_at": exc.result["diverged_at"]}}
     except TrainingFailed as exc:
-        raise RuntimeError(f"run {job.label}: {exc}\n{''.join(traceback.format_exception(exc.__cause__))}") from None
+        return {"_failed": {"message": f"run {job.label}: {exc}", "failed_at": exc.where,
+                            "traceback": "".join(traceback.format_exception(exc.__cause__))}}
     return res.to_json()
 
 
@@ -584,6 +585,10 @@ def run_study(executor: Executor, jobs: Sequence[RunJob], progress: StudyProgres
         if "_diverged" in result:
             progress.note(f"clframework: {result['_diverged']['message']}", err=True)
             progress.finished(jobs[i].label, None, 0.0)
+            return
+        if "_failed" in result:
+            progress.note(f"{result['_failed']['traceback']}clframework: {result['_failed']['message']}", err=True)
+            progress.finished(jobs[i].label, None, 0.0, "failed")
             return
         target = result_dirs[i] if result_dirs else None
         if target is not None and not (target / RESULTS).exists():
@@ -608,7 +613,7 @@ def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, sta
              backend, plugins, progress, executor, on_run, figures, out_dir, runs_root, resume) -> dict:
     first = next(iter(configs.values()))
     summary = {"benchmark": benchmark, "protocol": protocol_source(first), "tasks": stream.task_names,
-               "seeds": list(range(seeds)), "strategies": {}, "diverged": []}
+               "seeds": list(range(seeds)), "strategies": {}, "diverged": [], "failed": []}
     api_call = {"function": "clframework.compare", "seeds": seeds,
                 "configs": {label: cfg.as_record() for label, cfg in configs.items()}}
     record = provenance.collect(api_call, {label: overrides(cfg) for label, cfg in configs.items()},
@@ -638,6 +643,9 @@ def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, sta
                 continue
             if "_diverged" in res:
                 diverged.append({"strategy": name, "seed": seed, "diverged_at": res["_diverged"]["diverged_at"]})
+            elif "_failed" in res:
+                summary["failed"].append({"strategy": name, "seed": seed, "failed_at": res["_failed"]["failed_at"],
+                                          "error": res["_failed"]["message"]})
             else:
                 runs.append(res)
         summary["diverged"] += diverged

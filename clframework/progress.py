@@ -32,11 +32,12 @@ class StudyProgress:
             self.bar.total += runs
             self.bar.refresh()
 
-    def finished(self, label: str, acc: Optional[float], seconds: float) -> None:
-        """A run ended: its line (label, ACC, seconds; acc None: it diverged) and one more on the bar."""
+    def finished(self, label: str, acc: Optional[float], seconds: float, status: str = "diverged") -> None:
+        """A run ended: its line (label, ACC, seconds; acc None: it did not finish, `status` says how) and one more
+        on the bar."""
         if self.bar is None:
             return
-        self.bar.write(f"{label}: ACC {acc:.4f} ({seconds:.1f} s)" if acc is not None else f"{label}: diverged",
+        self.bar.write(f"{label}: ACC {acc:.4f} ({seconds:.1f} s)" if acc is not None else f"{label}: {status}",
                        file=sys.stderr)
         self.bar.update(1)
 

@@ -501,6 +501,29 @@ def test_exception_in_a_strategy_shows_traceback_and_where_and_keeps_finished_ta
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_compare_goes_on_past_a_run_that_raised_writes_its_summary_and_exits_1(tmp_path):
+    """Issue 19: an exception in a strategy's hook during compare exited 2 (the docs say 1), wrote no summary and never
+    ran the remaining runs."""
+    (tmp_path / "buggy_plugin.py").write_text(BUGGY)
+    out = tmp_path / "cmp"
+    proc = _cli("compare", "--strategies", "buggy,naive", "--seeds", "2", "--set", "buggy.fail_at=16", "--plugin",
+                "buggy_plugin", "--out", str(out), "--checkpoint-every", "0", *TINY, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("Traceback (most recent call last)") == 2 and "in on_after_step" in proc.stderr
+    assert "KeyError: 'my_buffer' (raised in run buggy seed 1, task 2 (2-3), epoch 1, step 3)" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "clframework: error: 2 run(s) stopped by an exception (tracebacks above) and were left out of the "
+        "statistics: buggy seed 0, buggy seed 1; --resume continues them from their checkpoints once the cause is "
+        "fixed")
+    summary = _strict_json(out / "summary.json")
+    assert [(f["seed"], f["failed_at"]["task"], f["failed_at"]["step"]) for f in summary["failed"]] == [(0, 1, 3),
+                                                                                                     (1, 1, 3)]
+    assert summary["strategies"]["naive"]["metrics"]["acc"]["n"] == 2 and summary["strategies"]["buggy"]["runs"] == []
+    for seed in (0, 1):  # the finished task of each failed run is kept for --resume
+        assert load_checkpoint(out / f"buggy-seed{seed}" / "checkpoint.pt")["trainer"]["position"]["task"] == 1
+
+
 def test_debug_shows_full_tracebacks_for_user_errors(tmp_path):
     plain = _cli("run", "--strategy", "nope", "--out", str(tmp_path / "a"), *TINY)
     debug = _cli("run", "--strategy", "nope", "--out", str(tmp_path / "b"), "--debug", *TINY)

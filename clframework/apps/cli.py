@@ -438,6 +438,13 @@ def cmd_compare(args) -> int:
                           checkpoint_dir=args.checkpoint_dir, figures=figures)
     print(format_table(summary))
     print(f"summary: {out / 'summary.json'}")
+    if summary["failed"]:
+        names = ", ".join(f"{f['strategy']} seed {f['seed']}" for f in summary["failed"])
+        print(f"clframework: error: {len(summary['failed'])} run(s) stopped by an exception (tracebacks above) and "
+              f"were left out of the statistics: {names}; --resume continues them from their checkpoints once the "
+              f"cause is fixed", file=sys.stderr)
+        _diverged_exit(summary["diverged"])
+        return EXIT_CRASH
     return _diverged_exit(summary["diverged"])
 
 
