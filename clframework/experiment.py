@@ -609,6 +609,20 @@ def write_plan(out_dir: Path, kind: str, benchmark: str, configs: Sequence[RunCo
                                         "epochs": epochs, "runs": runs, "started": provenance.now()})
 
 
+def _refuse_a_subset(out_dir: Path, runs_root: Path, expected: set) -> None:
+    """compare --resume with fewer strategies or seeds than the study in the folder would rewrite its summary for
+    the subset: refused, naming the runs it would leave out (tune and reproduce keep other folders: not checked)."""
+    plan = read_json(out_dir / STUDY) if (out_dir / STUDY).exists() else {}
+    if plan.get("kind", "compare") != "compare":
+        return
+    others = sorted(p.name for p in runs_root.iterdir() if p.is_dir() and p.name not in expected
+                    and any((p / f).exists() for f in (RESULTS, CHECKPOINT, CONFIG)))
+    if others:
+        raise ValueError(f"compare --resume: {runs_root} also holds the runs {', '.join(others)} of this study; list "
+                         f"all its strategies and seeds (the command that made it) so that its summary keeps them, "
+                         f"or choose another --out")
+
+
 def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, started, summary_callbacks, benchmark,
              backend, plugins, progress, executor, on_run, figures, out_dir, runs_root, resume) -> dict:
     first = next(iter(configs.values()))
@@ -619,6 +633,8 @@ def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, sta
     record = provenance.collect(api_call, {label: overrides(cfg) for label, cfg in configs.items()},
                                 str(select_device(first.device)), started, data_source(stream))
     pairs = [(name, seed) for name in configs for seed in range(seeds)]
+    if resume and runs_root is not None:
+        _refuse_a_subset(out_dir, runs_root, {f"{slug(name)}-seed{seed}" for name, seed in pairs})
     if out_dir is not None and not (out_dir / STUDY).exists():  # reproduce wrote its own plan
         write_plan(out_dir, "compare", benchmark, list(configs.values()), seeds, len(stream), len(pairs))
     jobs = [RunJob(f"{name} seed {seed}", replace(configs[name], seed=seed),

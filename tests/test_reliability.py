@@ -580,6 +580,21 @@ def test_resume_with_overwrite_is_an_error_before_anything_is_touched(tmp_path, 
         "checkpoint.pt"]
 
 
+def test_compare_resume_over_a_subset_is_refused_and_keeps_the_summary(tmp_path, mnist_stream):
+    """Issue 19: compare --resume with fewer strategies quietly rewrote summary.json for the subset."""
+    out = tmp_path / "cmp"
+    base = RunConfig("naive", "split-mnist-5k", epochs=1, hidden=[16], device="cpu")
+    compare(["naive", "si"], "split-mnist-5k", seeds=1, out_dir=out, quiet=True, base=base, stream=mnist_stream)
+    before = (out / "summary.json").read_text()
+    with pytest.raises(ValueError, match=rf"compare --resume: {out} also holds the runs si-seed0 of this study"):
+        compare(["naive"], "split-mnist-5k", seeds=1, out_dir=out, quiet=True, base=base, stream=mnist_stream,
+                resume=True)
+    assert (out / "summary.json").read_text() == before
+    again = compare(["naive", "si"], "split-mnist-5k", seeds=1, out_dir=out, quiet=True, base=base,
+                    stream=mnist_stream, resume=True)  # the whole study resumes (nothing to train)
+    assert sorted(again["strategies"]) == ["naive", "si"]
+
+
 def test_final_model_and_strategy_state_are_kept_and_reload(tmp_path, mnist_stream):
     out = tmp_path / "run"
     res = run(_cfg(), out, quiet=True, stream=mnist_stream)
