@@ -179,6 +179,7 @@ class Trainer:
         return forward
 
     def _autocast(self):
+        """The fast step's autocast context (reusable, entered once per step), or a no-op context."""
         if self.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -270,13 +271,23 @@ class Trainer:
             return []
         x, y = task.train_x.to(device), task.train_y.to(device)
         n, head = len(y), task.head
-        task_loss = strategy.task_loss if overrides(strategy, "task_loss") else None  # checked once per task
+        # the hooks this strategy overrides, checked once per task: one it does not costs nothing per step (no call,
+        # and no Batch object unless a hook receives one)
+        task_loss = strategy.task_loss if overrides(strategy, "task_loss") else None
+        before_forward = strategy.on_before_forward if overrides(strategy, "on_before_forward") else None
+        before_step = strategy.on_before_step if overrides(strategy, "on_before_step") else None
+        after_step = strategy.on_after_step if overrides(strategy, "on_after_step") else None
+        loss_term = strategy.loss_term if overrides(strategy, "loss_term") else None
+        penalty = strategy.penalty if loss_term is None and overrides(strategy, "penalty") else None  # the default
+        # loss_term is penalty(model)
         prepare = self.augment  # stored examples -> model inputs
         adjust = self._step_adjustment(opt, n)
         model.train()
         curve = self._task_curve
         check_now = device.type == "cpu"  # on CUDA a per-step check would wait for the GPU: checked per epoch
-        forward, autocast = self._forward, self._autocast
+        forward, autocast = self._forward, self._autocast()  # reused: entered once per step
+        needs_batch = prepare is not None or before_forward is not None or loss_term is not None \
+            or task_loss is not None
         bar = tqdm(range(first_epoch, self.epochs), desc=f"{self.label} task {task_index + 1} {task.name}".lstrip(),
                    leave=False, disable=self.quiet, unit="epoch")
         for epoch in bar:
@@ -293,29 +304,40 @@ class Trainer:
                 self.position["step"] = b
                 idx = order[i:i + self.batch_size]
                 yb, raw = y[idx], x[idx]
-                batch = strategy.on_before_forward(model, Batch(raw if prepare is None else prepare(raw), yb, head,
-                                                                raw=raw, prepare=prepare))
-                with autocast():
-                    batch.out = out = forward(model, batch.x, batch.head)
-                    loss = F.cross_entropy(out, batch.y) if task_loss is None else task_loss(model, batch)
-                    extra = strategy.loss_term(model, batch)
+                k = len(yb)
+                if needs_batch:
+                    batch = Batch(raw if prepare is None else prepare(raw), yb, head, raw=raw, prepare=prepare)
+                    if before_forward is not None:
+                        batch = before_forward(model, batch)
+                    inputs, targets, heads = batch.x, batch.y, batch.head
+                else:
+                    batch, inputs, targets, heads = None, raw, yb, head
+                with autocast:
+                    out = forward(model, inputs, heads)
+                    if batch is not None:
+                        batch.out = out
+                    loss = F.cross_entropy(out, targets) if task_loss is None else task_loss(model, batch)
+                    extra = loss_term(model, batch) if loss_term is not None else \
+                        penalty(model) if penalty is not None else None
                 total = loss + extra if isinstance(extra, torch.Tensor) else loss
-                if check_now:
-                    if not torch.isfinite(total):
+                if check_now:  # on the CPU reading the value is cheaper than an isfinite kernel
+                    if not math.isfinite(total.item()):
                         raise self._diverged(total)
                 else:
                     bad = ~torch.isfinite(total) & (ep["first_bad"] < 0)
                     ep["first_bad"] = torch.where(bad, torch.full_like(ep["first_bad"], b), ep["first_bad"])
                 total.backward()
-                strategy.on_before_step(model)
+                if before_step is not None:
+                    before_step(model)
                 if adjust is not None:
                     adjust(epoch, b - 1)
                 opt.step()
-                strategy.on_after_step(model)
+                if after_step is not None:
+                    after_step(model)
                 opt.zero_grad(set_to_none=True)
                 with torch.no_grad():
-                    loss_sum.add_(loss, alpha=len(idx))
-                    correct += (out[:len(idx)].argmax(-1) == yb).sum()  # the task's own rows
+                    loss_sum.add_(loss, alpha=k)
+                    correct += ((out if len(out) == k else out[:k]).argmax(-1) == yb).sum()  # the task's own rows
                 self.global_step += 1
                 if self.checkpoint_every and self.global_step % self.checkpoint_every == 0:
                     self._check_finite(ep)
