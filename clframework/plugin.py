@@ -6,7 +6,7 @@ The same hooks drive a strategy from clframework's Trainer or from a user's own 
     for x, y in batches:
         batch = strategy.on_before_forward(model, Batch(x, y, head))  # may join examples of its own (replay)
         batch.out = forward_heads(model, batch.x, batch.head)
-        loss = F.cross_entropy(batch.out, batch.y)
+        loss = strategy.task_loss(model, batch)  # default F.cross_entropy(batch.out, batch.y)
         (loss + strategy.loss_term(model, batch)).backward()   # an extra loss term (default: penalty(model))
         strategy.on_before_step(model)           # gradients are there, parameters not yet moved
         optimizer.step()

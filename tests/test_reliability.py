@@ -736,7 +736,7 @@ def _steps(model, strategy, opt, x, y, head, n):
     for i in range(n):
         batch = strategy.on_before_forward(model, Batch(x[i * 4:(i + 1) * 4], y[i * 4:(i + 1) * 4], head))
         batch.out = forward_heads(model, batch.x, batch.head)
-        loss = F.cross_entropy(batch.out, batch.y)
+        loss = strategy.task_loss(model, batch)  # the default is F.cross_entropy(batch.out, batch.y)
         extra = strategy.loss_term(model, batch)
         (loss + extra if isinstance(extra, torch.Tensor) else loss).backward()
         strategy.on_before_step(model)
