@@ -1,4 +1,5 @@
-"""Real datasets through torchvision's dataset classes, prepared once per process as normalized tensors.
+"""Real datasets through torchvision's dataset classes, read once per process as uint8 tensors (decoded to
+normalized floats per minibatch, `stream.Normalize`).
 
 Where the files are looked for, in order: the explicit `data_root` (`--data-root`), else `$CLFRAMEWORK_DATA`, else
 `~/.cache/clframework/data`; in each, torchvision's own layout (`FashionMNIST/raw/`, `cifar-10-batches-py/`, ...) and,
@@ -240,10 +241,9 @@ def _stage_idx(src: Source, found: Dict[str, Path], tmp: Path) -> None:
 
 
 def _load_idx(src: Source, found: Dict[str, Path]) -> LabeledData:
-    """MNIST-like: uint8 images -> float [N, 1, 28, 28] in [0, 1]."""
-    import torch
-
+    """MNIST-like: uint8 images [N, 1, 28, 28], decoded per minibatch to float in [0, 1]."""
     from .scenarios import LabeledData
+    from .stream import Normalize
     parts = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -259,8 +259,8 @@ def _load_idx(src: Source, found: Dict[str, Path]) -> LabeledData:
             raise _corrupt(src, found.values(), ValueError(
                 f"{split} images have shape {tuple(x.shape)} for {len(y)} labels; expected [N, 28, 28] with N labels"))
         _check_labels(src, found.values(), split, y)
-        out += [x.to(torch.float32).div_(255.0).unsqueeze(1), y.long()]
-    return LabeledData(src.name, *out)
+        out += [x.unsqueeze(1), y.long()]
+    return LabeledData(src.name, *out, decode=Normalize(255.0))
 
 
 def _check_labels(src: Source, paths, split: str, y: torch.Tensor) -> None:
@@ -281,10 +281,12 @@ def _unchecked(cls: type) -> type:
 
 
 def _load_cifar(src: Source, found: Dict[str, Path]) -> LabeledData:
-    """CIFAR: uint8 HWC -> float [N, 3, 32, 32], each channel standardized with the training set's mean and std."""
+    """CIFAR: uint8 HWC -> uint8 [N, 3, 32, 32], decoded per minibatch to float with each channel standardized by the
+    training set's mean and std."""
     import torch
 
     from .scenarios import LabeledData
+    from .stream import Normalize
     root = str(next(iter(found.values())).parent.parent)
     cls = _unchecked(src.tv_class)
     parts = {}
@@ -301,11 +303,13 @@ def _load_cifar(src: Source, found: Dict[str, Path]) -> LabeledData:
             raise _corrupt(src, found.values(), ValueError(
                 f"{split} images have shape {tuple(x.shape)} for {len(y)} labels; expected [N, 32, 32, 3]"))
         _check_labels(src, found.values(), split, y)
-        xs[split] = x.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
-    mean = xs["train"].mean(dim=(0, 2, 3), keepdim=True)
-    std = xs["train"].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    return LabeledData(src.name, xs["train"].sub_(mean).div_(std), parts["train"][1],
-                       xs["test"].sub_(mean).div_(std), parts["test"][1])
+        xs[split] = x.permute(0, 3, 1, 2).contiguous()
+    train = xs["train"].to(torch.float32).div_(255.0)  # the statistics once, as of the eagerly normalized data
+    mean = train.mean(dim=(0, 2, 3))
+    std = train.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    del train
+    return LabeledData(src.name, xs["train"], parts["train"][1], xs["test"], parts["test"][1],
+                       decode=Normalize(255.0, tuple(mean.tolist()), tuple(std.tolist())))
 
 
 @lru_cache(maxsize=None)
@@ -318,7 +322,7 @@ def _load_cached(name: str, root: str, download: bool, explicit: bool = False) -
 
 
 def load(name: str, data_root: Optional[str] = None, download: bool = True) -> LabeledData:
-    """A dataset as normalized tensors, read once per process (every task and strategy share the tensors)."""
+    """A dataset as uint8 tensors and its decoding, read once per process (every task and strategy share them)."""
     return _load_cached(name, str(resolve_root(data_root)), download, is_explicit(data_root))
 
 

@@ -182,8 +182,6 @@ def per_class_subset(stream, n: int, seed: int = 0):
     """Each task keeps n training examples per class, drawn once by a fixed seed (test data unchanged)."""
     import torch
 
-    from .stream import Task
-
     if n < 1:
         raise ValueError(f"train_per_class must be >= 1 (or 0 for all), got {n}")
     gen, tasks = torch.Generator().manual_seed(seed), []
@@ -193,7 +191,7 @@ def per_class_subset(stream, n: int, seed: int = 0):
             rows = (t.train_y == c).nonzero().squeeze(1)
             keep.append(rows[torch.randperm(len(rows), generator=gen)[:n]])
         keep = torch.cat(keep).sort().values
-        tasks.append(Task(t.name, t.train_x[keep], t.train_y[keep], t.test_x, t.test_y, t.classes, t.head))
+        tasks.append(t.with_splits(train=t.examples("train").take(keep)))  # rows of the same stored data
     out = type(stream)(stream.name, tasks, list(stream.head_sizes), stream.setting, stream.input_shape,
                        {**{k: v for k, v in stream.info.items() if k != "_validated"}, "train_per_class": n})
     return out

@@ -8,28 +8,44 @@ set from each task's training data. Each builder takes a `setting`:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .stream import SETTINGS, Stream, Task
+from .stream import SETTINGS, Decode, Examples, Normalize, Stream, Task, as_examples
 
 
-@dataclass
 class LabeledData:
-    """A dataset already in memory: normalized float inputs and integer class labels for train and test."""
+    """A dataset: train and test `Examples` (inputs in their stored form, integer class labels) and `decode`, which
+    turns stored inputs into model inputs (None: stored as model inputs, e.g. normalized floats).
 
-    name: str
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    source: dict = field(default_factory=dict)  # what was read to make it (files, package, in-memory), for results
+    `LabeledData(name, train_x, train_y, test_x, test_y, source, decode)` takes tensors; `train=` / `test=` take
+    `Examples` directly (e.g. `DatasetExamples` over files on disk). `train_x` / `test_x` are the whole splits
+    decoded (small data only)."""
+
+    def __init__(self, name: str, train_x=None, train_y=None, test_x=None, test_y=None, source: Optional[dict] = None,
+                 decode: Optional[Decode] = None, *, train: Optional[Examples] = None,
+                 test: Optional[Examples] = None):
+        self.name, self.source, self.decode = name, dict(source or {}), decode
+        self.train = train if train is not None else as_examples(train_x, train_y)
+        self.test = test if test is not None else as_examples(test_x, test_y)
+
+    def _decoded(self, ex: Examples) -> torch.Tensor:
+        raw = ex.raw()
+        return raw if self.decode is None else self.decode(raw)
+
+    train_x = property(lambda self: self._decoded(self.train))
+    test_x = property(lambda self: self._decoded(self.test))
+    train_y = property(lambda self: self.train.y)
+    test_y = property(lambda self: self.test.y)
 
     @property
     def classes(self) -> List[int]:
-        return sorted(set(self.train_y.tolist()) | set(self.test_y.tolist()))
+        return sorted(set(self.train.y.tolist()) | set(self.test.y.tolist()))
+
+    def with_examples(self, train: Examples, test: Examples) -> "LabeledData":
+        return LabeledData(self.name, source=self.source, decode=self.decode, train=train, test=test)
 
 
 def _check_setting(setting: str) -> None:
@@ -38,18 +54,36 @@ def _check_setting(setting: str) -> None:
                          f"(task-, domain- or class-incremental)")
 
 
-def _assemble(name: str, parts: List[Tuple[str, LabeledData, Sequence[int]]], setting: str,
-              class_offsets: Optional[List[int]] = None) -> Stream:
+def _common_decode(parts: List[Tuple[str, LabeledData, Sequence[int]]]) -> List[Tuple[str, LabeledData,
+                                                                                     Sequence[int]]]:
+    """Parts whose data decode differently (e.g. CIFAR-10 and CIFAR-100, each standardized with its own statistics)
+    are decoded once into float tensors, so every task of a stream decodes the same way (a memory holding raw
+    examples of several tasks decodes them with any task's function)."""
+    if len({id(d.decode) if not isinstance(d.decode, Normalize) else d.decode for _, d, _ in parts}) <= 1:
+        return parts
+    out = []
+    for tname, data, classes in parts:
+        if not (data.train.in_memory and data.test.in_memory):
+            raise ValueError(f"the tasks of one stream must decode their stored inputs the same way; task "
+                             f"'{tname}' reads {data.name} from disk with a different decoding than the others")
+        out.append((tname, LabeledData(data.name, data.train_x, data.train_y, data.test_x, data.test_y,
+                                       data.source), classes))
+    return out
+
+
+def _assemble(name: str, parts: List[Tuple[str, LabeledData, Sequence[int]]], setting: str) -> Stream:
     """Map each part's labels to heads for the setting. A part is (task name, its data, its classes in order)."""
     _check_setting(setting)
+    parts = _common_decode(parts)
     tasks, offset = [], 0
     sizes = [len(classes) for _, _, classes in parts]
     for i, (tname, data, classes) in enumerate(parts):
         lookup = torch.full((int(max(classes)) + 1,), -1, dtype=torch.long)
         lookup[torch.tensor(list(classes))] = torch.arange(len(classes))
         base = offset if setting == "class" else 0
-        tasks.append(Task(tname, data.train_x, lookup[data.train_y] + base, data.test_x, lookup[data.test_y] + base,
-                          tuple(int(c) for c in classes), head=i if setting == "task" else 0))
+        train, test = (ex.relabel(lookup[ex.y] + base) for ex in (data.train, data.test))
+        tasks.append(Task(tname, train, None, test, None, tuple(int(c) for c in classes),
+                          head=i if setting == "task" else 0, decode=data.decode))
         offset += len(classes)
     heads = {"task": sizes, "domain": [max(sizes)], "class": [sum(sizes)]}[setting]
     info = {"class_order": [list(c) for _, _, c in parts]}
@@ -63,9 +97,9 @@ def _assemble(name: str, parts: List[Tuple[str, LabeledData, Sequence[int]]], se
 
 
 def _select(data: LabeledData, classes: Sequence[int]) -> LabeledData:
+    """The examples of `classes` (rows of the same stored data, no copy)."""
     cls = torch.tensor(list(classes))
-    tr, te = torch.isin(data.train_y, cls), torch.isin(data.test_y, cls)
-    return LabeledData(data.name, data.train_x[tr], data.train_y[tr], data.test_x[te], data.test_y[te], data.source)
+    return data.with_examples(*(ex.take(torch.isin(ex.y, cls).nonzero().squeeze(1)) for ex in (data.train, data.test)))
 
 
 def split(data: LabeledData, classes_per_task: int = 2, class_order: Optional[Sequence[int]] = None,
@@ -108,16 +142,21 @@ def permutations(n_tasks: int, n_features: int, seed: int, keep_first: bool = Fa
 
 def permuted(data: LabeledData, n_tasks: int = 10, seed: int = 0, keep_first: bool = False,
              setting: str = "domain", name: Optional[str] = None) -> Stream:
-    """Every task is the whole dataset under its own pixel permutation (same one for train and test)."""
+    """Every task is the whole dataset under its own pixel permutation (same one for train and test).
+
+    Lazy: the tasks share the stored data and each keeps only its permutation, applied per minibatch (to the stored
+    form, which `decode` then converts elementwise, so the inputs equal those of permuting decoded images). A decode
+    that is not elementwise (per-channel standardization) is applied once up front instead."""
     if n_tasks < 1:
         raise ValueError(f"n_tasks must be at least 1, got {n_tasks}")
-    shape = data.train_x.shape[1:]
-    flat_tr, flat_te = data.train_x.reshape(len(data.train_x), -1), data.test_x.reshape(len(data.test_x), -1)
+    if data.decode is not None and not (isinstance(data.decode, Normalize) and not data.decode.mean):
+        data = LabeledData(data.name, data.train_x, data.train_y, data.test_x, data.test_y, data.source)
+    n_features = math.prod(data.train.shape())
     classes = data.classes
     parts = []
-    for t, perm in enumerate(permutations(n_tasks, flat_tr.shape[1], seed, keep_first)):
-        part = LabeledData(data.name, flat_tr[:, perm].reshape(-1, *shape), data.train_y,
-                           flat_te[:, perm].reshape(-1, *shape), data.test_y, data.source)
+    for t, perm in enumerate(permutations(n_tasks, n_features, seed, keep_first)):
+        view = None if keep_first and t == 0 else perm
+        part = data.with_examples(data.train.permute_features(view), data.test.permute_features(view))
         parts.append((f"perm{t}", part, classes))
     stream = _assemble(name or f"permuted-{data.name}", parts, setting)
     stream.info["permutation_seed"] = seed
@@ -131,11 +170,11 @@ def holdout(stream: Stream, fraction: float = 0.1, seed: int = 0) -> Stream:
     gen = torch.Generator().manual_seed(seed)
     tasks = []
     for t in stream.tasks:
-        idx = torch.randperm(len(t.train_y), generator=gen)
+        train = t.examples("train")
+        idx = torch.randperm(len(train), generator=gen)
         n_valid = max(1, int(round(fraction * len(idx))))
         v, tr = idx[:n_valid], idx[n_valid:]
-        tasks.append(Task(t.name, t.train_x[tr], t.train_y[tr], t.test_x, t.test_y, t.classes, t.head,
-                          t.train_x[v], t.train_y[v]))
+        tasks.append(t.with_splits(train=train.take(tr), valid=train.take(v)))
     out = Stream(stream.name, tasks, list(stream.head_sizes), stream.setting, stream.input_shape, dict(stream.info),
                  stream.protocol)
     out.info["validation"] = {"fraction": fraction, "seed": seed}
@@ -156,10 +195,14 @@ def split_cifar10_100(cifar10: LabeledData, cifar100: LabeledData, cifar100_task
     return stream
 
 
-def _as_inputs(x, what: str) -> torch.Tensor:
+def _as_inputs(x, what: str, decode: Optional[Decode] = None) -> torch.Tensor:
     x = torch.as_tensor(x)
+    if decode is not None:
+        return x
     if not torch.is_floating_point(x):
-        raise ValueError(f"{what} must be floating point (already normalized, e.g. pixels / 255), got {x.dtype}")
+        raise ValueError(f"{what} must be floating point (already normalized, e.g. pixels / 255), got {x.dtype}; or "
+                         f"keep the compact form and give decode=Normalize(255.0) (uint8 pixels, converted per "
+                         f"minibatch on the device)")
     return x.float()
 
 
@@ -173,19 +216,19 @@ def _as_labels(y, what: str) -> torch.Tensor:
     return y.long()
 
 
-def from_tensors(train_x, train_y, test_x, test_y, name: str = "custom") -> LabeledData:
-    """Your tensors (or numpy arrays) as a dataset that `split`, `permuted` and `holdout` accept."""
-    data = LabeledData(name, _as_inputs(train_x, "train_x"), _as_labels(train_y, "train_y"),
-                       _as_inputs(test_x, "test_x"), _as_labels(test_y, "test_y"),
-                       {"in_memory": "from_tensors", "name": name})
-    for part in ("train", "test"):
-        x, y = getattr(data, f"{part}_x"), getattr(data, f"{part}_y")
+def from_tensors(train_x, train_y, test_x, test_y, name: str = "custom",
+                 decode: Optional[Decode] = None) -> LabeledData:
+    """Your tensors (or numpy arrays) as a dataset that `split`, `permuted` and `holdout` accept: normalized float
+    inputs, or any stored form with `decode` (e.g. uint8 pixels with `Normalize(255.0)`)."""
+    xs = [_as_inputs(x, what, decode) for x, what in ((train_x, "train_x"), (test_x, "test_x"))]
+    ys = [_as_labels(y, what) for y, what in ((train_y, "train_y"), (test_y, "test_y"))]
+    for part, x, y in (("train", xs[0], ys[0]), ("test", xs[1], ys[1])):
         if len(x) != len(y) or len(y) == 0:
             raise ValueError(f"{name}: {part} has {len(x)} inputs and {len(y)} labels; give the same, non-zero number")
-    if data.train_x.shape[1:] != data.test_x.shape[1:]:
-        raise ValueError(f"{name}: train inputs have shape {tuple(data.train_x.shape[1:])} but test inputs "
-                         f"{tuple(data.test_x.shape[1:])}")
-    return data
+    if xs[0].shape[1:] != xs[1].shape[1:]:
+        raise ValueError(f"{name}: train inputs have shape {tuple(xs[0].shape[1:])} but test inputs "
+                         f"{tuple(xs[1].shape[1:])}")
+    return LabeledData(name, xs[0], ys[0], xs[1], ys[1], {"in_memory": "from_tensors", "name": name}, decode)
 
 
 def materialize(dataset, batch_size: int = 1024) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -74,6 +74,7 @@ class RunConfig:
     precision: Optional[str] = None  # opt-in fast step: "bf16" autocast (default fp32, recorded only when set)
     compile: Optional[str] = None  # opt-in fast step: torch.compile mode of the forward pass (default: eager)
     protocol: Optional[Protocol] = None  # the defaults of the fields above, in place of the benchmark's
+    workers: int = 0  # DataLoader worker processes for tasks read from disk (no effect on results)
 
     def training_protocol(self) -> Protocol:
         """`protocol`, else the named benchmark's; neither is an error saying what to give."""
@@ -132,6 +133,9 @@ class RunConfig:
         if self.tasks is not None and (isinstance(self.tasks, bool) or not isinstance(self.tasks, int)
                                        or self.tasks < 1):
             raise ValueError(f"the number of tasks must be an integer >= 1, got {self.tasks!r}")
+        if not _is_int(self.workers) or self.workers < 0:
+            raise ValueError(f"workers must be an integer >= 0 (0: read files in the training process), got "
+                             f"{self.workers!r}")
         if self.evaluate_on not in ("test", "valid"):
             raise ValueError(f"evaluate_on must be 'test' or 'valid', got {self.evaluate_on!r}")
         return {"strategy": self.strategy, "benchmark": self.benchmark, "seed": self.seed, "hparams": hparams,
@@ -341,7 +345,7 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
                       checkpoint_every=checkpoint_every if out_dir is not None else 0,
                       on_checkpoint=save if out_dir is not None else None,
                       augment=make_augment(train["augment"], stream.input_shape, seed=augment_seed(config.seed)),
-                      precision=train.get("precision", "fp32"), compile=train.get("compile"))
+                      precision=train.get("precision", "fp32"), compile=train.get("compile"), workers=config.workers)
     record = provenance.collect({"function": "clframework.run", "config": config.as_record()}, overrides(config),
                                 str(trainer.device), started, data_source(stream))
     head = {"status": "finished", "strategy": config.strategy, "benchmark": benchmark, "seed": config.seed,

@@ -12,7 +12,7 @@ The same hooks drive a strategy from clframework's Trainer or from a user's own 
         optimizer.step()
         strategy.on_after_step(model)            # parameters moved
         optimizer.zero_grad()
-    strategy.on_task_end(model, (train_x, train_y), head)   # sees that task's training data
+    strategy.on_task_end(model, task, head)      # sees that task's training data (a Task, or (x, y))
 
 A strategy written to the original hooks (penalty(model), no batch) runs unchanged: `on_before_forward` returns the
 minibatch as it is and `loss_term` calls `penalty` unless a strategy overrides them.
@@ -202,14 +202,21 @@ def subset_rows(n: int, limit: int, generator: Optional[torch.Generator]) -> Opt
 
 
 def iter_task_batches(data: TaskData, batch_size: int, device: torch.device, limit: int = 0,
-                      generator: Optional[torch.Generator] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+                      generator: Optional[torch.Generator] = None,
+                      raw: bool = False) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x, y) minibatches on `device` from a Task, an (x, y) pair, or an iterable of batches.
 
+    From a Task, x is the decoded model input (no augmentation), or with raw=True the task's stored form (e.g. uint8
+    images, what a memory keeps; `Batch.inputs` decodes it later); pairs and batches are model inputs already.
     `limit` > 0 caps the number of examples: a uniformly random subset drawn with `generator` (the global one if
     None), kept in the data's order (`subset_rows`); batches given as an iterable are gathered first to draw it.
     """
-    if hasattr(data, "train_x"):
-        data = (data.train_x, data.train_y)
+    if isinstance(data, Task):
+        rows = subset_rows(data.n("train"), limit, generator)
+        if rows is not None:  # the chosen rows of the stored data (no copy)
+            data = data.with_splits(train=data.examples("train").take(rows))
+        yield from data.batches("train", batch_size, device, raw=raw)
+        return
     if limit > 0 and not (isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor)):
         pairs = list(data)
         if not pairs:

@@ -1,7 +1,10 @@
 """Trains a model on a task stream, calling the strategy's hooks, and records the accuracy matrix.
 
-Task data are tensors already in memory: they move to the device once per task and minibatches are drawn by an index
-permutation from a seeded generator, so there is no per-sample Python and no DataLoader worker in the hot loop.
+Each epoch's order is an index permutation drawn from the run's seeded generator (saved in checkpoints with the
+position in the epoch). Tasks held in memory (compact, e.g. uint8) move to the device once per task and each minibatch
+is an index gather there: no per-sample Python, no DataLoader in the hot loop. Tasks backed by a dataset (files on
+disk) are read in that same order through DataLoader workers (`workers`). Either way the raw minibatch becomes the
+model input through one function, `compose(task.decode, augment)` (benchmarks/stream.py).
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ from tqdm.auto import tqdm
 from clframework.evaluation.evaluator import evaluate_stream
 
 from clframework.evaluation.results import OutputError
+
+from clframework.benchmarks.stream import compose
 
 from .callbacks import TrainerCallback  # also importable from here, its home before callbacks.py
 from .checkpoint import to_device
@@ -114,6 +119,8 @@ class Trainer:
     reset_optimizer: a fresh optimizer per task (paper: split MNIST, CIFAR) or one kept across tasks (permuted MNIST).
     optimizer, lr, momentum, weight_decay, lr_schedule, lr_step_epochs, lr_gamma, lr_min, grad_clip, lr_milestones: the
     recipe (recipe.Recipe; the schedule restarts with every task).
+    augment: a function of the decoded training minibatch (on the device), applied to training inputs only, memories'
+    included (`Batch.prepare`). workers: DataLoader worker processes for tasks backed by a dataset.
     on_checkpoint: called with `state_dict()` after every task and, with checkpoint_every > 0, every that many
     optimizer steps; `fit(stream, resume=state)` continues from such a state exactly (bit for bit on CPU).
     """
@@ -128,11 +135,13 @@ class Trainer:
                  lr_schedule: str = "constant", lr_step_epochs: Optional[int] = None,
                  lr_gamma: Optional[float] = None, lr_min: Optional[float] = None, grad_clip: Optional[float] = None,
                  lr_milestones: Optional[Sequence[int]] = None, precision: str = "fp32",
-                 compile: Optional[str] = None):
+                 compile: Optional[str] = None, workers: int = 0):
         if epochs < 1 or batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
         self.recipe = Recipe(optimizer, lr, momentum, weight_decay, lr_schedule, lr_step_epochs, lr_gamma, lr_min,
                              grad_clip, lr_milestones).resolved()
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: read data-backed tasks in this process), got {workers}")
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: after every task only), got {checkpoint_every}")
         check_fast_step(precision, compile)
@@ -150,9 +159,10 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.evaluate_on = evaluate_on
         self.label = label  # names the run on its progress bars, e.g. "si seed 3"
-        # the training augmentation (augment.py): model inputs = augment(stored examples), for every minibatch
+        # the training augmentation (augment.py): model inputs = augment(decoded stored examples), for every minibatch
         # trained on, replayed ones included (Batch.prepare); its generator state is part of the checkpoint
         self.augment = augment
+        self.workers = workers  # DataLoader worker processes for tasks read from a dataset
         self.generator = torch.Generator().manual_seed(seed)
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.checkpoint_every, self.on_checkpoint = checkpoint_every, on_checkpoint
@@ -269,8 +279,8 @@ class Trainer:
         if task is None:  # the strategy trains nothing on this task (task_data gave None)
             strategy.on_task_end(model, own_task, own_task.head)
             return []
-        x, y = task.train_x.to(device), task.train_y.to(device)
-        n, head = len(y), task.head
+        data = task.examples("train").on(device)  # in memory: the stored tensors move to the device once per task
+        n, head = len(data), task.head
         # the hooks this strategy overrides, checked once per task: one it does not costs nothing per step (no call,
         # and no Batch object unless a hook receives one)
         task_loss = strategy.task_loss if overrides(strategy, "task_loss") else None
@@ -280,14 +290,13 @@ class Trainer:
         loss_term = strategy.loss_term if overrides(strategy, "loss_term") else None
         penalty = strategy.penalty if loss_term is None and overrides(strategy, "penalty") else None  # the default
         # loss_term is penalty(model)
-        prepare = self.augment  # stored examples -> model inputs
+        prepare = compose(task.decode, self.augment)  # stored examples -> model inputs
         adjust = self._step_adjustment(opt, n)
         model.train()
         curve = self._task_curve
         check_now = device.type == "cpu"  # on CUDA a per-step check would wait for the GPU: checked per epoch
         forward, autocast = self._forward, self._autocast()  # reused: entered once per step
-        needs_batch = prepare is not None or before_forward is not None or loss_term is not None \
-            or task_loss is not None
+        needs_batch = before_forward is not None or loss_term is not None or task_loss is not None
         bar = tqdm(range(first_epoch, self.epochs), desc=f"{self.label} task {task_index + 1} {task.name}".lstrip(),
                    leave=False, disable=self.quiet, unit="epoch")
         for epoch in bar:
@@ -299,11 +308,9 @@ class Trainer:
                                "first_bad": torch.full((), -1, dtype=torch.long, device=device)}
             ep = self._epoch
             order, loss_sum, correct = ep["order"], ep["loss_sum"], ep["correct"]
-            for b, i in enumerate(range(self.position["step"] * self.batch_size, n, self.batch_size),
-                                  start=self.position["step"] + 1):
+            batches = data.minibatches(order, self.position["step"], self.batch_size, device, self.workers)
+            for b, (raw, yb) in enumerate(batches, start=self.position["step"] + 1):
                 self.position["step"] = b
-                idx = order[i:i + self.batch_size]
-                yb, raw = y[idx], x[idx]
                 k = len(yb)
                 if needs_batch:
                     batch = Batch(raw if prepare is None else prepare(raw), yb, head, raw=raw, prepare=prepare)
@@ -311,7 +318,7 @@ class Trainer:
                         batch = before_forward(model, batch)
                     inputs, targets, heads = batch.x, batch.y, batch.head
                 else:
-                    batch, inputs, targets, heads = None, raw, yb, head
+                    batch, inputs, targets, heads = None, raw if prepare is None else prepare(raw), yb, head
                 with autocast:
                     out = forward(model, inputs, heads)
                     if batch is not None:
@@ -388,12 +395,13 @@ class Trainer:
             for t in stream.tasks:
                 try:
                     with torch.no_grad():
-                        out = forward_heads(self.model, t.train_x[:1].to(self.device), t.head)
+                        first = t.inputs(t.examples("train").raw(slice(0, 1)))
+                        out = forward_heads(self.model, first.to(self.device), t.head)
                 except (RuntimeError, IndexError) as exc:
                     heads = getattr(self.model, "heads", None)
                     what = (f"the model has {len(heads)} head(s) but task '{t.name}' uses head {t.head}"
                             if heads is not None and t.head >= len(heads) else
-                            f"the model cannot take task '{t.name}''s inputs of shape {tuple(t.train_x.shape[1:])} "
+                            f"the model cannot take task '{t.name}''s inputs of shape {t.input_shape} "
                             f"({type(exc).__name__}: {str(exc).splitlines()[0]})")
                     raise ValueError(f"model and stream do not fit: {what}; build the model from the stream "
                                      f"(input size, head_sizes)") from None
@@ -412,7 +420,8 @@ class Trainer:
         self.check_fits(stream)
         progress = self._progress
         if resume is None:
-            progress["initial_accuracy"] = evaluate_stream(self.model, stream, self.device, self.evaluate_on)
+            progress["initial_accuracy"] = evaluate_stream(self.model, stream, self.device, self.evaluate_on,
+                                                           workers=self.workers)
             self._callback("on_task_evaluated", -1, progress["initial_accuracy"])
             first, mid_task = 0, False
         else:
@@ -439,7 +448,8 @@ class Trainer:
             progress["curves"] += curve
             self._task_curve = []
             scorer = self.strategy.eval_model(self.model) if overrides(self.strategy, "eval_model") else self.model
-            row, task_il = evaluate_stream(scorer, stream, self.device, self.evaluate_on, task_il=True)
+            row, task_il = evaluate_stream(scorer, stream, self.device, self.evaluate_on, task_il=True,
+                                           workers=self.workers)
             progress["accuracy_matrix"].append(row)
             progress["task_il_matrix"].append(task_il)
             self._callback("on_task_evaluated", i, row)

@@ -17,27 +17,27 @@ from clframework.models import forward_head
 
 
 @torch.no_grad()
-def task_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, head: int, device: torch.device,
-                  batch_size: int = 2048, classes: Optional[Tuple[int, int]] = None) -> Union[float, Tuple[float,
-                                                                                                         float]]:
-    """Accuracy of the model's prediction on `head` (the task's own head in multi-head settings). With `classes` =
-    (first, end) output indices of the task: (accuracy, task-IL accuracy with the other outputs masked)."""
-    if len(y) == 0:
-        raise ValueError("cannot score a task with no examples")
+def task_accuracy(model: nn.Module, task, split: str, device: torch.device, batch_size: int = 2048,
+                  classes: Optional[Tuple[int, int]] = None, workers: int = 0) -> Union[float, Tuple[float, float]]:
+    """Accuracy of the model's prediction on the task's head (its own head in multi-head settings) over a split, read
+    in order in the task's stored form and decoded on the device (no augmentation). With `classes` = (first, end)
+    output indices of the task: (accuracy, task-IL accuracy with the other outputs masked)."""
+    n = task.n(split)
+    if n == 0:
+        raise ValueError(f"cannot score task '{task.name}' on {split}: it has no {split} examples")
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
     correct_til = torch.zeros((), dtype=torch.long, device=device)
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size].to(device, non_blocking=True), y[i:i + batch_size].to(device)
-        out = forward_head(model, xb, head)
+    for xb, yb in task.batches(split, batch_size, device, workers=workers):
+        out = forward_head(model, xb, task.head)
         correct += (out.argmax(-1) == yb).sum()
         if classes is not None:
             correct_til += (out[:, classes[0]:classes[1]].argmax(-1) + classes[0] == yb).sum()
     model.train(was_training)
     if classes is None:
-        return correct.item() / len(y)
-    return correct.item() / len(y), correct_til.item() / len(y)
+        return correct.item() / n
+    return correct.item() / n, correct_til.item() / n
 
 
 def task_classes(stream) -> List[Tuple[int, int]]:
@@ -49,22 +49,25 @@ def task_classes(stream) -> List[Tuple[int, int]]:
     return bounds
 
 
-def evaluate_stream(model: nn.Module, stream, device: torch.device, split: str = "test",
-                    task_il: bool = False) -> Union[List[float], Tuple[List[float], List[float]]]:
+def evaluate_stream(model: nn.Module, stream, device: torch.device, split: str = "test", task_il: bool = False,
+                    workers: int = 0) -> Union[List[float], Tuple[List[float], List[float]]]:
     """Accuracy on every task of the stream (trained or not): a row R[i, :] of the accuracy matrix; with task_il,
-    (that row, the task-IL row from the same outputs)."""
-    row, til = [], []
+    (that row, the task-IL row from the same outputs). Tasks sharing one test set (CORe50) are scored once."""
+    row, til, scored = [], [], {}
     bounds = task_classes(stream) if task_il and stream.setting == "class" else None
     for t, task in enumerate(stream.tasks):
-        x, y = getattr(task, f"{split}_x"), getattr(task, f"{split}_y")
-        if x is None:
+        examples = task.examples(split)
+        if examples is None:
             raise ValueError(f"task '{task.name}' has no {split} data; build the stream with a validation hold-out "
                              f"(benchmarks.holdout) to score on 'valid'")
+        classes = None if bounds is None else bounds[t]
+        key = (id(examples), task.head, id(task.decode), classes)
+        if key not in scored:
+            scored[key] = task_accuracy(model, task, split, device, classes=classes, workers=workers)
         if bounds is None:
-            row.append(task_accuracy(model, x, y, task.head, device))
+            row.append(scored[key])
             til.append(row[-1])
         else:
-            a, b = task_accuracy(model, x, y, task.head, device, classes=bounds[t])
-            row.append(a)
-            til.append(b)
+            row.append(scored[key][0])
+            til.append(scored[key][1])
     return (row, til) if task_il else row

@@ -8,14 +8,14 @@ took no part), so replayed examples of earlier heads move those heads too.
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from clframework.models import forward_heads
-from clframework.plugin import Strategy, check_state_keys, register_strategy, trainable
+from clframework.plugin import Batch, Strategy, check_state_keys, register_strategy, trainable
 
 from .memory import SELECTIONS, ReplayMemory, add_task_data
 
@@ -46,17 +46,22 @@ class AGEM(Strategy):
         self.sample_size = int(sample_size)
         self.memory = ReplayMemory(memory_size, selection)
         self._params: List[nn.Parameter] = []
+        self._prepare: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     def on_task_start(self, model: nn.Module, task_index: int) -> None:
         self._params = list(trainable(model).values())
+
+    def on_before_forward(self, model: nn.Module, batch: Batch) -> Batch:
+        self._prepare = batch.prepare  # the memory holds stored examples: decoded (and augmented) like this minibatch
+        return batch
 
     def on_before_step(self, model: nn.Module) -> None:
         if not len(self.memory):
             return
         params = self._params or list(trainable(model).values())
-        x, y, head = self.memory.sample(self.sample_size)
+        raw, y, head = self.memory.sample(self.sample_size)
         with torch.enable_grad():
-            loss = F.cross_entropy(forward_heads(model, x, head), y)
+            loss = F.cross_entropy(forward_heads(model, raw if self._prepare is None else self._prepare(raw), head), y)
             ref = torch.autograd.grad(loss, params, allow_unused=True)
         with torch.no_grad():
             g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])

@@ -169,9 +169,10 @@ class ReplayMemory:
 
 
 def add_task_data(memory: ReplayMemory, model: nn.Module, data, head: int, batch_size: int = 1024) -> None:
-    """Offer a finished task's training data to the memory, stored on the model's device."""
+    """Offer a finished task's training data to the memory, in their stored form (e.g. uint8 images), on the model's
+    device."""
     device = next(model.parameters()).device
-    for x, y in iter_task_batches(data, batch_size, device):
+    for x, y in iter_task_batches(data, batch_size, device, raw=True):
         memory.add(x, y, torch.full((len(y),), int(head), dtype=torch.long, device=device))
 
 

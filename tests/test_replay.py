@@ -71,10 +71,17 @@ def test_minibatch_joined_by_equal_size_memory_sample_of_earlier_tasks(mnist_str
     assert replay.on_before_forward(model, batch) is batch  # nothing stored yet
     replay.on_task_end(model, first, 0)
     replay.on_task_start(model, 1)
-    joined = replay.on_before_forward(model, Batch(second.train_x[:16], second.train_y[:16], 1))
+    # as the trainer builds it: the stored (uint8) minibatch and the function that decodes it
+    raw = second.examples("train").raw(slice(0, 16))
+    joined = replay.on_before_forward(model, Batch(second.train_x[:16], second.train_y[:16], 1, raw=raw,
+                                                   prepare=second.decode))
     assert len(joined) == 32 and torch.equal(joined.x[:16], second.train_x[:16])
     assert joined.heads().tolist() == [1] * 16 + [0] * 16  # stored examples keep their task's head
+    assert replay.memory.contents()[0].dtype == torch.uint8 and joined.raw.dtype == torch.uint8  # stored compact
     stored = {tuple(r.tolist()) for r in first.train_x.flatten(1)}
-    assert all(tuple(r.tolist()) in stored for r in joined.x[16:].flatten(1))
-    small = replay.on_before_forward(model, Batch(second.train_x[:50], second.train_y[:50], 1))
+    assert all(tuple(r.tolist()) in stored for r in joined.x[16:].flatten(1))  # decoded like the minibatch
+    assert torch.equal(joined.x[16:], second.decode(joined.raw[16:]))
+    small = replay.on_before_forward(model, Batch(second.train_x[:50], second.train_y[:50], 1,
+                                                  raw=second.examples("train").raw(slice(0, 50)),
+                                                  prepare=second.decode))
     assert len(small) == 80  # never more than the memory holds

@@ -99,7 +99,7 @@ def shrink(stream: Stream, tasks: int, max_train: int) -> Stream:
     out = []
     for t in chosen:
         keep = torch.randperm(len(t.train_y), generator=gen)[:max_train or None].sort().values
-        out.append(Task(t.name, t.train_x[keep], t.train_y[keep], t.test_x, t.test_y, t.classes, t.head))
+        out.append(t.with_splits(train=t.examples("train").take(keep)))
     return Stream(stream.name, out, stream.head_sizes, stream.setting, stream.input_shape, dict(stream.info))
 
 

@@ -73,6 +73,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", nargs="?", const="default", choices=["default", "reduce-overhead", "max-autotune"],
                    help="compile the forward pass with torch.compile (MODE: default; reduce-overhead replays CUDA "
                         "graphs); opt-in, the plain eager step is the default")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="DataLoader worker processes reading benchmarks stored on disk (default 0: in the training "
+                        "process; in-memory benchmarks never use them)")
     p.add_argument("--out", type=Path, help="output folder")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -331,7 +334,7 @@ def _base_config(args, strategy: str):
     return RunConfig(strategy=strategy, benchmark=args.benchmark, seed=getattr(args, "seed", 0), epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, hidden=hidden, dropout=args.dropout, device=args.device,
                      benchmark_options=options, tasks=args.tasks, model=args.model, augment=args.augment,
-                     precision=args.precision, compile=args.compile, **_recipe(args))
+                     precision=args.precision, compile=args.compile, workers=args.workers, **_recipe(args))
 
 
 def _folder_options(args) -> dict:

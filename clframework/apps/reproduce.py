@@ -302,8 +302,9 @@ def control_job(stream: Stream, job: ControlJob) -> dict:
     if job.kind == "scratch":
         accs = [train_alone(stream, job.config, job.seed, [stream[job.task]], job.quiet)[job.task]]
     else:  # every task's data at once (one shared head)
-        joint = Task("joint", torch.cat([t.train_x for t in stream]), torch.cat([t.train_y for t in stream]),
-                     stream[0].test_x, stream[0].test_y, stream[0].classes, 0)
+        joint = Task("joint", torch.cat([t.examples("train").raw() for t in stream]),  # stored form, decoded per
+                     torch.cat([t.train_y for t in stream]), stream[0].examples("test"), None,  # minibatch
+                     stream[0].classes, 0, decode=stream[0].decode)
         accs = train_alone(stream, job.config, job.seed, [joint], job.quiet)
     return {"accuracies": accs, "seconds": time.perf_counter() - start}
 
