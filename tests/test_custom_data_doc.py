@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow  # every doc example in a fresh interpreter
 def test_custom_data_examples_run(tmp_path):
     doc = DOCS / "custom-data.md"
     blocks = re.findall(r"```python(?: requires=\S+)?\n", doc.read_text())
-    assert len(blocks) == 4  # tensors, torch Dataset, Avalanche, dataset files (requires=fashion-mnist)
-    assert len(re.findall(r"```text output\n", doc.read_text())) == 4  # each states what it prints, checked
+    assert len(blocks) == 5  # tensors, torch Dataset, Avalanche, dataset files (requires=fashion-mnist), disk vs memory
+    assert len(re.findall(r"```text output\n", doc.read_text())) == 5  # each states what it prints, checked
     skipped = run_document(doc, tmp_path)
     assert skipped == (0 if available("fashion-mnist") else 1)
     # its register_benchmark example: run by name from the CLI, with its own protocol and data source recorded

@@ -125,3 +125,14 @@ def test_different_decodings_in_one_stream_are_decoded_up_front():
 def test_tensor_examples_check_lengths():
     with pytest.raises(ValueError, match="3 inputs but 2 labels"):
         TensorExamples(torch.zeros(3, 2), torch.zeros(2))
+
+
+def test_the_file_jobs_workers_map_holds_one_uint8_copy(tmp_path):
+    """--jobs N saves the stream once and every worker memory-maps it: ten permuted tasks take one copy's space."""
+    stream = make_benchmark("permuted-mnist-5k")
+    base = stream[0].examples("train").x.nbytes + stream[0].examples("test").x.nbytes
+    torch.save(stream, tmp_path / "shared.pt")
+    assert (tmp_path / "shared.pt").stat().st_size < 1.5 * base  # one uint8 copy plus labels and permutations
+    mapped = torch.load(tmp_path / "shared.pt", mmap=True, weights_only=False)
+    assert mapped[3].examples("train").x.data_ptr() == mapped[7].examples("train").x.data_ptr()
+    assert torch.equal(mapped[3].train_x, stream[3].train_x)
