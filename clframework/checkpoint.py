@@ -39,9 +39,10 @@ def save_checkpoint(path: Path, state: Dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:
-    """A checkpoint on the CPU (tensors only: weights_only loading, no code runs)."""
+    """A checkpoint on the CPU (tensors only: weights_only loading, no code runs), memory-mapped: restoring a large
+    model does not hold a second copy of it in memory."""
     try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        state = torch.load(Path(path), map_location="cpu", weights_only=True, mmap=True)  # file-backed pages, not a copy
     except Exception as exc:
         raise OutputError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); delete it to start the run "
                           f"over, or use --overwrite") from None

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clframework.benchmarks.stream import Task
 from clframework.models import MultiHeadNet, forward_head
 from clframework.plugin import Batch, Strategy, check_state_keys, iter_task_batches, register_strategy
 
@@ -83,8 +84,11 @@ class LwF(Strategy):
 
     def on_task_end(self, model: nn.Module, data, head: int = 0) -> None:
         labels = set(self.old_outputs.get(head, []))
-        for _, y in iter_task_batches(data, 4096, torch.device("cpu")):
-            labels.update(y.unique().tolist())
+        if isinstance(data, Task):  # the labels only: a task read from disk is not read again
+            labels.update(data.train_y.unique().tolist())
+        else:
+            for _, y in iter_task_batches(data, 4096, torch.device("cpu")):
+                labels.update(y.unique().tolist())
         self.old_outputs[head] = sorted(labels)
         self._old = copy.deepcopy(model).requires_grad_(False).eval()
         self.old_weights = {k: v.detach().clone() for k, v in self._old.state_dict().items()}
