@@ -17,7 +17,7 @@ from torch import nn
 from clframework.models import forward_heads
 from clframework.plugin import Batch, Strategy, check_state_keys, register_strategy, trainable
 
-from .memory import SELECTIONS, ReplayMemory, add_task_data
+from .memory import SELECTIONS, ReplayMemory, add_task_data, stores_raw
 
 
 def agem_project(g: torch.Tensor, g_ref: torch.Tensor) -> torch.Tensor:
@@ -47,12 +47,14 @@ class AGEM(Strategy):
         self.memory = ReplayMemory(memory_size, selection)
         self._params: List[nn.Parameter] = []
         self._prepare: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+        self._raw = True  # the memory keeps stored examples (see memory.stores_raw)
 
     def on_task_start(self, model: nn.Module, task_index: int) -> None:
         self._params = list(trainable(model).values())
 
     def on_before_forward(self, model: nn.Module, batch: Batch) -> Batch:
         self._prepare = batch.prepare  # the memory holds stored examples: decoded (and augmented) like this minibatch
+        self._raw = stores_raw(batch)
         return batch
 
     def on_before_step(self, model: nn.Module) -> None:
@@ -74,7 +76,7 @@ class AGEM(Strategy):
                     p.grad.copy_(new.view_as(p))
 
     def on_task_end(self, model: nn.Module, data, head: int = 0) -> None:
-        add_task_data(self.memory, model, data, head)
+        add_task_data(self.memory, model, data, head, raw=self._raw)
 
     def state_dict(self) -> Dict[str, object]:
         return {"hparams": {"memory_size": self.memory.size, "sample_size": self.sample_size,

@@ -168,12 +168,21 @@ class ReplayMemory:
         self._flat = None
 
 
-def add_task_data(memory: ReplayMemory, model: nn.Module, data, head: int, batch_size: int = 1024) -> None:
-    """Offer a finished task's training data to the memory, in their stored form (e.g. uint8 images), on the model's
-    device."""
+def add_task_data(memory: ReplayMemory, model: nn.Module, data, head: int, batch_size: int = 1024,
+                  raw: bool = True) -> None:
+    """Offer a finished task's training data to the memory, on the model's device: in their stored form (e.g. uint8
+    images, what the trainer's minibatches carry as `Batch.raw`), or with raw=False as model inputs (what a plain
+    loop's minibatches hold when they carry no `prepare`; see `stores_raw`)."""
     device = next(model.parameters()).device
-    for x, y in iter_task_batches(data, batch_size, device, raw=True):
+    for x, y in iter_task_batches(data, batch_size, device, raw=raw):
         memory.add(x, y, torch.full((len(y),), int(head), dtype=torch.long, device=device))
+
+
+def stores_raw(batch: Batch) -> bool:
+    """Whether a memory filled from whole tasks should keep the stored form: yes when minibatches come with the
+    function that prepares it (the trainer's), no for a plain loop's `Batch(x, y, head)` of model inputs, whose
+    memory must hold model inputs too."""
+    return batch.prepare is not None
 
 
 class StreamRehearsal(Strategy):

@@ -12,7 +12,7 @@ from torch import nn
 
 from clframework.plugin import Batch, Strategy, check_state_keys, join, register_strategy
 
-from .memory import SELECTIONS, ReplayMemory, add_task_data
+from .memory import SELECTIONS, ReplayMemory, add_task_data, stores_raw
 
 _selection = (lambda v: v in SELECTIONS, "'reservoir' or 'class-balanced'")
 
@@ -29,6 +29,7 @@ class Replay(Strategy):
             raise ValueError(f"memory_size must be >= 1, got {memory_size}")
         self.memory = ReplayMemory(memory_size, selection)
         self._single_head: Optional[int] = None  # the one head every stored example uses, if so (no per-row heads)
+        self._raw = True  # the memory keeps stored examples (see memory.stores_raw)
 
     def on_task_start(self, model: Optional[nn.Module], task_index: int) -> None:
         self._single_head = None
@@ -37,6 +38,7 @@ class Replay(Strategy):
             self._single_head = heads[0] if len(heads) == 1 else None
 
     def on_before_forward(self, model: nn.Module, batch: Batch) -> Batch:
+        self._raw = stores_raw(batch)
         if not len(self.memory):
             return batch
         x, y, head = self.memory.sample(len(batch))
@@ -44,7 +46,7 @@ class Replay(Strategy):
         return join(batch, batch.inputs(x), y, batch.head if same else head, raw=x)
 
     def on_task_end(self, model: nn.Module, data, head: int = 0) -> None:
-        add_task_data(self.memory, model, data, head)
+        add_task_data(self.memory, model, data, head, raw=self._raw)
 
     def state_dict(self):
         return {"hparams": {"memory_size": self.memory.size, "selection": self.memory.selection},

@@ -67,7 +67,8 @@ def test_minibatch_joined_by_equal_size_memory_sample_of_earlier_tasks(mnist_str
     replay = make_strategy("replay", memory_size=30)
     first, second = mnist_stream
     replay.on_task_start(model, 0)
-    batch = Batch(first.train_x[:16], first.train_y[:16], 0)
+    batch = Batch(first.train_x[:16], first.train_y[:16], 0, raw=first.examples("train").raw(slice(0, 16)),
+                  prepare=first.decode)
     assert replay.on_before_forward(model, batch) is batch  # nothing stored yet
     replay.on_task_end(model, first, 0)
     replay.on_task_start(model, 1)
@@ -85,3 +86,17 @@ def test_minibatch_joined_by_equal_size_memory_sample_of_earlier_tasks(mnist_str
                                                   raw=second.examples("train").raw(slice(0, 50)),
                                                   prepare=second.decode))
     assert len(small) == 80  # never more than the memory holds
+
+
+def test_a_plain_loops_memory_holds_model_inputs(mnist_stream):
+    """Minibatches without `prepare` (a loop of your own feeding model inputs): the memory filled from the Task keeps
+    model inputs as well, so joined rows are never raw pixels."""
+    model = mlp(784, mnist_stream.head_sizes, hidden=(16,))
+    replay = make_strategy("replay", memory_size=30)
+    first, second = mnist_stream
+    replay.on_before_forward(model, Batch(first.train_x[:16], first.train_y[:16], 0))
+    replay.on_task_end(model, first, 0)
+    joined = replay.on_before_forward(model, Batch(second.train_x[:16], second.train_y[:16], 1))
+    assert joined.x.dtype == torch.float32 and float(joined.x.max()) <= 1.0
+    stored = {tuple(r.tolist()) for r in first.train_x.flatten(1)}
+    assert all(tuple(r.tolist()) in stored for r in joined.x[16:].flatten(1))
