@@ -76,6 +76,7 @@ def _trainer(strategy, **kw):
                    augment=strategy.augment, **kw)
 
 
+@pytest.mark.slow
 def test_replayed_examples_are_augmented_like_incoming_ones():
     stored = torch.randn(6, 3, 8, 8)
     strategy = RecordingReplay(stored)
@@ -89,6 +90,7 @@ def test_replayed_examples_are_augmented_like_incoming_ones():
         assert not torch.equal(replayed, stored)
 
 
+@pytest.mark.slow
 def test_resume_draws_the_same_augmentations():
     states = []
     whole = _trainer(RecordingReplay(torch.randn(6, 3, 8, 8)), checkpoint_every=4,

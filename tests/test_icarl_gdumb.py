@@ -68,6 +68,7 @@ def test_greedy_balanced_memory_invariants():
     assert memory.count(9) == 3 and len(memory) == 50  # a small class is kept whole, the rest share the room
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["icarl", "gdumb"])
 def test_trains_end_to_end_and_resumes_bit_exact(name):
     stream = shrink(make_benchmark("split-mnist-5k", setting="class"), tasks=2, max_train=150)

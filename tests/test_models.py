@@ -22,6 +22,7 @@ def _basic_block_params(cin, cout, stride):
     return n + (cin * cout + 2 * cout if stride != 1 or cin != cout else 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,nf", [("resnet18", 64), ("reduced_resnet18", 20)])
 def test_resnet18_is_the_der_gem_network(name, nf):
     model = build_model(name, (3, 32, 32), [10])
@@ -129,6 +130,7 @@ def _tensor_keys(state, prefix=""):
     return keys
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,hparams", [("si", {"c": 1.0}), ("ewc", {"ewc_lambda": 10.0}),
                                           ("mas", {"mas_lambda": 1.0})])
 def test_regularizers_skip_batchnorm_statistics(name, hparams):

@@ -12,6 +12,7 @@ from clframework.experiment import RunConfig, compare, run
 CLI = [sys.executable, "-m", "clframework"]
 
 
+@pytest.mark.slow
 def test_cli_option_sets_benchmark_options_typed_and_recorded(tmp_path):
     out = tmp_path / "perm"
     proc = subprocess.run(CLI + ["run", "--strategy", "naive", "--benchmark", "permuted-mnist-5k", "--option",
@@ -41,6 +42,7 @@ def test_compare_takes_runs_settings(tmp_path):
         compare(["naive"], "split-mnist-5k", seeds=1, epoch=1)
 
 
+@pytest.mark.slow
 def test_a_stream_of_your_own_trains_by_its_own_protocol(tmp_path, mnist_stream):
     stream = mnist_stream.subset([0, 1])
     stream.protocol = Protocol(hidden=(16,), epochs=1, batch_size=32, optimizer="sgd", lr=0.05,

@@ -137,6 +137,7 @@ def test_recipe_recorded_in_results(tmp_path, mnist_stream):
         "lr_gamma": 0.1, "lr_min": None, "grad_clip": 0.0}
 
 
+@pytest.mark.slow
 def test_cli_recipe_flags_reach_results_json_and_bad_ones_stop_before_training(tmp_path):
     cli = [sys.executable, "-m", "clframework", "run", "--strategy", "naive", "--tasks", "1", "--epochs", "2",
            "--quiet"]

@@ -100,6 +100,7 @@ def test_report_errors_name_the_problem(study, tmp_path, capsys):
     assert "no summary.json in" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_reproduce_tables_put_the_papers_result_beside_ours(tmp_path, capsys):
     out = tmp_path / "repro"
     assert main(["reproduce", "split-mnist", "--dataset", "mnist-5k", "--seeds", "1", "--epochs", "1", "--arms",

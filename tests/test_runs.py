@@ -83,6 +83,7 @@ def test_run_statuses_with_tasks_epochs_and_seeds(tmp_path, scratch_registry, ca
     assert len(lines) == 5 and not any("unreadable" in line or "KeyError" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_partial_reproduce_and_interrupted_compare_are_not_finished(tmp_path):
     from clframework.apps.reproduce import reproduce
     from clframework.experiment import compare
