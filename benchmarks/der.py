@@ -211,3 +211,19 @@ def _register_seq_mnist(key: str, label: str, name: str):
 
 _register_seq_mnist("mnist", "MNIST", "seq-mnist")
 _register_seq_mnist("fashion-mnist", "Fashion-MNIST", "seq-fashion-mnist")
+
+
+@register_benchmark("seq-tinyimagenet", protocol=SEQ_TINYIMAGENET,
+                    available=lambda root=None: (datasets.resolve_root(root) / "tiny-imagenet-200").is_dir(),
+                    source="the user's tiny-imagenet-200 folder (standard layout) under --data-root / "
+                           "$CLFRAMEWORK_DATA, read by benchmarks/folders.py",
+                    description="DER protocol: TinyImageNet in 10 tasks of 20 classes, 64 px, class-incremental, "
+                                "ResNet-18, 100 epochs, batch 32, SGD, crop+flip (Buzzega et al. 2020)")
+def seq_tinyimagenet(data_root: str = "", setting: str = "class", n_tasks: int = 10, classes_per_task: int = 20):
+    """`classes_per_task` other than 20 is for small test folders; the protocol's tasks have 20 classes."""
+    from .folders import split_tinyimagenet
+
+    stream = split_tinyimagenet(datasets.resolve_root(data_root or None) / "tiny-imagenet-200", setting,
+                                classes_per_task, n_tasks or None)
+    stream.name = "seq-tinyimagenet"
+    return stream

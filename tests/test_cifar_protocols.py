@@ -194,3 +194,20 @@ def test_run_takes_the_row_of_its_memory_size():
         assert {k: cfg["hparams"][k] for k in hparams} == hparams
     lwf = RunConfig("lwf", "seq-cifar10").resolved()
     assert lwf["train"]["weight_decay"] == 5e-4 and lwf["train"]["lr"] == 0.01
+
+
+def test_seq_tinyimagenet_reads_the_users_folder(tmp_path):
+    """seq-tinyimagenet on a tiny-imagenet-200 folder in the real layout (random pixels, 4 classes here): tasks of
+    consecutive sorted wnids, 64 px, class-incremental, with the DER protocol (ResNet-18, 100 epochs, crop-flip)."""
+    from fake_folders import tiny_imagenet
+
+    tiny_imagenet(tmp_path, n_classes=4, train_per_class=3, val_per_class=2)
+    stream = make_benchmark("seq-tinyimagenet", data_root=str(tmp_path), classes_per_task=2, n_tasks=2)
+    assert stream.name == "seq-tinyimagenet" and stream.setting == "class" and stream.head_sizes == [4]
+    assert stream.input_shape == (3, 64, 64) and len(stream) == 2
+    train = RunConfig("derpp", "seq-tinyimagenet", hparams={"memory_size": 500}).resolved()["train"]
+    assert (train["model"], train["epochs"], train["batch_size"], train["augment"], train["lr"]) == \
+        ("resnet18", 100, 32, "crop-flip", 0.03)
+    from clframework.benchmarks.registry import BENCHMARKS
+    assert BENCHMARKS.get("seq-tinyimagenet").extra["available"](str(tmp_path))
+    assert not BENCHMARKS.get("seq-tinyimagenet").extra["available"](str(tmp_path / "elsewhere"))
