@@ -755,8 +755,13 @@ def _equal(a, b) -> bool:
     return a == b
 
 
+# iCaRL learns its class count from the stream (task_data), which this stream-less loop has not: its mid-task resume
+# is tested through the Trainer in test_icarl_gdumb.py
+STREAM_LESS = sorted(set(available_strategies()) - {"icarl"})
+
+
 @settings(max_examples=8, deadline=None)
-@given(name=st.sampled_from(sorted(available_strategies())), finished=st.integers(0, 2), steps=st.integers(1, 5),
+@given(name=st.sampled_from(STREAM_LESS), finished=st.integers(0, 2), steps=st.integers(1, 5),
        seed=st.integers(0, 2 ** 16))
 def test_state_dict_round_trips_every_strategy_mid_task(name, finished, steps, seed):
     gen = torch.Generator().manual_seed(seed)
