@@ -296,6 +296,10 @@ class Trainer:
         curve = self._task_curve
         check_now = device.type == "cpu"  # on CUDA a per-step check would wait for the GPU: checked per epoch
         forward, autocast = self._forward, self._autocast()  # reused: entered once per step
+        # the plain forward pass on this task's own head, bound once (forward_heads decides per call otherwise)
+        direct = None
+        if forward is forward_heads:
+            direct = (lambda inputs: model(inputs, head)) if takes_head(model) else model
         needs_batch = before_forward is not None or loss_term is not None or task_loss is not None
         bar = tqdm(range(first_epoch, self.epochs), desc=f"{self.label} task {task_index + 1} {task.name}".lstrip(),
                    leave=False, disable=self.quiet, unit="epoch")
@@ -311,7 +315,7 @@ class Trainer:
             batches = data.minibatches(order, self.position["step"], self.batch_size, device, self.workers)
             for b, (raw, yb) in enumerate(batches, start=self.position["step"] + 1):
                 self.position["step"] = b
-                k = len(yb)
+                k = yb.shape[0]
                 if needs_batch:
                     batch = Batch(raw if prepare is None else prepare(raw), yb, head, raw=raw, prepare=prepare)
                     if before_forward is not None:
@@ -320,7 +324,7 @@ class Trainer:
                 else:
                     batch, inputs, targets, heads = None, raw if prepare is None else prepare(raw), yb, head
                 with autocast:
-                    out = forward(model, inputs, heads)
+                    out = direct(inputs) if direct is not None and heads is head else forward(model, inputs, heads)
                     if batch is not None:
                         batch.out = out
                     loss = F.cross_entropy(out, targets) if task_loss is None else task_loss(model, batch)
@@ -342,9 +346,8 @@ class Trainer:
                 if after_step is not None:
                     after_step(model)
                 opt.zero_grad(set_to_none=True)
-                with torch.no_grad():
-                    loss_sum.add_(loss, alpha=k)
-                    correct += ((out if len(out) == k else out[:k]).argmax(-1) == yb).sum()  # the task's own rows
+                loss_sum.add_(loss.detach(), alpha=k)  # detached: no autograd context needed for the running sums
+                correct += ((out if out.shape[0] == k else out[:k]).argmax(-1) == yb).sum()  # the task's own rows
                 self.global_step += 1
                 if self.checkpoint_every and self.global_step % self.checkpoint_every == 0:
                     self._check_finite(ep)
