@@ -14,7 +14,7 @@ import os
 import shutil
 import socket
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
@@ -24,6 +24,25 @@ from .folders import (CHECKPOINT, CONFIG, FAILED, LOCK, MARKER, MODEL, RESULTS, 
                       STUDY, in_use, lock_holder)
 
 FORMAT = 1
+CHECKPOINT_FACTOR = 4  # a checkpoint holds the model, up to two optimizer buffers per parameter (Adam) and a strategy's copy
+COPIES = 2  # while a checkpoint is written, the previous one stays until the rename
+MARGIN = 16 * 2**20  # batch order, curves, the JSON and plot files
+
+
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """Disk space a run of `model` needs for its checkpoints, estimated before training: parameter and buffer bytes
+    times CHECKPOINT_FACTOR, times COPIES, plus MARGIN. A replay memory's examples come on top (not known yet)."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors) * CHECKPOINT_FACTOR * COPIES + MARGIN
+
+
+def check_free_space(folder: Path, needed: int, free: Optional[int] = None) -> None:
+    """Refuse to train into a folder whose file system has less than `needed` bytes free (`free`: a test's figure
+    instead of shutil.disk_usage's), so a full disk is not first noticed at a checkpoint after a task has trained."""
+    free = shutil.disk_usage(folder).free if free is None else free
+    if free < needed:
+        raise OutputError(f"not enough free space in {folder} for this run's checkpoints: {needed / 2**20:.1f} MiB "
+                          f"needed, {free / 2**20:.1f} MiB free; free space or choose another --out")
 
 
 def save_torch(path: Path, obj: Any) -> Path:
@@ -134,7 +153,10 @@ class OutputFolder:
         _held[self.key] -= 1
         if _held[self.key] == 0:
             del _held[self.key]
-            (self.path / LOCK).unlink(missing_ok=True)
+            try:
+                (self.path / LOCK).unlink(missing_ok=True)
+            except OSError:  # a file system turned read-only: the error in flight says so; the stale lock is taken over
+                pass
 
     def _prepare(self) -> None:
         path = self.path

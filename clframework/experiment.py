@@ -18,7 +18,8 @@ from clframework.evaluation.plots import Figures, write_compare_plots, write_run
 from clframework.evaluation.results import OutputError, matrix_csv, read_json, write_json, write_text
 
 from .checkpoint import (CHECKPOINT, CONFIG, FAILED, MODEL, RESULTS, STRATEGY_STATE, STUDY, OutputFolder, as_json,
-                         check_same_config, load_checkpoint, refuse_other_config, save_checkpoint, save_torch)
+                         check_free_space, check_same_config, checkpoint_bytes, load_checkpoint, refuse_other_config,
+                         save_checkpoint, save_torch)
 from . import provenance
 from .augment import check_augment, make_augment
 from .models import ModelSpec, build_model, model_factory, model_name
@@ -318,6 +319,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
     stream.validate()  # once per stream (cached): data errors before anything is written
     seed_everything(config.seed)
     model = model_for(config, train, stream)
+    if out_dir is not None:
+        check_free_space(out_dir, checkpoint_bytes(model))
     strategy = make_strategy(config.strategy, **cfg["hparams"])
     wandb_id = next((getattr(cb, "run_id", None) for cb in callbacks if getattr(cb, "run_id", None)), None)
     if state is not None:  # loggers continue their run (W&B: the same run id) and its counters

@@ -3,6 +3,7 @@ or a full disk never leaves half a file: either the new complete file or the pre
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -30,10 +31,15 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only file system: nothing was written
+            pass
         if isinstance(exc, OSError):
             kept = " (the previous complete file is kept)" if path.exists() else ""
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}{kept}; free space or choose another "
+            fix = {errno.EROFS: "remount it writable", errno.EACCES: f"make {path.parent} writable",
+                   errno.EPERM: f"make {path.parent} writable"}.get(exc.errno, "free space")
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}{kept}; {fix} or choose another "
                               f"--out") from None
         raise
     return path

@@ -925,3 +925,64 @@ def test_a_run_over_a_damaged_data_cache_stops_with_one_line_exit_2(mnist_cache,
     assert proc.returncode == 2, proc.stderr
     assert f"the cached MNIST subset {bad} is damaged" in proc.stderr and "delete it" in proc.stderr
     assert not (tmp_path / "A" / "results.json").exists()
+
+
+# ---- disk space and read-only file systems ------------------------------------------------------------------------
+
+def test_free_space_is_checked_against_the_checkpoints_size_before_training(tmp_path):
+    from clframework.checkpoint import CHECKPOINT_FACTOR, COPIES, MARGIN, check_free_space, checkpoint_bytes
+
+    model = mlp(784, [2], hidden=[16])
+    params = (784 * 16 + 16 + 16 * 2 + 2) * 4  # float32 weights and biases, counted by hand
+    needed = checkpoint_bytes(model)
+    assert needed == params * CHECKPOINT_FACTOR * COPIES + MARGIN
+    check_free_space(tmp_path, needed, free=needed)  # just enough
+    with pytest.raises(OutputError) as err:
+        check_free_space(tmp_path, needed, free=needed - 1)
+    msg = str(err.value)
+    assert str(tmp_path) in msg and f"{needed / 2**20:.1f} MiB needed" in msg and "MiB free" in msg
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real 1 MiB tmpfs (root only), unmounted after the test."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def test_a_small_disk_is_refused_before_training_naming_the_folder_and_sizes(tmpfs):
+    out = tmpfs / "A"
+    with pytest.raises(OutputError, match=rf"not enough free space in {out} for this run's checkpoints: "
+                                          r"[0-9.]+ MiB needed, [0-9.]+ MiB free"):
+        run(_cfg("naive", tasks=1), out, quiet=True)
+    assert not (out / "config.json").exists() and not (out / LOCK).exists()
+
+
+def test_a_file_system_turning_read_only_mid_run_names_the_file_not_the_lock(tmp_path, monkeypatch):
+    import clframework.checkpoint as ck
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        class ReadOnlyAfterFirstTask(TrainerCallback):
+            def on_task_evaluated(self, task_index, accuracies):
+                if task_index == 0:
+                    subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+
+        out = mnt / "A"
+        with pytest.raises(OutputError) as err:
+            run(_cfg("naive", tasks=2), out, quiet=True, callbacks=[ReadOnlyAfterFirstTask()], checkpoint_every=0)
+        msg = str(err.value)
+        assert msg.startswith(f"cannot write {out / 'checkpoint.pt'}: Read-only file system"), msg
+        assert "remount it writable" in msg and "lock" not in msg
+        assert ck._held == {}  # the folder was released although its lock could not be removed
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
