@@ -39,7 +39,11 @@ def checkpoint_bytes(model: torch.nn.Module) -> int:
 def check_free_space(folder: Path, needed: int, free: Optional[int] = None) -> None:
     """Refuse to train into a folder whose file system has less than `needed` bytes free (`free`: a test's figure
     instead of shutil.disk_usage's), so a full disk is not first noticed at a checkpoint after a task has trained."""
-    free = shutil.disk_usage(folder).free if free is None else free
+    if free is None:
+        existing = Path(folder)
+        while not existing.exists() and existing != existing.parent:  # a study's run folder is made at its first file
+            existing = existing.parent
+        free = shutil.disk_usage(existing).free
     if free < needed:
         raise OutputError(f"not enough free space in {folder} for this run's checkpoints: {needed / 2**20:.1f} MiB "
                           f"needed, {free / 2**20:.1f} MiB free; free space or choose another --out")
