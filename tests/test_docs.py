@@ -71,6 +71,7 @@ def test_plain_loop_example_reaches_the_stated_accuracy(tmp_path):
     run_document(DOCS / "plain-loop.md", tmp_path)
 
 
+@pytest.mark.slow
 def test_recipe_guide_gives_its_stated_results(tmp_path):
     """docs/recipe.md: the recipe flags and RunConfig fields are recorded, and each run reaches the stated accuracy."""
     run_document(DOCS / "recipe.md", tmp_path)

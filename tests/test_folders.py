@@ -64,6 +64,7 @@ def test_tinyimagenet_wrong_layout_is_one_clear_error(tmp_path, breakage, where,
     assert where in message and "expected" in message and found in message
 
 
+@pytest.mark.slow
 def test_cli_names_the_folder_and_what_is_missing_before_training(tmp_path):
     tmp_path.joinpath("tiny-imagenet-200").mkdir()
     out = tmp_path / "run"
@@ -143,6 +144,7 @@ def test_dataloader_workers_train_bit_for_bit_like_the_same_data_in_memory(tmp_p
     assert all(torch.equal(results[0][1][k], results[1][1][k]) for k in results[0][1])
 
 
+@pytest.mark.slow
 def test_kill_9_mid_epoch_with_workers_then_resume_equals_uninterrupted(tmp_path):
     """The disk-backed stream, read by 2 DataLoader workers, killed with SIGKILL in the middle of an epoch."""
     root = fake_folders.image_folder(tmp_path / "tree", n_classes=4, per_class=40, size=8)

@@ -524,6 +524,7 @@ def test_compare_goes_on_past_a_run_that_raised_writes_its_summary_and_exits_1(t
         assert load_checkpoint(out / f"buggy-seed{seed}" / "checkpoint.pt")["trainer"]["position"]["task"] == 1
 
 
+@pytest.mark.slow
 def test_debug_shows_full_tracebacks_for_user_errors(tmp_path):
     plain = _cli("run", "--strategy", "nope", "--out", str(tmp_path / "a"), *TINY)
     debug = _cli("run", "--strategy", "nope", "--out", str(tmp_path / "b"), "--debug", *TINY)
@@ -801,6 +802,7 @@ SLOW_IMPORT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_sigint_inside_an_import_is_delivered_after_it(tmp_path):
     """An interrupt during an import is deferred until the import is done, then ends the command as every other
     Ctrl-C does: exit 130, one line (raised inside it, it exited -2; elsewhere in torch's import, -6 or 2)."""
@@ -912,6 +914,7 @@ def test_a_damaged_data_cache_is_an_error_naming_the_file_and_how_to_rebuild_it(
     assert str(bad) in msg and why in msg and "delete it" in msg
 
 
+@pytest.mark.slow
 def test_a_run_over_a_damaged_data_cache_stops_with_one_line_exit_2(mnist_cache, tmp_path):
     import torch
 
