@@ -14,7 +14,7 @@ import os
 import shutil
 import socket
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -102,14 +102,15 @@ def as_json(data: Any) -> Any:
     return json.loads(json.dumps(data))
 
 
-def check_same_config(folder: Path, config: dict) -> None:
-    """Raise naming every difference between `config` and the one saved in `folder`/config.json."""
+def check_same_config(folder: Path, config: dict, as_now: Callable[[Any], Any] = lambda saved: saved) -> None:
+    """Raise naming every difference between `config` and the one saved in `folder`/config.json (read through
+    `as_now`, which puts a configuration an earlier version saved in this version's terms)."""
     path = Path(folder) / CONFIG
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise OutputError(f"--resume: cannot read {path} ({exc}); use --overwrite to start this run over") from None
-    refuse_other_config(saved, config, f"{folder} holds a run")
+    refuse_other_config(as_now(saved), config, f"{folder} holds a run")
 
 
 def refuse_other_config(saved: Any, config: dict, what: str) -> None:

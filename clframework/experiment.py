@@ -274,6 +274,20 @@ def identity(cfg: dict) -> dict:
     return as_json({k: v for k, v in cfg.items() if k != "device"})
 
 
+def as_now(saved):
+    """A configuration saved by an earlier version in this version's terms: a folder from before the optimizer
+    recipe's fields (or some of them, e.g. lr_milestones) existed trained by the values they default to for its
+    optimizer (plain Adam or SGD, constant lr, no clipping), so its missing recipe keys read as those."""
+    train = saved.get("train") if isinstance(saved, dict) else None
+    if not isinstance(train, dict) or not {"optimizer", "lr"} <= set(train) or set(RECIPE_FIELDS) <= set(train):
+        return saved
+    try:
+        filled = Recipe(**{k: train[k] for k in RECIPE_FIELDS if k in train}).resolved().as_dict()
+    except (TypeError, ValueError):
+        return saved  # not a configuration this version can read: the differences are reported as they are
+    return {**saved, "train": {**as_json(filled), **train}}
+
+
 def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
         callbacks: Sequence[TrainerCallback] = (), stream=None, *, resume: bool = False, overwrite: bool = False,
         checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, label: str = "",
@@ -308,14 +322,14 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
     train = cfg["train"]
     state = None
     if out_dir is not None and resume and ((out_dir / RESULTS).exists() or (out_dir / CHECKPOINT).exists()):
-        check_same_config(out_dir, identity(cfg))
+        check_same_config(out_dir, identity(cfg), as_now)
         if (out_dir / RESULTS).exists():  # finished (or diverged) before: nothing to train again
             saved = read_json(out_dir / RESULTS)
             if saved.get("status") == "diverged":
                 raise _diverged_again(saved, label)
             return RunResult.from_json(saved)
         state = load_checkpoint(out_dir / CHECKPOINT)
-        refuse_other_config(state.get("config"), identity(cfg), f"checkpoint {out_dir / CHECKPOINT} was made")
+        refuse_other_config(as_now(state.get("config")), identity(cfg), f"checkpoint {out_dir / CHECKPOINT} was made")
     stream.validate()  # once per stream (cached): data errors before anything is written
     seed_everything(config.seed)
     model = model_for(config, train, stream)

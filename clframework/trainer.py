@@ -430,6 +430,11 @@ class Trainer:
         else:
             self.load_state_dict(resume)
             progress = self._progress
+            if "task_il_matrix" not in resume["progress"]:  # a checkpoint of a version that kept no task-IL rows
+                if stream.setting == "class":
+                    raise ValueError("the checkpoint was made by a version that kept no task-IL scores, which a "
+                                     "class-incremental stream cannot recover; start the run over (--overwrite)")
+                progress["task_il_matrix"] = [list(r) for r in progress["accuracy_matrix"]]  # the same scores
             first = self.position["task"]
             mid_task = self._epoch is not None
         task_data = overrides(self.strategy, "task_data")

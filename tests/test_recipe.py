@@ -6,12 +6,15 @@ import math
 import subprocess
 import sys
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from clframework import Strategy, Trainer, make_strategy, mlp
+from clframework import Strategy, Trainer, TrainerCallback, make_strategy, mlp
 from clframework.experiment import RunConfig, run
-from clframework.recipe import Recipe, cosine_lr, step_lr
+from clframework.evaluation.plots import Figures
+from clframework.recipe import RECIPE_FIELDS, Recipe, cosine_lr, step_lr
 
 
 def test_step_schedule_matches_torch_steplr():
@@ -177,3 +180,77 @@ def test_reproduce_takes_the_recipe_and_lists_it_with_what_was_changed():
     assert all(c.resolved()["train"]["lr_schedule"] == "cosine" for c in p["configs"].values())
     with pytest.raises(ValueError, match="momentum applies to the sgd optimizer only"):
         plan("split-mnist", "mnist-5k", recipe={"momentum": 0.5})
+
+
+# ---- run folders of versions from before the recipe's fields ----------------------------------------------------
+
+NO_FIGURES = Figures(runs=False, study=False)
+
+
+class _StopInTask2(TrainerCallback):
+    """Ctrl-C once task 1 is done and checkpointed."""
+
+    def on_epoch_end(self, task_index, epoch, loss, accuracy):
+        if task_index == 1:
+            raise KeyboardInterrupt
+
+
+def _as_before_the_recipe(folder):
+    """The folder as a version before the recipe's fields (and before task-IL scores) wrote it: its configurations
+    hold optimizer and lr only, its checkpoint no task-IL rows (as folders made by git b21b0e8^ are)."""
+    new = [k for k in RECIPE_FIELDS if k not in ("optimizer", "lr")]
+    for name in ("config.json", "results.json"):
+        path = folder / name
+        if path.exists():
+            data = json.loads(path.read_text())
+            train = data["train"] if name == "config.json" else data["config"]
+            assert set(new) <= set(train)
+            for key in new:
+                del train[key]
+            path.write_text(json.dumps(data))
+    if (folder / "checkpoint.pt").exists():
+        state = torch.load(folder / "checkpoint.pt", weights_only=True)
+        for key in new:
+            del state["config"]["train"][key]
+        del state["trainer"]["progress"]["task_il_matrix"]
+        torch.save(state, folder / "checkpoint.pt")
+
+
+def test_folders_from_before_the_recipe_fields_resume_with_the_defaults_then_in_force(tmp_path, mnist_stream):
+    cfg = RunConfig("naive", "split-mnist-5k", epochs=1, hidden=[16], device="cpu", optimizer="sgd", lr=0.05)
+    whole = run(cfg, tmp_path / "done", quiet=True, stream=mnist_stream, figures=NO_FIGURES)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "cut", quiet=True, stream=mnist_stream, callbacks=[_StopInTask2()], figures=NO_FIGURES)
+    for name in ("done", "cut"):
+        _as_before_the_recipe(tmp_path / name)
+    done = run(cfg, tmp_path / "done", quiet=True, stream=mnist_stream, resume=True)
+    assert done.accuracy_matrix == whole.accuracy_matrix
+    cut = run(cfg, tmp_path / "cut", quiet=True, stream=mnist_stream, resume=True, figures=NO_FIGURES)
+    assert (cut.accuracy_matrix, cut.task_il_accuracy_matrix, cut.curves) == (
+        whole.accuracy_matrix, whole.task_il_accuracy_matrix, whole.curves)
+
+
+def test_a_folder_from_before_the_recipe_fields_is_still_refused_for_another_recipe(tmp_path, mnist_stream):
+    cfg = RunConfig("naive", "split-mnist-5k", epochs=1, hidden=[16], device="cpu", optimizer="sgd", tasks=1)
+    run(cfg, tmp_path / "r", quiet=True, stream=mnist_stream, figures=NO_FIGURES)
+    _as_before_the_recipe(tmp_path / "r")
+    with pytest.raises(ValueError, match=r"another configuration \(train.momentum: 0.0 in the folder, 0.9 now\)"):
+        run(replace(cfg, momentum=0.9), tmp_path / "r", quiet=True, stream=mnist_stream, resume=True)
+
+
+def test_a_checkpoint_without_task_il_rows_is_refused_on_a_class_incremental_stream(mnist_stream):
+    from clframework.benchmarks import split
+    from clframework.benchmarks.scenarios import from_tensors
+
+    g = torch.Generator().manual_seed(0)
+    data = from_tensors(torch.randn(80, 5, generator=g), torch.arange(80) % 4, torch.randn(20, 5, generator=g),
+                        torch.arange(20) % 4)
+    stream = split(data, 2, setting="class")
+    states = []
+    Trainer(mlp(5, stream.head_sizes, hidden=(8,)), make_strategy("naive"), epochs=1, quiet=True, device="cpu",
+            on_checkpoint=states.append).fit(stream)
+    state = copy.deepcopy(states[0])
+    del state["progress"]["task_il_matrix"]
+    with pytest.raises(ValueError, match="kept no task-IL scores, which a class-incremental stream cannot recover"):
+        Trainer(mlp(5, stream.head_sizes, hidden=(8,)), make_strategy("naive"), epochs=1, quiet=True,
+                device="cpu").fit(stream, resume=state)
