@@ -1,7 +1,9 @@
 """LwF: its distillation loss against a hand computation on fixed logits, and which outputs it distills per setting."""
 import math
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from clframework import mlp
 from clframework.models import forward_head
@@ -75,3 +77,54 @@ def test_single_head_distills_the_old_classes_only():
     _after_task(model, lwf, 0, [4, 5])
     got = lwf.loss_term(model, Batch(x, torch.full((5,), 4), 0, forward_head(model, x, 0)))
     assert got.abs().item() < 1e-6
+
+
+def test_stacked_heads_distillation_equals_the_per_head_sum_in_float64():
+    g = torch.Generator().manual_seed(0)
+    new, old = (torch.randn(7, 4, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    per_head = sum(distillation_loss(new[:, h], old[:, h], 2.0) for h in range(4))
+    assert abs(distillation_loss(new, old, 2.0).item() - per_head.item()) < 1e-12
+
+
+def _plain_lwf_loss(model, frozen, x, heads, alpha, temperature):
+    """LwF's objective written plainly: each earlier head through a full forward pass of each model."""
+    return alpha * sum(distillation_loss(forward_head(model, x, h), forward_head(frozen, x, h).detach(), temperature)
+                       for h in heads)
+
+
+@pytest.mark.parametrize("head_sizes", [[2, 2, 2, 2], [2, 3, 2, 2]])  # stacked heads; heads one by one
+def test_the_one_pass_path_equals_the_plain_per_head_computation_in_float64(head_sizes):
+    """Every earlier head stacked into one layer (where all have one width) and the trunk's output taken from the
+    forward pass just run: the same loss and the same gradients as each head through its own full forward pass, and
+    no second trunk pass."""
+    torch.manual_seed(0)
+    model = mlp(6, head_sizes, hidden=(5, 4)).double()
+    lwf = LwF(alpha=0.7, temperature=2.0)
+    for h in range(3):
+        labels = torch.arange(4) % head_sizes[h]  # every output of the head trained
+        lwf.on_task_end(model, (torch.randn(4, 6, dtype=torch.float64), labels), h)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+    frozen = lwf._frozen(model)
+    trunk_calls = []
+    counter = model.trunk.register_forward_hook(lambda *a: trunk_calls.append(1))
+    y = torch.tensor([0, 1, 1, 0, 1])
+    for tapped in (True, True, False):  # the protocol's hooks; loss_term alone (a second trunk pass)
+        x = torch.randn(5, 6, dtype=torch.float64)
+        batch = lwf.on_before_forward(model, Batch(x, y, 3)) if tapped else Batch(x, y, 3)
+        batch.out = forward_head(model, x, 3)
+        before = len(trunk_calls)
+        seen = batch if tapped else Batch(x.clone(), y, 3, batch.out)  # not the tensor the trunk saw
+        got = F.cross_entropy(batch.out, y) + lwf.loss_term(model, seen)
+        assert len(trunk_calls) - before == (0 if tapped else 1)
+        got_grads = torch.autograd.grad(got, list(model.parameters()))
+        expected = F.cross_entropy(forward_head(model, x, 3), y) + \
+            _plain_lwf_loss(model, frozen, x, [0, 1, 2], 0.7, 2.0)
+        want_grads = torch.autograd.grad(expected, list(model.parameters()))
+        assert abs(got.item() - expected.item()) < 1e-12
+        assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(got_grads, want_grads))
+    assert bool(lwf._stack) == (len(set(head_sizes[:3])) == 1)
+    counter.remove()
+    lwf.on_task_end(model, (x, y), 3)  # the tap leaves the model with the task; the frozen copy has none
+    assert not model.trunk._forward_hooks and not lwf._frozen(model).trunk._forward_hooks
