@@ -4,8 +4,9 @@ Exact Fisher: F_k = mean_n sum_y p(y|x_n) (d log p(y|x_n) / d theta_k)^2 over ev
 never a loop over samples. Two vectorized ways to the same numbers:
 - closed form, when every trainable parameter belongs to an nn.Linear applied once per forward (MLPs): the
   per-sample gradient of W is the outer product delta_y a^T (delta_y = d log p_y / d(layer output), a = layer
-  input), so sum_y p_y (delta_y a^T)^2 = (sum_y p_y delta_y^2) (a^2)^T: one backward per label to the layer outputs
-  and one matrix product per layer;
+  input), so sum_y p_y (delta_y a^T)^2 = (sum_y p_y delta_y^2) (a^2)^T, and sum_y p_y delta_y^2 comes from backward
+  passes of a few vectors at the logits (`fisher_seeds`: one for two classes, else one batched backward), then one
+  matrix product per layer;
 - otherwise per-sample gradients with torch.func (vmap over jacrev), for any architecture.
 """
 from __future__ import annotations
@@ -85,41 +86,111 @@ def closed_form_plan(model: nn.Module, params, batches, head: int, method: str):
     return owners, batches
 
 
-def _linear_fisher_batch(model: nn.Module, modules, x: torch.Tensor, y: torch.Tensor, head: int, kind: str):
-    """This batch's summed Fisher per used Linear: {module: (weight term [out, in], bias term [out])}."""
+def fisher_seeds(prob: torch.Tensor) -> torch.Tensor:
+    """[K, N, C] vectors v_k per example with sum_k v_k v_k^T = diag(p) - p p^T, the covariance of the gradient of
+    log p_y at the logits (e_y - p) under y ~ p: then sum_y p_y delta_y^2 = sum_k (J^T v_k)^2 for any backward J^T,
+    K backward passes. Two classes: one vector, sqrt(p_0 p_1) (1, -1); otherwise sqrt(p_y) (e_y - p) for each y."""
+    if prob.shape[-1] == 2:
+        return ((prob[:, :1] * prob[:, 1:]).sqrt() * prob.new_tensor([1.0, -1.0])).unsqueeze(0)
+    eye = torch.eye(prob.shape[-1], dtype=prob.dtype, device=prob.device)
+    return prob.T.sqrt().unsqueeze(-1) * (eye.unsqueeze(1) - prob.unsqueeze(0))
+
+
+def tapped_forward(model: nn.Module, modules, x: torch.Tensor, head: int):
+    """(outputs of the head, used Linears, their inputs (detached), their outputs): one forward pass with gradients
+    that keeps what the per-Linear closed forms need."""
     taps = _Taps(modules)
     try:
         with torch.enable_grad():
-            logp = torch.log_softmax(forward_head(model, x, head), dim=-1)
+            out = forward_head(model, x, head)
     finally:
         taps.close()
     used = list(taps.seen)
-    inputs = [taps.seen[m][0][0].detach() for m in used]
-    outputs = [taps.seen[m][0][1] for m in used]
-    if kind == "exact":
-        prob = logp.detach().exp()
-        weighted = [torch.zeros_like(o) for o in outputs]   # sum_y p_y delta_y^2, per sample
-        for label in range(logp.shape[-1]):
-            deltas = torch.autograd.grad(logp[:, label].sum(), outputs, retain_graph=True)
-            for w, d in zip(weighted, deltas):
-                w.addcmul_(d.square(), prob[:, label:label + 1])
+    return out, used, [taps.seen[m][0][0].detach() for m in used], [taps.seen[m][0][1] for m in used]
+
+
+def per_example_chunks(n: int, bytes_per_example: int, memory_mb: int):
+    """Consecutive slices of n examples whose per-example gradients (bytes_per_example each) fit in memory_mb."""
+    chunk = max(1, (memory_mb << 20) // max(1, bytes_per_example))
+    return (slice(i, i + chunk) for i in range(0, n, chunk))
+
+
+def mean_over_examples(model: nn.Module, batches, head: int, method: str, closed_form, per_example,
+                       what: str) -> Dict[str, torch.Tensor]:
+    """Mean over the examples of `batches` of a per-example quantity, one tensor per trainable parameter; each
+    batch's sums come from `closed_form(model, modules, x, y, head)` -> {Linear: (weight term, bias term)} where the
+    nn.Linear closed form applies (method "auto", `closed_form_plan`), else from `per_example(model, params, x, y,
+    head)` -> {name: term}. The model is in eval mode (no dropout) meanwhile, as at the end of a task. Shared by the
+    exact Fisher and MAS importance."""
+    was_training = model.training
+    model.eval()
+    params = {n: p.detach() for n, p in trainable(model).items()}
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    count = 0
+    try:
+        owners, batches = closed_form_plan(model, params, batches, head, method)
+        modules = list({m: None for m, _ in owners.values()}) if owners is not None else []
+        for x, y in batches:
+            if owners is None:
+                terms = per_example(model, params, x, y, head)
+            else:
+                by_module = closed_form(model, modules, x, y, head)
+                terms = {n: by_module[m][0 if pname == "weight" else 1] for n, (m, pname) in owners.items()
+                         if m in by_module}
+            for n, t in terms.items():
+                total[n] += t
+            count += len(x)
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError(f"{what} needs at least one training example; the task's data were empty")
+    return {n: t / count for n, t in total.items()}
+
+
+def _linear_fisher_batch(model: nn.Module, modules, x: torch.Tensor, y: torch.Tensor, head: int, kind: str):
+    """This batch's summed Fisher per used Linear: {module: (weight term [out, in], bias term [out])}."""
+    logits, used, inputs, outputs = tapped_forward(model, modules, x, head)
+    if kind == "exact":  # sum_y p_y delta_y^2 per sample, from the backward passes of fisher_seeds at the logits
+        seeds = fisher_seeds(torch.softmax(logits.detach(), dim=-1))
+        if len(seeds) == 1:
+            weighted = [d.square() for d in torch.autograd.grad(logits, outputs, seeds[0])]
+        else:  # every seed in one batched backward
+            deltas = torch.autograd.grad(logits, outputs, seeds, is_grads_batched=True)
+            weighted = [d.square().sum(0) for d in deltas]
     else:
+        logp = torch.log_softmax(logits, dim=-1)
         deltas = torch.autograd.grad(logp.gather(1, y.reshape(-1, 1)).sum(), outputs)
         weighted = [d.square() for d in deltas]
     return {m: (w.T @ a.square(), w.sum(0)) for m, w, a in zip(used, weighted, inputs)}
 
 
-def _linear_fisher(model: nn.Module, owners: Dict[str, tuple], batches, head: int, kind: str, fisher) -> int:
-    """Accumulate the closed-form Fisher sums into `fisher`; returns the number of examples."""
-    modules = list({m: None for m, _ in owners.values()})
-    count = 0
-    for x, y in batches:
-        terms = _linear_fisher_batch(model, modules, x, y, head, kind)
-        for n, (m, pname) in owners.items():
-            if m in terms:
-                fisher[n] += terms[m][0] if pname == "weight" else terms[m][1]
-        count += len(x)
-    return count
+def _per_sample_fisher_batch(model: nn.Module, params, x: torch.Tensor, y: torch.Tensor, head: int, kind: str,
+                             memory_mb: int) -> Dict[str, torch.Tensor]:
+    """This batch's summed Fisher per parameter from per-sample gradients (torch.func), in chunks that fit
+    memory_mb."""
+    log_probs = _log_probs_fn(model, head)
+    n_params = sum(p.numel() for p in params.values())
+    sums = {n: torch.zeros_like(p) for n, p in params.items()}
+    if kind == "exact":
+        with torch.no_grad():
+            n_out = log_probs(params, x[0]).numel()
+        for rows in per_example_chunks(len(x), max(1, n_out) * n_params * 4, memory_mb):
+            xs = x[rows]
+            jac = vmap(jacrev(log_probs), in_dims=(None, 0))(params, xs)  # name -> [B, C, *shape]
+            with torch.no_grad():
+                prob = torch.exp(vmap(log_probs, in_dims=(None, 0))(params, xs))  # [B, C]
+                for n, j in jac.items():
+                    sums[n] += torch.einsum("bc,bc...->...", prob, j.pow(2))
+        return sums
+
+    def label_log_prob(p, xi, yi):
+        return log_probs(p, xi).gather(0, yi.reshape(1)).squeeze(0)
+
+    for rows in per_example_chunks(len(x), n_params * 4, memory_mb):
+        grads = vmap(torch.func.grad(label_log_prob), in_dims=(None, 0, 0))(params, x[rows], y[rows])
+        for n, g in grads.items():
+            sums[n] += g.pow(2).sum(0)
+    return sums
 
 
 def fisher_diagonal(model: nn.Module, batches, head: int = 0, kind: str = "exact",
@@ -135,47 +206,10 @@ def fisher_diagonal(model: nn.Module, batches, head: int = 0, kind: str = "exact
         raise ValueError(f"unknown Fisher kind {kind!r}; choose one of {FISHER_KINDS}")
     if method not in FISHER_METHODS:
         raise ValueError(f"unknown Fisher method {method!r}; choose one of {FISHER_METHODS}")
-    was_training = model.training
-    model.eval()
-    params = {n: p.detach() for n, p in trainable(model).items()}
-    n_params = sum(p.numel() for p in params.values())
-    log_probs = _log_probs_fn(model, head)
-    fisher = {n: torch.zeros_like(p) for n, p in params.items()}
-    count = 0
-    try:
-        owners, batches = closed_form_plan(model, params, batches, head, method)
-        if owners is not None:
-            count = _linear_fisher(model, owners, batches, head, kind, fisher)
-            batches = ()
-        for x, y in batches:
-            if kind == "exact":
-                with torch.no_grad():
-                    n_out = log_probs(params, x[0]).numel()
-                per_example = max(1, n_out) * n_params * 4
-                chunk = max(1, (memory_mb << 20) // per_example)
-                for i in range(0, len(x), chunk):
-                    xs = x[i:i + chunk]
-                    jac = vmap(jacrev(log_probs), in_dims=(None, 0))(params, xs)  # name -> [B, C, *shape]
-                    with torch.no_grad():
-                        prob = torch.exp(vmap(log_probs, in_dims=(None, 0))(params, xs))  # [B, C]
-                        for n, j in jac.items():
-                            fisher[n] += torch.einsum("bc,bc...->...", prob, j.pow(2))
-            else:
-                def label_log_prob(p, xi, yi):
-                    return log_probs(p, xi).gather(0, yi.reshape(1)).squeeze(0)
-
-                chunk = max(1, (memory_mb << 20) // (n_params * 4))
-                for i in range(0, len(x), chunk):
-                    grads = vmap(torch.func.grad(label_log_prob), in_dims=(None, 0, 0))(params, x[i:i + chunk],
-                                                                                          y[i:i + chunk])
-                    for n, g in grads.items():
-                        fisher[n] += g.pow(2).sum(0)
-            count += len(x)
-    finally:
-        model.train(was_training)
-    if count == 0:
-        raise ValueError("the Fisher needs at least one training example; the task's data were empty")
-    return {n: f / count for n, f in fisher.items()}
+    return mean_over_examples(
+        model, batches, head, method,
+        lambda m, modules, x, y, h: _linear_fisher_batch(m, modules, x, y, h, kind),
+        lambda m, params, x, y, h: _per_sample_fisher_batch(m, params, x, y, h, kind, memory_mb), "the Fisher")
 
 
 def ewc_penalty(theta: torch.Tensor, anchors: List[torch.Tensor], fishers: List[torch.Tensor],
@@ -209,10 +243,12 @@ class EWC(Strategy):
     fisher_samples: cap on the training inputs used for the Fisher (0 = all): a random subset drawn from a generator
     seeded by the run's seed (torch.initial_seed() when the strategy is made), kept in the checkpoint.
     fisher_method: 'auto' (per-layer closed form where it applies) or 'per-sample' (torch.func); same numbers.
+    fisher_batch_size: examples per pass of the Fisher (the per-sample path cuts them to fit 256 MB); 1024 keeps the
+    closed form's matrix products long enough that per-operation overhead does not dominate on a CPU.
     """
 
     def __init__(self, ewc_lambda: float = 100.0, fisher: str = "exact", fisher_samples: int = 0,
-                 online: bool = False, gamma: float = 1.0, fisher_batch_size: int = 256,
+                 online: bool = False, gamma: float = 1.0, fisher_batch_size: int = 1024,
                  fisher_method: str = "auto"):
         if ewc_lambda < 0:
             raise ValueError(f"ewc_lambda must be >= 0, got {ewc_lambda}")

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from clframework.models import forward_head, takes_head
+from clframework.models import takes_head
 from clframework.plugin import Strategy, check_state_keys, iter_task_batches, register_strategy, trainable
 
-from .ewc import _Taps, closed_form_plan
+from .ewc import mean_over_examples, per_example_chunks, tapped_forward
 
 
 def output_sensitivity(out: torch.Tensor) -> torch.Tensor:
@@ -27,34 +27,28 @@ def output_sensitivity(out: torch.Tensor) -> torch.Tensor:
     return out.pow(2).sum(-1)
 
 
-def _closed_form_batch(model: nn.Module, owners: Dict[str, tuple], x: torch.Tensor,
-                       head: int) -> Dict[str, torch.Tensor]:
-    """This batch's sum over examples of |per-example gradient| for every parameter of `owners` (nn.Linear)."""
-    modules = list({m: None for m, _ in owners.values()})
-    taps = _Taps(modules)
-    try:
-        with torch.enable_grad():
-            out = forward_head(model, x, head)
-    finally:
-        taps.close()
-    used = list(taps.seen)
-    inputs = [taps.seen[m][0][0].detach().abs() for m in used]
-    outputs = [taps.seen[m][0][1] for m in used]
+def _closed_form_batch(model: nn.Module, modules, x: torch.Tensor, y, head: int) -> Dict[nn.Module, tuple]:
+    """This batch's sum over examples of |per-example gradient| per used nn.Linear: {module: (weight, bias term)}."""
+    out, used, inputs, outputs = tapped_forward(model, modules, x, head)
     deltas = torch.autograd.grad(output_sensitivity(out).sum(), outputs)  # per example: examples are independent
-    terms = {m: (d.abs().T @ a, d.abs().sum(0)) for m, d, a in zip(used, deltas, inputs)}
-    return {n: terms[m][0] if pname == "weight" else terms[m][1] for n, (m, pname) in owners.items() if m in terms}
+    return {m: (d.abs().T @ a.abs(), d.abs().sum(0)) for m, d, a in zip(used, deltas, inputs)}
 
 
-def _per_example_batch(model: nn.Module, params: Dict[str, torch.Tensor], x: torch.Tensor, head: int
-                       ) -> Dict[str, torch.Tensor]:
+def _per_example_batch(model: nn.Module, params: Dict[str, torch.Tensor], x: torch.Tensor, y, head: int,
+                       memory_mb: int = 256) -> Dict[str, torch.Tensor]:
+    """This batch's sum over examples of |per-example gradient| per parameter (torch.func), in chunks that fit
+    memory_mb."""
     use_head, buffers = takes_head(model), dict(model.named_buffers())
 
     def sensitivity(p, xi):
         args = (xi.unsqueeze(0), head) if use_head else (xi.unsqueeze(0),)
         return output_sensitivity(functional_call(model, (p, buffers), args)).squeeze(0)
 
-    grads = vmap(grad(sensitivity), in_dims=(None, 0))(params, x)
-    return {n: g.abs().sum(0) for n, g in grads.items()}
+    sums = {n: torch.zeros_like(p) for n, p in params.items()}
+    for rows in per_example_chunks(len(x), sum(p.numel() for p in params.values()) * 4, memory_mb):
+        for n, g in vmap(grad(sensitivity), in_dims=(None, 0))(params, x[rows]).items():
+            sums[n] += g.abs().sum(0)
+    return sums
 
 
 def mas_importance(model: nn.Module, batches, head: int = 0, method: str = "auto") -> Dict[str, torch.Tensor]:
@@ -65,24 +59,8 @@ def mas_importance(model: nn.Module, batches, head: int = 0, method: str = "auto
     """
     if method not in ("auto", "per-sample"):
         raise ValueError(f"unknown MAS importance method {method!r}; choose 'auto' or 'per-sample'")
-    was_training = model.training
-    model.eval()
-    params = {n: p.detach() for n, p in trainable(model).items()}
-    total = {n: torch.zeros_like(p) for n, p in params.items()}
-    count = 0
-    try:
-        owners, batches = closed_form_plan(model, params, batches, head, method)
-        closed = owners is not None
-        for x, _ in batches:
-            terms = _closed_form_batch(model, owners, x, head) if closed else _per_example_batch(model, params, x, head)
-            for n, t in terms.items():
-                total[n] += t
-            count += len(x)
-    finally:
-        model.train(was_training)
-    if count == 0:
-        raise ValueError("MAS importance needs at least one input; the task's data were empty")
-    return {n: t / count for n, t in total.items()}
+    return mean_over_examples(model, batches, head, method, _closed_form_batch, _per_example_batch,
+                              "MAS importance")
 
 
 def mas_penalty(theta: torch.Tensor, anchor: torch.Tensor, omega: torch.Tensor, mas_lambda: float) -> torch.Tensor:
@@ -107,9 +85,11 @@ class MAS(Strategy):
 
     importance_samples: cap on the training inputs used for Omega (0 = all): a random subset drawn from a generator
     seeded by the run's seed (torch.initial_seed() when the strategy is made), kept in the checkpoint.
+    importance_batch_size: examples per pass (the per-example path cuts them to fit 256 MB); 1024 keeps the closed
+    form's matrix products long enough that per-operation overhead does not dominate on a CPU.
     """
 
-    def __init__(self, mas_lambda: float = 1.0, importance_samples: int = 0, importance_batch_size: int = 256):
+    def __init__(self, mas_lambda: float = 1.0, importance_samples: int = 0, importance_batch_size: int = 1024):
         if mas_lambda < 0:
             raise ValueError(f"mas_lambda must be >= 0, got {mas_lambda}")
         self.mas_lambda, self.importance_samples = float(mas_lambda), int(importance_samples)

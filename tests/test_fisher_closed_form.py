@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from clframework import mlp
-from clframework.strategies.ewc import _closed_form_applies, _linear_owners, fisher_diagonal
+from clframework.strategies.ewc import _closed_form_applies, _linear_owners, fisher_diagonal, fisher_seeds
 
 
 class TiedTwice(nn.Module):
@@ -40,6 +40,28 @@ def test_closed_form_equals_per_sample_on_multi_head_mlp(kind):
     slow = fisher_diagonal(model, batches(x, y), head=1, kind=kind, method="per-sample")
     assert_same(fast, slow)
     assert fast["heads.1.weight"].abs().sum() > 0 and fast["heads.0.weight"].abs().sum() == 0
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 7])
+def test_fisher_seeds_factor_the_logit_gradient_covariance(classes):
+    """sum_k v_k v_k^T equals sum_y p_y (e_y - p)(e_y - p)^T, written out label by label (float64)."""
+    prob = torch.softmax(torch.randn(6, classes, dtype=torch.float64) * 3, dim=-1)
+    seeds = fisher_seeds(prob)
+    assert seeds.shape[1:] == (6, classes) and len(seeds) == (1 if classes == 2 else classes)
+    for n in range(6):
+        want = sum(prob[n, y] * torch.outer(torch.eye(classes, dtype=torch.float64)[y] - prob[n],
+                                            torch.eye(classes, dtype=torch.float64)[y] - prob[n])
+                   for y in range(classes))
+        torch.testing.assert_close(sum(torch.outer(v[n], v[n]) for v in seeds), want, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("head", [0, 1])  # two classes (one backward pass), three (one batched backward)
+def test_closed_form_equals_per_sample_on_two_and_three_class_heads(head):
+    torch.manual_seed(4)
+    model = mlp(10, [2, 3], hidden=(8, 7)).double()
+    x, y = torch.randn(30, 10, dtype=torch.float64), torch.randint(0, 2, (30,))
+    assert_same(fisher_diagonal(model, batches(x, y), head=head),
+                fisher_diagonal(model, batches(x, y), head=head, method="per-sample"))
 
 
 def test_closed_form_respects_frozen_parameters():

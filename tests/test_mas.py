@@ -79,3 +79,15 @@ def test_penalty_closed_form_and_hook_gradient():
             p.add_(torch.randn_like(p))
     mas.on_task_start(model, 1)
     assert_hook_adds_autograd_penalty_gradient(mas, model)
+
+
+def test_per_example_path_in_memory_chunks_equals_one_pass():
+    """The torch.func path cut into chunks that fit its memory budget (here one example each) sums the same."""
+    from clframework.strategies.mas import _per_example_batch
+
+    torch.manual_seed(5)
+    model = mlp(6, [3], hidden=(4,)).double()
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    x = torch.randn(9, 6, dtype=torch.float64)
+    whole, chunked = (_per_example_batch(model, params, x, None, 0, memory_mb=mb) for mb in (256, 0))
+    assert all(torch.allclose(whole[n], chunked[n], rtol=1e-12, atol=0) and whole[n].abs().sum() > 0 for n in whole)
