@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
+from clframework.recipe import Recipe
 from clframework.registry import Registry
 
 BENCHMARKS = Registry("benchmark", entry_point_group="clframework.benchmarks", param_word="option",
@@ -11,8 +12,9 @@ BENCHMARKS = Registry("benchmark", entry_point_group="clframework.benchmarks", p
 
 
 @dataclass(frozen=True)
-class Protocol:
-    """How the paper trains on a benchmark: model, optimizer and schedule, augmentation, and strategy
+class Protocol(Recipe):
+    """How the paper trains on a benchmark: the optimizer recipe (the fields of clframework.recipe.Recipe: optimizer,
+    lr, momentum, weight decay, lr schedule, gradient clipping), model, epochs, batch size, augmentation, and strategy
     hyperparameters."""
 
     model: str = "mlp"
@@ -20,18 +22,8 @@ class Protocol:
     dropout: float = 0.0
     epochs: int = 10
     batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"
     reset_optimizer: bool = True
     augment: str = "none"  # the training augmentation (clframework.augment)
-    momentum: Optional[float] = None  # the rest of the optimizer recipe (clframework.recipe.Recipe; None: default)
-    weight_decay: Optional[float] = None
-    lr_schedule: str = "constant"
-    lr_step_epochs: Optional[int] = None
-    lr_gamma: Optional[float] = None
-    lr_min: Optional[float] = None
-    grad_clip: Optional[float] = None
-    lr_milestones: Optional[Tuple[int, ...]] = None
     strategy_hparams: Dict[str, dict] = field(default_factory=dict)
     # per strategy, per memory size (-1: any), the published best settings (training settings such as lr or
     # weight_decay, and hyperparameters), chosen by the run's memory_size; they take precedence over strategy_hparams

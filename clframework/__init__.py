@@ -1,8 +1,8 @@
 """clframework: paper-faithful continual learning (Synaptic Intelligence, exact-Fisher EWC) for head-to-head comparisons.
 
 Layers, bottom to top (each imports only from those below it):
-  registry, benchmarks.stream, plugin (strategy interface), callbacks (observer interface)  ->  models, evaluation,
-  trainer, strategies, benchmarks  ->  experiment (run / compare)  ->  apps (cli, bench, reproduce, tune, runs).
+  registry, recipe, benchmarks.stream, plugin (strategy interface), callbacks (observer interface)  ->  models,
+  evaluation, trainer, strategies, benchmarks  ->  experiment (run / compare)  ->  apps (cli, bench, reproduce, tune, runs).
 The public names below are resolved on first use (PEP 562), so `import clframework` and `clframework --help` do not
 pay for importing torch.
 """

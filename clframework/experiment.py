@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -32,8 +32,13 @@ from .trainer import (Trainer, TrainerCallback, TrainingDiverged, TrainingFailed
                       seed_everything, select_device)
 
 
-TRAIN_FIELDS = ("model", "epochs", "batch_size", "lr", "hidden", "dropout", "optimizer", "reset_optimizer",
-                "augment") + RECIPE_FIELDS[2:] + ("precision", "compile")
+PRESETS = ("strategy_hparams", "method_settings")  # the Protocol's strategy settings, apart from its training fields
+# the training protocol's fields a RunConfig sets (None: the protocol's), and the opt-in fast step
+TRAIN_FIELDS = tuple(f.name for f in fields(Protocol) if f.name not in PRESETS) + ("precision", "compile")
+# the optimizer recipe's fields as RunConfig takes them: each keyword-only, None (unset: the protocol's value)
+RecipeOverrides = make_dataclass("RecipeOverrides", [
+    (f.name, f.type if f.type.startswith("Optional[") else f"Optional[{f.type}]", field(default=None, kw_only=True))
+    for f in fields(Recipe)])
 
 
 def augment_seed(seed: int) -> int:
@@ -42,9 +47,11 @@ def augment_seed(seed: int) -> int:
 
 
 @dataclass
-class RunConfig:
+class RunConfig(RecipeOverrides):
     """One (strategy, benchmark, seed) run. Unset training fields take the benchmark's paper protocol, or
-    `protocol` (a stream of your own: run(config, stream=...) takes the stream's own when no benchmark is named)."""
+    `protocol` (a stream of your own: run(config, stream=...) takes the stream's own when no benchmark is named).
+    Besides the fields below, the optimizer recipe's, keyword-only (clframework.recipe.Recipe: optimizer, lr,
+    momentum, weight_decay, lr_schedule, lr_step_epochs, lr_gamma, lr_min, grad_clip, lr_milestones)."""
 
     strategy: str
     benchmark: Optional[str] = None
@@ -52,20 +59,9 @@ class RunConfig:
     seed: int = 0
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
-    lr: Optional[float] = None
     hidden: Optional[Sequence[int]] = None
     dropout: Optional[float] = None
-    optimizer: Optional[str] = None  # sgd, adam or adamw (clframework.recipe.Recipe, as are the next six)
     reset_optimizer: Optional[bool] = None
-    momentum: Optional[float] = None
-    weight_decay: Optional[float] = None
-    lr_schedule: Optional[str] = None  # constant, step (lr_step_epochs, lr_gamma), multistep (lr_milestones,
-    # lr_gamma) or cosine (lr_min), per task
-    lr_step_epochs: Optional[int] = None
-    lr_gamma: Optional[float] = None
-    lr_min: Optional[float] = None
-    grad_clip: Optional[float] = None
-    lr_milestones: Optional[Sequence[int]] = None  # multistep: the epochs of a task where the lr is multiplied
     device: str = "auto"
     benchmark_options: Dict[str, object] = field(default_factory=dict)
     evaluate_on: str = "test"  # "valid" scores the validation hold-out (hyperparameter search)
@@ -116,7 +112,7 @@ class RunConfig:
                   if k in entry.params}
         hparams = STRATEGIES.check_hparams(self.strategy, {**preset, **self.hparams})
         train = protocol.as_dict()
-        for key in ("strategy_hparams", "method_settings"):
+        for key in PRESETS:
             train.pop(key)
         # the method's own training settings at this memory size (lr, weight decay ...: DER-line protocols)
         train.update({k: v for k, v in best.items() if k in train and k not in entry.params})
@@ -154,7 +150,7 @@ def check_training(train: dict) -> None:
     for key in ("epochs", "batch_size"):
         if not _is_int(train[key]) or train[key] < 1:
             raise ValueError(f"{key.replace('_', ' ')} must be an integer >= 1, got {train[key]!r}")
-    train.update(Recipe(**{k: train[k] for k in RECIPE_FIELDS}).resolved().as_dict())
+    train.update(Recipe.of(train).resolved().as_dict())
     hidden = train["hidden"]
     if not isinstance(hidden, list) or not all(_is_int(h) and h >= 1 for h in hidden):
         raise ValueError(f"hidden sizes must be positive integers (e.g. 256,256), got {hidden!r}")
@@ -282,7 +278,7 @@ def as_now(saved):
     if not isinstance(train, dict) or not {"optimizer", "lr"} <= set(train) or set(RECIPE_FIELDS) <= set(train):
         return saved
     try:
-        filled = Recipe(**{k: train[k] for k in RECIPE_FIELDS if k in train}).resolved().as_dict()
+        filled = Recipe.of(train).resolved().as_dict()
     except (TypeError, ValueError):
         return saved  # not a configuration this version can read: the differences are reported as they are
     return {**saved, "train": {**as_json(filled), **train}}

@@ -7,23 +7,12 @@ resumed run needs to continue the schedule exactly, whether the optimizer is fre
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Optional, Tuple
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Mapping, Optional, Tuple
 
-import torch
-
-OPTIMIZERS: Dict[str, Callable[..., torch.optim.Optimizer]] = {
-    "adam": lambda params, lr, momentum, weight_decay: torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999),
-                                                                          weight_decay=weight_decay),
-    "adamw": lambda params, lr, momentum, weight_decay: torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999),
-                                                                           weight_decay=weight_decay),
-    "sgd": lambda params, lr, momentum, weight_decay: torch.optim.SGD(params, lr=lr, momentum=momentum,
-                                                                        weight_decay=weight_decay),
-}
+OPTIMIZERS = ("adam", "adamw", "sgd")
 DEFAULT_WEIGHT_DECAY = {"adam": 0.0, "adamw": 0.01, "sgd": 0.0}  # torch's own defaults
 SCHEDULES = ("constant", "step", "multistep", "cosine")
-RECIPE_FIELDS = ("optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "lr_step_epochs", "lr_gamma", "lr_min",
-                 "grad_clip", "lr_milestones")
 
 
 def step_lr(lr: float, epoch: int, step_epochs: int, gamma: float) -> float:
@@ -56,7 +45,8 @@ def _number(name: str, value, low: float, high: float = math.inf, low_open: bool
 @dataclass(frozen=True)
 class Recipe:
     """How the weights are updated. None: the optimizer's or schedule's default (set by `resolved`), or, for a
-    schedule's parameters, not used by the chosen schedule.
+    schedule's parameters, not used by the chosen schedule. The one declaration of these fields: a benchmark's
+    Protocol extends it and RunConfig takes each of them as an override (RECIPE_FIELDS).
 
     optimizer: sgd, adam or adamw. momentum: SGD's momentum (sgd only). weight_decay: L2 for sgd and adam,
     decoupled for adamw (default 0.01, torch's; 0 for the others). lr_schedule: constant, step (lr * lr_gamma every
@@ -119,15 +109,26 @@ class Recipe:
         elif self.lr_schedule == "cosine":
             lr_min = 0.0 if self.lr_min is None else _number("lr_min", self.lr_min, 0, lr)
         grad_clip = 0.0 if self.grad_clip is None else _number("grad_clip", self.grad_clip, 0, flag="grad clip")
-        return Recipe(self.optimizer, lr, momentum, weight_decay, self.lr_schedule, step_epochs, gamma, lr_min,
-                      grad_clip, milestones)
+        return replace(self, lr=lr, momentum=momentum, weight_decay=weight_decay, lr_step_epochs=step_epochs,
+                       lr_gamma=gamma, lr_min=lr_min, grad_clip=grad_clip, lr_milestones=milestones)
+
+    @classmethod
+    def of(cls, values: Mapping) -> "Recipe":
+        """The recipe among `values` (a training protocol as a dict; keys it lacks take the fields' defaults)."""
+        return cls(**{k: values[k] for k in RECIPE_FIELDS if k in values})
 
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def make_optimizer(self, params) -> torch.optim.Optimizer:
-        return OPTIMIZERS[self.optimizer](params, lr=self.lr, momentum=self.momentum or 0.0,
-                                          weight_decay=self.weight_decay or 0.0)
+    def make_optimizer(self, params):
+        """A fresh torch optimizer over `params` (of a resolved recipe)."""
+        import torch  # here, so that the protocols (benchmarks.registry: `clframework list`) do not import torch
+
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum or 0.0,
+                                   weight_decay=self.weight_decay or 0.0)
+        adam = torch.optim.AdamW if self.optimizer == "adamw" else torch.optim.Adam
+        return adam(params, lr=self.lr, betas=(0.9, 0.999), weight_decay=self.weight_decay or 0.0)
 
     def lr_at(self, epoch: int, step: int, steps_per_epoch: int, epochs: int) -> float:
         """The learning rate of step `step` (0-based) of epoch `epoch` (0-based) of a task of `epochs` epochs."""
@@ -138,3 +139,6 @@ class Recipe:
         if self.lr_schedule == "cosine":
             return cosine_lr(self.lr, self.lr_min, epoch * steps_per_epoch + step, epochs * steps_per_epoch)
         return self.lr
+
+
+RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))

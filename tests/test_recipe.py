@@ -158,6 +158,27 @@ def test_cli_recipe_flags_reach_results_json_and_bad_ones_stop_before_training(t
     assert not (tmp_path / "bad").exists()
 
 
+def test_every_recipe_field_is_a_protocol_field_a_runconfig_keyword_and_a_flag_of_each_command():
+    """Recipe declares the fields once: each reaches a benchmark's protocol, RunConfig and the CLI."""
+    import argparse
+
+    from clframework.apps.cli import build_parser
+    from clframework.benchmarks import Protocol
+
+    chosen = dict(optimizer="sgd", lr=0.25, momentum=0.5, weight_decay=0.125, lr_schedule="multistep",
+                  lr_gamma=0.5, lr_milestones=[2, 3], grad_clip=4.0)
+    assert set(chosen) | {"lr_step_epochs", "lr_min"} == set(RECIPE_FIELDS)
+    expected = dict(chosen, lr_step_epochs=None, lr_min=None, lr_milestones=(2, 3))
+    assert Protocol(**chosen).resolved().as_dict().items() >= expected.items()
+    train = RunConfig("naive", "split-mnist-5k", **chosen).resolved()["train"]
+    assert {k: train[k] for k in RECIPE_FIELDS} == expected
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for command in ("run", "compare", "tune", "reproduce"):
+        flags = {o for a in sub.choices[command]._actions for o in a.option_strings}
+        keys = set(RECIPE_FIELDS) - ({"lr"} if command == "reproduce" else set())  # the paper's arms set the lr
+        assert {"--" + k.replace("_", "-") for k in keys} <= flags, command
+
+
 @pytest.mark.parametrize("command", [["run", "--strategy", "si"], ["compare"], ["tune", "--strategy", "si"]])
 def test_every_study_command_takes_the_recipe_flags(command):
     from clframework.apps.cli import _base_config, build_parser

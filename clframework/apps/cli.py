@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .. import __version__, provenance
+from ..recipe import RECIPE_FIELDS
 from ..registry import RegistryError, import_plugin
 from .interrupt import deferred_in_imports
 
@@ -90,8 +91,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="training augmentation, per example on the device: crop-flip = random crop with 4-pixel "
                         "padding and horizontal flip (default: the benchmark's; CIFAR and TinyImageNet protocols "
                         "crop-flip, MNIST-like none)")
-RECIPE_FLAGS = ("optimizer", "momentum", "weight_decay", "lr_schedule", "lr_step_epochs", "lr_gamma", "lr_min",
-                "grad_clip", "lr_milestones")
+RECIPE_FLAGS = tuple(k for k in RECIPE_FIELDS if k != "lr")  # --lr is among the training flags
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
