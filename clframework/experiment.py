@@ -614,7 +614,21 @@ def run_study(executor: Executor, jobs: Sequence[RunJob], progress: StudyProgres
             on_result(i, result)
         progress.finished(jobs[i].label, result["metrics"]["acc"], result["wall_seconds"])
 
-    return executor.map(run_job, jobs, done)
+    def lost(i: int, why: str, final: bool) -> Optional[dict]:
+        """A worker died running jobs[i]: the first time it runs again from its checkpoint, the second it fails."""
+        job = jobs[i]
+        if not final:
+            progress.note(f"clframework: run {job.label}: its worker process was {why}; it runs again from its "
+                          f"checkpoint", err=True)
+            return None
+        checkpoint = job.out_dir / CHECKPOINT if job.out_dir is not None else None
+        where = load_checkpoint(checkpoint)["trainer"]["position"] if checkpoint and checkpoint.exists() else None
+        after = f" after task {where['task'] + 1} ({where['task_name']}), epoch {where['epoch']}, step " \
+                f"{where['step']} (its last checkpoint)" if where else " before its first checkpoint"
+        return {"_failed": {"message": f"run {job.label}: its worker process died twice, the second time {why}"
+                                       f"{after}", "failed_at": where, "traceback": ""}}
+
+    return executor.map(run_job, jobs, done, lost)
 
 
 def write_plan(out_dir: Path, kind: str, benchmark: str, configs: Sequence[RunConfig], seeds: int, tasks: int,
@@ -657,8 +671,8 @@ def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, sta
     jobs = [RunJob(f"{name} seed {seed}", replace(configs[name], seed=seed),
                    runs_root / f"{slug(name)}-seed{seed}" if runs_root is not None else None,
                    tuple(callbacks_for(name, seed)) if callbacks_for else (), quiet or backend.parallel,
-                   # a Ray task retried after its worker died finds its own checkpoint: it must continue from it
-                   resume or backend.ray is not None, checkpoint_every, benchmark, figures)
+                   # a run retried after its worker died finds its own checkpoint: it must continue from it
+                   resume or backend.parallel, checkpoint_every, benchmark, figures)
             for name, seed in pairs]
     result_dirs = [out_dir / f"{slug(name)}-seed{seed}" if out_dir is not None else None for name, seed in pairs]
     progress.add(len(jobs))

@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,11 +122,25 @@ def _threads(n: int):
         torch.set_num_threads(before)
 
 
+def _worker_died(index: int, why: str, final: bool):
+    if final:
+        raise WorkerDied(why)
+
+
+class WorkerDied(RuntimeError):
+    """A worker process died (killed, out of memory) while running a payload, for the second time."""
+
+
 class Executor:
     """Runs payloads with `fn(shared, payload)`; `map` calls `on_result(index, result)` in this process as each run
-    finishes (in completion order) and returns the results in payload order. Open with `open_executor`."""
+    finishes (in completion order) and returns the results in payload order. Open with `open_executor`.
 
-    def map(self, fn: Callable, payloads: Sequence[Any], on_result: Callable[[int, Any], None] = lambda i, r: None):
+    A payload whose worker process dies (`kill -9`, the out-of-memory killer) is run once more (`fn` must then
+    continue from the payload's own checkpoint: a study's runs resume); `on_lost(index, why, final)` is told each
+    time, and on the second death (final) returns the result that stands for the payload."""
+
+    def map(self, fn: Callable, payloads: Sequence[Any], on_result: Callable[[int, Any], None] = lambda i, r: None,
+            on_lost: Callable[[int, str, bool], Any] = _worker_died):
         raise NotImplementedError
 
 
@@ -133,7 +148,7 @@ class InProcess(Executor):
     def __init__(self, shared, threads: int):
         self.shared, self.threads = shared, threads
 
-    def map(self, fn, payloads, on_result=lambda i, r: None):
+    def map(self, fn, payloads, on_result=lambda i, r: None, on_lost=_worker_died):
         results = []
         with _threads(self.threads):
             for i, payload in enumerate(payloads):
@@ -158,14 +173,33 @@ def _die_with(parent: int) -> None:
 
 def _init_worker(path: str, threads: int, plugins, parent: int) -> None:
     global _SHARED
+    from tqdm import tqdm
+
     _die_with(parent)
+    # tqdm's default lock is a multiprocessing one, registered with the parent's resource tracker: a killed worker
+    # would leave it behind, and the tracker warn of a "leaked semaphore" at exit; a worker's bars need no such lock
+    tqdm.set_lock(threading.RLock())
     torch.set_num_threads(threads)
     _import_plugins(plugins)
     _SHARED = torch.load(path, mmap=True, weights_only=False)
 
 
-def _call(fn, payload):
+def _call(fn, payload, index: int, folder: str):
+    """Run one payload, first noting its index under this worker's pid: if the worker dies, the main process can
+    tell whose run it was (the pool itself only says that some worker died)."""
+    Path(folder, f"running-{os.getpid()}").write_text(str(index))
     return fn(_SHARED, payload)
+
+
+_BROKEN = object()  # a future the broken pool failed: run again
+
+
+def _death(exitcode: Optional[int]) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        hint = " (kill -9 or the out-of-memory killer)" if -exitcode == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {exitcode}"
 
 
 def _gather(submitted: dict, on_result, results: list, cancel: Callable[[], None], get: Callable, ready: Callable):
@@ -191,17 +225,61 @@ class Pool(Executor):
     def __init__(self, shared, jobs: int, threads: int, plugins, folder: str):
         path = os.path.join(folder, "shared.pt")
         torch.save(shared, path)  # once; every worker memory-maps it
-        self.pool = ProcessPoolExecutor(max_workers=jobs, mp_context=torch.multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker, initargs=(path, threads, plugins, os.getpid()))
+        self.folder = folder
+        self.start = lambda: ProcessPoolExecutor(
+            max_workers=jobs, mp_context=torch.multiprocessing.get_context("spawn"), initializer=_init_worker,
+            initargs=(path, threads, plugins, os.getpid()))
+        self.pool = self.start()
 
-    def map(self, fn, payloads, on_result=lambda i, r: None):
+    def map(self, fn, payloads, on_result=lambda i, r: None, on_lost=_worker_died):
+        """A worker that dies breaks the whole ProcessPoolExecutor (its other workers are terminated too): the runs
+        finished so far are kept, the dead worker's run is charged one death, and every unfinished run goes to a
+        new pool, continuing from its checkpoint; a run charged twice is given up (on_lost's result)."""
         from .checkpoint import lock_in_workers
 
-        submitted = {self.pool.submit(_call, fn, p): i for i, p in enumerate(payloads)}
-        lock_in_workers(list(self.pool._processes))  # started by the submits
-        return _gather(submitted, on_result, [None] * len(payloads),
-                       cancel=lambda: [f.cancel() for f in submitted], get=lambda f: f.result(),
-                       ready=lambda pending: wait(pending, return_when=FIRST_COMPLETED))
+        results, deaths, todo = [None] * len(payloads), [0] * len(payloads), list(range(len(payloads)))
+        while todo:
+            submitted = {self.pool.submit(_call, fn, payloads[i], i, self.folder): i for i in todo}
+            workers = dict(self.pool._processes)  # started by the submits
+            lock_in_workers(list(workers))
+            broken = []
+
+            def get(future):
+                try:
+                    return future.result()
+                except BrokenProcessPool:
+                    return _BROKEN
+
+            def report(i, result):
+                if result is _BROKEN:
+                    broken.append(i)
+                else:
+                    on_result(i, result)
+
+            _gather(submitted, report, results, cancel=lambda: [f.cancel() for f in submitted], get=get,
+                    ready=lambda pending: wait(pending, return_when=FIRST_COMPLETED))
+            if not broken:
+                return results
+            self.pool.shutdown(wait=True)  # the broken pool has terminated its other workers: wait for them
+            # the pool terminated its other workers with SIGTERM; a worker that died otherwise names its run
+            died = {pid: p.exitcode for pid, p in workers.items() if p.exitcode not in (0, -signal.SIGTERM)}
+            running = {pid: Path(self.folder, f"running-{pid}") for pid in died}
+            if not any(f.exists() for f in running.values()):  # it died starting (e.g. importing): no run to retry
+                raise BrokenProcessPool(f"a worker process of --jobs died while starting "
+                                        f"({', '.join(map(_death, died.values()))})")
+            dead = {int(f.read_text()): _death(died[pid]) for pid, f in running.items() if f.exists()}
+            todo = []
+            for i in broken:
+                if i in dead:
+                    deaths[i] += 1
+                    if deaths[i] == 2:
+                        results[i] = on_lost(i, dead[i], True)
+                        on_result(i, results[i])
+                        continue
+                    on_lost(i, dead[i], False)
+                todo.append(i)
+            self.pool = self.start()
+        return results
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -255,7 +333,7 @@ class RayTasks(Executor):
         self.remote = ray.remote(_ray_call).options(num_cpus=threads, num_gpus=gpus, max_retries=3)
         self.shared = ray.put(shared)
 
-    def map(self, fn, payloads, on_result=lambda i, r: None):
+    def map(self, fn, payloads, on_result=lambda i, r: None, on_lost=_worker_died):
         ray = self.ray
         submitted = {self.remote.remote(fn, [self.shared], p, self.threads, self.plugins): i
                      for i, p in enumerate(payloads)}

@@ -72,6 +72,24 @@ def settings_from_env(project: Optional[str] = None, entity: Optional[str] = Non
             "tags": list(tags) or env_tags, "name": name or os.environ.get("WANDB_NAME") or None}
 
 
+ONLINE = ("online", "run", "shared")  # the modes that talk to the server
+
+
+def server_unreachable(timeout: float = START_TIMEOUT) -> Optional[str]:
+    """Why the W&B server (wandb's base URL: $WANDB_BASE_URL, `wandb login --host`, else W&B's cloud) cannot be
+    reached, in one line, or None: any HTTP answer counts as reachable. A study asks once, before its runs start,
+    so that the runs, and each `--jobs` worker process, do not each wait for the same unreachable server."""
+    import requests
+    import wandb
+
+    url = wandb.setup().settings.base_url
+    try:
+        requests.head(url, timeout=timeout)
+    except requests.RequestException as exc:
+        return f"{url} unreachable, {_first_line(exc)}"
+    return None
+
+
 def _first_line(exc: BaseException) -> str:
     """`Type: message` on one line (wandb's errors carry multi-line advice)."""
     return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
@@ -177,7 +195,7 @@ class WandbLogger(TrainerCallback):
         global _offline_after_failure
         if self.run is not None or self.failed:
             return
-        online = self.mode in ("online", "run", "shared")
+        online = self.mode in ONLINE
         try:
             self.run = self._init("offline" if online and _offline_after_failure else self.mode)
         except Exception as exc:  # noqa: BLE001 - W&B must never stop training

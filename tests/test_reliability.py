@@ -430,20 +430,31 @@ def test_a_closed_stdout_pipe_ends_quietly(tmp_path, argv):
     assert (proc.returncode, proc.stderr) == (141, "")
 
 
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # a port the system just handed out and nobody listens on once it is closed
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
-def test_unreachable_wandb_server_gives_up_soon_with_one_line_once_per_study(tmp_path):
-    """Issue 19: W&B online with no network waited about 90 s (wandb's default) with no output before falling back."""
-    env = {"WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "0" * 40, "WANDB_MODE": "online"}
+@pytest.mark.parametrize("jobs", [[], ["--jobs", "2"]])
+def test_unreachable_wandb_server_gives_up_soon_with_one_line_once_per_study(tmp_path, jobs):
+    """Issue 19: W&B online with no network waited about 90 s (wandb's default) with no output before falling back;
+    then each --jobs worker process waited once (8 s) on its own. The command asks once, before any run starts."""
+    env = {"WANDB_BASE_URL": f"http://127.0.0.1:{_closed_port()}", "WANDB_API_KEY": "0" * 40, "WANDB_MODE": "online"}
     start = time.perf_counter()
     proc = _cli("compare", "--strategies", "naive,si", "--seeds", "1", "--tasks", "1", "--wandb", "--out",
-                str(tmp_path / "cmp"), *TINY, env=env)
+                str(tmp_path / "cmp"), *jobs, *TINY, env=env)
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "W&B" in line]
-    assert len(lines) == 1 and lines[0].startswith("clframework: warning: W&B online start failed")  # 3 W&B runs
-    assert "log offline instead" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("clframework: warning: W&B online start failed ("
+                                                   f"{env['WANDB_BASE_URL']} unreachable")  # 3 W&B runs
+    assert "every run of this command logs offline instead" in lines[0]
     assert len(list((tmp_path / "cmp" / "wandb").glob("offline-run-*"))) == 3  # 2 runs and the summary
-    assert seconds < 80, seconds  # one wait of START_TIMEOUT (8 s) plus the study; wandb's default alone is 90 s
+    assert seconds < 80, seconds  # no wait of START_TIMEOUT (8 s) per run or worker; wandb's default alone is 90 s
 
 
 # ---- data folders: an explicit one is used alone ---------------------------------------------------------------
@@ -513,7 +524,7 @@ def test_compare_goes_on_past_a_run_that_raised_writes_its_summary_and_exits_1(t
     assert proc.stderr.count("Traceback (most recent call last)") == 2 and "in on_after_step" in proc.stderr
     assert "KeyError: 'my_buffer' (raised in run buggy seed 1, task 2 (2-3), epoch 1, step 3)" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
-        "clframework: error: 2 run(s) stopped by an exception (tracebacks above) and were left out of the "
+        "clframework: error: 2 run(s) failed (see above) and were left out of the "
         "statistics: buggy seed 0, buggy seed 1; --resume continues them from their checkpoints once the cause is "
         "fixed")
     summary = _strict_json(out / "summary.json")
@@ -844,6 +855,108 @@ def test_kill_9_of_the_main_process_leaves_no_worker_and_no_write_after(tmp_path
     time.sleep(1)
     late = [p for p in out.rglob("*") if p.stat().st_mtime > stopped]
     assert not late, late
+
+
+KILLABLE = textwrap.dedent('''
+    import os
+    import time
+    from pathlib import Path
+
+    from clframework import register_strategy
+    from clframework.strategies.si import SI
+
+    @register_strategy("killable-si")
+    class KillableSI(SI):
+        """SI that, at the 5th step of each process's attempt (after the checkpoint of step 3), writes its pid to
+        GATE/reached and waits while GATE/hold exists: the test kills the worker at a step it knows."""
+
+        steps = 0
+
+        def on_after_step(self, model):
+            super().on_after_step(model)
+            self.steps += 1
+            gate = Path(os.environ["GATE"])
+            if self.steps == 5 and (gate / "hold").exists():
+                (gate / "reached.tmp").write_text(str(os.getpid()))
+                (gate / "reached.tmp").rename(gate / "reached")
+                while (gate / "hold").exists():
+                    time.sleep(0.01)
+''')
+
+
+def _kill_worker_at_the_gate(proc, gate: Path) -> int:
+    """Wait until a worker stands at the gate, SIGKILL it (that worker process alone) and return its pid."""
+    deadline = time.time() + 240
+    while not (gate / "reached").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.01)
+    pid = int((gate / "reached").read_text())
+    assert pid != proc.pid
+    (gate / "reached").unlink()
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_study():
+    """Accuracy matrices of naive and SI (seed 0, 2 tasks) run in turn in this process with one thread."""
+    from clframework.parallel import Backend
+
+    summary = compare(["naive", "si"], "split-mnist-5k", seeds=1, quiet=True, tasks=2, epochs=1, hidden=[16],
+                      device="cpu", backend=Backend(jobs=1, threads=1))
+    return [summary["strategies"][s]["runs"][0]["accuracy_matrix"] for s in ("naive", "si")]
+
+
+def _killable_study(tmp_path):
+    (tmp_path / "killable_plugin.py").write_text(KILLABLE)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "hold").touch()
+    out = tmp_path / "cmp"
+    proc = subprocess.Popen([sys.executable, "-m", "clframework", "compare", "--strategies", "naive,killable-si",
+                             "--benchmark", "split-mnist-5k", "--tasks", "2", "--seeds", "1", "--jobs", "2",
+                             "--threads", "1", "--checkpoint-every", "3", "--plugin", "killable_plugin", "--out",
+                             str(out), *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path, env={**os.environ, "GATE": str(gate)})
+    return proc, gate, out
+
+
+@pytest.mark.slow
+def test_a_killed_jobs_worker_has_its_run_retried_from_its_checkpoint_and_the_study_goes_on(tmp_path,
+                                                                                            uninterrupted_study):
+    """Issue 19: a killed --jobs worker broke the whole pool ("terminated abruptly"), naming no run. Its run now
+    continues once from its checkpoint, as with Ray, and the study's numbers are those of an uninterrupted one."""
+    proc, gate, out = _killable_study(tmp_path)
+    _kill_worker_at_the_gate(proc, gate)
+    (gate / "hold").unlink()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "clframework: run killable-si seed 0: its worker process was killed by SIGKILL (kill -9 or the " \
+           "out-of-memory killer); it runs again from its checkpoint" in err
+    summary = _strict_json(out / "summary.json")
+    assert summary["failed"] == [] and summary["diverged"] == []
+    matrices = [summary["strategies"][s]["runs"][0]["accuracy_matrix"] for s in ("naive", "killable-si")]
+    assert matrices == uninterrupted_study  # bit for bit
+    assert _strict_json(out / "killable-si-seed0" / "results.json")["resumed_from"]["step"] == 3  # not restarted
+
+
+@pytest.mark.slow
+def test_a_run_whose_worker_dies_twice_fails_and_the_study_writes_its_summary_exit_1(tmp_path, uninterrupted_study):
+    proc, gate, out = _killable_study(tmp_path)
+    first = _kill_worker_at_the_gate(proc, gate)
+    second = _kill_worker_at_the_gate(proc, gate)  # the retry, in a new worker, at its own 5th step (step 8)
+    (gate / "hold").unlink()
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and first != second, err
+    assert ("clframework: run killable-si seed 0: its worker process died twice, the second time killed by SIGKILL "
+            "(kill -9 or the out-of-memory killer) after task 1 (0-1), epoch 1, step 6 (its last checkpoint)") in err
+    assert err.strip().splitlines()[-1].startswith("clframework: error: 1 run(s) failed (see above) and were left "
+                                                   "out of the statistics: killable-si seed 0;")
+    summary = _strict_json(out / "summary.json")
+    assert [(f["strategy"], f["failed_at"]["task"], f["failed_at"]["step"]) for f in summary["failed"]] == [
+        ("killable-si", 0, 6)]
+    assert summary["strategies"]["naive"]["runs"][0]["accuracy_matrix"] == uninterrupted_study[0]
+    assert load_checkpoint(out / "killable-si-seed0" / "checkpoint.pt")["trainer"]["position"]["step"] == 6
 
 
 @pytest.fixture(scope="module")
