@@ -1,21 +1,22 @@
 """The examples in docs/ run as written: `python file=NAME` blocks are written to disk, `python` blocks executed,
-and `bash` blocks' clframework commands run, all in one scratch folder per document. A `text output` block states
+and `bash` blocks' clframework commands run, all in one scratch folder per document, each block (each command line)
+in a process of its own forked from one interpreter per document that has imported what the examples import
+(tests/forkserver.py), not a fresh interpreter each. A `text output` block states
 what the python block before it prints: the printed text must match it, numbers to within NUMBER_TOLERANCE. A block
 marked `requires=DATASET` (e.g. fashion-mnist) runs where that dataset's files are on this machine
 (benchmarks.datasets.available), and is skipped with its output block elsewhere."""
 import json
-import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from forkserver import ForkServer
+
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 BLOCK = re.compile(r"```(\w+)([^\n]*)\n(.*?)```", re.S)
-CLI = [sys.executable, "-m", "clframework"]
+IMPORT = re.compile(r"^\s*(?:from\s+([\w.]+)\s+import|import\s+([\w.]+))", re.M)
 NUMBER = re.compile(r"-?\d+\.?\d*(?:e-?\d+)?")
 SKIPPED = object()  # the python block before was skipped (its dataset is not on this machine)
 NUMBER_TOLERANCE = 0.02  # thread counts and BLAS builds may move a few test examples across the decision boundary
@@ -32,11 +33,22 @@ def assert_output_matches(stated: str, printed: str, where: str) -> None:
 
 def run_document(path: Path, workdir: Path) -> int:
     """Runs the document's examples; returns how many python blocks were skipped for want of a dataset."""
+    blocks = BLOCK.findall(path.read_text())
+    own = {Path(t.group(1)).stem for _, info, _ in blocks if (t := re.search(r"file=(\S+)", info))}
+    preload = [m for lang, _, body in blocks if lang == "python" for pair in IMPORT.findall(body) for m in pair
+               if m and m.split(".")[0] not in own]  # the document's own modules are imported by its examples
+    if any(lang == "bash" for lang, _, _ in blocks):
+        preload.append("clframework.apps.cli")
+    env = {"PYTHONPATH": str(workdir), "WANDB_MODE": "offline"}
+    with ForkServer(list(dict.fromkeys(preload)), cwd=workdir, env=env) as python:
+        return _run_blocks(path, blocks, workdir, python)
+
+
+def _run_blocks(path, blocks, workdir, python) -> int:
     from clframework.benchmarks.datasets import available
 
-    env = {**os.environ, "PYTHONPATH": str(workdir), "WANDB_MODE": "offline"}
     printed, skipped = None, 0
-    for lang, info, body in BLOCK.findall(path.read_text()):
+    for lang, info, body in blocks:
         target = re.search(r"file=(\S+)", info)
         needs = re.search(r"requires=(\S+)", info)
         if needs and not available(needs.group(1)):
@@ -46,7 +58,7 @@ def run_document(path: Path, workdir: Path) -> int:
         elif target:
             (workdir / target.group(1)).write_text(body)
         elif lang == "python":
-            proc = subprocess.run([sys.executable, "-c", body], cwd=workdir, env=env, capture_output=True, text=True)
+            proc = python.run(["-c", body], timeout=600)
             assert proc.returncode == 0, f"{path.name} python block failed:\n{body}\n{proc.stderr[-3000:]}"
             printed = proc.stdout
         elif "output" in info.split():
@@ -57,7 +69,7 @@ def run_document(path: Path, workdir: Path) -> int:
             for line in body.strip().splitlines():
                 args = shlex.split(line)
                 assert args[0] == "clframework", f"unexpected command in {path.name}: {line}"
-                proc = subprocess.run(CLI + args[1:], cwd=workdir, env=env, capture_output=True, text=True)
+                proc = python.run(["-m", "clframework", *args[1:]], timeout=600)
                 assert proc.returncode == 0, f"{path.name}: `{line}` failed:\n{proc.stderr[-3000:]}"
     return skipped
 

@@ -4,14 +4,14 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # real kill -9 of subprocesses that import torch
+from forkserver import ForkServer
+
+pytestmark = pytest.mark.slow  # real kill -9 of real processes that run torch
 
 DRIVER = Path(__file__).with_name("resume_driver.py")
 
@@ -21,45 +21,49 @@ KILLS = {"naive": ["step:9", "task:1", "step:17"],
          "ewc": ["step:9", "fisher", "task:2"]}
 
 
-def _driver(strategy, out, resume, pause=""):
-    return subprocess.Popen([sys.executable, str(DRIVER), strategy, str(out), "1" if resume else "0", pause],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.fixture(scope="module")
+def python():
+    """Each run a process of its own, forked from one that has imported torch and clframework (tests/forkserver.py)."""
+    with ForkServer(["torch", "clframework.experiment", "clframework.strategies", "clframework.apps.cli"]) as server:
+        yield server
 
 
-def _finish(proc):
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
-    return json.loads(stdout.strip().splitlines()[-1])
+def _finish(python, pid):
+    proc = python.wait(pid, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _kill_when_paused(proc, out):
+def _kill_when_paused(python, pid, out):
     marker = Path(f"{out}.paused")
     deadline = time.time() + 240
     while not marker.exists():
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert python.running(pid), python.wait(pid).stderr[-3000:]
         assert time.time() < deadline, "the driver never reached its pause point"
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    os.kill(pid, signal.SIGKILL)
     marker.unlink()
-    assert proc.returncode == -signal.SIGKILL
+    assert python.wait(pid).returncode == -signal.SIGKILL
 
 
 @pytest.mark.parametrize("strategy", sorted(KILLS))
-def test_kill_9_at_several_points_then_resume_equals_uninterrupted(strategy, tmp_path):
-    reference = _driver(strategy, "-", False)  # never interrupted, no folder
+def test_kill_9_at_several_points_then_resume_equals_uninterrupted(strategy, tmp_path, python):
+    def driver(out, resume, pause=""):
+        return python.start([DRIVER, strategy, out, "1" if resume else "0", pause])
+
+    reference = driver("-", False)  # never interrupted, no folder
     out = tmp_path / "run"
     positions = []
     for i, pause in enumerate(KILLS[strategy]):
-        _kill_when_paused(_driver(strategy, out, i > 0, pause), out)
+        _kill_when_paused(python, driver(out, i > 0, pause), out)
         assert not (out / "results.json").exists()
         assert (out / "checkpoint.pt").is_file()  # the last complete checkpoint survived the kill
         assert not list(out.glob(".*.tmp"))
         import torch
 
         positions.append(torch.load(out / "checkpoint.pt", weights_only=True)["trainer"]["position"])
-    resumed = _finish(_driver(strategy, out, True))
-    expected = _finish(reference)
+    resumed = _finish(python, driver(out, True))
+    expected = _finish(python, reference)
     assert resumed["matrix"] == expected["matrix"]  # exact float equality, every cell
     assert resumed["curves"] == expected["curves"]
     assert len(positions) == 3 and positions[0]["task"] == 0 and positions[0]["step"] > 0  # mid-task
@@ -68,25 +72,24 @@ def test_kill_9_at_several_points_then_resume_equals_uninterrupted(strategy, tmp
     assert (out / "model.pt").is_file() and (out / "strategy.pt").is_file() and not (out / "checkpoint.pt").exists()
 
 
-def test_cli_kill_9_then_resume_equals_uninterrupted(tmp_path):
+def test_cli_kill_9_then_resume_equals_uninterrupted(tmp_path, python):
     """The documented command: `clframework run ... --checkpoint-every N --out A`, killed, rerun with --resume."""
-    args = [sys.executable, "-m", "clframework", "run", "--strategy", "si", "--epochs", "1", "--hidden", "16",
+    args = ["-m", "clframework", "run", "--strategy", "si", "--epochs", "1", "--hidden", "16",
             "--checkpoint-every", "4", "--quiet", "--device", "cpu"]
-    ref = subprocess.run(args + ["--out", str(tmp_path / "B")], capture_output=True, text=True, timeout=300)
+    ref = python.run(args + ["--out", tmp_path / "B"], timeout=300)
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "A"
-    proc = subprocess.Popen(args + ["--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid = python.start(args + ["--out", out])
     deadline = time.time() + 240
     while not (out / "checkpoint.pt").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        assert python.running(pid) and time.time() < deadline, python.wait(pid).stderr[-2000:]
         time.sleep(0.01)
     time.sleep(random.uniform(0, 0.3))  # somewhere further into training
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL and not (out / "results.json").exists()
-    again = subprocess.run(args + ["--out", str(out)], capture_output=True, text=True, timeout=60)
+    os.kill(pid, signal.SIGKILL)
+    assert python.wait(pid).returncode == -signal.SIGKILL and not (out / "results.json").exists()
+    again = python.run(args + ["--out", out], timeout=60)
     assert again.returncode == 2 and "is not empty" in again.stderr and "--resume" in again.stderr
-    done = subprocess.run(args + ["--out", str(out), "--resume"], capture_output=True, text=True, timeout=300)
+    done = python.run(args + ["--out", out, "--resume"], timeout=300)
     assert done.returncode == 0, done.stderr
     a = json.loads((out / "results.json").read_text())
     b = json.loads((tmp_path / "B" / "results.json").read_text())

@@ -1,0 +1,162 @@
+"""Real processes for the tests without an import of torch each: one interpreter (this file, run by `ForkServer`)
+imports the modules named on its command line, then forks a child per request that runs as `python ARGV` would:
+`-c CODE`, `-m MODULE` or a script, with its own argv, cwd, environment, __main__, stdout and stderr (to files).
+Every child starts from the same freshly imported state, so nothing one child registers, imports or sets is seen by
+the next. The children are real processes: they can be sent real signals (kill -9) by their pid. The server never
+computes anything itself, so forking it is safe for torch's thread pools."""
+import json
+import os
+import runpy
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+from types import SimpleNamespace
+
+
+def _child(request: dict, out: str, err: str) -> None:
+    """In the forked child: run `python ARGV` as the request says; never returns."""
+    code = 1
+    try:
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        for fd, path in ((1, out), (2, err)):
+            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+        os.chdir(request["cwd"])
+        os.environ.update(request["env"])
+        extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+        argv = request["argv"]
+        try:
+            if argv[0] == "-c":
+                sys.path[0:1] = ["", *extra]
+                main = types.ModuleType("__main__")  # what `python -c` gives the code: a __main__ of its own
+                sys.modules["__main__"], sys.argv = main, ["-c", *argv[2:]]
+                exec(compile(argv[1], "<string>", "exec"), main.__dict__)
+            elif argv[0] == "-m":
+                sys.path[0:1] = [os.getcwd(), *extra]
+                sys.argv = [argv[1], *argv[2:]]
+                runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+            else:
+                sys.path[0:1] = [str(Path(argv[0]).resolve().parent), *extra]
+                sys.argv = list(argv)
+                runpy.run_path(argv[0], run_name="__main__")
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if not isinstance(exc.code, (int, type(None))):
+                print(exc.code, file=sys.stderr)
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        import atexit
+
+        atexit._run_exitfuncs()  # what the interpreter does at exit (wandb finishes its runs there)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
+
+def serve(preload: list) -> None:
+    """Answers one JSON line per request line on stdin: start, poll, wait. At end of input, kills what still runs."""
+    import importlib
+
+    for name in preload:
+        try:
+            importlib.import_module(name)
+        except Exception:  # not installed here: the child that imports it says so itself
+            pass
+    scratch, children, done = Path(tempfile.mkdtemp(prefix="forkserver-")), {}, {}
+
+    def finish(pid, status):
+        out, err = children.pop(pid)
+        done[pid] = {"returncode": os.waitstatus_to_exitcode(status), "stdout": Path(out).read_text(errors="replace"),
+                     "stderr": Path(err).read_text(errors="replace")}
+
+    reply = sys.stdout
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request["op"] == "start":
+            out, err = str(scratch / f"{len(children) + len(done)}.out"), str(scratch / f"{len(children) + len(done)}.err")
+            reply.flush()
+            pid = os.fork()
+            if pid == 0:
+                _child(request, out, err)
+            children[pid] = (out, err)
+            answer = {"pid": pid}
+        elif request["op"] == "poll":
+            pid = request["pid"]
+            if pid in children:
+                got, status = os.waitpid(pid, os.WNOHANG)
+                if got:
+                    finish(pid, status)
+            answer = {"running": pid in children}
+        else:  # wait
+            pid, deadline = request["pid"], time.time() + request["timeout"]
+            while pid in children:
+                got, status = os.waitpid(pid, os.WNOHANG)
+                if got:
+                    finish(pid, status)
+                elif time.time() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    finish(pid, os.waitpid(pid, 0)[1])
+                    done[pid]["timed_out"] = True
+                else:
+                    time.sleep(0.01)
+            answer = done.pop(pid)
+        reply.write(json.dumps(answer) + "\n")
+        reply.flush()
+    for pid in list(children):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+class ForkServer:
+    """Client: `with ForkServer(["torch", "clframework.experiment"]) as fs: pid = fs.start([...]); fs.wait(pid)`."""
+
+    def __init__(self, preload=(), cwd=None, env=None):
+        self.cwd, self.env = str(cwd or os.getcwd()), dict(env or {})
+        self.proc = subprocess.Popen([sys.executable, __file__, *preload], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, cwd=self.cwd)
+
+    def _ask(self, **request):
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line, f"the fork server ended (exit status {self.proc.poll()})"
+        return json.loads(line)
+
+    def start(self, argv, cwd=None, env=None) -> int:
+        """`python ARGV` in a child; its pid."""
+        return self._ask(op="start", argv=[str(a) for a in argv], cwd=str(cwd or self.cwd),
+                         env={**self.env, **(env or {})})["pid"]
+
+    def running(self, pid: int) -> bool:
+        return self._ask(op="poll", pid=pid)["running"]
+
+    def wait(self, pid: int, timeout: float = 300):
+        """The child's returncode (negative: the signal that ended it), stdout and stderr; killed after timeout s."""
+        result = self._ask(op="wait", pid=pid, timeout=timeout)
+        assert not result.get("timed_out"), f"python child {pid} ran past {timeout} s:\n{result['stderr'][-3000:]}"
+        return SimpleNamespace(**result)
+
+    def run(self, argv, cwd=None, env=None, timeout: float = 300):
+        return self.wait(self.start(argv, cwd, env), timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+        self.proc.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1:])
