@@ -69,6 +69,16 @@ class Normalize:
         return x
 
 
+def decode_record(decode: Optional[Decode]):
+    """How results.json records a stream's decode, so a trained run can take the stored form: Normalize's fields,
+    None (the stored form is the model input), or the name of a function of your own (not rebuilt from the name)."""
+    if decode is None:
+        return None
+    if isinstance(decode, Normalize):
+        return {"scale": decode.scale, "mean": list(decode.mean), "std": list(decode.std)}
+    return f"{getattr(decode, '__module__', '?')}:{getattr(decode, '__qualname__', type(decode).__qualname__)}"
+
+
 def compose(decode: Optional[Decode], augment: Optional[Decode] = None) -> Optional[Decode]:
     """The one function from raw minibatch to model input: `augment(decode(raw))` (None: the raw form is the input)."""
     if decode is None or augment is None:

@@ -11,6 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from clframework.benchmarks.registry import BENCHMARKS, Protocol, benchmark_protocol
+from clframework.benchmarks.stream import decode_record
 from clframework.evaluation import aggregate as A
 from clframework.evaluation import metrics as M
 from clframework.evaluation.aggregate import format_console as format_table  # noqa: F401 (the CLI's compare table)
@@ -209,6 +210,14 @@ def model_for(config: RunConfig, train: dict, stream) -> torch.nn.Module:
                        stream.head_sizes, train["hidden"], train["dropout"])
 
 
+def stored_form(stream) -> dict:
+    """What results.json records of the stream's stored examples, for `clframework.load(...).predict` to take them:
+    their dtype and how they are decoded into model inputs."""
+    first = stream.tasks[0]
+    return {"stored_dtype": str(first.examples("train").raw(slice(0, 1)).dtype).replace("torch.", ""),
+            "decode": decode_record(first.decode)}
+
+
 def protocol_source(config: RunConfig) -> str:
     """Whose protocol supplied the training defaults: the registered benchmark's name, or "own" (RunConfig.protocol,
     e.g. a custom stream's)."""
@@ -364,7 +373,7 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
     head = {"status": "finished", "strategy": config.strategy, "benchmark": benchmark, "seed": config.seed,
             "hparams": cfg["hparams"],
             "config": {**train, "protocol": protocol_source(config), "setting": stream.setting,
-                       "head_sizes": stream.head_sizes, "input_shape": list(stream.input_shape),
+                       "head_sizes": stream.head_sizes, "input_shape": list(stream.input_shape), **stored_form(stream),
                        "classes": [list(t.classes) for t in stream.tasks], "task_heads": [t.head for t in stream.tasks],
                        "benchmark_options": cfg["benchmark_options"], "device": str(trainer.device),
                        "evaluated_on": config.evaluate_on},

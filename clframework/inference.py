@@ -1,8 +1,9 @@
 """A finished run's trained model, rebuilt for inference in one call: `clframework.load(run_dir)`.
 
 results.json records the architecture (the model's registered name or `module:factory`, its options, the stream's
-input shape and head sizes) and each task's classes; model.pt holds the weights. `predict` answers in the stream's
-own labels (e.g. CIFAR-10's 0-9), not in the outputs of a task's head.
+input shape and head sizes), each task's classes and how the stream stores and decodes its examples; model.pt holds
+the weights. `predict` takes examples as the stream stores them (e.g. uint8 images) or model inputs, and answers in
+the stream's own labels (e.g. CIFAR-10's 0-9), not in the outputs of a task's head.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import List, Optional, Union
 import torch
 from torch import nn
 
+from clframework.benchmarks.stream import Normalize
 from clframework.evaluation.results import read_json
 
 from .checkpoint import MODEL, RESULTS
@@ -50,12 +52,40 @@ class TrainedModel:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, task: Optional[Union[int, str]] = None) -> torch.Tensor:
-        """The stream's labels predicted for inputs `x` (in the form the stream's tasks hold them). Class- and
-        domain-incremental runs need no task; task-incremental ones predict within the given task's classes."""
+        """The stream's labels predicted for `x`: examples [N, ...] as the stream stores them (e.g. uint8 images,
+        `task.examples("test").raw()`), decoded as the run's stream decodes them, or float32 model inputs
+        (`task.test_x`). Class- and domain-incremental runs need no task; task-incremental ones predict within the
+        given task's classes."""
         head, labels = self.label_map(task)
         device = next(self.model.parameters()).device
-        out = forward_head(self.model, x.to(device), head)
+        out = forward_head(self.model, self.inputs(x, device), head)
         return torch.tensor(labels, device=out.device)[out[:, :len(labels)].argmax(1)].cpu()
+
+    def inputs(self, x: torch.Tensor, device="cpu") -> torch.Tensor:
+        """Model inputs on `device` for `x`, stored form or model inputs (see predict); anything else is a ValueError
+        saying what this run takes."""
+        shape, stored, decode = tuple(self.config["input_shape"]), self.config.get("stored_dtype"), \
+            self.config.get("decode")
+        raw = isinstance(decode, dict) and stored != "float32"  # stored floats decoded: model inputs only (unambiguous)
+        takes = f"float32 model inputs of shape [N, {', '.join(map(str, shape))}]"
+        if raw:
+            takes += f", or the stream's stored {stored} examples of that shape"
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"predict takes {takes}; got a {type(x).__name__} (torch.as_tensor converts it)")
+        if tuple(x.shape[1:]) != shape:
+            one = " (one example: x.unsqueeze(0))" if tuple(x.shape) == shape else ""
+            raise ValueError(f"predict takes {takes}; got shape {list(x.shape)}{one}")
+        if x.dtype == torch.float32:
+            return x.to(device)
+        if raw and str(x.dtype) == f"torch.{stored}":
+            return Normalize(decode["scale"], tuple(decode["mean"]), tuple(decode["std"]))(x.to(device))
+        why = ""
+        if isinstance(decode, str):
+            why = f" (the stream decodes its {stored} examples with {decode}, which load cannot rebuild: pass " \
+                  f"what it makes of them, task.inputs(raw))"
+        elif "decode" not in self.config:
+            why = " (results.json of an older clframework records no stored form: decode with task.inputs(raw))"
+        raise ValueError(f"predict takes {takes}; got {x.dtype}{why}")
 
     def to(self, device) -> "TrainedModel":
         self.model.to(device)

@@ -1,0 +1,88 @@
+"""`clframework.load(run_dir).predict` on real tiny runs: the stream's stored uint8 examples and the model inputs
+give the same predictions, whose accuracy is the run's own; a wrong shape or dtype is an error naming what it takes."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from clframework import load
+from clframework.benchmarks import split
+from clframework.benchmarks.scenarios import from_tensors
+from clframework.evaluation.plots import Figures
+from clframework.experiment import RunConfig, run
+
+NO_FIGURES = Figures(runs=False, study=False)
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory, mnist_stream):
+    out = tmp_path_factory.mktemp("inference") / "run"
+    run(RunConfig("naive", "split-mnist-5k", epochs=1, hidden=[16], device="cpu"), out, quiet=True,
+        stream=mnist_stream, figures=NO_FIGURES)
+    return out
+
+
+def test_predict_takes_the_stored_uint8_examples_as_the_model_inputs(mnist_run, mnist_stream):
+    trained = load(mnist_run)
+    res = json.loads((mnist_run / "results.json").read_text())
+    assert (res["config"]["stored_dtype"], res["config"]["decode"]) == ("uint8", {"scale": 255.0, "mean": [],
+                                                                                  "std": []})
+    for j, task in enumerate(mnist_stream):
+        raw = task.examples("test").raw()
+        assert raw.dtype == torch.uint8
+        from_raw = trained.predict(raw, task=j)
+        assert torch.equal(from_raw, trained.predict(task.test_x, task=j))
+        truth = torch.tensor(task.classes)[task.test_y]
+        accuracy = (from_raw == truth).sum().item() / len(truth)
+        assert accuracy == pytest.approx(res["accuracy_matrix"][-1][j], abs=1e-12)
+
+
+def test_predict_names_what_it_takes_for_a_wrong_shape_or_dtype(mnist_run, mnist_stream):
+    trained = load(mnist_run)
+    raw = mnist_stream[0].examples("test").raw()
+    takes = r"predict takes float32 model inputs of shape \[N, 1, 28, 28\], or the stream's stored uint8 examples"
+    for x, got in ((raw.long(), "got torch.int64"), (raw.double(), "got torch.float64"),
+                   (raw.flatten(1), r"got shape \[200, 784\]$"), (raw[0], r"got shape \[1, 28, 28\] \(one example: "
+                                                                          r"x.unsqueeze\(0\)\)"),
+                   (raw.numpy(), r"got a ndarray \(torch.as_tensor converts it\)")):
+        with pytest.raises(ValueError, match=f"{takes} of that shape; {got}"):
+            trained.predict(x, task=0)
+    assert isinstance(raw.numpy(), np.ndarray)
+
+
+def test_results_of_an_older_version_take_model_inputs_and_say_why_not_stored_ones(mnist_run, mnist_stream, tmp_path):
+    res = json.loads((mnist_run / "results.json").read_text())
+    for key in ("stored_dtype", "decode"):
+        del res["config"][key]
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "results.json").write_text(json.dumps(res))
+    (old / "model.pt").write_bytes((mnist_run / "model.pt").read_bytes())
+    trained, task = load(old), mnist_stream[1]
+    assert torch.equal(trained.predict(task.test_x, task=1), load(mnist_run).predict(task.test_x, task=1))
+    with pytest.raises(ValueError, match=r"got torch.uint8 \(results.json of an older clframework records no stored "
+                                         r"form: decode with task.inputs\(raw\)\)"):
+        trained.predict(task.examples("test").raw(), task=1)
+
+
+def _own_decode(raw):
+    return raw.float() / 255
+
+
+def test_a_decode_of_your_own_is_named_and_its_inputs_are_taken(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    data = from_tensors(torch.randint(0, 256, (80, 6), generator=g, dtype=torch.uint8), torch.arange(80) % 4,
+                        torch.randint(0, 256, (40, 6), generator=g, dtype=torch.uint8), torch.arange(40) % 4,
+                        decode=_own_decode)
+    stream = split(data, 2, setting="class")
+    run(RunConfig("naive", epochs=1, hidden=[8], device="cpu"), tmp_path / "r", quiet=True, stream=stream,
+        figures=NO_FIGURES)
+    trained, task = load(tmp_path / "r"), stream[1]
+    assert trained.config["decode"] == f"{__name__}:_own_decode"
+    assert set(trained.predict(task.test_x).tolist()) <= {0, 1, 2, 3}
+    own = f"{__name__}:_own_decode"
+    with pytest.raises(ValueError, match=rf"predict takes float32 model inputs of shape \[N, 6\]; got torch.uint8 "
+                                         rf"\(the stream decodes its uint8 examples with {own}, which load cannot "
+                                         rf"rebuild: pass what it makes of them, task.inputs\(raw\)\)"):
+        trained.predict(task.examples("test").raw())
