@@ -49,3 +49,14 @@ def cli(capsys, monkeypatch):
         return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def python():
+    """`python ARGV` as a real process of its own, forked from one that has imported torch and clframework already
+    (tests/forkserver.py): for what needs a process (a real kill -9, wandb's settings read once per process) but not
+    a fresh import of torch."""
+    from forkserver import ForkServer
+
+    with ForkServer(["torch", "clframework.experiment", "clframework.strategies", "clframework.apps.cli"]) as server:
+        yield server

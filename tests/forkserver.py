@@ -24,7 +24,10 @@ def _child(request: dict, out: str, err: str) -> None:
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         for fd, path in ((1, out), (2, err)):
             os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+        if request["session"]:
+            os.setsid()  # a process group of its own, as Popen(start_new_session=True) gives
         os.chdir(request["cwd"])
+        os.environ.clear()
         os.environ.update(request["env"])
         extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
         argv = request["argv"]
@@ -132,10 +135,10 @@ class ForkServer:
         assert line, f"the fork server ended (exit status {self.proc.poll()})"
         return json.loads(line)
 
-    def start(self, argv, cwd=None, env=None) -> int:
-        """`python ARGV` in a child; its pid."""
+    def start(self, argv, cwd=None, env=None, session=False) -> int:
+        """`python ARGV` in a child, in the caller's environment updated by `env`; its pid."""
         return self._ask(op="start", argv=[str(a) for a in argv], cwd=str(cwd or self.cwd),
-                         env={**self.env, **(env or {})})["pid"]
+                         env={**os.environ, **self.env, **(env or {})}, session=session)["pid"]
 
     def running(self, pid: int) -> bool:
         return self._ask(op="poll", pid=pid)["running"]

@@ -5,8 +5,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -65,13 +63,11 @@ def test_tinyimagenet_wrong_layout_is_one_clear_error(tmp_path, breakage, where,
 
 
 @pytest.mark.slow
-def test_cli_names_the_folder_and_what_is_missing_before_training(tmp_path):
+def test_cli_names_the_folder_and_what_is_missing_before_training(tmp_path, python):
     tmp_path.joinpath("tiny-imagenet-200").mkdir()
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "clframework", "run", "--strategy", "naive",
-                           "--benchmark", "split-tinyimagenet",
-                           "--data-root", str(tmp_path), "--out", str(out), "--quiet"], capture_output=True,
-                          text=True, timeout=300)
+    proc = python.run(["-m", "clframework", "run", "--strategy", "naive", "--benchmark", "split-tinyimagenet",
+                       "--data-root", str(tmp_path), "--out", str(out), "--quiet"], timeout=300)
     assert proc.returncode != 0 and "tiny-imagenet-200" in proc.stderr and "wnids.txt" in proc.stderr
     assert "Traceback" not in proc.stderr and not out.exists()
 
@@ -145,27 +141,25 @@ def test_dataloader_workers_train_bit_for_bit_like_the_same_data_in_memory(tmp_p
 
 
 @pytest.mark.slow
-def test_kill_9_mid_epoch_with_workers_then_resume_equals_uninterrupted(tmp_path):
+def test_kill_9_mid_epoch_with_workers_then_resume_equals_uninterrupted(tmp_path, python):
     """The disk-backed stream, read by 2 DataLoader workers, killed with SIGKILL in the middle of an epoch."""
     root = fake_folders.image_folder(tmp_path / "tree", n_classes=4, per_class=40, size=8)
-    args = [sys.executable, "-m", "clframework", "run", "--strategy", "replay", "--benchmark", "split-imagefolder",
+    args = ["-m", "clframework", "run", "--strategy", "replay", "--benchmark", "split-imagefolder",
             "--data-root", str(root), "--epochs", "2", "--batch-size", "4", "--hidden", "16", "--workers", "2",
             "--checkpoint-every", "3", "--quiet", "--device", "cpu"]
-    ref = subprocess.run(args + ["--out", str(tmp_path / "B")], capture_output=True, text=True, timeout=600)
+    ref = python.run(args + ["--out", str(tmp_path / "B")], timeout=600)
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "A"
-    proc = subprocess.Popen(args + ["--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    pid = python.start(args + ["--out", str(out)], session=True)
     deadline = time.time() + 300
     while not (out / "checkpoint.pt").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        assert python.running(pid) and time.time() < deadline, python.wait(pid).stderr[-2000:]
         time.sleep(0.01)
     time.sleep(random.uniform(0, 0.5))
-    os.killpg(proc.pid, signal.SIGKILL)  # the run and its DataLoader workers
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL and not (out / "results.json").exists()
+    os.killpg(pid, signal.SIGKILL)  # the run and its DataLoader workers
+    assert python.wait(pid).returncode == -signal.SIGKILL and not (out / "results.json").exists()
     position = torch.load(out / "checkpoint.pt", weights_only=False)["trainer"]["position"]
-    done = subprocess.run(args + ["--out", str(out), "--resume"], capture_output=True, text=True, timeout=600)
+    done = python.run(args + ["--out", str(out), "--resume"], timeout=600)
     assert done.returncode == 0, done.stderr
     a = json.loads((out / "results.json").read_text())
     b = json.loads((tmp_path / "B" / "results.json").read_text())

@@ -1,33 +1,29 @@
 """Own-data friction (issue 20 item 7): benchmark options from the CLI, compare() taking run's settings, and streams
 of your own carrying their training protocol (no unrelated benchmark to name)."""
 import json
-import subprocess
-import sys
 
 import pytest
 
 from clframework.benchmarks import Protocol
 from clframework.experiment import RunConfig, compare, run
 
-CLI = [sys.executable, "-m", "clframework"]
+CLI = ["-m", "clframework"]  # `python -m clframework`, run by the `python` fixture
 
 
 @pytest.mark.slow
-def test_cli_option_sets_benchmark_options_typed_and_recorded(tmp_path):
+def test_cli_option_sets_benchmark_options_typed_and_recorded(tmp_path, python):
     out = tmp_path / "perm"
-    proc = subprocess.run(CLI + ["run", "--strategy", "naive", "--benchmark", "permuted-mnist-5k", "--option",
+    proc = python.run(CLI + ["run", "--strategy", "naive", "--benchmark", "permuted-mnist-5k", "--option",
                                  "n_tasks=2", "permutation_seed=3", "--epochs", "1", "--hidden", "16", "--quiet",
-                                 "--out", str(out)], capture_output=True, text=True)
+                                 "--out", str(out)])
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "results.json").read_text())
     assert len(result["tasks"]) == 2
     assert result["config"]["benchmark_options"] == {"n_tasks": 2, "permutation_seed": 3}
-    proc = subprocess.run(CLI + ["run", "--strategy", "naive", "--option", "n_tasks=2", "--out", str(tmp_path / "x")],
-                          capture_output=True, text=True)
+    proc = python.run(CLI + ["run", "--strategy", "naive", "--option", "n_tasks=2", "--out", str(tmp_path / "x")])
     assert proc.returncode == 2 and "benchmark 'split-mnist-5k' has no option 'n_tasks'" in proc.stderr, proc.stderr
     assert "accepted: setting" in proc.stderr and not (tmp_path / "x").exists()
-    proc = subprocess.run(CLI + ["run", "--strategy", "naive", "--option", "setting", "--out", str(tmp_path / "y")],
-                          capture_output=True, text=True)
+    proc = python.run(CLI + ["run", "--strategy", "naive", "--option", "setting", "--out", str(tmp_path / "y")])
     assert proc.returncode == 2 and "--option expects KEY=VALUE (for example --option n_tasks=3)" in proc.stderr
 
 

@@ -3,8 +3,6 @@ update it allows), exact resume mid-schedule, and every value checked up front a
 import copy
 import json
 import math
-import subprocess
-import sys
 
 from dataclasses import replace
 
@@ -141,19 +139,19 @@ def test_recipe_recorded_in_results(tmp_path, mnist_stream):
 
 
 @pytest.mark.slow
-def test_cli_recipe_flags_reach_results_json_and_bad_ones_stop_before_training(tmp_path):
-    cli = [sys.executable, "-m", "clframework", "run", "--strategy", "naive", "--tasks", "1", "--epochs", "2",
+def test_cli_recipe_flags_reach_results_json_and_bad_ones_stop_before_training(tmp_path, python):
+    cli = ["-m", "clframework", "run", "--strategy", "naive", "--tasks", "1", "--epochs", "2",
            "--quiet"]
-    proc = subprocess.run(cli + ["--out", str(tmp_path / "ok"), "--optimizer", "sgd", "--lr", "0.05",
-                                 "--momentum", "0.9", "--weight-decay", "0.0005", "--lr-schedule", "cosine",
-                                 "--lr-min", "0.001", "--grad-clip", "2"], capture_output=True, text=True)
+    proc = python.run(cli + ["--out", str(tmp_path / "ok"), "--optimizer", "sgd", "--lr", "0.05",
+                             "--momentum", "0.9", "--weight-decay", "0.0005", "--lr-schedule", "cosine",
+                             "--lr-min", "0.001", "--grad-clip", "2"])
     assert proc.returncode == 0, proc.stderr
     config = json.loads((tmp_path / "ok/results.json").read_text())["config"]
     assert {k: config[k] for k in ("optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "lr_min",
                                    "grad_clip")} == {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
                                                      "weight_decay": 0.0005, "lr_schedule": "cosine", "lr_min": 0.001,
                                                      "grad_clip": 2.0}
-    proc = subprocess.run(cli + ["--out", str(tmp_path / "bad"), "--momentum", "0.9"], capture_output=True, text=True)
+    proc = python.run(cli + ["--out", str(tmp_path / "bad"), "--momentum", "0.9"])
     assert proc.returncode == 2 and "momentum applies to the sgd optimizer only" in proc.stderr
     assert not (tmp_path / "bad").exists()
 

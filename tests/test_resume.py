@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from forkserver import ForkServer
-
 pytestmark = pytest.mark.slow  # real kill -9 of real processes that run torch
 
 DRIVER = Path(__file__).with_name("resume_driver.py")
@@ -19,13 +17,6 @@ DRIVER = Path(__file__).with_name("resume_driver.py")
 KILLS = {"naive": ["step:9", "task:1", "step:17"],
          "si": ["step:9", "task:1", "step:17"],
          "ewc": ["step:9", "fisher", "task:2"]}
-
-
-@pytest.fixture(scope="module")
-def python():
-    """Each run a process of its own, forked from one that has imported torch and clframework (tests/forkserver.py)."""
-    with ForkServer(["torch", "clframework.experiment", "clframework.strategies", "clframework.apps.cli"]) as server:
-        yield server
 
 
 def _finish(python, pid):

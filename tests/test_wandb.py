@@ -145,21 +145,17 @@ def _tiny(tmp_path, *extra):
             "--out", str(tmp_path / "run"), *extra]
 
 
-def test_wandb_settings_from_environment_and_flags(tmp_path):
-    """$WANDB_PROJECT/ENTITY/TAGS/NAME are honoured; the flags win over them. (A subprocess each: wandb reads its
+def test_wandb_settings_from_environment_and_flags(tmp_path, python):
+    """$WANDB_PROJECT/ENTITY/TAGS/NAME are honoured; the flags win over them. (A process each: wandb reads its
     environment once per process.)"""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "WANDB_PROJECT": "env-project", "WANDB_ENTITY": "env-team", "WANDB_TAGS": "a,b",
+    env = {"WANDB_PROJECT": "env-project", "WANDB_ENTITY": "env-team", "WANDB_TAGS": "a,b",
            "WANDB_NAME": "env-name", "WANDB_MODE": "offline"}
     cases = {"env": ([], ("env-project", "env-team", ["a", "b"], "env-name")),
              "flags": (["--wandb-project", "p", "--wandb-entity", "e", "--wandb-tags", "x,y", "--wandb-name", "mine"],
                        ("p", "e", ["x", "y"], "mine"))}
     for label, (flags, expected) in cases.items():
         argv = _tiny(tmp_path / label, "--wandb", *flags)
-        proc = subprocess.run([sys.executable, "-m", "clframework", *argv], env=env, capture_output=True, text=True)
+        proc = python.run(["-m", "clframework", *argv], env=env)
         assert proc.returncode == 0, proc.stderr[-2000:]
         (run_dir,) = (tmp_path / label / "run" / "wandb").glob("offline-run-*")
         logged = read_offline_run(run_dir)["run"]
