@@ -4,11 +4,12 @@ Each step, the reference gradient g_ref is the loss gradient on a random sample 
 tasks' examples (filled at each task's end, as replay's memory). When the minibatch's gradient g conflicts with it
 (g . g_ref < 0) the update uses the projection of Eq. 11, g - (g . g_ref / g_ref . g_ref) g_ref: the vector nearest g
 whose dot product with g_ref is not negative. g and g_ref run over every trainable parameter (zeros where a head
-took no part), so replayed examples of earlier heads move those heads too.
+took no part), so replayed examples of earlier heads move those heads too; a parameter neither reached keeps no
+gradient (None), as in fine-tuning.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,15 +20,45 @@ from clframework.plugin import Batch, Strategy, check_state_keys, register_strat
 
 from .memory import SELECTIONS, ReplayMemory, add_task_data, stores_raw
 
+Grads = Union[torch.Tensor, Sequence[Optional[torch.Tensor]]]
+# g_ref is the gradient of REF_SCALE x the memory's loss: scaling by a power of two is exact and leaves Eq. 11 as it
+# is, but a learned memory's gradient (~1e-40, the loss as small) would otherwise be float32 denormals or zeros (75% of
+# its entries in a diverged run), its direction lost; gradients ~1e19 times larger than a cross-entropy's are still
+# far from float32's limit (3e38).
+REF_SCALE = 2.0 ** 64
 
-def agem_project(g: torch.Tensor, g_ref: torch.Tensor) -> torch.Tensor:
+
+def agem_project(g: Grads, g_ref: Grads) -> Grads:
     """Eq. 11: g when g . g_ref >= 0, else g - (g . g_ref / g_ref . g_ref) g_ref (no host sync: no branch).
 
-    The dot products are taken in float64: once the memory is learned, g_ref can be so small that g_ref . g_ref
-    underflows to 0 in float32 while g . g_ref does not, and the ratio would be infinite."""
-    dot, norm2 = torch.dot(g.double(), g_ref.double()), torch.dot(g_ref.double(), g_ref.double())
-    scale = torch.where((dot < 0) & (norm2 > 0), dot / norm2, torch.zeros_like(dot))
-    return g - scale.to(g.dtype) * g_ref
+    g, g_ref: one tensor each, or equally long lists of per-parameter tensors in which None stands for zeros (a
+    parameter the minibatch or the memory sample did not reach); the result has g's form (None where both are).
+    g_ref is first divided by its largest |element|, which leaves the projection unchanged: once the memory is learned
+    g_ref can be denormal (|g_ref| ~ 1e-40), where g_ref . g_ref underflows to 0 in float32 and the ratio
+    g . g_ref / g_ref . g_ref exceeds float32's range even when formed in float64 (inf, and inf * 0 = NaN). Scaled,
+    g_ref . g_ref >= 1 and the removed component, of length |g . g_ref| / |g_ref| <= |g|, cannot overflow."""
+    single = isinstance(g, torch.Tensor)
+    gs, rs = ([g], [g_ref]) if single else (list(g), list(g_ref))
+    if len(gs) != len(rs):
+        raise ValueError(f"agem_project needs one reference gradient per gradient, got {len(rs)} for {len(gs)}")
+    live = [i for i, r in enumerate(rs) if r is not None]
+    if not live:
+        return g
+    refs = [rs[i] for i in live]
+    peak = torch.stack(torch._foreach_norm(refs, float("inf"))).max()  # an element of g_ref: exact
+    unit = torch._foreach_div(refs, torch.where(peak > 0, peak, torch.ones_like(peak)))  # |elements| <= 1
+    both = [j for j, i in enumerate(live) if gs[i] is not None]
+    dot = torch.stack([torch.dot(gs[live[j]].reshape(-1), unit[j].reshape(-1)) for j in both]).sum() if both \
+        else peak.new_zeros(())
+    norm2 = torch.stack([torch.dot(u.reshape(-1), u.reshape(-1)) for u in unit]).sum()
+    scale = torch.where(dot < 0, dot / norm2, torch.zeros_like(dot))
+    torch._foreach_mul_(unit, -scale)  # the component added to g
+    if both:
+        torch._foreach_add_([unit[j] for j in both], [gs[live[j]] for j in both])
+    out = list(gs)
+    for i, new in zip(live, unit):
+        out[i] = new
+    return out[0] if single else out
 
 
 @register_strategy("agem", checks={"memory_size": (lambda v: v >= 1, "an integer >= 1"),
@@ -64,16 +95,11 @@ class AGEM(Strategy):
         raw, y, head = self.memory.sample(self.sample_size)
         with torch.enable_grad():
             loss = F.cross_entropy(forward_heads(model, raw if self._prepare is None else self._prepare(raw), head), y)
-            ref = torch.autograd.grad(loss, params, allow_unused=True)
+            ref = torch.autograd.grad(loss, params, loss.new_full((), REF_SCALE), allow_unused=True)
         with torch.no_grad():
-            g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-            r = torch.cat([(t if t is not None else torch.zeros_like(p)).reshape(-1) for t, p in zip(ref, params)])
-            projected = agem_project(g, r).split([p.numel() for p in params])
-            for p, new in zip(params, projected):
-                if p.grad is None:
-                    p.grad = new.view_as(p).clone()
-                else:
-                    p.grad.copy_(new.view_as(p))
+            projected = agem_project([p.grad for p in params], ref)
+        for p, new in zip(params, projected):
+            p.grad = new
 
     def on_task_end(self, model: nn.Module, data, head: int = 0) -> None:
         add_task_data(self.memory, model, data, head, raw=self._raw)

@@ -1,10 +1,15 @@
 """A-GEM's projection (Eq. 11) against its defining optimisation problem, solved by a generic QP solver."""
+import copy
+
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize
 
 from clframework import make_strategy, mlp
+from clframework.benchmarks.datasets import available
+from clframework.experiment import RunConfig, run
 from clframework.models import forward_heads
 from clframework.strategies.agem import agem_project
 
@@ -62,7 +67,7 @@ def test_step_applies_a_gradient_that_does_not_conflict_with_the_memory(mnist_st
         mx, my, mh = agem.memory.sample(32)
         ref = torch.autograd.grad(F.cross_entropy(forward_heads(model, mx, mh), my), params, allow_unused=True)
         r = torch.cat([(t if t is not None else torch.zeros_like(p)).flatten() for t, p in zip(ref, params)])
-        applied = torch.cat([p.grad.flatten() for p in params])
+        applied = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
         assert applied @ r >= -1e-5 * r.norm() * applied.norm()
         conflicts += int(g @ r < 0)
         expected = g if g @ r >= 0 else g - (g @ r) / (r @ r) * r
@@ -70,6 +75,90 @@ def test_step_applies_a_gradient_that_does_not_conflict_with_the_memory(mnist_st
         checked += 1
         with torch.no_grad():
             for p in params:
-                p -= 0.5 * p.grad
+                if p.grad is not None:  # None: neither the minibatch nor the memory reached it
+                    p -= 0.5 * p.grad
                 p.grad = None
     assert checked == 10 and conflicts >= 1
+
+
+def _closed_form(g, r):
+    """Eq. 11 in float64 from the float32 inputs."""
+    g64, r64 = g.double(), r.double()
+    dot = g64 @ r64
+    return g64 - dot / (r64 @ r64) * r64 if dot < 0 else g64
+
+
+def test_projection_of_a_denormal_reference_gradient_matches_float64():
+    """A learned memory gives cross-entropy gradients ~1e-40 (float32 denormals, most entries 0): the ratio
+    g . g_ref / g_ref . g_ref is then beyond float32's range even in float64, and inf * 0 was NaN (the 10-epoch
+    split Fashion-MNIST run diverged so). The projection must stay the float64 closed form."""
+    gen = torch.Generator().manual_seed(0)
+    n = 4000
+    r = torch.randn(n, generator=gen, dtype=torch.float64) * 1e-41
+    r[torch.rand(n, generator=gen) < 0.75] = 0  # flushed to zero, as in the diverged run (203,443 of 267,780)
+    r = r.float()
+    g = torch.randn(n, generator=gen) * 0.02 - (1e40 * r.double()).float()  # |g| ~ 3 and g . g_ref < 0
+    assert 0 < r.abs().max() < torch.finfo(torch.float32).tiny  # denormal
+    g64, r64 = g.double(), r.double()
+    assert g64 @ r64 < 0 and abs((g64 @ r64) / (r64 @ r64)) > torch.finfo(torch.float32).max
+    p = agem_project(g, r)
+    expected = _closed_form(g, r)
+    assert torch.isfinite(p).all()
+    assert torch.allclose(p.double(), expected, rtol=1e-5, atol=1e-6 * g64.norm().item())
+    assert abs(p.double() @ r64) <= 1e-5 * p.double().norm() * r64.norm()  # no conflict left
+
+
+def test_per_parameter_lists_equal_the_flat_projection():
+    """g and g_ref given per parameter, None for a parameter one of them did not reach (zeros), as the strategy
+    passes them: the same vectors as the flat closed form, None only where both are None."""
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(3, 4), (4,), (2, 3), (5,)]
+    for trial in range(20):
+        g = [torch.randn(s, generator=gen) for s in shapes]
+        r = [torch.randn(s, generator=gen) * (1e-41 if trial % 2 else 1.0) for s in shapes]
+        g[2], r[3] = None, None  # the minibatch missed parameter 2, the memory parameter 3
+        flat_g = torch.cat([(t if t is not None else torch.zeros(s)).reshape(-1) for t, s in zip(g, shapes)])
+        flat_r = torch.cat([(t if t is not None else torch.zeros(s)).reshape(-1) for t, s in zip(r, shapes)])
+        out = agem_project(g, r)
+        assert out[3] is g[3] and out[2] is not None and [t.shape for t in out] == [torch.Size(s) for s in shapes]
+        assert torch.allclose(torch.cat([t.reshape(-1) for t in out]).double(), _closed_form(flat_g, flat_r),
+                              rtol=1e-5, atol=1e-6)
+    assert agem_project([None, torch.ones(2)], [None, None])[0] is None
+
+
+def test_step_stays_finite_when_the_memory_is_learned(mnist_stream):
+    """The divergence at step level: one head, its weights 0 and biases +-50, so every stored example (class 0) has
+    probability 1 - e^-100 and the memory's float32 gradient is denormal (~1e-45: in float32 it loses its direction);
+    the minibatch (class 1) conflicts with it. The applied gradient is finite and the closed form of the float64
+    gradients."""
+    torch.manual_seed(0)
+    model = mlp(784, [2], hidden=(16,))
+    with torch.no_grad():
+        model.heads[0].weight.zero_()
+        model.heads[0].bias.copy_(torch.tensor([50.0, -50.0]))
+    x = mnist_stream[0].train_x[:40]
+    mem_y, batch_y = torch.zeros(32, dtype=torch.long), torch.ones(8, dtype=torch.long)
+    agem = make_strategy("agem", memory_size=32, sample_size=64)
+    agem.on_task_end(model, (x[:32], mem_y), 0)
+    twin = copy.deepcopy(model).double()  # the independent computation, in float64
+    g64 = torch.cat([t.flatten() for t in torch.autograd.grad(F.cross_entropy(twin(x[32:].double(), 0), batch_y),
+                                                              list(twin.parameters()))])
+    r64 = torch.cat([t.flatten() for t in torch.autograd.grad(F.cross_entropy(twin(x[:32].double(), 0), mem_y),
+                                                              list(twin.parameters()))])
+    r32 = torch.cat([t.flatten() for t in torch.autograd.grad(F.cross_entropy(model(x[:32], 0), mem_y),
+                                                              list(model.parameters()))])
+    assert r32.abs().max() < torch.finfo(torch.float32).tiny and g64 @ r64 < 0  # denormal, and a conflict
+    F.cross_entropy(model(x[32:], 0), batch_y).backward()
+    agem.on_before_step(model)
+    applied = torch.cat([p.grad.flatten() for p in model.parameters()])
+    expected = g64 - (g64 @ r64) / (r64 @ r64) * r64
+    assert torch.isfinite(applied).all()
+    assert torch.allclose(applied.double(), expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not available("fashion-mnist"), reason="needs the Fashion-MNIST files (dataset-fashion-mnist)")
+def test_ten_epochs_of_split_fashion_mnist_do_not_diverge():
+    """The run that diverged (loss NaN at task 2, epoch 5, step 172, seed 0) trains to the end."""
+    result = run(RunConfig("agem", "split-fashion-mnist", epochs=10, tasks=2), quiet=True)
+    assert len(result.accuracy_matrix) == 2 and min(result.accuracy_matrix[1]) > 0.8
