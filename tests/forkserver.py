@@ -86,7 +86,8 @@ def serve(preload: list) -> None:
     for line in sys.stdin:
         request = json.loads(line)
         if request["op"] == "start":
-            out, err = str(scratch / f"{len(children) + len(done)}.out"), str(scratch / f"{len(children) + len(done)}.err")
+            n = len(children) + len(done)
+            out, err = str(scratch / f"{n}.out"), str(scratch / f"{n}.err")
             reply.flush()
             pid = os.fork()
             if pid == 0:

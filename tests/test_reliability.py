@@ -35,7 +35,10 @@ from clframework.trainer import Trainer, TrainerCallback, TrainingDiverged, Trai
 TINY = ["--epochs", "1", "--hidden", "16", "--quiet", "--device", "cpu"]
 
 
-def _cli(*args, env=None, cwd=None, preexec_fn=None, timeout=300):
+def _cli(*args, env=None, cwd=None, preexec_fn=None, timeout=300, python=None):
+    """`python -m clframework ARGS`; given the `python` fixture, forked from its server (no import of torch)."""
+    if python is not None:
+        return python.run(["-m", "clframework", *args], cwd=cwd, env=env, timeout=timeout)
     return subprocess.run([sys.executable, "-m", "clframework", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, cwd=cwd, preexec_fn=preexec_fn, timeout=timeout)
 
@@ -346,11 +349,12 @@ def test_registering_an_existing_name_is_an_error_unless_override(capsys):
 
 
 @pytest.mark.slow
-def test_plugin_file_re_registering_si_is_an_error(tmp_path):
+def test_plugin_file_re_registering_si_is_an_error(tmp_path, python):
     plugin = tmp_path / "evil.py"
     plugin.write_text("from clframework import Strategy, register_strategy\n\n"
                       "@register_strategy('si')\nclass NotSI(Strategy):\n    pass\n")
-    proc = _cli("run", "--strategy", "si", "--plugin", str(plugin), "--out", str(tmp_path / "never"), *TINY)
+    proc = _cli("run", "--strategy", "si", "--plugin", str(plugin), "--out", str(tmp_path / "never"), *TINY,
+                python=python)
     assert proc.returncode == 2 and "strategy 'si' is already registered (built-in)" in proc.stderr
     assert not (tmp_path / "never").exists()
 
@@ -365,9 +369,9 @@ def _dist(tmp_path, module_code, name="broken_cl"):
 
 
 @pytest.mark.slow
-def test_broken_installed_plugin_is_one_warning_and_every_command_works(tmp_path):
+def test_broken_installed_plugin_is_one_warning_and_every_command_works(tmp_path, python):
     env = _dist(tmp_path, "import numpy_that_does_not_exist\n")
-    proc = _cli("list", env=env, cwd=tmp_path)
+    proc = _cli("list", env=env, cwd=tmp_path, python=python)
     assert proc.returncode == 0, proc.stderr
     warning_lines = [line for line in proc.stderr.splitlines() if "failed to load" in line]
     assert len(warning_lines) == 1
@@ -377,12 +381,12 @@ def test_broken_installed_plugin_is_one_warning_and_every_command_works(tmp_path
 
 
 @pytest.mark.slow
-def test_list_shows_where_each_strategy_comes_from(tmp_path):
+def test_list_shows_where_each_strategy_comes_from(tmp_path, python):
     env = _dist(tmp_path, "from clframework import Strategy, register_strategy\n\n"
                           "@register_strategy('installed-one')\nclass Installed(Strategy):\n    pass\n", "good_cl")
     (tmp_path / "local_plugin.py").write_text("from clframework import Strategy, register_strategy\n\n"
                                               "@register_strategy('local-one')\nclass Local(Strategy):\n    pass\n")
-    proc = _cli("list", "--plugin", "local_plugin", env=env, cwd=tmp_path)
+    proc = _cli("list", "--plugin", "local_plugin", env=env, cwd=tmp_path, python=python)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
 
@@ -396,10 +400,10 @@ def test_list_shows_where_each_strategy_comes_from(tmp_path):
 
 
 @pytest.mark.parametrize("plugin", ["broken_syntax", "broken_syntax.py"])
-def test_plugin_with_a_syntax_error_is_one_line_exit_2(tmp_path, plugin):
+def test_plugin_with_a_syntax_error_is_one_line_exit_2(tmp_path, plugin, python):
     """Issue 19: it printed a 15-line traceback with exit 1; the docs promise one line and exit 2."""
     (tmp_path / "broken_syntax.py").write_text("from clframework import Strategy\n\nclass Oops(Strategy)\n    pass\n")
-    proc = _cli("list", "--plugin", plugin, cwd=tmp_path)
+    proc = _cli("list", "--plugin", plugin, cwd=tmp_path, python=python)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"clframework: error: plugin '{plugin}' has a syntax error: ")
@@ -407,14 +411,15 @@ def test_plugin_with_a_syntax_error_is_one_line_exit_2(tmp_path, plugin):
 
 
 @pytest.mark.parametrize("plugin", ["needs_dep", "needs_dep.py"])
-def test_plugin_missing_a_dependency_is_told_to_install_it_not_to_fix_its_path(tmp_path, plugin):
+def test_plugin_missing_a_dependency_is_told_to_install_it_not_to_fix_its_path(tmp_path, plugin, python):
     (tmp_path / "needs_dep.py").write_text("import package_that_is_not_installed.sub\n")
-    proc = _cli("list", "--plugin", plugin, cwd=tmp_path)
+    proc = _cli("list", "--plugin", plugin, cwd=tmp_path, python=python)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"clframework: error: plugin '{plugin}' needs the module 'package_that_is_not_installed', which is not "
         f"installed here; install the package that provides it (e.g. pip install package_that_is_not_installed)"]
-    missing = _cli("list", "--plugin", "no_such_plugin", cwd=tmp_path)  # the plugin itself missing: the path hint
+    # the plugin itself missing: the path hint
+    missing = _cli("list", "--plugin", "no_such_plugin", cwd=tmp_path, python=python)
     assert missing.returncode == 2 and "Pass an importable module name" in missing.stderr
 
 
@@ -498,11 +503,11 @@ BUGGY = textwrap.dedent('''
 
 
 @pytest.mark.slow
-def test_exception_in_a_strategy_shows_traceback_and_where_and_keeps_finished_tasks(tmp_path):
+def test_exception_in_a_strategy_shows_traceback_and_where_and_keeps_finished_tasks(tmp_path, python):
     (tmp_path / "buggy_plugin.py").write_text(BUGGY)
     out = tmp_path / "run"
     proc = _cli("run", "--strategy", "buggy", "--set", "fail_at=16", "--plugin", "buggy_plugin", "--out", str(out),
-                "--checkpoint-every", "0", *TINY, cwd=tmp_path)
+                "--checkpoint-every", "0", *TINY, cwd=tmp_path, python=python)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback (most recent call last)" in proc.stderr and "buggy_plugin.py" in proc.stderr
     assert "in on_after_step" in proc.stderr
@@ -513,13 +518,13 @@ def test_exception_in_a_strategy_shows_traceback_and_where_and_keeps_finished_ta
 
 @pytest.mark.slow
 @pytest.mark.slow
-def test_compare_goes_on_past_a_run_that_raised_writes_its_summary_and_exits_1(tmp_path):
+def test_compare_goes_on_past_a_run_that_raised_writes_its_summary_and_exits_1(tmp_path, python):
     """Issue 19: an exception in a strategy's hook during compare exited 2 (the docs say 1), wrote no summary and never
     ran the remaining runs."""
     (tmp_path / "buggy_plugin.py").write_text(BUGGY)
     out = tmp_path / "cmp"
     proc = _cli("compare", "--strategies", "buggy,naive", "--seeds", "2", "--set", "buggy.fail_at=16", "--plugin",
-                "buggy_plugin", "--out", str(out), "--checkpoint-every", "0", *TINY, cwd=tmp_path)
+                "buggy_plugin", "--out", str(out), "--checkpoint-every", "0", *TINY, cwd=tmp_path, python=python)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.count("Traceback (most recent call last)") == 2 and "in on_after_step" in proc.stderr
     assert "KeyError: 'my_buffer' (raised in run buggy seed 1, task 2 (2-3), epoch 1, step 3)" in proc.stderr
@@ -536,9 +541,9 @@ def test_compare_goes_on_past_a_run_that_raised_writes_its_summary_and_exits_1(t
 
 
 @pytest.mark.slow
-def test_debug_shows_full_tracebacks_for_user_errors(tmp_path):
-    plain = _cli("run", "--strategy", "nope", "--out", str(tmp_path / "a"), *TINY)
-    debug = _cli("run", "--strategy", "nope", "--out", str(tmp_path / "b"), "--debug", *TINY)
+def test_debug_shows_full_tracebacks_for_user_errors(tmp_path, python):
+    plain = _cli("run", "--strategy", "nope", "--out", str(tmp_path / "a"), *TINY, python=python)
+    debug = _cli("run", "--strategy", "nope", "--out", str(tmp_path / "b"), "--debug", *TINY, python=python)
     assert plain.returncode == 2 and "Traceback" not in plain.stderr and "unknown strategy 'nope'" in plain.stderr
     assert debug.returncode != 0 and "Traceback (most recent call last)" in debug.stderr
     assert "RegistryError: unknown strategy 'nope'" in debug.stderr
