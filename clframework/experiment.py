@@ -12,10 +12,10 @@ import torch
 
 from clframework.benchmarks.registry import BENCHMARKS, Protocol, benchmark_protocol
 from clframework.benchmarks.stream import decode_record
-from clframework.evaluation import aggregate as A
+from clframework.evaluation import aggregate as A  # its scipy only once a summary needs it
 from clframework.evaluation import metrics as M
 from clframework.evaluation.aggregate import format_console as format_table  # noqa: F401 (the CLI's compare table)
-from clframework.evaluation.plots import Figures, write_compare_plots, write_run_plots
+from clframework.evaluation.figures import Figures
 from clframework.evaluation.results import OutputError, matrix_csv, read_json, write_json, write_text
 
 from .checkpoint import (CHECKPOINT, CONFIG, FAILED, MODEL, RESULTS, STRATEGY_STATE, STUDY, OutputFolder, as_json,
@@ -437,6 +437,8 @@ def write_run(result: dict, out_dir: Path, figures: Figures = Figures()) -> Path
     out_dir = Path(out_dir)
     write_text(out_dir / "matrix.csv", matrix_csv(result))
     if figures.runs:
+        from clframework.evaluation.plots import write_run_plots  # matplotlib: only where figures are drawn
+
         write_run_plots(result, out_dir, figures.formats)
     return write_json(out_dir / RESULTS, result)
 
@@ -729,6 +731,8 @@ def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, sta
         write_text(out_dir / "table.md", A.table_markdown(summary))
         write_text(out_dir / "table.csv", A.table_csv(summary["table"]))
         if all_runs and figures.study:
+            from clframework.evaluation.plots import write_compare_plots
+
             write_compare_plots(all_runs, out_dir, figures.formats)
     for cb in summary_callbacks:
         cb.on_summary(summary, out_dir)

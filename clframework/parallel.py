@@ -1,8 +1,8 @@
 """Where a study's runs execute: one after another in this process, in a pool of local worker processes
 (`--jobs N`), or as Ray tasks on a local instance or a cluster (`--ray [ADDRESS]`).
 
-A run is a picklable payload handed, with the study's shared stream, to a module-level function. The stream is
-prepared once: local workers memory-map one file of it (the pages are shared, so N workers do not hold N copies) and
+A run is a picklable payload handed, with the study's shared stream, to a module-level function. `--jobs N` is this
+process and N - 1 workers (see Pool). The stream is prepared once: local workers memory-map one file of it (the pages are shared, so N workers do not hold N copies) and
 Ray tasks read one object from Ray's store. Each worker uses `threads` torch threads, so a run's results equal those
 of the same run alone in one process with that thread count.
 """
@@ -219,26 +219,41 @@ def _gather(submitted: dict, on_result, results: list, cancel: Callable[[], None
     return results
 
 
+def _ready() -> None:
+    """Queued ahead of the runs, one per worker: ProcessPoolExecutor hands a worker its next call before the worker
+    asks (one more than the workers), so without these the first runs would be taken before any worker has started."""
+
+
 class Pool(Executor):
-    """Spawned worker processes (safe with CUDA and threads, unlike fork), each with `threads` torch threads."""
+    """`jobs` runs side by side: this process, which trains too, and jobs - 1 spawned worker processes (safe with
+    CUDA and threads, unlike fork), each with `threads` torch threads.
+
+    A spawned worker pays seconds of start-up (Python, torch, clframework) before its first run; meanwhile this
+    process, which has all of that loaded and the stream in memory, is already training: it takes runs from the end of
+    the queue that no worker has taken yet, the workers from its front."""
 
     def __init__(self, shared, jobs: int, threads: int, plugins, folder: str):
         path = os.path.join(folder, "shared.pt")
         torch.save(shared, path)  # once; every worker memory-maps it
-        self.folder = folder
+        self.shared, self.threads, self.folder, self.workers = shared, threads, folder, jobs - 1
         self.start = lambda: ProcessPoolExecutor(
-            max_workers=jobs, mp_context=torch.multiprocessing.get_context("spawn"), initializer=_init_worker,
-            initargs=(path, threads, plugins, os.getpid()))
+            max_workers=self.workers, mp_context=torch.multiprocessing.get_context("spawn"),
+            initializer=_init_worker, initargs=(path, threads, plugins, os.getpid()))
         self.pool = self.start()
 
     def map(self, fn, payloads, on_result=lambda i, r: None, on_lost=_worker_died):
         """A worker that dies breaks the whole ProcessPoolExecutor (its other workers are terminated too): the runs
         finished so far are kept, the dead worker's run is charged one death, and every unfinished run goes to a
-        new pool, continuing from its checkpoint; a run charged twice is given up (on_lost's result)."""
+        new pool (workers only), continuing from its checkpoint; a run charged twice is given up (on_lost's
+        result)."""
         from .checkpoint import lock_in_workers
 
         results, deaths, todo = [None] * len(payloads), [0] * len(payloads), list(range(len(payloads)))
+        here = True  # this process trains too (not the retries: a run that killed its worker stays in a worker)
         while todo:
+            if here:
+                for _ in range(self.workers):
+                    self.pool.submit(_ready)
             submitted = {self.pool.submit(_call, fn, payloads[i], i, self.folder): i for i in todo}
             workers = dict(self.pool._processes)  # started by the submits
             lock_in_workers(list(workers))
@@ -256,6 +271,15 @@ class Pool(Executor):
                 else:
                     on_result(i, result)
 
+            if here:
+                with _threads(self.threads):
+                    for future in reversed(list(submitted)):
+                        if not future.cancel():  # a worker has it: so it has every run before it
+                            break
+                        i = submitted.pop(future)
+                        results[i] = fn(self.shared, payloads[i])
+                        on_result(i, results[i])
+                here = False
             _gather(submitted, report, results, cancel=lambda: [f.cancel() for f in submitted], get=get,
                     ready=lambda pending: wait(pending, return_when=FIRST_COMPLETED))
             if not broken:

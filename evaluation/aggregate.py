@@ -11,7 +11,6 @@ import itertools
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
-from scipy import stats
 
 METRICS = ("acc", "bwt", "fwt", "forgetting", "task_il_acc")  # task-IL ACC: the same run scored task-IL
 
@@ -80,6 +79,8 @@ def paired(a: Dict[int, float], b: Dict[int, float], confidence: float = 0.95) -
     if np.ptp(d) <= 1e-12:  # equal up to rounding (0.9 - 0.8 vs 0.8 - 0.7)
         out["note"] = "identical difference on every seed: no spread, t-test undefined"
         return out
+    from scipy import stats  # here: scipy.stats costs a second to import, and --jobs workers never need it
+
     half = stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * sd / np.sqrt(len(d))
     test = stats.ttest_rel(x, y)
     out.update(ci_low=float(d.mean() - half), ci_high=float(d.mean() + half), t=float(test.statistic),

@@ -10,9 +10,8 @@ global state. `Figures` says which figures a command writes: a run's own, the st
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import matplotlib
 
@@ -22,6 +21,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .aggregate import cellwise  # noqa: E402
+from .figures import FORMATS, SCOPES, Figures, check_formats  # noqa: E402,F401 (where they were)
 from .results import write_atomic  # noqa: E402
 
 COLORS = ["tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
@@ -33,38 +33,6 @@ def chance_levels(result: dict) -> List[float]:
     sizes = cfg["head_sizes"]
     return [1.0 / sizes[j] if cfg.get("setting", "task") == "task" and len(sizes) == T else 1.0 / sizes[0]
             for j in range(T)]
-
-
-FORMATS = ("png", "svg")
-SCOPES = ("all", "study", "none")
-
-
-@dataclass(frozen=True)
-class Figures:
-    """Which figures a command writes. runs: each run's own (matrix, training curves, omega); study: a study's
-    (Figs. 3-6); formats: file formats, PNG by default (drawing a figure costs more than training a small run)."""
-
-    runs: bool = True
-    study: bool = True
-    formats: Tuple[str, ...] = ("png",)
-
-    def __post_init__(self):
-        check_formats(self.formats)
-
-    @classmethod
-    def parse(cls, plots: str = "all", formats: str = "png") -> "Figures":
-        """From `--plots all|study|none` and `--plot-format png|svg|png,svg`; a bad value names the choices."""
-        if plots not in SCOPES:
-            raise ValueError(f"--plots must be one of {', '.join(SCOPES)}, got {plots!r}")
-        return cls(runs=plots == "all", study=plots != "none",
-                   formats=tuple(f.strip() for f in str(formats).split(",") if f.strip()))
-
-
-def check_formats(formats: Sequence[str]) -> None:
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats or len(set(formats)) != len(formats):
-        raise ValueError(f"figure formats must be a comma-separated subset of {', '.join(FORMATS)} (e.g. png or "
-                         f"png,svg), got {','.join(formats) or '(none)'}")
 
 
 def save(fig: Figure, stem: Path, formats: Sequence[str] = ("png",)) -> List[Path]:

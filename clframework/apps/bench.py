@@ -507,7 +507,7 @@ STUDY_MODES = ("jobs1", "jobs2", "ray")
 @dataclass
 class StudyBenchConfig:
     """A small compare grid timed once per mode. jobs1: the runs in turn in this process, with all cores' threads
-    (today's default); jobs2: two worker processes, one thread per run; ray: a local Ray instance, one CPU per run
+    (today's default); jobs2: `--jobs 2`, one thread per run; ray: a local Ray instance, one CPU per run
     (its start is timed apart: a cluster is started once for many studies)."""
 
     benchmark: str = "split-mnist-5k"
