@@ -9,13 +9,13 @@ gradient (None), as in fine-tuning.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clframework.models import forward_heads
+from clframework.models import MultiHeadNet, forward_head
 from clframework.plugin import Batch, Strategy, check_state_keys, register_strategy, trainable
 
 from .memory import SELECTIONS, ReplayMemory, add_task_data, stores_raw
@@ -61,6 +61,19 @@ def agem_project(g: Grads, g_ref: Grads) -> Grads:
     return out[0] if single else out
 
 
+def grouped_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, groups: Sequence[Tuple[int, int, int]]
+                 ) -> torch.Tensor:
+    """Mean cross-entropy of the rows [a, b) of x through head h, for each (h, a, b) of `groups` (contiguous rows
+    covering x): what `forward_heads` with one head per row gives, but the trunk of a MultiHeadNet runs once and
+    each head on a slice, with no per-step search for each head's rows (a host sync)."""
+    if len(groups) == 1:
+        return F.cross_entropy(forward_head(model, x, groups[0][0]), y)
+    features = model.trunk(x) if isinstance(model, MultiHeadNet) else None
+    total = sum(F.cross_entropy(model.heads[h](features[a:b]) if features is not None else
+                                forward_head(model, x[a:b], h), y[a:b], reduction="sum") for h, a, b in groups)
+    return total / len(y)
+
+
 @register_strategy("agem", checks={"memory_size": (lambda v: v >= 1, "an integer >= 1"),
                                    "sample_size": (lambda v: v >= 1, "an integer >= 1"),
                                    "selection": (lambda v: v in SELECTIONS, "'reservoir' or 'class-balanced'")})
@@ -78,7 +91,9 @@ class AGEM(Strategy):
         self.memory = ReplayMemory(memory_size, selection)
         self._params: List[nn.Parameter] = []
         self._prepare: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+        self._decode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # the stored form's decoding
         self._raw = True  # the memory keeps stored examples (see memory.stores_raw)
+        self._layout: Optional[dict] = None  # the memory grouped by head, built when first used after it changes
 
     def on_task_start(self, model: nn.Module, task_index: int) -> None:
         self._params = list(trainable(model).values())
@@ -88,13 +103,48 @@ class AGEM(Strategy):
         self._raw = stores_raw(batch)
         return batch
 
+    def _laid_out(self) -> dict:
+        """The memory's rows ordered by head (stable), each head's (head, start, end), and each stored row's place
+        (`rank`). The memory changes only at a task's end, so its decoding is done once here when the minibatches'
+        `prepare` is that decoding alone (no augmentation, which stays per step) or there is none."""
+        if self._layout is None:
+            flat = self.memory.stored()
+            head = flat["head"]
+            order = torch.argsort(head, stable=True)
+            heads, counts = torch.unique_consecutive(head[order], return_counts=True)
+            ends = counts.cumsum(0).tolist()  # once per task
+            x = flat["x"][order]
+            decoded = self._prepare is None or self._prepare == self._decode
+            self._layout = {"x": x if self._prepare is None or not decoded else self._prepare(x),
+                            "y": flat["y"][order], "decoded": decoded,
+                            "groups": [(h, e - c, e) for h, c, e in zip(heads.tolist(), counts.tolist(), ends)],
+                            "starts": counts.cumsum(0) - counts,
+                            "rank": torch.empty_like(order).scatter_(0, order, torch.arange(len(order),
+                                                                                            device=order.device))}
+        return self._layout
+
+    def _reference_batch(self) -> Tuple[torch.Tensor, torch.Tensor, List[Tuple[int, int, int]]]:
+        """The memory sample of this step as model inputs, labels and head groups: the whole memory when
+        sample_size >= its size (no draw), else min(sample_size, len) rows drawn uniformly (memory.draw_rows), put
+        in head order (the mean loss does not depend on the order)."""
+        lay = self._laid_out()
+        x, y, groups = lay["x"], lay["y"], lay["groups"]
+        if self.sample_size < len(y):
+            rows = lay["rank"][self.memory.draw_rows(self.sample_size)].sort().values
+            bounds = torch.searchsorted(rows, lay["starts"]).tolist() + [len(rows)]  # a host sync: each head's rows
+            groups = [(h, a, b) for (h, _, _), a, b in zip(groups, bounds, bounds[1:]) if b > a]
+            x, y = x[rows], y[rows]
+        if not lay["decoded"]:
+            x = self._prepare(x)
+        return x, y, groups
+
     def on_before_step(self, model: nn.Module) -> None:
         if not len(self.memory):
             return
         params = self._params or list(trainable(model).values())
-        raw, y, head = self.memory.sample(self.sample_size)
+        x, y, groups = self._reference_batch()
         with torch.enable_grad():
-            loss = F.cross_entropy(forward_heads(model, raw if self._prepare is None else self._prepare(raw), head), y)
+            loss = grouped_loss(model, x, y, groups)
             ref = torch.autograd.grad(loss, params, loss.new_full((), REF_SCALE), allow_unused=True)
         with torch.no_grad():
             projected = agem_project([p.grad for p in params], ref)
@@ -103,6 +153,7 @@ class AGEM(Strategy):
 
     def on_task_end(self, model: nn.Module, data, head: int = 0) -> None:
         add_task_data(self.memory, model, data, head, raw=self._raw)
+        self._decode, self._layout = getattr(data, "decode", None), None
 
     def state_dict(self) -> Dict[str, object]:
         return {"hparams": {"memory_size": self.memory.size, "sample_size": self.sample_size,
@@ -112,4 +163,4 @@ class AGEM(Strategy):
         check_state_keys(self, state, ("hparams", "memory"))
         self.sample_size = int(state["hparams"]["sample_size"])
         self.memory.load_state_dict(state["memory"])
-        self._params = []  # taken from the model on the next step (resuming skips on_task_start)
+        self._params, self._layout = [], None  # taken from the model on the next step (resuming skips on_task_start)

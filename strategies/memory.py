@@ -146,11 +146,15 @@ class ReplayMemory:
         flat = self.stored()
         return flat["x"], flat["y"], flat["head"]
 
+    def draw_rows(self, k: int) -> torch.Tensor:
+        """Rows of `stored()` of min(k, len) examples drawn uniformly without replacement."""
+        y = self.stored()["y"]
+        return torch.randperm(len(y), generator=self.generator)[:k].to(y.device)
+
     def draw(self, k: int) -> Dict[str, torch.Tensor]:
         """min(k, len) stored examples, every field, drawn uniformly without replacement."""
-        flat = self.stored()
-        pick = torch.randperm(len(flat["y"]), generator=self.generator)[:k].to(flat["y"].device)
-        return {key: v[pick] for key, v in flat.items()}
+        pick = self.draw_rows(k)
+        return {key: v[pick] for key, v in self.stored().items()}
 
     def sample(self, k: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """min(k, len) stored (x, y, head) drawn uniformly without replacement."""

@@ -162,3 +162,60 @@ def test_ten_epochs_of_split_fashion_mnist_do_not_diverge():
     """The run that diverged (loss NaN at task 2, epoch 5, step 172, seed 0) trains to the end."""
     result = run(RunConfig("agem", "split-fashion-mnist", epochs=10, tasks=2), quiet=True)
     assert len(result.accuracy_matrix) == 2 and min(result.accuracy_matrix[1]) > 0.8
+
+
+def test_reference_gradient_of_a_multi_head_memory_decoded_once_per_task(mnist_stream):
+    """The whole memory (sample_size >= its size) over two earlier heads, stored as uint8 and decoded by the task's
+    decode: the applied gradient is the closed form of the memory's mean loss through each row's own head
+    (forward_heads, float64), and the decoding runs once per task, not per step; an augmentation (any other
+    `prepare`) still runs per step."""
+    from clframework.benchmarks.stream import Normalize, Task
+    from clframework.plugin import Batch
+
+    calls = []
+
+    class Counted(Normalize):
+        def __call__(self, raw):
+            calls.append(len(raw))
+            return super().__call__(raw)
+
+    decode = Counted()
+    pixels = [(t.train_x[:60] * 255).round().to(torch.uint8) for t in mnist_stream]
+    tasks = [Task(f"t{h}", px[:30], t.train_y[:30], px[30:], t.train_y[30:60], t.classes, h, decode=decode)
+             for h, (px, t) in enumerate(zip(pixels, mnist_stream))]
+    torch.manual_seed(0)
+    model = mlp(784, [2, 2, 2], hidden=(16,))
+    for augment in (None, lambda x: x.flip(-1)):
+        prepare = decode if augment is None else (lambda raw: augment(decode(raw)))
+        agem = make_strategy("agem", memory_size=40, sample_size=256)
+        for h, task in enumerate(tasks):
+            agem.on_before_forward(model, Batch(decode(task.examples("train").raw()[:8]), task.train_y[:8], h,
+                                                prepare=prepare))
+            agem.on_task_end(model, task, h)
+        mx, my, mh = agem.memory.contents()
+        assert len(my) == 40 and set(mh.tolist()) == {0, 1}
+        batch_x, batch_y = tasks[1].train_x, tasks[1].train_y
+        calls.clear()
+        for step in range(3):
+            params = list(model.parameters())
+            for p in params:
+                p.grad = None
+            x, y = batch_x[8 * step:8 * step + 8], batch_y[8 * step:8 * step + 8]
+            F.cross_entropy(model(x, 2), y).backward()
+            g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+            agem.on_before_step(model)
+            twin = copy.deepcopy(model).double()
+            inputs = prepare(mx).double()
+            ref = torch.autograd.grad(F.cross_entropy(forward_heads(twin, inputs, mh), my), list(twin.parameters()),
+                                      allow_unused=True)
+            r = torch.cat([(t if t is not None else torch.zeros_like(p)).flatten() for t, p in zip(ref, params)])
+            applied = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+            g64 = g.double()
+            expected = g64 - min(g64 @ r, 0) / (r @ r) * r
+            assert torch.allclose(applied.double(), expected, rtol=1e-4, atol=1e-6)
+            with torch.no_grad():
+                for p in params:
+                    if p.grad is not None:
+                        p -= 0.5 * p.grad
+        memory_decodes = len(calls) - 3  # less the three of the independent computation above
+        assert memory_decodes == (1 if augment is None else 3), calls
