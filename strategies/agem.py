@@ -51,7 +51,7 @@ def agem_project(g: Grads, g_ref: Grads) -> Grads:
     both = [j for j, i in enumerate(live) if gs[i] is not None]
     dot = torch.stack([torch.dot(gs[live[j]].reshape(-1), unit[j].reshape(-1)) for j in both]).sum() if both \
         else peak.new_zeros(())
-    norm2 = torch.stack([torch.dot(u.reshape(-1), u.reshape(-1)) for u in unit]).sum()
+    norm2 = torch.stack(torch._foreach_powsum(unit, 2)).sum()
     scale = torch.where(dot < 0, dot / norm2, torch.zeros_like(dot))
     torch._foreach_mul_(unit, -scale)  # the component added to g
     if both:
