@@ -5,6 +5,7 @@ on the full task (12,000 examples). Counts, not times: the load of a shared mach
 
     python scripts/step_counts.py naive lwf si ewc mas              # this checkout
     python scripts/step_counts.py lwf ewc mas --at a512baf          # the strategies' files of an older commit
+    python scripts/step_counts.py agem --at a512baf                 # (A-GEM's memory.py is this checkout's)
 """
 import argparse
 import cProfile
@@ -29,9 +30,10 @@ def strategy_at(name: str, commit: str):
                          capture_output=True, text=True).stdout
     src = src.replace("@register_strategy(", "@(lambda *a, **k: (lambda c: c))(")
     src = src.replace("from .ewc import", "from clframework.strategies.ewc import")
+    src = src.replace("from .memory import", "from clframework.strategies.memory import")
     module = type(sys)(f"{name}_at_{commit}")
     exec(compile(src, f"{commit}:strategies/{name}.py", "exec"), module.__dict__)
-    return getattr(module, {"lwf": "LwF", "si": "SI", "ewc": "EWC", "mas": "MAS"}[name])()
+    return getattr(module, {"lwf": "LwF", "si": "SI", "ewc": "EWC", "mas": "MAS", "agem": "AGEM"}[name])()
 
 
 def _top(event) -> str:
