@@ -9,6 +9,12 @@ os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(2)
 
 
+def pytest_collection_modifyitems(items):
+    """The slow tests first: with `-n 2 --dist worksteal` (setup.cfg) the last tests left, which an idle worker takes
+    from the busy one, are then short ones, and neither worker ends long after the other on one long test."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def mnist_stream():
     """Two tasks of the embedded split MNIST (real data), shared by the tests that train."""
