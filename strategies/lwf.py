@@ -91,10 +91,14 @@ class LwF(Strategy):
 
     def _frozen(self, model: nn.Module) -> nn.Module:
         if self._old is None:  # after load_state_dict: rebuild the copy from the current model's architecture
-            self._untap()
+            hook = self._hook  # not copied into the frozen model, and kept on the model: this step's forward pass
+            if hook is not None:  # has already passed the tap, so the step after a resume reads it as any other
+                hook[0].remove()
             self._old = copy.deepcopy(model)
             self._old.load_state_dict(self.old_weights)
             self._old.requires_grad_(False).eval()
+            if hook is not None:
+                self._hook = (hook[1].register_forward_hook(self._tap), hook[1])
         return self._old
 
     def _outputs(self, head: int, out: torch.Tensor, device: torch.device) -> torch.Tensor:
