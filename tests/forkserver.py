@@ -75,6 +75,8 @@ def serve(preload: list) -> None:
             importlib.import_module(name)
         except Exception:  # not installed here: the child that imports it says so itself
             pass
+    if "torch" in sys.modules:  # torch.optim's first optimizer imports torch._dynamo (1.5 s): here once, not per child
+        importlib.import_module("torch._dynamo")
     scratch, children, done = Path(tempfile.mkdtemp(prefix="forkserver-")), {}, {}
 
     def finish(pid, status):
