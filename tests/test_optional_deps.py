@@ -1,12 +1,11 @@
 """clframework without mlxtend or wandb (a machine such as the GPU one, where neither is installed).
 
-Each case runs in a fresh interpreter where importing either package raises ImportError (a `None` entry in
-sys.modules), so nothing reaches them: the datasets on disk work, the embedded benchmarks and --wandb stop with one
+Each case runs in a process of its own (forked from one that imported torch and clframework's CLI, never either
+package: checked) where importing either package raises ImportError (a `None` entry in sys.modules), so nothing
+reaches them: the datasets on disk work, the embedded benchmarks and --wandb stop with one
 clear line before any training.
 """
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -22,18 +21,26 @@ def nothing_written(folder):
     return not folder.exists() or {p.name for p in folder.iterdir()} <= {".clframework"}
 
 
-def cli(args, cwd):
+@pytest.fixture(scope="module")
+def cli():
     """`clframework ARGS` with wandb and mlxtend made unimportable; also reports whether either got imported."""
-    code = textwrap.dedent(f"""
-        import json, sys
-        for name in {BLOCKED!r}:
-            sys.modules[name] = None
-        from clframework.apps.cli import main
-        rc = main({list(args)!r})
-        print("BLOCKED-IMPORTED", json.dumps([n for n in {BLOCKED!r} if sys.modules.get(n) is not None]))
-        sys.exit(rc)
-    """)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd)
+    from forkserver import ForkServer
+
+    with ForkServer(["torch", "clframework.apps.cli"]) as server:
+        def run(args, cwd):
+            code = textwrap.dedent(f"""
+                import json, sys
+                for name in {BLOCKED!r}:
+                    assert name not in sys.modules, name + " was imported before it was blocked"
+                    sys.modules[name] = None
+                from clframework.apps.cli import main
+                rc = main({list(args)!r})
+                print("BLOCKED-IMPORTED", json.dumps([n for n in {BLOCKED!r} if sys.modules.get(n) is not None]))
+                sys.exit(rc)
+            """)
+            return server.run(["-c", code], cwd=cwd, timeout=300)
+
+        yield run
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +50,7 @@ def fashion_root(tmp_path_factory):
     return root
 
 
-def test_run_and_reproduce_on_files_without_wandb_or_mlxtend(tmp_path, fashion_root):
+def test_run_and_reproduce_on_files_without_wandb_or_mlxtend(tmp_path, fashion_root, cli):
     proc = cli(["run", "--strategy", "si", "--benchmark", "permuted-fashion-mnist", "--data-root", str(fashion_root),
                 "--hidden", "16", "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -59,7 +66,7 @@ def test_run_and_reproduce_on_files_without_wandb_or_mlxtend(tmp_path, fashion_r
     assert list(result["arms"]) == ["SI (c=0.1)", "SGD (c=0)"] and "partial" not in result
 
 
-def test_embedded_benchmark_and_wandb_say_what_is_missing(tmp_path, fashion_root):
+def test_embedded_benchmark_and_wandb_say_what_is_missing(tmp_path, fashion_root, cli):
     proc = cli(["run", "--strategy", "si", "--benchmark", "split-mnist-5k", "--quiet", "--out", str(tmp_path / "a")],
                tmp_path)
     assert proc.returncode == 2
