@@ -355,20 +355,26 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: N
     for entry in config.entries:  # imports, allocator and caches: paid before any entry is timed
         run[entry](copy.deepcopy(init).to(device), warm_stream, warm, Clock(device), config.seed)
     samples: Dict[str, dict] = {e: {"walls": [], "cpus": [], "peak_mb": [], "acc": None} for e in config.entries}
-    for r in range(config.repeats):
-        order = list(config.entries)[r % len(config.entries):] + list(config.entries)[:r % len(config.entries)]
-        for entry in order:  # rotated each repeat, so no entry always runs first
-            model = copy.deepcopy(init).to(device)
-            clock = Clock(device)
-            with PeakMemory(device) as mem:
-                scorer = run[entry](model, stream, cfg, clock, config.seed) or model
-            acc = evaluate_stream(scorer, stream, device)
-            s = samples[entry]
-            s["walls"].append(clock.walls)
-            s["cpus"].append(clock.cpus)
-            s["peak_mb"].append(mem.peak_mb)
-            s["acc"] = sum(acc) / len(acc) if s["acc"] is None else s["acc"]
-            progress(f"repeat {r + 1}/{config.repeats} {entry:<16} {clock.wall:8.2f} s  acc {sum(acc) / len(acc):.4f}")
+    gc.collect()
+    gc.freeze()  # what lives now (modules, data) is no garbage: PeakMemory's collections skip it (0.3 s each)
+    try:
+        for r in range(config.repeats):
+            order = list(config.entries)[r % len(config.entries):] + list(config.entries)[:r % len(config.entries)]
+            for entry in order:  # rotated each repeat, so no entry always runs first
+                model = copy.deepcopy(init).to(device)
+                clock = Clock(device)
+                with PeakMemory(device) as mem:
+                    scorer = run[entry](model, stream, cfg, clock, config.seed) or model
+                acc = evaluate_stream(scorer, stream, device)
+                s = samples[entry]
+                s["walls"].append(clock.walls)
+                s["cpus"].append(clock.cpus)
+                s["peak_mb"].append(mem.peak_mb)
+                s["acc"] = sum(acc) / len(acc) if s["acc"] is None else s["acc"]
+                progress(f"repeat {r + 1}/{config.repeats} {entry:<16} {clock.wall:8.2f} s  "
+                         f"acc {sum(acc) / len(acc):.4f}")
+    finally:
+        gc.unfreeze()
     floor = samples["floor"]
     floor_wall, floor_cpu = best_of(floor["walls"]), best_of(floor["cpus"])
     rows = []
