@@ -107,7 +107,7 @@ def test_clock_pauses_the_garbage_collector_and_peak_memory_sees_an_allocation()
 @pytest.mark.slow
 def test_bench_study_times_jobs1_and_jobs2_on_one_grid(tmp_path, capsys):
     code = main(["bench", "--study", "--modes", "jobs1,jobs2", "--strategies", "naive,si", "--seeds", "2",
-                 "--epochs", "1", "--out", str(tmp_path)])
+                 "--epochs", "1", "--tasks", "2", "--out", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
     saved = json.loads((tmp_path / "study.json").read_text())
@@ -117,7 +117,7 @@ def test_bench_study_times_jobs1_and_jobs2_on_one_grid(tmp_path, capsys):
     assert rows["jobs1"]["speedup"] == 1.0 and rows["jobs2"]["seconds"] > 0
     assert abs(rows["jobs2"]["speedup"] - rows["jobs1"]["seconds"] / rows["jobs2"]["seconds"]) < 1e-12
     assert rows["jobs2"]["same_matrices_as_jobs2"] is True
-    assert len(rows["jobs2"]["matrices"]["si"]) == 2
+    assert len(rows["jobs2"]["matrices"]["si"]) == 2 and len(rows["jobs2"]["matrices"]["si"][0]) == 2  # 2 tasks
     assert re.search(r"^jobs2\s+2\s+1\s+[\d.]+\s+[\d.]+x", out, re.M) and "budget" not in out
     assert saved["targets"][0]["target"] == "jobs2 >= 1.6x jobs1"
 

@@ -521,6 +521,7 @@ class StudyBenchConfig:
     seeds: int = 4
     epochs: Optional[int] = None
     modes: Sequence[str] = STUDY_MODES
+    tasks: Optional[int] = None  # the first N tasks only
 
     def check(self) -> None:
         unknown = [m for m in self.modes if m not in STUDY_MODES]
@@ -545,7 +546,7 @@ def run_study_bench(config: StudyBenchConfig, progress: Callable[[str], None] = 
     from ..parallel import cores
 
     config.check()
-    base = RunConfig(config.strategies[0], config.benchmark, epochs=config.epochs, device="cpu")
+    base = RunConfig(config.strategies[0], config.benchmark, epochs=config.epochs, tasks=config.tasks, device="cpu")
     compare(list(config.strategies), config.benchmark, 1, base=base, quiet=True)  # warm: data loaded, caches hot
     rows = []
     for mode in config.modes:
@@ -584,7 +585,7 @@ def run_study_bench(config: StudyBenchConfig, progress: Callable[[str], None] = 
         slower = by["ray"]["seconds"] / by["jobs2"]["seconds"] - 1
         targets.append({"target": "ray within 15% of jobs2", "value": f"{slower:+.1%}", "met": slower <= 0.15})
     return {"benchmark": config.benchmark, "strategies": list(config.strategies), "seeds": config.seeds,
-            "runs": len(config.strategies) * config.seeds, "epochs": config.epochs, "rows": rows,
+            "runs": len(config.strategies) * config.seeds, "epochs": config.epochs, "tasks": config.tasks, "rows": rows,
             "targets": targets, "machine": machine()}
 
 

@@ -566,7 +566,8 @@ def _bench_study(args) -> int:
     from .bench import StudyBenchConfig, format_study, run_study_bench
 
     config = StudyBenchConfig(args.benchmark, [s.strip() for s in args.strategies.split(",") if s.strip()],
-                              args.seeds, args.epochs, [m.strip() for m in args.modes.split(",") if m.strip()])
+                              args.seeds, args.epochs, [m.strip() for m in args.modes.split(",") if m.strip()],
+                              args.tasks or None)
     result = run_study_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(format_study(result, show_targets=args.targets))
     if args.out:
