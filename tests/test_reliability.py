@@ -669,8 +669,9 @@ GATED = textwrap.dedent('''
 
     @register_strategy("gated-si")
     class GatedSI(SI):
-        """SI that, at its 5th step (after the checkpoint of step 3), says so in GATE/reached and waits while
-        GATE/hold exists: the test interrupts a run that is certainly mid-task, however fast the machine."""
+        """SI that, at the 5th step of each process's attempt (after the checkpoint of step 3), writes its pid to
+        GATE/reached and waits while GATE/hold exists: the test interrupts or kills a run that is certainly mid-task,
+        however fast the machine."""
 
         steps = 0
 
@@ -679,7 +680,8 @@ GATED = textwrap.dedent('''
             self.steps += 1
             gate = Path(os.environ["GATE"])
             if self.steps == 5 and (gate / "hold").exists():
-                (gate / "reached").touch()
+                (gate / "reached.tmp").write_text(str(os.getpid()))
+                (gate / "reached.tmp").rename(gate / "reached")
                 while (gate / "hold").exists():
                     time.sleep(0.01)
 ''')
@@ -863,33 +865,6 @@ def test_kill_9_of_the_main_process_leaves_no_worker_and_no_write_after(tmp_path
     assert not late, late
 
 
-KILLABLE = textwrap.dedent('''
-    import os
-    import time
-    from pathlib import Path
-
-    from clframework import register_strategy
-    from clframework.strategies.si import SI
-
-    @register_strategy("killable-si")
-    class KillableSI(SI):
-        """SI that, at the 5th step of each process's attempt (after the checkpoint of step 3), writes its pid to
-        GATE/reached and waits while GATE/hold exists: the test kills the worker at a step it knows."""
-
-        steps = 0
-
-        def on_after_step(self, model):
-            super().on_after_step(model)
-            self.steps += 1
-            gate = Path(os.environ["GATE"])
-            if self.steps == 5 and (gate / "hold").exists():
-                (gate / "reached.tmp").write_text(str(os.getpid()))
-                (gate / "reached.tmp").rename(gate / "reached")
-                while (gate / "hold").exists():
-                    time.sleep(0.01)
-''')
-
-
 def _kill_worker_at_the_gate(proc, gate: Path) -> int:
     """Wait until a worker stands at the gate, SIGKILL it (that worker process alone) and return its pid."""
     deadline = time.time() + 240
@@ -915,16 +890,16 @@ def uninterrupted_study():
     return [summary["strategies"][s]["runs"][0]["accuracy_matrix"] for s in ("naive", "si")]
 
 
-def _killable_study(tmp_path):
-    (tmp_path / "killable_plugin.py").write_text(KILLABLE)
+def _gated_study(tmp_path):
+    (tmp_path / "gated_plugin.py").write_text(GATED)
     gate = tmp_path / "gate"
     gate.mkdir()
     (gate / "hold").touch()
     out = tmp_path / "cmp"
-    # killable-si first: the main process trains runs from the end of the queue, a worker those from its front
-    proc = subprocess.Popen([sys.executable, "-m", "clframework", "compare", "--strategies", "killable-si,naive",
+    # gated-si first: the main process trains runs from the end of the queue, a worker those from its front
+    proc = subprocess.Popen([sys.executable, "-m", "clframework", "compare", "--strategies", "gated-si,naive",
                              "--benchmark", "split-mnist-5k", "--tasks", "2", "--seeds", "1", "--jobs", "2",
-                             "--threads", "1", "--checkpoint-every", "3", "--plugin", "killable_plugin", "--out",
+                             "--threads", "1", "--checkpoint-every", "3", "--plugin", "gated_plugin", "--out",
                              str(out), *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=tmp_path, env={**os.environ, "GATE": str(gate)})
     return proc, gate, out
@@ -935,37 +910,37 @@ def test_a_killed_jobs_worker_has_its_run_retried_from_its_checkpoint_and_the_st
                                                                                             uninterrupted_study):
     """Issue 19: a killed --jobs worker broke the whole pool ("terminated abruptly"), naming no run. Its run now
     continues once from its checkpoint, as with Ray, and the study's numbers are those of an uninterrupted one."""
-    proc, gate, out = _killable_study(tmp_path)
+    proc, gate, out = _gated_study(tmp_path)
     _kill_worker_at_the_gate(proc, gate)
     (gate / "hold").unlink()
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
-    assert "clframework: run killable-si seed 0: its worker process was killed by SIGKILL (kill -9 or the " \
+    assert "clframework: run gated-si seed 0: its worker process was killed by SIGKILL (kill -9 or the " \
            "out-of-memory killer); it runs again from its checkpoint" in err
     summary = _strict_json(out / "summary.json")
     assert summary["failed"] == [] and summary["diverged"] == []
-    matrices = [summary["strategies"][s]["runs"][0]["accuracy_matrix"] for s in ("naive", "killable-si")]
+    matrices = [summary["strategies"][s]["runs"][0]["accuracy_matrix"] for s in ("naive", "gated-si")]
     assert matrices == uninterrupted_study  # bit for bit
-    assert _strict_json(out / "killable-si-seed0" / "results.json")["resumed_from"]["step"] == 3  # not restarted
+    assert _strict_json(out / "gated-si-seed0" / "results.json")["resumed_from"]["step"] == 3  # not restarted
 
 
 @pytest.mark.slow
 def test_a_run_whose_worker_dies_twice_fails_and_the_study_writes_its_summary_exit_1(tmp_path, uninterrupted_study):
-    proc, gate, out = _killable_study(tmp_path)
+    proc, gate, out = _gated_study(tmp_path)
     first = _kill_worker_at_the_gate(proc, gate)
     second = _kill_worker_at_the_gate(proc, gate)  # the retry, in a new worker, at its own 5th step (step 8)
     (gate / "hold").unlink()
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1 and first != second, err
-    assert ("clframework: run killable-si seed 0: its worker process died twice, the second time killed by SIGKILL "
+    assert ("clframework: run gated-si seed 0: its worker process died twice, the second time killed by SIGKILL "
             "(kill -9 or the out-of-memory killer) after task 1 (0-1), epoch 1, step 6 (its last checkpoint)") in err
     assert err.strip().splitlines()[-1].startswith("clframework: error: 1 run(s) failed (see above) and were left "
-                                                   "out of the statistics: killable-si seed 0;")
+                                                   "out of the statistics: gated-si seed 0;")
     summary = _strict_json(out / "summary.json")
     assert [(f["strategy"], f["failed_at"]["task"], f["failed_at"]["step"]) for f in summary["failed"]] == [
-        ("killable-si", 0, 6)]
+        ("gated-si", 0, 6)]
     assert summary["strategies"]["naive"]["runs"][0]["accuracy_matrix"] == uninterrupted_study[0]
-    assert load_checkpoint(out / "killable-si-seed0" / "checkpoint.pt")["trainer"]["position"]["step"] == 6
+    assert load_checkpoint(out / "gated-si-seed0" / "checkpoint.pt")["trainer"]["position"]["step"] == 6
 
 
 @pytest.fixture(scope="module")
