@@ -11,7 +11,7 @@ applies it too, so replayed examples are augmented exactly like incoming ones (s
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -22,8 +22,9 @@ PADDING = 4  # the DER protocol's RandomCrop(32, padding=4) (and 64 px with padd
 class CropFlip:
     """Random crop of the input's own size from the image zero-padded by `padding` pixels on every side, then a
     horizontal flip with probability 1/2 (torchvision's RandomCrop(size, padding) + RandomHorizontalFlip, as in the
-    DER protocol), each example with its own parameters. Inputs are normalized tensors, so the padding is 0 in
-    normalized units (the channel mean) unless `fill` gives one value per channel (e.g. -mean/std for black)."""
+    DER protocol), each example with its own parameters. Inputs are model inputs (already normalized), so the padding
+    is `fill`, one value per channel in model-input units (`black_fill` gives a black pixel's, what torchvision pads
+    with before ToTensor and Normalize; default 0)."""
 
     name = "crop-flip"
 
@@ -82,8 +83,21 @@ def check_augment(name: str) -> str:
     return name
 
 
-def make_augment(name: str, input_shape: Sequence[int], seed: int = 0) -> Optional[CropFlip]:
-    """The training augmentation called `name` for inputs of `input_shape` ("none": None)."""
+def black_fill(decode: Optional[Callable[[torch.Tensor], torch.Tensor]], input_shape: Sequence[int]) -> List[float]:
+    """Per channel, the model input of a black stored pixel: `decode` of an all-zero uint8 image (for `Normalize`,
+    -mean/std). The DER protocol pads the stored image with black before normalizing it; padding the normalized image
+    with these values gives the same inputs. Without a decode the stored form is the model input and its black is
+    unknown: 0."""
+    if decode is None:
+        return [0.0] * int(input_shape[0])
+    return decode(torch.zeros((1, *input_shape), dtype=torch.uint8))[0, :, 0, 0].tolist()
+
+
+def make_augment(name: str, input_shape: Sequence[int], seed: int = 0,
+                 decode: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Optional[CropFlip]:
+    """The training augmentation called `name` for inputs of `input_shape` ("none": None); crops pad with the black
+    of the stream's stored images (`black_fill(decode, ...)`), as the DER protocol's transforms do."""
     if check_augment(name) == "none":
         return None
-    return CropFlip(input_shape, seed=seed)
+    fill = black_fill(decode, input_shape) if len(input_shape) == 3 else None  # other shapes: CropFlip says why not
+    return CropFlip(input_shape, seed=seed, fill=fill)

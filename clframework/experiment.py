@@ -366,7 +366,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
                       seed=config.seed, quiet=quiet, callbacks=callbacks, evaluate_on=config.evaluate_on,
                       checkpoint_every=checkpoint_every if out_dir is not None else 0,
                       on_checkpoint=save if out_dir is not None else None,
-                      augment=make_augment(train["augment"], stream.input_shape, seed=augment_seed(config.seed)),
+                      augment=make_augment(train["augment"], stream.input_shape, seed=augment_seed(config.seed),
+                                           decode=stream.tasks[0].decode),
                       precision=train.get("precision", "fp32"), compile=train.get("compile"), workers=config.workers)
     record = provenance.collect({"function": "clframework.run", "config": config.as_record()}, overrides(config),
                                 str(trainer.device), started, data_source(stream))

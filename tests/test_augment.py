@@ -106,3 +106,19 @@ def test_resume_draws_the_same_augmentations():
     # the resumed run's replayed inputs are the tail of the original run's, bit for bit
     tail = whole.strategy.seen[-len(resumed.strategy.seen):]
     assert all(torch.equal(a[1], b[1]) for a, b in zip(tail, resumed.strategy.seen))
+
+
+def test_crops_pad_with_the_stored_images_black_as_the_der_transforms_do():
+    """torchvision's RandomCrop(padding=4) runs on the stored image before ToTensor and Normalize: the border is a
+    black pixel normalized. Padding the normalized image with `black_fill` must give those inputs exactly."""
+    from clframework.augment import black_fill
+    from clframework.benchmarks.stream import Normalize
+
+    decode = Normalize(255.0, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+    raw = torch.randint(0, 256, (32, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    aug = make_augment("crop-flip", (3, 8, 8), seed=3, decode=decode)
+    params = aug.sample(len(raw))
+    expected = decode(reference_crop_flip(raw, params["offsets"], params["flips"], aug.padding))
+    assert torch.allclose(aug.apply(decode(raw), params), expected, atol=1e-6, rtol=0)
+    assert black_fill(decode, (3, 8, 8)) == pytest.approx([-m / s for m, s in zip(decode.mean, decode.std)], rel=1e-6)
+    assert black_fill(None, (3, 8, 8)) == [0.0, 0.0, 0.0]  # stored as model inputs: black unknown, pad with 0

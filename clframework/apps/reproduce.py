@@ -278,7 +278,8 @@ def train_alone(stream: Stream, config: RunConfig, seed: int, tasks: List[Task],
     trainer = Trainer(model_for(config, train, stream), make_strategy("naive"), epochs=train["epochs"],
                       batch_size=train["batch_size"], **recipe_of(train),
                       reset_optimizer=True, device=config.device, seed=seed, quiet=quiet,
-                      augment=make_augment(train["augment"], stream.input_shape, seed=augment_seed(seed)))
+                      augment=make_augment(train["augment"], stream.input_shape, seed=augment_seed(seed),
+                                           decode=stream.tasks[0].decode))
     for i, task in enumerate(tasks):
         trainer.train_task(task, i)
     return evaluate_stream(trainer.model, stream, trainer.device)
