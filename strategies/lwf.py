@@ -28,10 +28,18 @@ from clframework.plugin import Batch, Strategy, check_state_keys, iter_task_batc
 
 def distillation_loss(logits: torch.Tensor, old_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(softmax(old_logits / T) || softmax(logits / T)) over the last dimension, summed over any dimensions between
-    the first and the last (e.g. [N, heads, classes]: every head's term) and averaged over the rows (the first)."""
-    log_p = F.log_softmax(logits / temperature, dim=-1)
-    log_q = F.log_softmax(old_logits / temperature, dim=-1)
-    return (log_q.exp() * (log_q - log_p)).sum() / logits.shape[0]
+    the first and the last (e.g. [N, heads, classes]: every head's term) and averaged over the rows (the first).
+
+    Written as lse(z) - lse(z_old) - sum q (z - z_old) (z = logits / T, q = softmax(z_old); equal to the KL since q
+    sums to 1) so that autograd forms the gradient as (softmax(z) - q) / (N T), exactly zero where the logits equal
+    the teacher's, as at a task's first step. The form sum q (log q - log_softmax(z)) leaves round-off there
+    (softmax(z) sum(q) - q, with sum(q) != 1 in float32: ~1e-9 on a head's weights), which Adam, dividing by the
+    gradient's own size, turns into a step of ~lr / 10 in a direction set by the rows' summation order."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)  # bf16 autocast logits: the loss in float32
+    z, z_old = (logits / temperature).to(dtype), (old_logits / temperature).to(dtype)
+    lse, lse_old = torch.logsumexp(z, dim=-1, keepdim=True), torch.logsumexp(z_old, dim=-1, keepdim=True)
+    q = (z_old - lse_old).exp()  # the same operations as logsumexp's backward: softmax(z) == q bitwise when z == z_old
+    return ((lse - lse_old).sum() - (q * (z - z_old)).sum()) / logits.shape[0]
 
 
 class _TrunkTap:

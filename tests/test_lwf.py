@@ -31,6 +31,26 @@ def test_distillation_loss_by_hand():
     assert distillation_loss(same, same, T).abs().item() < 1e-7  # no distance from itself
 
 
+def test_distillation_gradient_is_softmax_difference_and_exactly_zero_at_the_teacher():
+    """d KL / d logits = (softmax(z / T) - softmax(z_old / T)) / (N T), against that formula in float64; in float32
+    exactly 0 where the logits are the teacher's (a task's first step): round-off there would be a gradient of its own,
+    which Adam (dividing by the gradient's size) turns into a step of ~lr / 10 set by the rows' summation order."""
+    g = torch.Generator().manual_seed(0)
+    new, old = (3 * torch.randn(6, 2, 5, generator=g, dtype=torch.float64) for _ in range(2))
+    T = 2.0
+    z = new.clone().requires_grad_(True)
+    (got,) = torch.autograd.grad(distillation_loss(z, old, T), z)
+    expected = (torch.softmax(new / T, -1) - torch.softmax(old / T, -1)) / (6 * T)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-15)
+    for _ in range(20):  # random float32 teachers, the student equal to each
+        teacher = 4 * torch.randn(200, 2, 10, generator=g)
+        z = teacher.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(distillation_loss(z, teacher, T), z)
+        assert not grad.any()
+    log_p, log_q = F.log_softmax(z / T, -1), F.log_softmax(teacher / T, -1)  # the textbook form: there, round-off
+    assert torch.autograd.grad((log_q.exp() * (log_q - log_p)).sum() / 200, z)[0].any()
+
+
 def _after_task(model, lwf, head, labels):
     x = torch.randn(len(labels), 6)
     lwf.on_task_end(model, (x, torch.tensor(labels)), head)
