@@ -2,11 +2,17 @@
 logger never imports the trainer."""
 from __future__ import annotations
 
-from typing import List
+from typing import Iterable, List
 
 
 class TrainerCallback:
     """Observer of training progress (loggers such as W&B implement these)."""
+
+    @staticmethod
+    def prepare_study(callbacks: List["TrainerCallback"]) -> None:
+        """Once per study (and per lone run), in its own process, before any run starts or is sent to a worker
+        process: every callback of the study whose class shares this method, so that what they share is decided
+        once here rather than in each run or worker (W&B: whether its server can be reached)."""
 
     def on_resume(self, progress: dict) -> None:
         """Before `on_run_start` of a run continued from its checkpoint (--resume): `progress` holds `run_id` (the
@@ -24,3 +30,14 @@ class TrainerCallback:
 
     def on_run_end(self, result: dict, out_dir) -> None:
         """After a run's results (and, with an output folder, its files) are complete: loggers finish here."""
+
+
+def prepare_study(callbacks: Iterable) -> None:
+    """Call each callback class's `prepare_study` once, with that class's callbacks among `callbacks`."""
+    groups: dict = {}
+    for cb in callbacks:
+        hook = getattr(type(cb), "prepare_study", None)  # a duck-typed callback may lack it
+        if hook is not None:
+            groups.setdefault(hook, []).append(cb)
+    for hook, group in groups.items():
+        hook(group)

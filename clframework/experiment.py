@@ -23,6 +23,7 @@ from .checkpoint import (CHECKPOINT, CONFIG, FAILED, MODEL, RESULTS, STRATEGY_ST
                          save_checkpoint, save_torch)
 from . import provenance
 from .augment import check_augment, make_augment
+from .callbacks import prepare_study
 from .models import ModelSpec, build_model, model_factory, model_name
 from .parallel import Backend, Executor, open_executor, plugin_modules
 from .plugin import STRATEGIES, Strategy, make_strategy
@@ -311,6 +312,7 @@ def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
     benchmark = config.benchmark if stream is None else stream.name
     stream = build_stream(config, stream)  # data errors (missing files, bad labels) before the folder is touched
     stream.validate()
+    prepare_study(callbacks)
     if out_dir is None:
         return _run(config, cfg, None, quiet, callbacks, stream, False, checkpoint_every, label, benchmark)
     with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
@@ -608,7 +610,9 @@ def run_study(executor: Executor, jobs: Sequence[RunJob], progress: StudyProgres
               on_result: Optional[Callable[[int, dict], None]] = None) -> List[dict]:
     """Execute the jobs, reporting each as it finishes (and passing a finished run's results to on_result). A job
     whose folder is not `result_dirs[i]` (it trained on a checkpoint folder elsewhere, maybe on another machine)
-    has its results written there by this process."""
+    has its results written there by this process. The jobs' callbacks are prepared here, before any is sent to a
+    worker process (W&B asks its server once for all of them)."""
+    prepare_study([cb for job in jobs for cb in job.callbacks])
 
     def done(i: int, result: dict) -> None:
         if "_diverged" in result:

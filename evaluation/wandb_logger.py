@@ -3,9 +3,11 @@ training curves, the accuracy matrix (table and heatmap), the plots, summary met
 compare's head-to-head table and paired tests in one summary run of the group.
 
 W&B is optional: any failure (wandb not installed, no network, no account) prints one warning and logging stops,
-while training and the local result files go on untouched. The first online start that fails switches the rest of
-the process to offline runs at once (one warning), which `wandb sync` can upload later. Runs are created with
-`reinit="create_new"`, so a W&B run the caller already has open is neither finished nor logged to.
+while training and the local result files go on untouched. A study (or lone run) asks the server once before its runs
+start (`WandbLogger.prepare_study`); if it cannot be reached, or once an online start fails, the rest of the process,
+and the study's loggers sent to worker processes, log offline at once (one warning), which `wandb sync` can upload
+later. Runs are created with `reinit="create_new"`, so a W&B run the caller already has open is neither finished nor
+logged to.
 
 A run continued with --resume continues its W&B run: the same id (online, W&B's own resume), and the counters
 `epochs_trained` and `tasks_trained` go on from the checkpoint. Offline, wandb writes every session to a folder of its
@@ -27,7 +29,7 @@ from clframework.callbacks import TrainerCallback
 
 MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # what wandb.init(mode=...) accepts
 DEFAULT_PROJECT = "clframework"
-_offline_after_failure = False  # set by the first failed online start: later runs of this process go offline
+_offline_after_failure = False  # server unreachable or an online start failed: later runs of this process go offline
 START_TIMEOUT = 8.0  # seconds an online start may wait for the server (wandb's own default, 90 s, looked like a hang)
 
 
@@ -142,6 +144,28 @@ class WandbLogger(TrainerCallback):
         self.resumed: Optional[dict] = None  # what the checkpoint holds (on_resume): the history to keep
         self.failed = False
         self.epochs_trained = 0
+
+    @staticmethod
+    def prepare_study(loggers: List["WandbLogger"]) -> None:
+        """Before a study's runs start (or are pickled into `--jobs` and Ray workers, which know nothing of this
+        process): one request for all its online loggers; if the server is unreachable, one warning and they all,
+        like every later run of this process, start offline without waiting. Offline and disabled: no request."""
+        global _offline_after_failure
+        online = [lg for lg in loggers if lg.mode in ONLINE and lg.run is None and not lg.failed]
+        if not online:
+            return
+        if not _offline_after_failure:
+            try:
+                why = server_unreachable(max(lg.init_timeout or START_TIMEOUT for lg in online))
+            except Exception:  # noqa: BLE001 - W&B must never stop training; each run's own start says what fails
+                return
+            if why is None:
+                return
+            _offline_after_failure = True
+            warnings.warn(f"W&B online start failed ({why}); every run of this process logs offline instead (upload "
+                          f"later with `wandb sync`)", RuntimeWarning, stacklevel=3)
+        for lg in online:
+            lg.mode = "offline"
 
     @property
     def run_id(self) -> Optional[str]:

@@ -457,7 +457,7 @@ def test_unreachable_wandb_server_gives_up_soon_with_one_line_once_per_study(tmp
     lines = [line for line in proc.stderr.splitlines() if "W&B" in line]
     assert len(lines) == 1 and lines[0].startswith("clframework: warning: W&B online start failed ("
                                                    f"{env['WANDB_BASE_URL']} unreachable")  # 3 W&B runs
-    assert "every run of this command logs offline instead" in lines[0]
+    assert "every run of this process logs offline instead" in lines[0]
     assert len(list((tmp_path / "cmp" / "wandb").glob("offline-run-*"))) == 3  # 2 runs and the summary
     assert seconds < 80, seconds  # no wait of START_TIMEOUT (8 s) per run or worker; wandb's default alone is 90 s
 
@@ -1086,3 +1086,38 @@ def test_a_file_system_turning_read_only_mid_run_names_the_file_not_the_lock(tmp
         assert ck._held == {}  # the folder was released although its lock could not be removed
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+# ---- W&B from the Python API: one request per study, also with worker processes ----------------------------------
+
+WANDB_API_STUDY = textwrap.dedent('''
+    import sys, warnings
+    from dataclasses import replace
+    from clframework import RunConfig
+    from clframework.evaluation.wandb_logger import WandbLogger
+    from clframework.experiment import compare
+    from clframework.parallel import Backend
+
+    warnings.simplefilter("always")  # every warning printed, so none hides another
+    base = RunConfig("naive", "split-mnist-5k", tasks=1, epochs=1, hidden=[16], device="cpu")
+    compare(["naive", "si"], "split-mnist-5k", seeds=1, quiet=True, base=base, backend=Backend(jobs=2),
+            callbacks_for=lambda s, seed: [WandbLogger(replace(base, strategy=s, seed=seed).resolved(),
+                                                       mode="online", wandb_dir=sys.argv[1])])
+''')
+
+
+@pytest.mark.slow
+def test_unreachable_wandb_server_from_the_python_api_one_line_for_a_study_with_workers(tmp_path, python):
+    """A study of loggers built in the caller's own script with Backend(jobs=2): its worker process, which knows
+    nothing of the main process's failed start, waited for the server again (8 s) and warned again."""
+    from clframework.evaluation.wandb_logger import read_offline_run
+
+    env = {"WANDB_BASE_URL": f"http://127.0.0.1:{_closed_port()}", "WANDB_API_KEY": "0" * 40, "WANDB_MODE": "online"}
+    proc = python.run(["-c", WANDB_API_STUDY, str(tmp_path)], env=env)
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "RuntimeWarning: W&B" in line]  # any process's
+    assert len(warned) == 1, proc.stderr
+    assert f"W&B online start failed ({env['WANDB_BASE_URL']} unreachable" in warned[0]
+    runs = [read_offline_run(d) for d in sorted((tmp_path / "wandb").glob("offline-run-*"))]
+    assert sorted(r["run"]["job_type"] for r in runs) == ["naive", "si"]  # one in the worker, one here
+    assert all("acc" in r["summary"] for r in runs)

@@ -196,13 +196,15 @@ def test_inside_a_users_active_run_logs_to_a_new_run_and_leaves_theirs_open(tmp_
 
 
 def test_failed_online_start_switches_the_process_to_offline_once(tmp_path, monkeypatch, mnist_stream):
-    """No network (an unroutable W&B server): one warning, the first run falls back to offline, later runs start
-    offline at once, and the W&B start-up is not counted in the run's seconds."""
+    """An online start that fails although the server answered the run's request (e.g. a bad API key; here the
+    request is stubbed and the server is not there): one warning, the first run falls back to offline, later runs
+    start offline at once, and the W&B start-up is not counted in the run's seconds."""
     import time
 
     from clframework.evaluation import wandb_logger
 
     monkeypatch.setattr(wandb_logger, "_offline_after_failure", False)
+    monkeypatch.setattr(wandb_logger, "server_unreachable", lambda timeout: None)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
     cfg = RunConfig(strategy="naive", benchmark="split-mnist-5k", epochs=1, hidden=[16])
@@ -216,9 +218,10 @@ def test_failed_online_start_switches_the_process_to_offline_once(tmp_path, monk
             timings.append((time.perf_counter() - start, res.wall_seconds))
     fallbacks = [w for w in caught if "online start failed" in str(w.message)]
     assert len(fallbacks) == 1 and "every later run of this process log offline" in str(fallbacks[0].message)
-    (first_total, first_wall), (second_total, _) = timings
+    (first_total, first_wall), (second_total, second_wall) = timings
     assert first_total - first_wall >= 3  # the failed online start (>= its 3 s timeout) is outside the run's seconds
-    assert second_total < first_total - 2  # the second run did not wait for the network again
+    assert second_total - second_wall < 2  # the second run did not wait for the network again (its training's
+    # seconds, which vary with the machine's load, are left out of the comparison)
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2
 
 

@@ -197,16 +197,11 @@ def _wandb_loggers(args, out: Path, group: Optional[str], several: bool):
     except ImportError:
         raise RuntimeError("--wandb needs the wandb package, which is not installed: pip install wandb "
                            "(or run without --wandb)") from None
-    from clframework.evaluation.wandb_logger import ONLINE, WandbLogger, WandbSummary, check_dir, check_mode, \
-        run_name, server_unreachable, settings_from_env
+    from clframework.evaluation.wandb_logger import WandbLogger, WandbSummary, check_dir, check_mode, run_name, \
+        settings_from_env
 
-    mode = check_mode(args.wandb_mode)
+    mode = check_mode(args.wandb_mode)  # online: the study asks the server once (WandbLogger.prepare_study)
     wandb_dir = check_dir(args.wandb_dir or out)
-    why = server_unreachable() if mode in ONLINE else None
-    if why:  # decided once here: the loggers (pickled into --jobs workers too) start offline at once
-        warnings.warn(f"W&B online start failed ({why}); every run of this command logs offline instead (upload "
-                      f"later with `wandb sync`)", RuntimeWarning, stacklevel=2)
-        mode = "offline"
     tags = [t.strip() for t in (args.wandb_tags or "").split(",") if t.strip()]
     s = settings_from_env(args.wandb_project, args.wandb_entity, tags, args.wandb_name)
     print(f"W&B: project {s['project']}, {mode}; run files under {wandb_dir / 'wandb'}")
