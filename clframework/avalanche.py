@@ -22,6 +22,9 @@ A strategy that adds examples to the minibatch (`on_before_forward`: replay) has
 labels: the joined minibatch's heads become its per-example task labels (a MultiTaskModule sends each row through
 its head; a single-head model ignores them).
 
+A strategy that overrides `task_data`, `task_loss` or `eval_model` (cumulative, joint, ER, DER, ER-ACE, iCaRL, GDumb)
+changes the loop itself, which stays Avalanche's: the plugin refuses it (TypeError) rather than run another method.
+
 Our strategies see the Avalanche model through `TaskView`, whose `forward(x, head)` sends inputs to one task's head
 (`forward_single_task` of a MultiTaskModule), so that, for example, EWC's Fisher uses the finished task's head.
 """
@@ -41,7 +44,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
                       "(or pip install avalanche-lib==0.6.0)") from exc
 
 from .models import takes_head
-from .plugin import Batch, Strategy
+from .plugin import Batch, Strategy, overrides
 
 
 class MultiHeadAdapter(MultiTaskModule):
@@ -110,6 +113,15 @@ def experience_head(experience, model: nn.Module) -> int:
     return int(labels[0])
 
 
+# the hooks that change what the training loop itself does, which a plugin of Avalanche's loop cannot: a strategy
+# overriding one would run silently as another method
+UNSUPPORTED_HOOKS = {
+    "task_data": "the data each experience trains on is the experience's",
+    "task_loss": "the training loss is its criterion on all rows",
+    "eval_model": "evaluation scores the model itself",
+}
+
+
 class AvalanchePlugin(SupervisedPlugin):
     """Runs a clframework Strategy (e.g. `make_strategy("si")`, `make_strategy("ewc")`) inside an Avalanche strategy."""
 
@@ -118,8 +130,14 @@ class AvalanchePlugin(SupervisedPlugin):
         if not isinstance(strategy, Strategy):
             raise TypeError(f"AvalanchePlugin wraps a clframework Strategy (make_strategy('si', ...)), "
                             f"got {type(strategy).__name__}")
+        unsupported = [hook for hook in UNSUPPORTED_HOOKS if overrides(strategy, hook)]
+        if unsupported:
+            raise TypeError(f"AvalanchePlugin cannot run {type(strategy).__name__}: it overrides "
+                            f"{', '.join(unsupported)}, which Avalanche's own loop decides (" +
+                            "; ".join(UNSUPPORTED_HOOKS[h] for h in unsupported) + "); train it with clframework's "
+                            f"Trainer")
         self.strategy = strategy
-        self._joins = type(strategy).on_before_forward is not Strategy.on_before_forward  # else no per-step cost
+        self._joins = overrides(strategy, "on_before_forward")  # else no per-step cost
         self._view: TaskView | None = None
 
     def _model(self, cl) -> TaskView:

@@ -1,4 +1,5 @@
-"""Our strategies inside Avalanche 0.6 (clframework.avalanche) train exactly as they do in our own Trainer.
+"""Our strategies inside Avalanche 0.6 (clframework.avalanche) train exactly as they do in our own Trainer (those the
+plugin runs; it refuses the rest).
 
 Same data, same initial weights, same optimizer (Adam, reset per task), and the same data order: every minibatch is
 the whole task (full-batch steps), so the Trainer's shuffling and Avalanche's DataLoader see the same set each step
@@ -17,12 +18,14 @@ from avalanche.training import Naive  # noqa: E402
 
 from clframework.benchmarks import Stream, Task  # noqa: E402
 from clframework import Trainer, make_strategy, mlp  # noqa: E402
-from clframework.avalanche import AvalanchePlugin, TaskView, as_multitask_module  # noqa: E402
+from clframework.avalanche import UNSUPPORTED_HOOKS, AvalanchePlugin, TaskView, as_multitask_module  # noqa: E402
+from clframework.plugin import available_strategies, overrides  # noqa: E402
 
 pytestmark = pytest.mark.slow  # imports Avalanche and trains through it
 
 EPOCHS, PER_TASK = 15, 200
-# MAS at lambda 10: at the default 1 this trajectory puts a first-layer
+# every strategy the plugin runs but naive (Avalanche's Naive itself); the registry's others are refused
+# (test_plugin_refuses_what_avalanche_decides). MAS at lambda 10: at the default 1 this trajectory puts a first-layer
 # pre-activation exactly on ReLU's kink at task 2's third step, where either side is right and float32 round-off
 # picks one (3e-4 apart; float64 runs agree to 1e-16): no method's difference.
 STRATEGIES = {"si": {"c": 1.0, "xi": 1e-3}, "ewc": {"ewc_lambda": 1000.0}, "replay": {"memory_size": 100},
@@ -118,3 +121,26 @@ def test_task_view_routes_each_head(init):
 def test_plugin_rejects_non_strategy():
     with pytest.raises(TypeError, match="make_strategy"):
         AvalanchePlugin("si")
+
+
+def test_plugin_covers_every_registered_strategy():
+    """Each registered strategy is either checked against our Trainer above (naive: Avalanche's Naive itself) or
+    refused below: none runs untested inside Avalanche."""
+    refused = {n for n in available_strategies() if any(overrides(make_strategy(n), h) for h in UNSUPPORTED_HOOKS)}
+    assert refused == set(REFUSED)
+    assert set(available_strategies()) == set(STRATEGIES) | refused | {"naive"}
+    assert not refused & set(STRATEGIES)
+
+
+REFUSED = ["cumulative", "joint", "er", "der", "derpp", "er_ace", "icarl", "gdumb"]  # docs/avalanche.md names them
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_plugin_refuses_what_avalanche_decides(name):
+    """A strategy that replaces the loop's data (task_data), loss (task_loss) or scored model (eval_model) would run
+    inside Avalanche as another method (Avalanche's data, criterion and model): refused, naming the hooks."""
+    strategy = make_strategy(name)
+    hooks = [h for h in UNSUPPORTED_HOOKS if overrides(strategy, h)]
+    assert hooks
+    with pytest.raises(TypeError, match=f"cannot run {type(strategy).__name__}: it overrides {', '.join(hooks)}, "):
+        AvalanchePlugin(strategy)
