@@ -530,14 +530,8 @@ def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional
     progress = progress or StudyProgress("compare", quiet)
     args = (configs, seeds, quiet, callbacks_for, checkpoint_every, stream, started, summary_callbacks, label,
             backend, plugins, progress, executor, on_run, figures)
-    try:
-        if out_dir is None:
-            return _compare(*args, None, None, False)
-        with StudyFolders(out_dir, checkpoint_dir, resume, overwrite) as (out, runs_root):
-            return _compare(*args, out, runs_root, resume)
-    finally:
-        if own_progress:
-            progress.close()
+    return in_study_folders(lambda *folders: _compare(*args, *folders), out_dir, checkpoint_dir, resume, overwrite,
+                            progress if own_progress else None)
 
 
 class StudyFolders:
@@ -566,6 +560,20 @@ class StudyFolders:
         for folder in reversed(self.folders):
             folder.__exit__(*exc)
         return False
+
+
+def in_study_folders(body: Callable[..., dict], out_dir: Optional[Path], checkpoint_dir: Optional[Path], resume: bool,
+                     overwrite: bool, own_progress: Optional[StudyProgress]) -> dict:
+    """`body(out, runs_root, resume)` inside the study's folders (StudyFolders), or `body(None, None, False)` without
+    an out_dir; then `own_progress`, the bar the study opened itself (None: the caller's), is closed."""
+    try:
+        if out_dir is None:
+            return body(None, None, False)
+        with StudyFolders(out_dir, checkpoint_dir, resume, overwrite) as (out, runs_root):
+            return body(out, runs_root, resume)
+    finally:
+        if own_progress is not None:
+            own_progress.close()
 
 
 @dataclass

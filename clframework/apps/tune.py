@@ -12,7 +12,7 @@ import numpy as np
 from clframework.benchmarks.scenarios import holdout
 from clframework.evaluation.results import write_json
 
-from ..experiment import (DEFAULT_CHECKPOINT_EVERY, STUDY_FIGURES, RunConfig, RunJob, StudyFolders, build_stream,
+from ..experiment import (DEFAULT_CHECKPOINT_EVERY, STUDY_FIGURES, RunConfig, RunJob, build_stream, in_study_folders,
                           run_study, slug, study_plugins, with_stream_protocol, write_plan)
 from ..parallel import Backend, open_executor
 from ..progress import StudyProgress
@@ -61,14 +61,8 @@ def tune(base: RunConfig, grid: Dict[str, List[str]], validation: float = 0.1, s
     progress = progress or StudyProgress(f"tune {base.strategy}", quiet)
     args = (base, keys, configs, resolved, stream, seeds, quiet, log, checkpoint_every, backend, plugins, progress,
             callbacks_for, figures)
-    try:
-        if out_dir is None:
-            return _tune(*args, None, None, False)
-        with StudyFolders(out_dir, checkpoint_dir, resume, overwrite) as (out, runs_root):
-            return _tune(*args, out, runs_root, resume)
-    finally:
-        if own_progress:
-            progress.close()
+    return in_study_folders(lambda *folders: _tune(*args, *folders), out_dir, checkpoint_dir, resume, overwrite,
+                            progress if own_progress else None)
 
 
 def _tune(base, keys, configs, resolved, stream, seeds, quiet, log, checkpoint_every, backend, plugins, progress,
