@@ -7,6 +7,7 @@ computes anything itself, so forking it is safe for torch's thread pools."""
 import json
 import os
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ def _child(request: dict, out: str, err: str) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        tempfile.tempdir = None  # the server's choice of temporary folder: the child reads its own $TMPDIR again
         extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
         argv = request["argv"]
         try:
@@ -121,6 +123,7 @@ def serve(preload: list) -> None:
     for pid in list(children):
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 class ForkServer:

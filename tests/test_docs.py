@@ -39,7 +39,7 @@ def run_document(path: Path, workdir: Path) -> int:
                if m and m.split(".")[0] not in own]  # the document's own modules are imported by its examples
     if any(lang == "bash" for lang, _, _ in blocks):
         preload.append("clframework.apps.cli")
-    env = {"PYTHONPATH": str(workdir), "WANDB_MODE": "offline"}
+    env = {"PYTHONPATH": str(workdir), "WANDB_MODE": "offline", "TMPDIR": str(workdir)}  # temporary files too
     with ForkServer(list(dict.fromkeys(preload)), cwd=workdir, env=env) as python:
         return _run_blocks(path, blocks, workdir, python)
 

@@ -150,7 +150,7 @@ def test_kill_9_mid_epoch_with_workers_then_resume_equals_uninterrupted(tmp_path
     ref = python.run(args + ["--out", str(tmp_path / "B")], timeout=600)
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "A"
-    pid = python.start(args + ["--out", str(out)], session=True)
+    pid = python.start(args + ["--out", str(out)], env={"TMPDIR": str(tmp_path)}, session=True)  # its workers' pymp-*
     deadline = time.time() + 300
     while not (out / "checkpoint.pt").exists():
         assert python.running(pid) and time.time() < deadline, python.wait(pid).stderr[-2000:]

@@ -844,7 +844,8 @@ def test_kill_9_of_the_main_process_leaves_no_worker_and_no_write_after(tmp_path
     out = tmp_path / "cmp"
     proc = subprocess.Popen([sys.executable, "-m", "clframework", "compare", "--strategies", "naive,si", "--seeds",
                              "1", "--jobs", "2", "--checkpoint-every", "3", "--out", str(out), *TINY],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "TMPDIR": str(tmp_path)})  # the study's temporary folder, left by kill -9
     deadline = time.time() + 240
     while not list(out.glob("*/checkpoint.pt")):  # the workers are training
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
