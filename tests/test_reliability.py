@@ -445,13 +445,13 @@ def _closed_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("jobs", [[], ["--jobs", "2"]])
-def test_unreachable_wandb_server_gives_up_soon_with_one_line_once_per_study(tmp_path, jobs):
+def test_unreachable_wandb_server_gives_up_soon_with_one_line_once_per_study(tmp_path, jobs, python):
     """Issue 19: W&B online with no network waited about 90 s (wandb's default) with no output before falling back;
     then each --jobs worker process waited once (8 s) on its own. The command asks once, before any run starts."""
     env = {"WANDB_BASE_URL": f"http://127.0.0.1:{_closed_port()}", "WANDB_API_KEY": "0" * 40, "WANDB_MODE": "online"}
     start = time.perf_counter()
     proc = _cli("compare", "--strategies", "naive,si", "--seeds", "1", "--tasks", "1", "--wandb", "--out",
-                str(tmp_path / "cmp"), *jobs, *TINY, env=env)
+                str(tmp_path / "cmp"), *jobs, *TINY, env=env, python=python)  # a process: wandb reads $WANDB_* once
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if "W&B" in line]
