@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--epochs", type=int, help="epochs per task (default: the benchmark's protocol)")
     bp.add_argument("--batch-size", type=int, help="minibatch size (default: the benchmark's protocol)")
     bp.add_argument("--repeats", type=int, default=5,
-                    help="runs per entry, interleaved; per task the fastest counts, the spread is shown (default 5)")
+                    help="timed passes over the stream, the entries taking turns task by task (default 5)")
     bp.add_argument("--entries", default="all", help="comma-separated subset of: floor, our strategies (naive,si,ewc,"
                     "mas,lwf,replay,agem) and avalanche-NAME for each (default all); or 'rehearsal': floor, naive, "
                     "er, der, derpp, er_ace, icarl, gdumb and Avalanche's der, er_ace, gdumb (needs "
@@ -285,10 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--set", action="append", default=[], metavar="STRATEGY.KEY=VALUE", help="e.g. --set si.c=0.1")
     bp.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's own choice)")
     bp.add_argument("--targets", action="store_true",
-                    help="also judge the speed budgets (docs/performance.md); no verdict while the floor's own "
-                         "spread exceeds --max-spread")
+                    help="also judge the speed budgets (docs/performance.md); no verdict on an entry whose "
+                         "ratio's spread exceeds --max-spread")
     bp.add_argument("--max-spread", type=float, default=0.03, metavar="FRACTION",
-                    help="the widest spread of the floor's time at which --targets judges (default 0.03)")
+                    help="the widest spread of an entry's ratio at which --targets judges it (default 0.03)")
     bp.add_argument("--device", default="cpu", help="cpu (default), cuda, auto ...")
     bp.add_argument("--out", type=Path, help="folder for bench.json and bench.md")
     bp.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
