@@ -45,6 +45,7 @@ def test_bench_prints_every_entry(tmp_path, capsys):
         assert r["ratio"] == pytest.approx(sum(w * m for w, m in zip(weights, per_task)) / sum(weights))
         assert r["spread"] == pytest.approx(B.spread(r["task_seconds"], None if r["entry"] == "floor" else floor))
     assert "| floor |" in (tmp_path / "bench.md").read_text()
+    assert all(saved["load_average"][k] >= 0 for k in ("start", "end"))  # stated with the figures (Linux)
     out = capsys.readouterr().out
     assert "NOT met" not in out and "budget" not in out  # the project's speed budgets only with --targets
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import gc
 import json
+import os
 import platform
 import statistics
 import threading
@@ -399,6 +400,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: N
         progress(f"untimed {entry:<16} acc {samples[entry]['acc']:.4f}  peak {mem.peak_mb:.1f} MB")
     gc.collect()
     gc.freeze()  # what lives now (modules, data) is no garbage: collections between the timed tasks skip it
+    load = {"start": load_average()}
     try:
         for r in range(config.repeats):
             clocks = {e: Clock(device) for e in entries}
@@ -414,6 +416,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: N
             progress(f"repeat {r + 1}/{config.repeats}: " + ", ".join(f"{e} {clocks[e].wall:.2f} s" for e in entries))
     finally:
         gc.unfreeze()
+    load["end"] = load_average()
     floor = samples["floor"]
     rows = []
     for entry in entries:
@@ -428,15 +431,21 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: N
     result = {"benchmark": config.benchmark, "tasks": len(stream), "train_examples": [len(t.train_y) for t in stream],
               "train": cfg, "hparams": hparams, "avalanche_hparams": avalanche_hparams(hparams, len(stream)),
               "repeats": config.repeats, "seed": config.seed, "device": str(device), "rows": rows,
-              "max_spread": config.max_spread, "machine": machine()}
+              "max_spread": config.max_spread, "machine": machine(), "load_average": load}
     result["verdict"] = verdict(rows, config.max_spread)
     result["targets"] = targets(rows, config.max_spread) if result["verdict"]["given"] else []
     return result
 
 
-def machine() -> dict:
-    import os
+def load_average() -> Optional[float]:
+    """The 1-minute load average (None where the OS has none): a speed figure is stated with it."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
 
+
+def machine() -> dict:
     info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
     try:
@@ -506,6 +515,9 @@ def format_table(result: dict, show_targets: bool = False) -> str:
             f"{result['device']}, {result['machine']['threads']} torch threads; {result['repeats']} passes, "
             f"the entries taking turns task by task; seconds: per task the fastest pass; x floor: per task the median "
             f"of the entry's time over the floor's in the same pass")
+    load = result.get("load_average", {})
+    if load.get("start") is not None:
+        head += f"; 1-minute load average {load['start']:.2f} before the timed passes, {load['end']:.2f} after"
     lines = [head, f"{'entry':<16} {'seconds':>9} {'x floor':>8} {'final acc':>10} {'peak MB':>8} {'cpu s':>8} "
                    f"{'cpu x floor':>11} {'spread':>7}"]
     for r in result["rows"]:
