@@ -381,9 +381,9 @@ def finish(steps: Iterator[None]) -> Optional[nn.Module]:
 
 def run_bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: None) -> dict:
     """One untimed pass with each entry alone (warm-up, accuracy, peak memory), then `repeats` timed passes over the
-    stream in which the entries take turns task by task, in an order rotated per task and pass. Each entry's
-    seconds: the sum over tasks of the task's fastest repeat, in wall and in CPU time; its ratio: `paired_ratio`;
-    its spread: see `spread`."""
+    stream in which the entries take turns task by task, in an order rotated (and every other time reversed) per
+    task and pass. Each entry's seconds: the sum over tasks of the task's fastest repeat, in wall and in CPU time;
+    its ratio: `paired_ratio`; its spread: see `spread`."""
     stream, cfg, hparams = resolve(config)
     device = select_device(config.device)
     torch.manual_seed(config.seed)
@@ -406,8 +406,9 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: N
             clocks = {e: Clock(device) for e in entries}
             steps = {e: run[e](copy.deepcopy(init).to(device), stream, cfg, clocks[e], config.seed) for e in entries}
             for k in range(len(stream)):
-                shift = (r * len(stream) + k) % len(entries)  # no entry always first, or always after the same one
-                for entry in entries[shift:] + entries[:shift]:
+                shift = (r * len(stream) + k) % len(entries)
+                order = entries[shift:] + entries[:shift]  # rotated: no entry always first
+                for entry in order[::-1] if (r + k) % 2 else order:  # reversed: nor always after the same one
                     next(steps[entry])
             for entry in entries:
                 finish(steps[entry])
