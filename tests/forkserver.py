@@ -173,6 +173,10 @@ class ForkServer:
     def run(self, argv, cwd=None, env=None, timeout: float = 300):
         return self.wait(self.start(argv, cwd, env), timeout)
 
+    def popen(self, argv, cwd=None, env=None) -> "Child":
+        """`python ARGV` started in a child, used as a subprocess.Popen(text=True) with pipes is."""
+        return Child(self, self.start(argv, cwd, env))
+
     def __enter__(self):
         return self
 
@@ -180,6 +184,34 @@ class ForkServer:
         self.proc.stdin.close()
         self.proc.stdout.close()
         self.proc.wait(timeout=60)
+
+
+class Child:
+    """A started child as the tests use subprocess.Popen's: pid, poll(), wait(), communicate(), send_signal(), kill()
+    and returncode; stdout and stderr come whole once it has ended."""
+
+    def __init__(self, server: ForkServer, pid: int):
+        self.server, self.pid, self.returncode, self.result = server, pid, None, None
+
+    def wait(self, timeout: float = 300) -> int:
+        if self.result is None:
+            self.result = self.server.wait(self.pid, timeout)
+            self.returncode = self.result.returncode
+        return self.returncode
+
+    def poll(self):
+        return None if self.result is None and self.server.running(self.pid) else self.wait()
+
+    def communicate(self, timeout: float = 300):
+        self.wait(timeout)
+        return self.result.stdout, self.result.stderr
+
+    def send_signal(self, sig: int) -> None:
+        if self.result is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
 
 if __name__ == "__main__":

@@ -688,7 +688,7 @@ GATED = textwrap.dedent('''
 
 
 @pytest.mark.slow
-def test_sigint_prints_one_line_keeps_checkpoints_and_finished_runs(tmp_path):
+def test_sigint_prints_one_line_keeps_checkpoints_and_finished_runs(tmp_path, python):
     """Deterministic (issue 21): the run waits at a step the test chose until the signal has come; the moments a
     signal can arrive at are covered by scripts/sigint_stress.py."""
     (tmp_path / "gated_plugin.py").write_text(GATED)
@@ -698,9 +698,7 @@ def test_sigint_prints_one_line_keeps_checkpoints_and_finished_runs(tmp_path):
     out = tmp_path / "cmp"
     args = ["compare", "--strategies", "naive,gated-si", "--seeds", "1", "--out", str(out), "--checkpoint-every", "3",
             "--plugin", "gated_plugin", *TINY]
-    env = {**os.environ, "GATE": str(gate)}
-    proc = subprocess.Popen([sys.executable, "-m", "clframework", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    proc = python.popen(["-m", "clframework", *args], cwd=tmp_path, env={"GATE": str(gate)})  # a process of its own
     deadline = time.time() + 240
     while not (gate / "reached").exists():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
@@ -715,7 +713,7 @@ def test_sigint_prints_one_line_keeps_checkpoints_and_finished_runs(tmp_path):
     finished = (out / "naive-seed0" / "results.json").read_text()
     state = load_checkpoint(out / "gated-si-seed0" / "checkpoint.pt")
     assert state["trainer"]["position"]["step"] == 3 and not (out / LOCK).exists() and not list(out.glob("**/.*.tmp"))
-    done = _cli(*args, "--resume", env={"GATE": str(gate)}, cwd=tmp_path)
+    done = _cli(*args, "--resume", env={"GATE": str(gate)}, cwd=tmp_path, python=python)
     assert done.returncode == 0, done.stderr
     assert (out / "naive-seed0" / "results.json").read_text() == finished  # kept, not run again
     summary = _strict_json(out / "summary.json")
@@ -891,27 +889,27 @@ def uninterrupted_study():
     return [summary["strategies"][s]["runs"][0]["accuracy_matrix"] for s in ("naive", "si")]
 
 
-def _gated_study(tmp_path):
+def _gated_study(tmp_path, python):
     (tmp_path / "gated_plugin.py").write_text(GATED)
     gate = tmp_path / "gate"
     gate.mkdir()
     (gate / "hold").touch()
     out = tmp_path / "cmp"
-    # gated-si first: the main process trains runs from the end of the queue, a worker those from its front
-    proc = subprocess.Popen([sys.executable, "-m", "clframework", "compare", "--strategies", "gated-si,naive",
-                             "--benchmark", "split-mnist-5k", "--tasks", "2", "--seeds", "1", "--jobs", "2",
-                             "--threads", "1", "--checkpoint-every", "3", "--plugin", "gated_plugin", "--out",
-                             str(out), *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path, env={**os.environ, "GATE": str(gate)})
+    # gated-si first: the main process trains runs from the end of the queue, a worker those from its front.
+    # The main process is forked from the fork server (no import of torch); its --jobs worker is spawned as always.
+    proc = python.popen(["-m", "clframework", "compare", "--strategies", "gated-si,naive", "--benchmark",
+                         "split-mnist-5k", "--tasks", "2", "--seeds", "1", "--jobs", "2", "--threads", "1",
+                         "--checkpoint-every", "3", "--plugin", "gated_plugin", "--out", str(out), *TINY],
+                        cwd=tmp_path, env={"GATE": str(gate)})
     return proc, gate, out
 
 
 @pytest.mark.slow
-def test_a_killed_jobs_worker_has_its_run_retried_from_its_checkpoint_and_the_study_goes_on(tmp_path,
+def test_a_killed_jobs_worker_has_its_run_retried_from_its_checkpoint_and_the_study_goes_on(tmp_path, python,
                                                                                             uninterrupted_study):
     """Issue 19: a killed --jobs worker broke the whole pool ("terminated abruptly"), naming no run. Its run now
     continues once from its checkpoint, as with Ray, and the study's numbers are those of an uninterrupted one."""
-    proc, gate, out = _gated_study(tmp_path)
+    proc, gate, out = _gated_study(tmp_path, python)
     _kill_worker_at_the_gate(proc, gate)
     (gate / "hold").unlink()
     _, err = proc.communicate(timeout=300)
@@ -926,8 +924,9 @@ def test_a_killed_jobs_worker_has_its_run_retried_from_its_checkpoint_and_the_st
 
 
 @pytest.mark.slow
-def test_a_run_whose_worker_dies_twice_fails_and_the_study_writes_its_summary_exit_1(tmp_path, uninterrupted_study):
-    proc, gate, out = _gated_study(tmp_path)
+def test_a_run_whose_worker_dies_twice_fails_and_the_study_writes_its_summary_exit_1(tmp_path, python,
+                                                                                    uninterrupted_study):
+    proc, gate, out = _gated_study(tmp_path, python)
     first = _kill_worker_at_the_gate(proc, gate)
     second = _kill_worker_at_the_gate(proc, gate)  # the retry, in a new worker, at its own 5th step (step 8)
     (gate / "hold").unlink()
