@@ -85,3 +85,15 @@ def python():
 
     with ForkServer(["torch", "clframework.experiment", "clframework.strategies", "clframework.apps.cli"]) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def docs_python():
+    """The fork server the documents' examples run in (tests/test_docs.py): it has imported what any document's
+    examples import and parsed their data once, for every document this pytest process runs, not once per document
+    (3-6 s each). Each block still runs in a child of its own, in its document's folder and environment."""
+    from forkserver import ForkServer
+    from test_docs import DOCS, preload
+
+    with ForkServer(preload(sorted(DOCS.glob("*.md")))) as server:
+        yield server

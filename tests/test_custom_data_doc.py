@@ -1,4 +1,4 @@
-"""docs/custom-data.md runs as written: each python block executed in a fresh interpreter (the lead's doc runner)."""
+"""docs/custom-data.md runs as written: each python block executed in a process of its own (the lead's doc runner)."""
 import json
 import re
 from pathlib import Path
@@ -8,15 +8,15 @@ import pytest
 from clframework.benchmarks.datasets import available
 from test_docs import DOCS, run_document
 
-pytestmark = pytest.mark.slow  # every doc example in a fresh interpreter
+pytestmark = pytest.mark.slow  # every doc example in a process of its own
 
 
-def test_custom_data_examples_run(tmp_path):
+def test_custom_data_examples_run(tmp_path, docs_python):
     doc = DOCS / "custom-data.md"
     blocks = re.findall(r"```python(?: requires=\S+)?\n", doc.read_text())
     assert len(blocks) == 5  # tensors, torch Dataset, Avalanche, dataset files (requires=fashion-mnist), disk vs memory
     assert len(re.findall(r"```text output\n", doc.read_text())) == 5  # each states what it prints, checked
-    skipped = run_document(doc, tmp_path)
+    skipped = run_document(doc, tmp_path, docs_python)
     assert skipped == (0 if available("fashion-mnist") else 1)
     # its register_benchmark example: run by name from the CLI, with its own protocol and data source recorded
     res = json.loads((tmp_path / "runs/my-digits/results.json").read_text())

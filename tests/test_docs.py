@@ -1,7 +1,7 @@
 """The examples in docs/ run as written: `python file=NAME` blocks are written to disk, `python` blocks executed,
 and `bash` blocks' clframework commands run, all in one scratch folder per document, each block (each command line)
-in a process of its own forked from one interpreter per document that has imported what the examples import
-(tests/forkserver.py), not a fresh interpreter each. A `text output` block states
+in a process of its own forked from one interpreter per pytest process (the `docs_python` fixture) that has imported
+what any document's examples import (tests/forkserver.py), not a fresh interpreter each. A `text output` block states
 what the python block before it prints: the printed text must match it, numbers to within NUMBER_TOLERANCE. A block
 marked `requires=DATASET` (e.g. fashion-mnist) runs where that dataset's files are on this machine
 (benchmarks.datasets.available), and is skipped with its output block elsewhere."""
@@ -32,21 +32,30 @@ def assert_output_matches(stated: str, printed: str, where: str) -> None:
             f"{where}: the example printed\n{printed}\nbut the document states\n{stated}"
 
 
-def run_document(path: Path, workdir: Path) -> int:
-    """Runs the document's examples; returns how many python blocks were skipped for want of a dataset."""
-    blocks = BLOCK.findall(path.read_text())
-    own = {Path(t.group(1)).stem for _, info, _ in blocks if (t := re.search(r"file=(\S+)", info))}
-    preload = [m for lang, _, body in blocks if lang == "python" for pair in IMPORT.findall(body) for m in pair
-               if m and m.split(".")[0] not in own]  # the document's own modules are imported by its examples
-    if any(lang == "bash" for lang, _, _ in blocks):
-        preload.append("clframework.apps.cli")
-    preload += [entry for entry in LOADED_ONCE if entry.partition(":")[0] in preload]
+def preload(paths) -> list:
+    """What the documents' python blocks import (not their own `file=` modules), the CLI where one has a bash block,
+    and the data loaders they call, for the fork server to import and load once."""
+    modules = []
+    for path in paths:
+        blocks = BLOCK.findall(path.read_text())
+        own = {Path(t.group(1)).stem for _, info, _ in blocks if (t := re.search(r"file=(\S+)", info))}
+        modules += [m for lang, _, body in blocks if lang == "python" for pair in IMPORT.findall(body) for m in pair
+                    if m and m.split(".")[0] not in own]  # the document's own modules are imported by its examples
+        if any(lang == "bash" for lang, _, _ in blocks):
+            modules.append("clframework.apps.cli")
+    modules += [entry for entry in LOADED_ONCE if entry.partition(":")[0] in modules]
+    return list(dict.fromkeys(modules))
+
+
+def run_document(path: Path, workdir: Path, python: ForkServer) -> int:
+    """Runs the document's examples in `workdir` with children of `python` (the docs_python fixture); returns how
+    many python blocks were skipped for want of a dataset."""
     env = {"PYTHONPATH": str(workdir), "WANDB_MODE": "offline", "TMPDIR": str(workdir)}  # temporary files too
-    with ForkServer(list(dict.fromkeys(preload)), cwd=workdir, env=env) as python:
-        return _run_blocks(path, blocks, workdir, python)
+    return _run_blocks(path, BLOCK.findall(path.read_text()), workdir, lambda argv: python.run(
+        argv, cwd=workdir, env=env, timeout=600))
 
 
-def _run_blocks(path, blocks, workdir, python) -> int:
+def _run_blocks(path, blocks, workdir, run) -> int:
     from clframework.benchmarks.datasets import available
 
     printed, skipped = None, 0
@@ -60,7 +69,7 @@ def _run_blocks(path, blocks, workdir, python) -> int:
         elif target:
             (workdir / target.group(1)).write_text(body)
         elif lang == "python":
-            proc = python.run(["-c", body], timeout=600)
+            proc = run(["-c", body])
             assert proc.returncode == 0, f"{path.name} python block failed:\n{body}\n{proc.stderr[-3000:]}"
             printed = proc.stdout
         elif "output" in info.split():
@@ -71,24 +80,24 @@ def _run_blocks(path, blocks, workdir, python) -> int:
             for line in body.strip().splitlines():
                 args = shlex.split(line)
                 assert args[0] == "clframework", f"unexpected command in {path.name}: {line}"
-                proc = python.run(["-m", "clframework", *args[1:]], timeout=600)
+                proc = run(["-m", "clframework", *args[1:]])
                 assert proc.returncode == 0, f"{path.name}: `{line}` failed:\n{proc.stderr[-3000:]}"
     return skipped
 
 
 @pytest.mark.slow
-def test_plain_loop_example_reaches_the_stated_accuracy(tmp_path):
+def test_plain_loop_example_reaches_the_stated_accuracy(tmp_path, docs_python):
     """docs/plain-loop.md prints per-task accuracies it states (its output block); the loop must learn every task."""
     text = (DOCS / "plain-loop.md").read_text()
     stated = re.search(r"```text output\n(.*?)```", text, re.S).group(1)
     assert min(float(a) for a in NUMBER.findall(stated.split(":")[1])) >= 0.8, stated
-    run_document(DOCS / "plain-loop.md", tmp_path)
+    run_document(DOCS / "plain-loop.md", tmp_path, docs_python)
 
 
 @pytest.mark.slow
-def test_recipe_guide_gives_its_stated_results(tmp_path):
+def test_recipe_guide_gives_its_stated_results(tmp_path, docs_python):
     """docs/recipe.md: the recipe flags and RunConfig fields are recorded, and each run reaches the stated accuracy."""
-    run_document(DOCS / "recipe.md", tmp_path)
+    run_document(DOCS / "recipe.md", tmp_path, docs_python)
     assert len(re.findall(r"```text output", (DOCS / "recipe.md").read_text())) == 2
 
 
@@ -103,8 +112,8 @@ def test_output_blocks_compare_numbers_within_tolerance():
 
 
 @pytest.mark.slow
-def test_custom_strategy_registered_and_run_from_cli(tmp_path):
-    run_document(DOCS / "custom-strategy.md", tmp_path)
+def test_custom_strategy_registered_and_run_from_cli(tmp_path, docs_python):
+    run_document(DOCS / "custom-strategy.md", tmp_path, docs_python)
     result = json.loads((tmp_path / "runs/l2/results.json").read_text())
     assert result["strategy"] == "l2" and result["hparams"] == {"strength": 10.0}
     summary = json.loads((tmp_path / "runs/l2-vs-si/summary.json").read_text())
@@ -112,10 +121,10 @@ def test_custom_strategy_registered_and_run_from_cli(tmp_path):
 
 
 @pytest.mark.slow
-def test_avalanche_plugin_guide_runs(tmp_path):
+def test_avalanche_plugin_guide_runs(tmp_path, docs_python):
     """docs/avalanche.md: SI as a plugin of Avalanche's Naive, classes relabelled per task for a multi-head model."""
     import pytest
 
     pytest.importorskip("avalanche")
-    run_document(DOCS / "avalanche.md", tmp_path)
+    run_document(DOCS / "avalanche.md", tmp_path, docs_python)
 

@@ -172,11 +172,11 @@ def test_fisher_runs_in_eval_mode_and_leaves_running_statistics_alone():
 
 
 @pytest.mark.slow
-def test_models_doc_runs(tmp_path):
+def test_models_doc_runs(tmp_path, docs_python):
     """docs/models.md: an own model by module:factory from the CLI, then clframework.load and predict."""
     from test_docs import DOCS, run_document
 
-    run_document(DOCS / "models.md", tmp_path)
+    run_document(DOCS / "models.md", tmp_path, docs_python)
 
 
 def test_list_shows_the_models_read_without_torch():

@@ -127,16 +127,16 @@ def test_sweep_file_command_maps_to_cli_sets():
         assert _parse_sets(args.set) == {k: str(v) for k, v in params.items()}
 
 
-def test_docs_examples_run(tmp_path):
+def test_docs_examples_run(tmp_path, docs_python):
     """docs/wandb.md (offline compare, reading the runs back) and docs/results-schema.md (Fig. 5 with fine-tuning)."""
     from pathlib import Path
 
     from test_docs import run_document
 
     docs = Path(__file__).resolve().parents[1] / "docs"
-    run_document(docs / "wandb.md", tmp_path)
+    run_document(docs / "wandb.md", tmp_path, docs_python)
     assert len(list((tmp_path / "cmp" / "wandb").glob("offline-run-*"))) == 3  # 2 runs and the summary run
-    run_document(docs / "results-schema.md", tmp_path)
+    run_document(docs / "results-schema.md", tmp_path, docs_python)
     assert (tmp_path / "fig5.png").stat().st_size > 0 and (tmp_path / "fig5.svg").stat().st_size > 0
 
 
