@@ -2,7 +2,6 @@ import os
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -25,7 +24,13 @@ def _share_the_cores() -> int:
     return 2
 
 
-torch.set_num_threads(_share_the_cores())
+def pytest_configure(config):
+    """In each process that runs tests, before any test module imports torch: its share of the cores. Not in the
+    pytest-xdist controller, which runs none (and so need not import torch, 1-2 CPU s)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
+        import torch
+
+        torch.set_num_threads(_share_the_cores())
 
 
 def pytest_collection_modifyitems(items):
