@@ -88,7 +88,8 @@ def python():
     a fresh import of torch."""
     from forkserver import ForkServer
 
-    with ForkServer(["torch", "clframework.experiment", "clframework.strategies", "clframework.apps.cli"]) as server:
+    with ForkServer(["torch", "clframework.experiment", "clframework.strategies", "clframework.apps.cli",
+                     "clframework.evaluation.plots"]) as server:  # most runs write their figures: matplotlib here once
         yield server
 
 
