@@ -424,7 +424,6 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] = lambda s: N
         s = samples[entry]
         totals = [sum(w) for w in s["walls"]]
         rows.append({"entry": entry, "seconds": best_of(s["walls"]), "ratio": paired_ratio(s["walls"], floor["walls"]),
-                     "ratio_of_fastest": best_of(s["walls"]) / best_of(floor["walls"]),  # the estimate used before
                      "cpu_seconds": best_of(s["cpus"]), "cpu_ratio": paired_ratio(s["cpus"], floor["cpus"]),
                      "spread": spread(s["walls"], None if entry == "floor" else floor["walls"]), "acc": s["acc"],
                      "peak_mb": s["peak_mb"], "all_seconds": totals, "median_seconds": statistics.median(totals),
