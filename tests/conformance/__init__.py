@@ -1,0 +1,1 @@
+"""Conformance suite: each strategy against a reference step written from its authors' code (harness.py)."""
