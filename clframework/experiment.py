@@ -14,6 +14,7 @@ from clframework.benchmarks.registry import BENCHMARKS, Protocol, benchmark_prot
 from clframework.benchmarks.stream import decode_record
 from clframework.evaluation import aggregate as A  # its scipy only once a summary needs it
 from clframework.evaluation import metrics as M
+from clframework.evaluation.continual import check_settings as check_eval, check_subset
 from clframework.evaluation.aggregate import format_console as format_table  # noqa: F401 (the CLI's compare table)
 from clframework.evaluation.figures import Figures
 from clframework.evaluation.results import OutputError, matrix_csv, read_json, write_json, write_text
@@ -74,6 +75,8 @@ class RunConfig(RecipeOverrides):
     compile: Optional[str] = None  # opt-in fast step: torch.compile mode of the forward pass (default: eager)
     protocol: Optional[Protocol] = None  # the defaults of the fields above, in place of the benchmark's
     workers: int = 0  # DataLoader worker processes for tasks read from disk (no effect on results)
+    eval_every: Optional[int] = None  # continual evaluation: every N optimizer steps (docs/continual-evaluation.md)
+    eval_subset: Optional[int] = None  # ... on N seeded examples of each task's split (None: all of it)
 
     def training_protocol(self) -> Protocol:
         """`protocol`, else the named benchmark's; neither is an error saying what to give."""
@@ -137,9 +140,13 @@ class RunConfig(RecipeOverrides):
                              f"{self.workers!r}")
         if self.evaluate_on not in ("test", "valid"):
             raise ValueError(f"evaluate_on must be 'test' or 'valid', got {self.evaluate_on!r}")
-        return {"strategy": self.strategy, "benchmark": self.benchmark, "seed": self.seed, "hparams": hparams,
-                "train": train, "benchmark_options": options, "device": self.device,
-                "tasks": self.tasks, "evaluate_on": self.evaluate_on}
+        check_eval(self.eval_every, self.eval_subset)
+        out = {"strategy": self.strategy, "benchmark": self.benchmark, "seed": self.seed, "hparams": hparams,
+               "train": train, "benchmark_options": options, "device": self.device,
+               "tasks": self.tasks, "evaluate_on": self.evaluate_on}
+        if self.eval_every is not None:  # recorded only when asked: folders of runs without it resume as before
+            out["continual_eval"] = {"every": self.eval_every, "subset": self.eval_subset}
+        return out
 
 
 def _is_int(v) -> bool:
@@ -201,6 +208,9 @@ def overrides(config: RunConfig) -> dict:
         out["device"] = config.device
     if config.tasks:
         out["tasks"] = config.tasks
+    for key in ("eval_every", "eval_subset"):
+        if getattr(config, key) is not None:
+            out[key] = getattr(config, key)
     return out
 
 
@@ -253,6 +263,7 @@ class RunResult:
     provenance: Dict[str, object] = field(default_factory=dict)
     train_cpu_seconds: Optional[float] = None  # CPU time of training (None in results of older versions)
     task_il_accuracy_matrix: Optional[List[List[float]]] = None  # task-IL scores of the same outputs (evaluator.py)
+    continual_eval: Optional[dict] = None  # the accuracy during training (eval_every; evaluation/continual.py)
     omega_correlation: Optional[Dict[str, list]] = None
     resumed_from: Optional[dict] = None
     model: Optional[torch.nn.Module] = field(default=None, repr=False, compare=False)
@@ -261,7 +272,8 @@ class RunResult:
     def to_json(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("model", "trained_strategy")}
         return {k: v for k, v in out.items()
-                if v is not None or k not in ("omega_correlation", "resumed_from", "task_il_accuracy_matrix")}
+                if v is not None or k not in ("omega_correlation", "resumed_from", "task_il_accuracy_matrix",
+                                              "continual_eval")}
 
     @classmethod
     def from_json(cls, data: dict) -> "RunResult":
@@ -312,6 +324,7 @@ def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
     benchmark = config.benchmark if stream is None else stream.name
     stream = build_stream(config, stream)  # data errors (missing files, bad labels) before the folder is touched
     stream.validate()
+    check_subset(stream, config.eval_subset, config.evaluate_on)
     prepare_study(callbacks)
     if out_dir is None:
         return _run(config, cfg, None, quiet, callbacks, stream, False, checkpoint_every, label, benchmark)
@@ -370,7 +383,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
                       on_checkpoint=save if out_dir is not None else None,
                       augment=make_augment(train["augment"], stream.input_shape, seed=augment_seed(config.seed),
                                            decode=stream.tasks[0].decode),
-                      precision=train.get("precision", "fp32"), compile=train.get("compile"), workers=config.workers)
+                      precision=train.get("precision", "fp32"), compile=train.get("compile"), workers=config.workers,
+                      eval_every=config.eval_every, eval_subset=config.eval_subset)
     record = provenance.collect({"function": "clframework.run", "config": config.as_record()}, overrides(config),
                                 str(trainer.device), started, data_source(stream))
     head = {"status": "finished", "strategy": config.strategy, "benchmark": benchmark, "seed": config.seed,
@@ -393,6 +407,7 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
                       "initial_accuracy": p["initial_accuracy"], "curves": p["curves"] + trainer._task_curve,
                       "train_seconds": p["train_seconds"], "train_cpu_seconds": p["train_cpu_seconds"],
                       "wall_seconds": time.perf_counter() - wall_start,
+                      **({"continual_eval": trainer.continual_eval()} if config.eval_every else {}),
                       "provenance": provenance.finish(record)}
         if out_dir is not None:
             write_text(out_dir / "matrix.csv", matrix_csv(exc.result))
@@ -407,7 +422,9 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
     R = result.accuracy_matrix
     out = RunResult(
         **head, accuracy_matrix=R, initial_accuracy=result.initial_accuracy,
-        metrics={**M.summary(R, result.initial_accuracy), "task_il_acc": M.acc(result.task_il_matrix)},
+        metrics={**M.summary(R, result.initial_accuracy), "task_il_acc": M.acc(result.task_il_matrix),
+                 **(M.continual_summary(result.continual_eval) if result.continual_eval else {})},
+        continual_eval=result.continual_eval,
         task_il_accuracy_matrix=result.task_il_matrix, average_seen=M.average_seen(R), curves=result.curves,
         train_seconds=result.train_seconds, train_cpu_seconds=result.train_cpu_seconds,
         wall_seconds=time.perf_counter() - wall_start,
@@ -526,6 +543,8 @@ def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional
     label = benchmark if stream is None else stream.name
     stream = build_stream(first, stream)  # data errors before the folder is touched
     stream.validate()
+    for cfg in configs.values():
+        check_subset(stream, cfg.eval_subset, cfg.evaluate_on)
     own_progress = progress is None
     progress = progress or StudyProgress("compare", quiet)
     args = (configs, seeds, quiet, callbacks_for, checkpoint_every, stream, started, summary_callbacks, label,

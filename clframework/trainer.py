@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from clframework.evaluation.continual import ContinualEvaluator, check_settings
 from clframework.evaluation.evaluator import evaluate_stream
 
 from clframework.evaluation.results import OutputError
@@ -80,6 +81,7 @@ class StreamResult:
     curves: List[dict] = field(default_factory=list)
     train_cpu_seconds: float = 0.0  # the process's CPU time: waiting for busy cores adds none
     task_il_matrix: List[List[float]] = field(default_factory=list)  # the same scores, other tasks' classes masked
+    continual_eval: Optional[dict] = None  # the accuracy during training (eval_every), as results.json holds it
 
 
 class TrainingDiverged(RuntimeError):
@@ -123,6 +125,9 @@ class Trainer:
     included (`Batch.prepare`). workers: DataLoader worker processes for tasks backed by a dataset.
     on_checkpoint: called with `state_dict()` after every task and, with checkpoint_every > 0, every that many
     optimizer steps; `fit(stream, resume=state)` continues from such a state exactly (bit for bit on CPU).
+    eval_every: every that many optimizer steps (and at every task boundary), the accuracy on each task seen so far
+    on `eval_subset` seeded examples of its split (None: all of it), without changing the training
+    (evaluation/continual.py; docs/continual-evaluation.md).
     """
 
     def __init__(self, model: nn.Module, strategy: Strategy, *, epochs: int = 10, batch_size: int = 64,
@@ -135,7 +140,8 @@ class Trainer:
                  lr_schedule: str = "constant", lr_step_epochs: Optional[int] = None,
                  lr_gamma: Optional[float] = None, lr_min: Optional[float] = None, grad_clip: Optional[float] = None,
                  lr_milestones: Optional[Sequence[int]] = None, precision: str = "fp32",
-                 compile: Optional[str] = None, workers: int = 0):
+                 compile: Optional[str] = None, workers: int = 0, eval_every: Optional[int] = None,
+                 eval_subset: Optional[int] = None):
         if epochs < 1 or batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
         self.recipe = Recipe(optimizer, lr, momentum, weight_decay, lr_schedule, lr_step_epochs, lr_gamma, lr_min,
@@ -145,6 +151,10 @@ class Trainer:
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: after every task only), got {checkpoint_every}")
         check_fast_step(precision, compile)
+        check_settings(eval_every, eval_subset)
+        self.eval_every, self.eval_subset = eval_every or 0, eval_subset
+        self._evaluator: Optional[ContinualEvaluator] = None  # built by fit from the stream
+        self._eval_pending: List[tuple] = []  # (step, task, correct counts on the device) not yet on the host
         self.device = select_device(device)
         self.model = model.to(self.device)
         # the opt-in fast step (default: neither): bf16 autocast of the forward pass and the loss terms, and/or the
@@ -172,7 +182,7 @@ class Trainer:
         self._epoch: Optional[dict] = None  # the epoch in flight: its batch order and running sums
         self._task_curve: List[dict] = []
         self._progress = {"initial_accuracy": [], "accuracy_matrix": [], "task_il_matrix": [], "curves": [],
-                          "train_seconds": 0.0, "train_cpu_seconds": 0.0}
+                          "train_seconds": 0.0, "train_cpu_seconds": 0.0, "eval_points": [], "eval_boundaries": []}
         self._clock = self._cpu_clock = 0.0  # perf_counter and process_time when the current task's timing started
         self._checkpoint_seconds = self._checkpoint_cpu_seconds = 0.0
 
@@ -201,6 +211,7 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything the continuation needs: model, optimizer, strategy, RNG states, position, results so far."""
+        self._flush_eval()
         elapsed, cpu = self._progress["train_seconds"], self._progress.get("train_cpu_seconds", 0.0)
         if self._clock:
             elapsed += time.perf_counter() - self._clock - self._checkpoint_seconds
@@ -251,7 +262,9 @@ class Trainer:
         self._progress = {"train_cpu_seconds": 0.0, **progress,  # (checkpoints of older versions had no CPU time)
                           "accuracy_matrix": [list(r) for r in progress["accuracy_matrix"]],
                           "task_il_matrix": [list(r) for r in progress.get("task_il_matrix", [])],
-                          "curves": [dict(p) for p in progress["curves"]]}
+                          "curves": [dict(p) for p in progress["curves"]],
+                          "eval_points": [dict(p) for p in progress.get("eval_points", [])],
+                          "eval_boundaries": list(progress.get("eval_boundaries", []))}
 
     # -- training ------------------------------------------------------------------------------------------------
     def _diverged(self, loss: torch.Tensor) -> TrainingDiverged:
@@ -301,6 +314,7 @@ class Trainer:
         if forward is forward_heads:
             direct = (lambda inputs: model(inputs, head)) if takes_head(model) else model
         needs_batch = before_forward is not None or loss_term is not None or task_loss is not None
+        every, steps = self.eval_every, math.ceil(n / self.batch_size)  # the task's last step: its boundary's point
         bar = tqdm(range(first_epoch, self.epochs), desc=f"{self.label} task {task_index + 1} {task.name}".lstrip(),
                    leave=False, disable=self.quiet, unit="epoch")
         for epoch in bar:
@@ -349,6 +363,8 @@ class Trainer:
                 loss_sum.add_(loss.detach(), alpha=k)  # detached: no autograd context needed for the running sums
                 correct += ((out if out.shape[0] == k else out[:k]).argmax(-1) == yb).sum()  # the task's own rows
                 self.global_step += 1
+                if every and self.global_step % every == 0 and (b < steps or epoch + 1 < self.epochs):
+                    self._eval_point(task_index)
                 if self.checkpoint_every and self.global_step % self.checkpoint_every == 0:
                     self._check_finite(ep)
                     self._checkpoint()
@@ -380,6 +396,41 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(params, clip)
 
         return adjust
+
+    # -- continual evaluation ------------------------------------------------------------------------------------
+    def _eval_point(self, task_index: int) -> None:
+        """Score tasks 0..task_index now; the counts stay on the device until `_flush_eval`."""
+        self._eval_pending.append((self.global_step, task_index, self._evaluator.evaluate(self.model, task_index)))
+
+    def _flush_eval(self) -> None:
+        """The pending points to the host in one transfer (at a task's end and before a checkpoint), recorded as
+        {step, task, accuracy, task_il_accuracy} and passed to the callbacks that take them."""
+        if not self._eval_pending:
+            return
+        pending, self._eval_pending = self._eval_pending, []
+        flat = torch.cat([c.flatten() for _, _, c in pending]).tolist()
+        sizes, points, at = self._evaluator.sizes, [], 0
+        for step, task, counts in pending:
+            k = counts.shape[0]
+            cil, til = flat[at:at + 2 * k:2], flat[at + 1:at + 2 * k:2]
+            at += 2 * k
+            points.append({"step": step, "task": task, "accuracy": [c / sizes[j] for j, c in enumerate(cil)],
+                           "task_il_accuracy": [c / sizes[j] for j, c in enumerate(til)]})
+        self._progress["eval_points"] += points
+        for cb in self.callbacks:
+            hook = getattr(cb, "on_continual_eval", None)  # a duck-typed callback may lack it
+            if hook is not None:
+                hook(points)
+
+    def continual_eval(self) -> Optional[dict]:
+        """The curves as results.json records them (None without eval_every)."""
+        if self._evaluator is None:
+            return None
+        self._flush_eval()
+        p = self._progress
+        return {"every": self.eval_every, "subset": self.eval_subset, "split": self.evaluate_on,
+                "sizes": list(self._evaluator.sizes), "boundaries": list(p["eval_boundaries"]),
+                "points": [dict(q) for q in p["eval_points"]]}
 
     def _check_finite(self, ep: dict) -> None:
         """On CUDA, non-finite losses are noted on the device and looked at here (epoch end, before a checkpoint)."""
@@ -421,8 +472,13 @@ class Trainer:
         resume: a `state_dict()` (from a checkpoint) to continue from instead of starting over. An exception raised
         by a strategy or model during training comes out as TrainingFailed, saying where it happened."""
         self.check_fits(stream)
+        if self.eval_every:
+            self._evaluator = ContinualEvaluator(stream, self.device, self.eval_subset, self.evaluate_on,
+                                                 seed=self.seed)
         progress = self._progress
         if resume is None:
+            if self._evaluator is not None:  # the untrained model on the first task: the curve's step 0
+                self._eval_point(0)
             progress["initial_accuracy"] = evaluate_stream(self.model, stream, self.device, self.evaluate_on,
                                                            workers=self.workers)
             self._callback("on_task_evaluated", -1, progress["initial_accuracy"])
@@ -455,6 +511,10 @@ class Trainer:
             self._clock = 0.0
             progress["curves"] += curve
             self._task_curve = []
+            if self._evaluator is not None:  # the boundary: tasks 0..i+1 (the next one's step 0), on the host now
+                progress["eval_boundaries"].append(self.global_step)
+                self._eval_point(min(i + 1, len(stream.tasks) - 1))
+                self._flush_eval()
             scorer = self.strategy.eval_model(self.model) if overrides(self.strategy, "eval_model") else self.model
             row, task_il = evaluate_stream(scorer, stream, self.device, self.evaluate_on, task_il=True,
                                            workers=self.workers)
@@ -465,4 +525,4 @@ class Trainer:
             self._checkpoint()
         return StreamResult([list(r) for r in progress["accuracy_matrix"]], list(progress["initial_accuracy"]),
                             progress["train_seconds"], list(progress["curves"]), progress["train_cpu_seconds"],
-                            [list(r) for r in progress["task_il_matrix"]])
+                            [list(r) for r in progress["task_il_matrix"]], self.continual_eval())

@@ -75,3 +75,97 @@ def omega_correlations(history: Sequence[Dict[str, "np.ndarray"]]) -> Dict[str, 
             continue
         out[name] = np.atleast_2d(np.corrcoef(np.stack(rows))).tolist()
     return out
+
+
+# -- continual evaluation (docs/continual-evaluation.md) ------------------------------------------------------------
+# A curve is results.json's "continual_eval": points {step, task, accuracy: [a_0 .. a_task]} in step order (the task
+# trained at that step, or about to be at step 0 and at each boundary), and "boundaries": the global step at which
+# each task's training ended. Accuracies are read from "accuracy" (class-IL) unless `key` names "task_il_accuracy".
+
+WINDOW = 10  # evaluation points in WF^w, WP^w's window and LCA's beta: the authors' defaults (docs)
+
+
+def _series(curve: dict, j: int, key: str):
+    """(step, accuracy on task j) of every point that scored task j, in order."""
+    return [(p["step"], p[key][j]) for p in curve["points"] if len(p[key]) > j]
+
+
+def min_acc(curve: dict, key: str = "accuracy") -> float:
+    """Average minimum accuracy: for each task j but the last, the lowest accuracy at any point after its training
+    ended (step > boundaries[j]), averaged over those tasks (De Lange et al. 2023, min-ACC; 0 tasks: nan)."""
+    T, ends = len(curve["boundaries"]), curve["boundaries"]
+    mins = [min((a for s, a in _series(curve, j, key) if s > ends[j]), default=None) for j in range(T - 1)]
+    mins = [m for m in mins if m is not None]
+    return float(np.mean(mins)) if mins else float("nan")
+
+
+def wc_acc(curve: dict, key: str = "accuracy") -> float:
+    """Worst-case accuracy after the last task: (1/T) a_T + (1 - 1/T) min-ACC, a_T the last task's accuracy at the
+    last point (De Lange et al. 2023; T = 1: the accuracy itself)."""
+    T = len(curve["boundaries"])
+    last = curve["points"][-1][key][T - 1]
+    return float(last) if T == 1 else float(last / T + (1 - 1 / T) * min_acc(curve, key))
+
+
+def _largest_change(values: Sequence[float], w: int, sign: int) -> float:
+    """max over pairs i < j in any window of w consecutive values of sign * (values[j] - values[i]), at least 0."""
+    best = 0.0
+    for end in range(1, len(values)):
+        window = values[max(0, end - w + 1):end + 1]
+        for i in range(len(window) - 1):
+            best = max(best, sign * (window[-1] - window[i]))
+    return best
+
+
+def _tracked(curve: dict, j: int, key: str) -> List[float]:
+    """Task j's accuracies from its first training step on (the authors' code tracks a task once its training
+    began; task 0 also at step 0, its "pre-update" evaluation)."""
+    start = ([0] + list(curve["boundaries"][:-1]))[j]
+    return [a for s, a in _series(curve, j, key) if s > start or j == 0]
+
+
+def windowed_forgetting(curve: dict, w: int = WINDOW, key: str = "accuracy") -> float:
+    """WF^w: per task, the largest accuracy drop between two of its points at most w - 1 points apart (a window of
+    w evaluations), from its training's start on; averaged over the tasks (De Lange et al. 2023)."""
+    T = len(curve["boundaries"])
+    return float(np.mean([_largest_change(_tracked(curve, j, key), w, -1) for j in range(T)]))
+
+
+def windowed_plasticity(curve: dict, w: int = WINDOW, key: str = "accuracy") -> float:
+    """WP^w: as WF^w with the largest accuracy rise."""
+    T = len(curve["boundaries"])
+    return float(np.mean([_largest_change(_tracked(curve, j, key), w, +1) for j in range(T)]))
+
+
+def learning_curve_area(curve: dict, beta: int = WINDOW, key: str = "accuracy") -> float:
+    """LCA^beta (Chaudhry et al. 2019, A-GEM): per task j, the mean of its accuracy at the first beta + 1 points
+    of its training (its step 0, the boundary before it, included), averaged over tasks."""
+    starts = [0] + list(curve["boundaries"][:-1])
+    per_task = []
+    for j, (start, end) in enumerate(zip(starts, curve["boundaries"])):
+        during = [a for s, a in _series(curve, j, key) if start <= s <= end][:beta + 1]
+        per_task.append(np.mean(during))
+    return float(np.mean(per_task))
+
+
+def anytime_accuracy(curve: dict, key: str = "accuracy") -> float:
+    """A_AUC (Koh et al. 2022, i-Blurry): the mean, over the periodic points (step a positive multiple of
+    `every`), of the accuracy on the examples of every task seen by then (tasks started before that step),
+    pooled; nan without a periodic point."""
+    every, sizes = curve["every"], curve["sizes"]
+    starts = [0] + list(curve["boundaries"][:-1])
+    values = []
+    for p in curve["points"]:
+        s = p["step"]
+        if s == 0 or s % every:
+            continue
+        seen = [j for j, start in enumerate(starts) if start < s]
+        values.append(sum(p[key][j] * sizes[j] for j in seen) / sum(sizes[j] for j in seen))
+    return float(np.mean(values)) if values else float("nan")
+
+
+def continual_summary(curve: dict) -> Dict[str, float]:
+    """The continual-evaluation metrics of a run, as results.json's "metrics" holds them."""
+    return {"min_acc": min_acc(curve), "wc_acc": wc_acc(curve), f"wf{WINDOW}": windowed_forgetting(curve),
+            f"wp{WINDOW}": windowed_plasticity(curve), f"lca{WINDOW}": learning_curve_area(curve),
+            "a_auc": anytime_accuracy(curve)}

@@ -77,6 +77,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, metavar="N",
                    help="DataLoader worker processes reading benchmarks stored on disk (default 0: in the training "
                         "process; in-memory benchmarks never use them)")
+    p.add_argument("--eval-every", type=int, metavar="STEPS",
+                   help="continual evaluation: every STEPS optimizer steps (and at each task boundary), the accuracy "
+                        "on every task seen so far; curves, min-ACC, WC-ACC, WF, WP, LCA and A_AUC in the results "
+                        "(docs/continual-evaluation.md)")
+    p.add_argument("--eval-subset", type=int, metavar="N",
+                   help="with --eval-every: score N seeded examples of each task's test split, the same ones every "
+                        "time (default: the whole split)")
     p.add_argument("--out", type=Path, help="output folder")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -334,7 +341,8 @@ def _base_config(args, strategy: str):
     return RunConfig(strategy=strategy, benchmark=args.benchmark, seed=getattr(args, "seed", 0), epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, hidden=hidden, dropout=args.dropout, device=args.device,
                      benchmark_options=options, tasks=args.tasks, model=args.model, augment=args.augment,
-                     precision=args.precision, compile=args.compile, workers=args.workers, **_recipe(args))
+                     precision=args.precision, compile=args.compile, workers=args.workers,
+                     eval_every=args.eval_every, eval_subset=args.eval_subset, **_recipe(args))
 
 
 def _folder_options(args) -> dict:
