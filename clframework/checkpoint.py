@@ -20,8 +20,8 @@ import torch
 
 from clframework.evaluation.results import OutputError, write_atomic
 
-from .folders import (CHECKPOINT, CONFIG, FAILED, LOCK, MARKER, MODEL, RESULTS, STRATEGY_STATE,  # noqa: F401
-                      STUDY, in_use, lock_holder)
+from .folders import (CHECKPOINT, CONFIG, FAILED, LOCK, MARKER, MODEL, RESULTS, SCORER,  # noqa: F401
+                      STRATEGY_STATE, STUDY, in_use, lock_holder)
 
 FORMAT = 1
 CHECKPOINT_FACTOR = 4  # a checkpoint holds the model, up to two optimizer buffers per parameter (Adam) and a strategy's copy

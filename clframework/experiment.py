@@ -19,15 +19,17 @@ from clframework.evaluation.aggregate import format_console as format_table  # n
 from clframework.evaluation.figures import Figures
 from clframework.evaluation.results import OutputError, matrix_csv, read_json, write_json, write_text
 
-from .checkpoint import (CHECKPOINT, CONFIG, FAILED, MODEL, RESULTS, STRATEGY_STATE, STUDY, OutputFolder, as_json,
-                         check_free_space, check_same_config, checkpoint_bytes, load_checkpoint, refuse_other_config,
-                         save_checkpoint, save_torch)
+from .checkpoint import (CHECKPOINT, CONFIG, FAILED, MODEL, RESULTS, SCORER, STRATEGY_STATE, STUDY, OutputFolder,
+                         as_json, check_free_space, check_same_config, checkpoint_bytes, load_checkpoint,
+                         refuse_other_config, save_checkpoint, save_torch)
 from . import provenance
 from .augment import check_augment, make_augment
 from .callbacks import prepare_study
 from .models import ModelSpec, build_model, model_factory, model_name
 from .parallel import Backend, Executor, open_executor, plugin_modules
+from .inference import scorer_record
 from .plugin import STRATEGIES, Strategy, make_strategy
+from .plugin import overrides as hook_overridden
 from .progress import StudyProgress
 from .registry import RegistryError
 from .recipe import RECIPE_FIELDS, Recipe
@@ -436,6 +438,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
     if out_dir is not None:
         save_torch(out_dir / MODEL, trainer.model.state_dict())
         save_torch(out_dir / STRATEGY_STATE, {"strategy": config.strategy, "state": strategy.state_dict()})
+        if hook_overridden(strategy, "eval_model"):  # its scores came from another module than model.pt's
+            save_torch(out_dir / SCORER, scorer_record(trainer.scorer, stream, trainer.device))
         write_run(out.to_json(), out_dir, figures)
         (out_dir / CHECKPOINT).unlink(missing_ok=True)  # results.json, model.pt and strategy.pt hold it all now
     for cb in callbacks:

@@ -14,6 +14,7 @@ FAILED = "failed.json"            # an exception in a strategy or model stopped 
 STUDY = "study.json"              # a study's plan, written before its first run: kind and the runs it will hold
 MODEL = "model.pt"
 STRATEGY_STATE = "strategy.pt"
+SCORER = "scorer.pt"              # the module a strategy scores with, when not its stream network (GDumb, iCaRL)
 MARKER = ".clframework"           # says "clframework made this folder": --overwrite may empty it
 LOCK = ".clframework.lock"        # the pid and host of the process writing into the folder, then its workers
 

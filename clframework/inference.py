@@ -4,6 +4,11 @@ results.json records the architecture (the model's registered name or `module:fa
 input shape and head sizes), each task's classes and how the stream stores and decodes its examples; model.pt holds
 the weights. `predict` takes examples as the stream stores them (e.g. uint8 images) or model inputs, and answers in
 the stream's own labels (e.g. CIFAR-10's 0-9), not in the outputs of a task's head.
+
+A strategy that scores with another module than its stream network (`eval_model`: GDumb's network retrained on the
+memory, iCaRL's nearest mean of exemplars) leaves that module in scorer.pt, with its outputs on a few test examples;
+`load` rebuilds it (a network of the run's architecture, or the strategy's own `eval_model` wrapper restored from
+strategy.pt), proves it gives those outputs, and predicts with it, or refuses naming why.
 """
 from __future__ import annotations
 
@@ -16,12 +21,15 @@ from torch import nn
 from clframework.benchmarks.stream import Normalize
 from clframework.evaluation.results import read_json
 
-from .checkpoint import MODEL, RESULTS
+from .checkpoint import MODEL, RESULTS, SCORER, STRATEGY_STATE
 from .models import build_model, forward_head
+
+PROBE = 16  # test examples whose scores prove a rebuilt scorer the one that produced the run's numbers
 
 
 class TrainedModel:
-    """A trained network with the label maps of its stream. `model` is the nn.Module itself (eval mode)."""
+    """A trained network with the label maps of its stream. `model` is the nn.Module that produced the run's scores
+    (eval mode): the stream network, or the strategy's scorer (see the module docstring)."""
 
     def __init__(self, model: nn.Module, config: dict, tasks: List[str]):
         self.model, self.config, self.tasks = model.eval(), config, list(tasks)
@@ -55,11 +63,13 @@ class TrainedModel:
         """The stream's labels predicted for `x`: examples [N, ...] as the stream stores them (e.g. uint8 images,
         `task.examples("test").raw()`), decoded as the run's stream decodes them, or float32 model inputs
         (`task.test_x`). Class- and domain-incremental runs need no task; task-incremental ones predict within the
-        given task's classes."""
+        given task's classes. As the run's scores do, the argmax takes the head's every output: -1 where it is one no
+        class of the run maps to (a head wider than the run's classes, e.g. the first 2 tasks of a 5-task stream)."""
         head, labels = self.label_map(task)
         device = next(self.model.parameters()).device
         out = forward_head(self.model, self.inputs(x, device), head)
-        return torch.tensor(labels, device=out.device)[out[:, :len(labels)].argmax(1)].cpu()
+        labels = labels + [-1] * (out.shape[1] - len(labels))
+        return torch.tensor(labels, device=out.device)[out.argmax(1)].cpu()
 
     def inputs(self, x: torch.Tensor, device="cpu") -> torch.Tensor:
         """Model inputs on `device` for `x`, stored form or model inputs (see predict); anything else is a ValueError
@@ -92,6 +102,59 @@ class TrainedModel:
         return self
 
 
+@torch.no_grad()
+def _scores(module: nn.Module, x: torch.Tensor, head: int) -> torch.Tensor:
+    was = module.training
+    module.eval()
+    try:
+        return forward_head(module, x, head)
+    finally:
+        module.train(was)
+
+
+def scorer_record(scorer: Optional[nn.Module], stream, device) -> dict:
+    """scorer.pt's content: the scorer's weights and buffers, and its scores on the last task's first test examples.
+    No scorer (a run resumed after its last task was scored: eval_model's module was not kept) is recorded as such."""
+    if scorer is None:
+        return {"format": 1, "missing": "the run was resumed after its last task had been scored, and the module its "
+                                        "strategy scored with (eval_model) was not kept"}
+    task = stream.tasks[-1]
+    x = task.inputs(task.examples("test").raw(slice(0, PROBE))).to(device)
+    return {"format": 1, "state": {k: v.detach().cpu() for k, v in scorer.state_dict().items()},
+            "probe_x": x.cpu(), "probe_head": int(task.head), "probe_scores": _scores(scorer, x, task.head).cpu()}
+
+
+def _rebuild_scorer(net: nn.Module, run_dir: Path, saved: dict) -> nn.Module:
+    """The module that produced the run's scores (see the module docstring)."""
+    record = torch.load(run_dir / SCORER, map_location="cpu", weights_only=True)
+    strategy = saved.get("strategy", "?")
+    why = f"{run_dir} cannot be loaded for prediction: its scores came from strategy {strategy!r}'s eval_model, not " \
+          f"from {MODEL}, and"
+    if "missing" in record:
+        raise ValueError(f"{why} {record['missing']}; run it again (--overwrite) to predict with it")
+    state, own = record["state"], net.state_dict()
+    if state.keys() == own.keys() and all(state[k].shape == own[k].shape for k in own):
+        net.load_state_dict(state)  # a network of the run's architecture (GDumb's, retrained on the memory)
+        scorer = net
+    else:  # a wrapper around the network (iCaRL's nearest mean): the strategy builds it, the record fills it
+        from .plugin import make_strategy
+
+        try:
+            saved = torch.load(run_dir / STRATEGY_STATE, map_location="cpu", weights_only=True)
+            rebuilt = make_strategy(strategy, **saved.get("hparams", {}))
+            rebuilt.load_state_dict(saved["state"])
+            scorer = rebuilt.eval_model(net)
+            scorer.load_state_dict(state)
+        except Exception as exc:  # noqa: BLE001 (any failure means: not the scorer; say which)
+            raise ValueError(f"{why} its scorer cannot be rebuilt here ({type(exc).__name__}: {exc})") from None
+    got = _scores(scorer, record["probe_x"], record["probe_head"])
+    if got.shape != record["probe_scores"].shape or not torch.allclose(got, record["probe_scores"], rtol=1e-4,
+                                                                        atol=1e-5):
+        raise ValueError(f"{why} the module rebuilt here scores {PROBE} recorded test examples otherwise than the "
+                         f"run did (its eval_model is not reproducible from {STRATEGY_STATE})")
+    return scorer
+
+
 def load(run_dir: Union[str, Path], model=None, device: str = "cpu") -> TrainedModel:
     """The trained model of a finished run folder, rebuilt with its architecture. `model`: the factory to use when
     the run's was a callable that cannot be imported again (results.json names it)."""
@@ -109,4 +172,6 @@ def load(run_dir: Union[str, Path], model=None, device: str = "cpu") -> TrainedM
     net = build_model(model or config["model"], config["input_shape"], config["head_sizes"], config.get("hidden"),
                       config.get("dropout"))
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    if (run_dir / SCORER).is_file():
+        net = _rebuild_scorer(net, run_dir, saved)
     return TrainedModel(net, config, saved["tasks"]).to(device)

@@ -475,6 +475,7 @@ class Trainer:
         if self.eval_every:
             self._evaluator = ContinualEvaluator(stream, self.device, self.eval_subset, self.evaluate_on,
                                                  seed=self.seed)
+        self.scorer = None  # the module that scored the last task trained here (eval_model's, or the model)
         progress = self._progress
         if resume is None:
             if self._evaluator is not None:  # the untrained model on the first task: the curve's step 0
@@ -516,6 +517,7 @@ class Trainer:
                 self._eval_point(min(i + 1, len(stream.tasks) - 1))
                 self._flush_eval()
             scorer = self.strategy.eval_model(self.model) if overrides(self.strategy, "eval_model") else self.model
+            self.scorer = scorer
             row, task_il = evaluate_stream(scorer, stream, self.device, self.evaluate_on, task_il=True,
                                            workers=self.workers)
             progress["accuracy_matrix"].append(row)

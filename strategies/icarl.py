@@ -58,7 +58,8 @@ class NearestMeanOfExemplars(nn.Module):
 
     def __init__(self, model: nn.Module, means: torch.Tensor, width: int):
         super().__init__()
-        self.model, self.means, self.width = model, means, width
+        self.model, self.width = model, width
+        self.register_buffer("means", means)  # kept in state_dict: a loaded run predicts with the run's own means
 
     def forward(self, x: torch.Tensor, head: int = 0) -> torch.Tensor:
         scores = nme_scores(penultimate(self.model, x), self.means)

@@ -86,3 +86,59 @@ def test_a_decode_of_your_own_is_named_and_its_inputs_are_taken(tmp_path):
                                          rf"\(the stream decodes its uint8 examples with {own}, which load cannot "
                                          rf"rebuild: pass what it makes of them, task.inputs\(raw\)\)"):
         trained.predict(task.examples("test").raw())
+
+
+# ---- issue 30, item 1: load predicts with the module that produced the recorded scores -----------------------------
+
+def _every_strategy():
+    from clframework.plugin import STRATEGIES
+
+    return STRATEGIES.names()
+
+
+SMALL = {"gdumb": {"memory_size": 60, "fit_epochs": 2}, "icarl": {"memory_size": 40}}
+
+
+@pytest.fixture(scope="module")
+def class_il_stream(mnist_stream):
+    """Two class-incremental tasks of real MNIST, 300 training and 100 test examples each (a few seconds a run)."""
+    import dataclasses
+
+    from clframework.benchmarks import make_benchmark
+
+    stream = make_benchmark("split-mnist-5k", setting="class").subset([0, 1])
+    g = torch.Generator().manual_seed(0)
+    pick = lambda ex, n: ex.take(torch.randperm(len(ex), generator=g)[:n])  # noqa: E731
+    return dataclasses.replace(stream, tasks=[t.with_splits(train=pick(t.examples("train"), 300),
+                                                            test=pick(t.examples("test"), 100))
+                                              for t in stream.tasks])
+
+
+@pytest.mark.parametrize("strategy", _every_strategy())
+def test_predict_gives_the_recorded_accuracy_for_every_strategy(strategy, class_il_stream, tmp_path):
+    """GDumb's scores come from a network retrained on its memory and iCaRL's from the nearest mean of exemplars:
+    load predicted with the stream network instead (GDumb [0.43, 0.015] against the recorded [0.985, 0.885])."""
+    out = tmp_path / strategy
+    run(RunConfig(strategy, "split-mnist-5k", hparams=SMALL.get(strategy, {}), epochs=1, hidden=[16], device="cpu"),
+        out, quiet=True, stream=class_il_stream, figures=NO_FIGURES)
+    recorded = json.loads((out / "results.json").read_text())["accuracy_matrix"][-1]
+    trained, labels = load(out), torch.tensor([c for task in class_il_stream for c in task.classes])
+    for j, task in enumerate(class_il_stream):
+        truth = labels[task.test_y]  # one head over every class
+        accuracy = (trained.predict(task.test_x) == truth).sum().item() / len(truth)
+        assert accuracy == pytest.approx(recorded[j], abs=1e-12), (j, accuracy, recorded)
+
+
+def test_a_scorer_that_cannot_be_rebuilt_is_refused_naming_why(class_il_stream, tmp_path):
+    out = tmp_path / "icarl"
+    run(RunConfig("icarl", "split-mnist-5k", hparams={"memory_size": 40}, epochs=1, hidden=[16], device="cpu"),
+        out, quiet=True, stream=class_il_stream, figures=NO_FIGURES)
+    record = torch.load(out / "scorer.pt", weights_only=True)
+    record["probe_scores"] = record["probe_scores"] + 1  # scores the rebuilt module does not give
+    torch.save(record, out / "scorer.pt")
+    with pytest.raises(ValueError, match=r"its scores came from strategy 'icarl''s eval_model, not from model.pt, and "
+                                         r"the module rebuilt here scores 16 recorded test examples otherwise"):
+        load(out)
+    (out / "strategy.pt").unlink()
+    with pytest.raises(ValueError, match=r"its scorer cannot be rebuilt here \(FileNotFoundError"):
+        load(out)
