@@ -705,7 +705,7 @@ def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, sta
              backend, plugins, progress, executor, on_run, figures, out_dir, runs_root, resume) -> dict:
     first = next(iter(configs.values()))
     summary = {"benchmark": benchmark, "protocol": protocol_source(first), "tasks": stream.task_names,
-               "seeds": list(range(seeds)), "strategies": {}, "diverged": [], "failed": []}
+               "setting": stream.setting, "seeds": list(range(seeds)), "strategies": {}, "diverged": [], "failed": []}
     api_call = {"function": "clframework.compare", "seeds": seeds,
                 "configs": {label: cfg.as_record() for label, cfg in configs.items()}}
     record = provenance.collect(api_call, {label: overrides(cfg) for label, cfg in configs.items()},

@@ -122,3 +122,54 @@ def test_reproduce_tables_put_the_papers_result_beside_ours(tmp_path, capsys):
     md = capsys.readouterr().out
     assert md.splitlines()[0] == "| strategy | ACC | BWT | FWT | Forgetting | paper |"
     assert "| average stays close to 1 (Sec. 5.1, Fig. 3) |" in md
+
+
+@pytest.fixture(scope="module")
+def bounded_study(tmp_path_factory):
+    """A class-incremental study with joint, the upper bound: its early rows score the untrained model."""
+    out = tmp_path_factory.mktemp("report") / "bounded"
+    assert main(["compare", "--strategies", "naive,er,joint", "--seeds", "2", "--tasks", "2", "--epochs", "1",
+                 "--setting", "class", "--hidden", "16", "--quiet", "--out", str(out)]) == 0
+    return out
+
+
+def test_a_bound_is_marked_never_bolded_tested_or_tested_against(bounded_study, capsys):
+    """Issue 30, item 2: report left joint unmarked, bold in every column (BWT +0.77 from its untrained early rows)
+    and starred er and der as "differs from the best (joint)"."""
+    rows = _csv(bounded_study, capsys)
+    joint = {m: rows["joint", m] for m in METRICS}
+    assert all(r["bound"] == "upper" and r["best"] == "False" and r["significant"] == "False" and r["p_value"] == ""
+               and r["reference"] == "" for r in joint.values())
+    assert {r["reference"] for (s, m), r in rows.items() if s != "joint" and m != "fwt"} <= {"naive", "er"}
+    for m in ("acc", "bwt", "forgetting"):  # the best of the learners is bold
+        learners = {s: float(rows[s, m]["mean"]) for s in ("naive", "er")}
+        best = (min if m == "forgetting" else max)(learners.values())
+        assert {s for s in learners if rows[s, m]["best"] == "True"} == {s for s, v in learners.items() if v == best}
+    capsys.readouterr()
+    assert main(["report", str(bounded_study)]) == 0
+    md = capsys.readouterr().out
+    row = next(line for line in md.splitlines() if line.startswith("| joint"))
+    assert row.startswith("| joint [BOUND: upper] |") and "**" not in row and "\\*" not in row
+    assert "joint: bound (reference points, not continual learners), never bolded or tested" in md
+    assert main(["report", str(bounded_study), "--format", "latex"]) == 0
+    latex = capsys.readouterr().out
+    row = next(line for line in latex.splitlines() if line.startswith("joint"))
+    assert r"\mathbf" not in row and "^{*}" not in row
+    assert main(["report", str(bounded_study), "--baseline", "joint"]) == 2
+    assert "--baseline 'joint' is a bound (upper), not a continual learner; choose one of naive, er" in \
+        capsys.readouterr().err
+
+
+def test_fwt_is_named_meaningless_in_class_il_and_left_unmarked(bounded_study, capsys):
+    rows = _csv(bounded_study, capsys)
+    fwt = [r for (s, m), r in rows.items() if m == "fwt"]
+    assert fwt and all(r["meaningful"] == "False" and r["best"] == "False" and r["significant"] == "False"
+                       for r in fwt)
+    assert all(r["meaningful"] == "True" for (s, m), r in rows.items() if m != "fwt")
+    capsys.readouterr()
+    assert main(["report", str(bounded_study)]) == 0
+    md = capsys.readouterr().out
+    assert "FWT is not meaningful in the class-incremental setting (a task's classes score 0 before it is trained): " \
+           "shown without marks" in md
+    fwt_column = [line.split(" | ")[3] for line in md.splitlines() if line.startswith("| ")][2:]
+    assert fwt_column and not any("**" in c or "\\*" in c for c in fwt_column)
