@@ -404,7 +404,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
     except TrainingDiverged as exc:
         exc.run = label
         p = trainer._progress
-        exc.result = {**head, "status": "diverged", "diverged_at": {**exc.where, "loss": str(exc.loss)},
+        exc.result = {**head, "status": "diverged", "diverged_at": {**exc.where, "loss": str(exc.loss),
+                                                                **({"in": "eval_model"} if exc.scorer else {})},
                       "error": str(exc), "accuracy_matrix": p["accuracy_matrix"],
                       "initial_accuracy": p["initial_accuracy"], "curves": p["curves"] + trainer._task_curve,
                       "train_seconds": p["train_seconds"], "train_cpu_seconds": p["train_cpu_seconds"],
@@ -450,7 +451,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
 def _diverged_again(saved: dict, label: str) -> TrainingDiverged:
     """The TrainingDiverged of a run that diverged before (--resume does not train it again)."""
     where = saved["diverged_at"]
-    exc = TrainingDiverged({k: where[k] for k in ("task", "task_name", "epoch", "step")}, where["loss"])
+    exc = TrainingDiverged({k: where[k] for k in ("task", "task_name", "epoch", "step")}, where["loss"],
+                           scorer=where.get("in") == "eval_model")
     exc.run, exc.result = label, saved
     return exc
 

@@ -87,14 +87,19 @@ class StreamResult:
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; says where (run, task, epoch, step) and what to try."""
 
-    def __init__(self, where: dict, loss: float):
-        self.where, self.loss, self.run = dict(where), loss, ""
+    def __init__(self, where: dict, loss: float, scorer: bool = False):
+        self.where, self.loss, self.run, self.scorer = dict(where), loss, "", scorer
         self.result: Optional[dict] = None  # the partial results the run recorded (set by experiment.run)
         super().__init__()
 
     def __str__(self) -> str:
         w = self.where
         run = f"run {self.run}: " if self.run else ""
+        if self.scorer:
+            return (f"{run}the module the strategy scores with (eval_model, e.g. GDumb's network retrained on its "
+                    f"memory) has {self.loss} weights after task {w['task'] + 1} ({w['task_name']}): its training "
+                    f"diverged and the run was stopped. Try a lower learning rate for it (e.g. --set fit_lr=... for "
+                    f"GDumb)")
         return (f"{run}the training loss became {self.loss} at task {w['task'] + 1} ({w['task_name']}), epoch "
                 f"{w['epoch']}, step {w['step']}: the run diverged and was stopped. Try a lower learning rate "
                 f"(--lr) or a smaller regularization strength (e.g. --set c=... for SI, ewc_lambda=... for EWC)")
@@ -439,6 +444,20 @@ class Trainer:
             self.position["step"] = first_bad
             raise TrainingDiverged(self.position, float("nan"))
 
+    def _eval_model(self) -> nn.Module:
+        """The strategy's scorer, under the guards of training: whatever training it runs (GDumb's) has diverged if
+        its weights are not finite (one check per task), and an exception in it says where it was raised."""
+        try:
+            scorer = self.strategy.eval_model(self.model)
+        except Exception as exc:
+            raise TrainingFailed(self.position) from exc
+        if scorer is not self.model:
+            floats = [t for t in scorer.state_dict().values() if t.is_floating_point()]
+            if floats and not bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()):
+                nan = any(bool(torch.isnan(t).any()) for t in floats)
+                raise TrainingDiverged(self.position, float("nan") if nan else float("inf"), scorer=True)
+        return scorer
+
     def check_fits(self, stream) -> None:
         """The stream's data are sound (Stream.validate) and the model serves every task: one probe forward per
         task (eval mode, no gradient, no random numbers drawn) must accept its inputs and give enough outputs."""
@@ -516,7 +535,7 @@ class Trainer:
                 progress["eval_boundaries"].append(self.global_step)
                 self._eval_point(min(i + 1, len(stream.tasks) - 1))
                 self._flush_eval()
-            scorer = self.strategy.eval_model(self.model) if overrides(self.strategy, "eval_model") else self.model
+            scorer = self._eval_model() if overrides(self.strategy, "eval_model") else self.model
             self.scorer = scorer
             row, task_il = evaluate_stream(scorer, stream, self.device, self.evaluate_on, task_il=True,
                                            workers=self.workers)

@@ -190,6 +190,24 @@ def test_divergence_names_run_task_epoch_step(mnist_stream, tmp_path, nan_at):
     assert _strict_json(tmp_path / "r" / "results.json")["accuracy_matrix"] == err.value.result["accuracy_matrix"]
 
 
+def test_a_diverging_training_inside_eval_model_stops_the_run(tmp_path, cli):
+    """Issue 30, item 3: GDumb's retraining on its memory (eval_model) escaped the guard: --set fit_lr=100 ended
+    with exit 0, chance accuracy and NaN weights in the network that scored the run."""
+    out = tmp_path / "run"
+    args = ("run", "--strategy", "gdumb", "--setting", "class", "--tasks", "2", "--set", "fit_lr=1e30", "--set",
+            "memory_size=60", "--set", "fit_epochs=2", "--out", str(out), *TINY)
+    proc = cli(*args)
+    assert proc.returncode == 3, proc.stderr
+    message = ("run gdumb seed 0: the module the strategy scores with (eval_model, e.g. GDumb's network retrained on "
+               "its memory) has nan weights after task 1 (0-1): its training diverged and the run was stopped. Try a "
+               "lower learning rate for it (e.g. --set fit_lr=... for GDumb)")
+    assert proc.stderr.strip().splitlines()[-1] == "clframework: error: " + message
+    res = _strict_json(out / "results.json")
+    assert res["status"] == "diverged" and res["diverged_at"]["in"] == "eval_model" and res["accuracy_matrix"] == []
+    again = cli(*args, "--resume")
+    assert again.returncode == 3 and again.stderr.strip().splitlines()[-1] == "clframework: error: " + message
+
+
 def test_compare_keeps_going_leaves_diverged_runs_out_and_exits_non_zero(tmp_path, cli, nan_at):
     out = tmp_path / "cmp"
     proc = cli("compare", "--strategies", "naive,nan-at", "--seeds", "2", "--out", str(out), *TINY)
