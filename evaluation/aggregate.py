@@ -12,7 +12,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-METRICS = ("acc", "bwt", "fwt", "forgetting", "task_il_acc")  # task-IL ACC: the same run scored task-IL
+# task-IL ACC: the same run scored task-IL; CONTINUAL: from the curves of --eval-every runs (metrics.py)
+CONTINUAL = ("min_acc", "wc_acc", "wf10", "wp10", "lca10", "a_auc")
+METRICS = ("acc", "bwt", "fwt", "forgetting", "task_il_acc") + CONTINUAL
+LABELS = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting", "task_il_acc": "task-IL ACC",
+          "min_acc": "min-ACC", "wc_acc": "WC-ACC", "wf10": "WF10", "wp10": "WP10", "lca10": "LCA10",
+          "a_auc": "A_AUC"}
 
 
 def describe(values: Sequence[float]) -> dict:
@@ -118,13 +123,19 @@ def _pm(stat: Optional[dict]) -> str:
     return f"{stat['mean']:.4f} ± {stat['sem']:.4f}" if stat["sem"] is not None else f"{stat['mean']:.4f}"
 
 
+def shown_metrics(summary: dict) -> List[str]:
+    """The table's metrics: the matrix's always, the continual-evaluation ones where some strategy has them."""
+    have = {m for s in summary["strategies"].values() for m in s["metrics"]}
+    return [m for m in METRICS if m not in CONTINUAL or m in have]
+
+
 def head_to_head(summary: dict) -> List[dict]:
     """Rows of the head-to-head table: one per strategy, mean/SD/SEM of each metric and seconds per run."""
     rows = []
     for name, s in summary["strategies"].items():
         row = {"strategy": name, "bound": s.get("bound") or "", "n_seeds": len(s["runs"]),
                "seconds_per_run": s["seconds_per_run"], "cpu_seconds_per_run": s.get("cpu_seconds_per_run")}
-        for m in METRICS:
+        for m in shown_metrics(summary):
             st = s["metrics"].get(m)
             for k in ("mean", "sd", "sem"):
                 row[f"{m}_{k}"] = None if st is None else st[k]
@@ -144,11 +155,12 @@ def table_markdown(summary: dict) -> str:
     """The head-to-head table and the paired comparisons, as Markdown (mean ± SEM over seeds). Seconds per run:
     CPU seconds of training (waiting for a loaded machine's cores does not count) and wall seconds of the run."""
     n = len(summary["seeds"])
+    shown = shown_metrics(summary)
     lines = [f"# {summary['benchmark']}: {n} seed(s), mean ± SEM over seeds", "",
-             "| strategy | ACC | BWT | FWT | forgetting | task-IL ACC | CPU s/run | wall s/run |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| strategy | " + " | ".join(LABELS[m] for m in shown) + " | CPU s/run | wall s/run |",
+             "|---|" + "---|" * (len(shown) + 2)]
     for name, s in summary["strategies"].items():
-        cells = [_pm(s["metrics"].get(m)) for m in METRICS]
+        cells = [_pm(s["metrics"].get(m)) for m in shown]
         secs = f"{_secs(s.get('cpu_seconds_per_run'))} | {_secs(s['seconds_per_run'])}"
         lines.append(f"| {_name(name, s)}{_diverged_note(s)} | " + " | ".join(cells) + f" | {secs} |")
     pairs = summary.get("paired", [])

@@ -7,6 +7,8 @@ global state. `Figures` says which figures a command writes: a run's own, the st
 - `per_task_figure`: the paper's Fig. 3 layout (one panel per task, mean ± SEM over seeds, last panel the average).
 - `average_figure`: the paper's Fig. 4 layout (average accuracy over the tasks seen against the number of tasks).
 - `omega_figure`: the paper's Fig. 5 layout (correlation of per-task omega across tasks, one panel per layer).
+- `continual_figure`: each task's accuracy against optimizer steps (--eval-every), task boundaries marked, one line
+  per strategy (De Lange et al. 2023, Fig. 1-2).
 """
 from __future__ import annotations
 
@@ -193,6 +195,47 @@ def omega_figure(correlations: Dict[str, Dict[str, Sequence[Sequence[float]]]], 
     return fig
 
 
+def continual_figure(runs_by_strategy: Dict[str, Sequence[dict]], title: Optional[str] = None) -> Figure:
+    """Panel j: task j's accuracy (class-IL, the curve's fixed subset) against the optimizer steps, from the first
+    point that scored it; one line per strategy, the mean over its seeds (band ± SEM) where the seeds share their
+    steps, else seed 0's; dotted vertical lines at the task boundaries, dashed grey chance."""
+    first = next(iter(runs_by_strategy.values()))[0]
+    tasks, chance = first["tasks"], chance_levels(first)
+    T = len(tasks)
+    fig = Figure(figsize=(min(3.4 * T, 20), 3.3), layout="constrained")
+    axes = fig.subplots(1, T, sharey=True, squeeze=False)[0]
+    boundaries = []
+    for k, (name, runs) in enumerate(runs_by_strategy.items()):
+        curves = [r["continual_eval"] for r in runs if r.get("continual_eval")]
+        if not curves:
+            continue
+        color = COLORS[k % len(COLORS)]
+        for j in range(T):
+            series = [[(p["step"], p["accuracy"][j]) for p in c["points"] if len(p["accuracy"]) > j] for c in curves]
+            steps = [s for s, _ in series[0]]
+            same = all([s for s, _ in other] == steps for other in series)
+            stat = cellwise([[[a] for _, a in other] for other in series]) if same else \
+                {"mean": [[a] for _, a in series[0]], "sem": None}
+            mean = np.asarray(stat["mean"], dtype=float)[:, 0]
+            axes[j].plot(steps, mean, color=color, linewidth=1.2, label=name)
+            if stat["sem"] is not None:
+                sem = np.asarray(stat["sem"], dtype=float)[:, 0]
+                axes[j].fill_between(steps, mean - sem, mean + sem, color=color, alpha=0.2, linewidth=0)
+        boundaries = boundaries or curves[0]["boundaries"][:-1]  # the first strategy's (the runs share a stream)
+    for j, ax in enumerate(axes):
+        for b in boundaries:
+            ax.axvline(b, color="black", linestyle=":", linewidth=0.8, label="_boundary")
+        ax.axhline(chance[j], color="grey", linestyle="--", linewidth=1, label="chance")
+        ax.set_title(f"task {j + 1} ({tasks[j]})")
+        ax.set_xlabel("optimizer steps")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (fixed subset)")
+    axes[0].legend(fontsize=8, loc="lower left")
+    n = len(next(iter(runs_by_strategy.values())))
+    fig.suptitle(title or f"{first['benchmark']}: accuracy during training, task boundaries dotted ({n} seed(s))")
+    return fig
+
+
 def write_run_plots(result: dict, out_dir: Path, formats: Sequence[str] = ("png",)) -> List[Path]:
     """A run's figures: accuracy matrix, training curves and, when omega was recorded, its Fig. 5 row."""
     out_dir = Path(out_dir)
@@ -205,19 +248,24 @@ def write_run_plots(result: dict, out_dir: Path, formats: Sequence[str] = ("png"
     if result.get("omega_correlation"):
         files += save(omega_figure({result["strategy"]: result["omega_correlation"]}), out_dir / "omega_correlation",
                       formats)
+    if result.get("continual_eval"):
+        files += save(continual_figure({result["strategy"]: [result]}, f"Accuracy during training: {name}"),
+                      out_dir / "continual", formats)
     return files
 
 
 def write_compare_plots(runs_by_strategy: Dict[str, Sequence[dict]], out_dir: Path,
                         formats: Sequence[str] = ("png",)) -> List[Path]:
-    """A comparison's figures: Fig. 3 and Fig. 4 layouts, and Fig. 5 for the strategies that recorded omega
-    (seed 0 of each)."""
+    """A comparison's figures: Fig. 3 and Fig. 4 layouts, Fig. 5 for the strategies that recorded omega (seed 0 of
+    each), and the accuracy during training when the runs evaluated it (--eval-every)."""
     out_dir = Path(out_dir)
     files = save(per_task_figure(runs_by_strategy), out_dir / "fig3_per_task", formats)
     files += save(average_figure(runs_by_strategy), out_dir / "fig4_average", formats)
     omegas = {name: runs[0].get("omega_correlation") for name, runs in runs_by_strategy.items()}
     if any(omegas.values()):
         files += save(omega_figure(omegas), out_dir / "fig5_omega_correlation", formats)
+    if any(r.get("continual_eval") for runs in runs_by_strategy.values() for r in runs):
+        files += save(continual_figure(runs_by_strategy), out_dir / "fig_continual", formats)
     return files
 
 

@@ -12,10 +12,10 @@ import csv
 import io
 from typing import Dict, List, Optional, Sequence
 
-from .aggregate import METRICS, paired
+from .aggregate import LABELS, METRICS, paired
 
-LOWER_IS_BETTER = {"forgetting"}
-NAMES = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "Forgetting"}
+LOWER_IS_BETTER = {"forgetting", "wf10"}
+NAMES = {**LABELS, "forgetting": "Forgetting"}
 FORMATS = ("md", "latex", "csv")
 MEANINGLESS = {"class": {"fwt": "FWT is not meaningful in the class-incremental setting (a task's classes score 0 "
                                 "before it is trained)"}}
@@ -88,7 +88,7 @@ def legend(table: dict) -> str:
              f"never bolded or tested"] if bounds else []
     notes += [f"{why}: shown without marks" for why in (table.get("meaningless") or {}).values()]
     return (f"Mean ± SEM over {table['seeds']} seed(s) on {table['benchmark']}; bold: best in its column "
-            f"(lowest forgetting, highest otherwise); *: differs from {against} in a two-sided paired t-test over the "
+            f"(lowest forgetting and WF10, highest otherwise); *: differs from {against} in a two-sided paired t-test over the "
             f"same seeds, p < {table['alpha']:g} (no mark where the test is undefined: one seed, or the same "
             f"difference on every seed)." + "".join(f" {n}." for n in notes) + (f" {diverged}." if diverged else ""))
 

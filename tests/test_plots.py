@@ -181,3 +181,38 @@ def test_si_with_c0_trains_like_naive(mnist_stream):
     assert ft.accuracy_matrix == naive.accuracy_matrix and ft.curves == naive.curves
     assert naive.omega_correlation is None and "omega_correlation" not in naive.to_json()
     assert list(ft.omega_correlation) == ["trunk.1.weight"]
+
+
+def _with_curve(result, drop):
+    """`result` with a continual-evaluation curve: 3 tasks of 4 steps, every 2 steps; old tasks drop by `drop`
+    at each boundary (the seed shifts every value by 0.01 * seed)."""
+    s = 0.01 * result["seed"]
+    points = [{"step": 0, "task": 0, "accuracy": [0.5 + s]}, {"step": 2, "task": 0, "accuracy": [0.8 + s]},
+              {"step": 4, "task": 1, "accuracy": [0.9 + s, 0.5]}, {"step": 6, "task": 1, "accuracy": [0.9 - drop, 0.8]},
+              {"step": 8, "task": 2, "accuracy": [0.85 - drop, 0.9, 0.5]},
+              {"step": 10, "task": 2, "accuracy": [0.8 - drop, 0.9 - drop, 0.8]},
+              {"step": 12, "task": 2, "accuracy": [0.8 - drop, 0.85 - drop, 0.9]}]
+    return {**result, "continual_eval": {"every": 2, "sizes": [10, 10, 10], "boundaries": [4, 8, 12],
+                                         "points": points}}
+
+
+def test_continual_figure_one_panel_per_task_one_line_per_strategy_boundaries_marked(tmp_path):
+    runs = {"er": [_with_curve(r, 0.1) for r in RUNS["si"]], "naive": [_with_curve(r, 0.4) for r in RUNS["naive"]]}
+    fig = P.continual_figure(runs)
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes] == ["task 1 (0-1)", "task 2 (2-3)", "task 3 (4-5)"]
+    for j, ax in enumerate(axes):
+        lines = [line for line in ax.get_lines() if not line.get_label().startswith("_") and line.get_label() != "chance"]
+        assert [line.get_label() for line in lines] == ["er", "naive"]
+        assert len(ax.collections) == 2  # SEM bands over the three seeds
+        bounds = sorted(line.get_xdata()[0] for line in ax.get_lines() if line.get_label() == "_boundary")
+        assert bounds == [4, 8]  # the last boundary is the run's end
+    naive_task1 = [line for line in axes[0].get_lines() if line.get_label() == "naive"][0]
+    assert list(naive_task1.get_xdata()) == [0, 2, 4, 6, 8, 10, 12]
+    expected = np.mean([[p["accuracy"][0] for p in r["continual_eval"]["points"]] for r in runs["naive"]], axis=0)
+    assert np.allclose(naive_task1.get_ydata(), expected)
+    er_task3 = [line for line in axes[2].get_lines() if line.get_label() == "er"][0]
+    assert list(er_task3.get_xdata()) == [8, 10, 12]  # from the point that first scored task 3
+    files = P.write_run_plots(runs["er"][0], tmp_path)
+    assert tmp_path / "continual.png" in files and (tmp_path / "continual.png").stat().st_size > 0
+    assert tmp_path / "study" / "fig_continual.png" in P.write_compare_plots(runs, tmp_path / "study")

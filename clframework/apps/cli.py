@@ -315,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--baseline", metavar="NAME", help="mark differences from this strategy (default: from each "
                     "column's best)")
     rp.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired t-test (default 0.05)")
-    rp.add_argument("--metrics", default="acc,bwt,fwt,forgetting", help="columns, from acc,bwt,fwt,forgetting")
+    rp.add_argument("--metrics", default="acc,bwt,fwt,forgetting", help="columns, from acc,bwt,fwt,forgetting,task_il_acc and, for --eval-every "
+                         "studies, min_acc,wc_acc,wf10,wp10,lca10,a_auc")
     rp.add_argument("--out", type=Path, help="write the table to this file (default: print it)")
     for command in sub.choices.values():  # --debug also after the command name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
