@@ -17,7 +17,8 @@ class TrainerCallback:
     def on_resume(self, progress: dict) -> None:
         """Before `on_run_start` of a run continued from its checkpoint (--resume): `progress` holds `run_id` (the
         W&B run id the checkpoint saved, or None), `epochs_trained` (epochs finished so far, every task) and
-        `tasks_evaluated` (accuracy rows so far: the untrained model's, then one per finished task)."""
+        `tasks_evaluated` (accuracy rows so far: the untrained model's, then one per finished task) and `eval_step`
+        (the last --eval-every point's optimizer step, -1 for none)."""
 
     def on_run_start(self) -> None:
         """Before a run's clock starts (a logger's start-up is not counted in the run's seconds)."""
@@ -27,6 +28,10 @@ class TrainerCallback:
 
     def on_task_evaluated(self, task_index: int, accuracies: List[float]) -> None:
         """After each task (task_index = -1 for the untrained model): test accuracy on every task."""
+
+    def on_continual_eval(self, points: List[dict]) -> None:
+        """With --eval-every, the evaluation points made since the last call (at a task's end and before each
+        checkpoint): {step, task, accuracy, task_il_accuracy} as results.json's `continual_eval` holds them."""
 
     def on_run_end(self, result: dict, out_dir) -> None:
         """After a run's results (and, with an output folder, its files) are complete: loggers finish here."""

@@ -363,7 +363,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
         progress = state["trainer"]["progress"]
         resumed = {"run_id": state.get("wandb_run_id"),
                    "epochs_trained": len(progress["curves"]) + len(state["trainer"]["task_curve"]),
-                   "tasks_evaluated": 1 + len(progress["accuracy_matrix"])}  # the untrained model's row first
+                   "tasks_evaluated": 1 + len(progress["accuracy_matrix"]),  # the untrained model's row first
+                   "eval_step": max((p["step"] for p in progress.get("eval_points", [])), default=-1)}
         for cb in callbacks:
             cb.on_resume(resumed)
     startup = time.perf_counter()

@@ -1,5 +1,5 @@
 """Weights & Biases logging as a TrainerCallback: config, per-task accuracy against `tasks_trained`, per-epoch
-training curves, the accuracy matrix (table and heatmap), the plots, summary metrics and the result folder; and a
+training curves, with --eval-every the accuracy during training against `train_steps` (optimizer steps), the accuracy matrix (table and heatmap), the plots, summary metrics and the result folder; and a
 compare's head-to-head table and paired tests in one summary run of the group.
 
 W&B is optional: any failure (wandb not installed, no network, no account) prints one warning and logging stops,
@@ -200,6 +200,9 @@ class WandbLogger(TrainerCallback):
         run.define_metric("accuracy/*", step_metric="tasks_trained")
         run.define_metric("epochs_trained")
         run.define_metric("train/*", step_metric="epochs_trained")
+        run.define_metric("train_steps")
+        for prefix in ("continual", "continual_task_il"):
+            run.define_metric(f"{prefix}/*", step_metric="train_steps")
         if self.resumed is not None and run.settings.mode in ("offline", "dryrun"):
             self._continue_offline(run)
         return run
@@ -209,9 +212,11 @@ class WandbLogger(TrainerCallback):
         only (epochs and evaluations after it are trained again), then remove their folders."""
         here = Path(run.settings.sync_dir)
         epochs, tasks = self.resumed["epochs_trained"], self.resumed["tasks_evaluated"]
+        step = self.resumed.get("eval_step", -1)
         for folder in sorted(p for p in here.parent.glob(f"offline-run-*-{run.id}") if p != here):
             for row in read_offline_run(folder)["history"]:
-                if row.get("epochs_trained", epochs + 1) <= epochs or row.get("tasks_trained", tasks) < tasks:
+                if row.get("epochs_trained", epochs + 1) <= epochs or row.get("tasks_trained", tasks) < tasks \
+                        or row.get("train_steps", step + 1) <= step:
                     run.log({k: v for k, v in row.items() if not k.startswith("_")})
             shutil.rmtree(folder)
 
@@ -284,6 +289,16 @@ class WandbLogger(TrainerCallback):
             seen = accuracies[:task_index + 1]
             row["accuracy/average_seen"] = sum(seen) / len(seen)
         self._log(row)
+
+    def on_continual_eval(self, points: List[dict]) -> None:
+        """One row per evaluation point against `train_steps`: each seen task's accuracy (class-IL and task-IL) and
+        their mean."""
+        for p in points:
+            row = {"train_steps": p["step"], "continual/task_trained": p["task"] + 1,
+                   "continual/average_seen": sum(p["accuracy"]) / len(p["accuracy"])}
+            row.update({f"continual/task{j + 1}": a for j, a in enumerate(p["accuracy"])})
+            row.update({f"continual_task_il/task{j + 1}": a for j, a in enumerate(p["task_il_accuracy"])})
+            self._log(row)
 
     def on_run_end(self, result: dict, out_dir: Optional[Path]) -> None:
         """Summary metrics, matrix table and heatmap, the run's plots, the result folder as an artifact; finish."""

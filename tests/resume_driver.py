@@ -3,7 +3,8 @@
 usage: resume_driver.py STRATEGY OUT RESUME(0|1) [PAUSE]
 PAUSE: step:N (after the N-th optimizer step of this process), task:K (when task K starts, i.e. right after the
 checkpoint of task K-1), fisher (inside EWC's end-of-task Fisher). On reaching it the driver creates OUT.paused and
-sleeps, so the test can `kill -9` it exactly there. Prints the accuracy matrix and curves as JSON when it finishes.
+sleeps, so the test can `kill -9` it exactly there. Prints the accuracy matrix, the epoch curves and the continual
+evaluation's curve (every 3 steps) as JSON when it finishes.
 """
 import json
 import sys
@@ -58,6 +59,7 @@ elif pause == "fisher":
     ewc.fisher_diagonal = fisher_diagonal
 
 stream = make_benchmark("split-mnist-5k").subset([0, 1, 2])
-cfg = RunConfig(strategy, "split-mnist-5k", epochs=2, hidden=[16], seed=3, device="cpu", dropout=0.25)
+cfg = RunConfig(strategy, "split-mnist-5k", epochs=2, hidden=[16], seed=3, device="cpu", dropout=0.25, eval_every=3,
+                eval_subset=40)
 res = run(cfg, Path(out) if out != "-" else None, quiet=True, stream=stream, resume=resume, checkpoint_every=5)
-print(json.dumps({"matrix": res.accuracy_matrix, "curves": res.curves}))
+print(json.dumps({"matrix": res.accuracy_matrix, "curves": res.curves, "continual": res.continual_eval}))

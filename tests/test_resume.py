@@ -1,5 +1,6 @@
 """Exact resume after a real `kill -9`: a run killed mid-task, between tasks and inside EWC's end-of-task Fisher,
-then continued with resume=True, ends with the same accuracy matrix and curves, bit for bit, as a run never killed."""
+then continued with resume=True, ends with the same accuracy matrix and curves (the continual evaluation's
+included), bit for bit, as a run never killed."""
 import json
 import os
 import random
@@ -57,6 +58,7 @@ def test_kill_9_at_several_points_then_resume_equals_uninterrupted(strategy, tmp
     expected = _finish(python, reference)
     assert resumed["matrix"] == expected["matrix"]  # exact float equality, every cell
     assert resumed["curves"] == expected["curves"]
+    assert resumed["continual"] == expected["continual"] and len(expected["continual"]["points"]) > 10
     assert len(positions) == 3 and positions[0]["task"] == 0 and positions[0]["step"] > 0  # mid-task
     saved = json.loads((out / "results.json").read_text())
     assert saved["status"] == "finished" and saved["accuracy_matrix"] == expected["matrix"]
@@ -66,7 +68,7 @@ def test_kill_9_at_several_points_then_resume_equals_uninterrupted(strategy, tmp
 def test_cli_kill_9_then_resume_equals_uninterrupted(tmp_path, python):
     """The documented command: `clframework run ... --checkpoint-every N --out A`, killed, rerun with --resume."""
     args = ["-m", "clframework", "run", "--strategy", "si", "--epochs", "1", "--hidden", "16",
-            "--checkpoint-every", "4", "--quiet", "--device", "cpu"]
+            "--checkpoint-every", "4", "--eval-every", "3", "--eval-subset", "50", "--quiet", "--device", "cpu"]
     ref = python.run(args + ["--out", tmp_path / "B"], timeout=300)
     assert ref.returncode == 0, ref.stderr
     out = tmp_path / "A"
@@ -85,3 +87,4 @@ def test_cli_kill_9_then_resume_equals_uninterrupted(tmp_path, python):
     a = json.loads((out / "results.json").read_text())
     b = json.loads((tmp_path / "B" / "results.json").read_text())
     assert a["accuracy_matrix"] == b["accuracy_matrix"] and a["curves"] == b["curves"]
+    assert a["continual_eval"] == b["continual_eval"] and a["metrics"] == b["metrics"]

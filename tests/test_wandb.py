@@ -285,3 +285,31 @@ def test_resumed_run_names_its_wandb_run_online_and_offline():
         args = logger.init_arguments(mode)
         assert (args["id"], args["resume"], args["mode"]) == ("abc123", "allow", mode)
     assert logger.epochs_trained == 7
+
+
+def test_continual_eval_step_indexed_charts_survive_a_resume(tmp_path, mnist_stream):
+    """--eval-every: one history row per evaluation point against `train_steps`, equal to results.json's curve,
+    each point once although the run was interrupted in task 2 and resumed from its checkpoint after task 1; the
+    continual-evaluation metrics in the run's summary."""
+    import wandb
+
+    cfg = RunConfig(strategy="naive", benchmark="split-mnist-5k", epochs=2, hidden=[16], eval_every=4, eval_subset=50)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, out, quiet=True, stream=mnist_stream, callbacks=[
+            WandbLogger(cfg.resolved(), mode="offline", wandb_dir=out, group="g"), CtrlC(at=3)])
+    wandb.teardown()
+    run(cfg, out, quiet=True, stream=mnist_stream, resume=True,
+        callbacks=[WandbLogger(cfg.resolved(), mode="offline", wandb_dir=out, group="g")])
+    (logged,) = _offline_runs(out / "wandb")
+    res = json.loads((out / "results.json").read_text())
+    assert res["resumed_from"]["task"] == 1
+    rows = [h for h in logged["history"] if "train_steps" in h]
+    points = res["continual_eval"]["points"]
+    assert [h["train_steps"] for h in rows] == [p["step"] for p in points]
+    for h, p in zip(rows, points):
+        assert [h[f"continual/task{j + 1}"] for j in range(len(p["accuracy"]))] == p["accuracy"]
+        assert [h[f"continual_task_il/task{j + 1}"] for j in range(len(p["accuracy"]))] == p["task_il_accuracy"]
+        assert h["continual/average_seen"] == pytest.approx(sum(p["accuracy"]) / len(p["accuracy"]))
+    for m in ("min_acc", "wc_acc", "wf10", "wp10", "lca10", "a_auc"):
+        assert logged["summary"][m] == res["metrics"][m]
