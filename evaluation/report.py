@@ -89,8 +89,8 @@ def legend(table: dict) -> str:
     notes += [f"{why}: shown without marks" for why in (table.get("meaningless") or {}).values()]
     return (f"Mean ± SEM over {table['seeds']} seed(s) on {table['benchmark']}; bold: best in its column "
             f"(lowest forgetting and WF10, highest otherwise); *: differs from {against} in a two-sided paired "
-            f"t-test over the same seeds, p < {table['alpha']:g} (no mark where the test is undefined: one seed, or the same "
-            f"difference on every seed)." + "".join(f" {n}." for n in notes) + (f" {diverged}." if diverged else ""))
+            f"t-test over the same seeds, p < {table['alpha']:g} (no mark where the test is undefined: one seed, or "
+            f"the same difference on every seed)." + "".join(f" {n}." for n in notes) + (f" {diverged}." if diverged else ""))
 
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",

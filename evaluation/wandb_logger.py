@@ -1,6 +1,7 @@
 """Weights & Biases logging as a TrainerCallback: config, per-task accuracy against `tasks_trained`, per-epoch
-training curves, with --eval-every the accuracy during training against `train_steps` (optimizer steps), the accuracy matrix (table and heatmap), the plots, summary metrics and the result folder; and a
-compare's head-to-head table and paired tests in one summary run of the group.
+training curves, with --eval-every the accuracy during training against `train_steps` (optimizer steps), the
+accuracy matrix (table and heatmap), the plots, summary metrics and the result folder; and a compare's head-to-head
+table and paired tests in one summary run of the group.
 
 W&B is optional: any failure (wandb not installed, no network, no account) prints one warning and logging stops,
 while training and the local result files go on untouched. A study (or lone run) asks the server once before its runs

@@ -202,7 +202,7 @@ def test_continual_figure_one_panel_per_task_one_line_per_strategy_boundaries_ma
     axes = fig.get_axes()
     assert [ax.get_title() for ax in axes] == ["task 1 (0-1)", "task 2 (2-3)", "task 3 (4-5)"]
     for j, ax in enumerate(axes):
-        lines = [line for line in ax.get_lines() if not line.get_label().startswith("_") and line.get_label() != "chance"]
+        lines = [line for line in ax.get_lines() if line.get_label() not in ("_boundary", "chance")]
         assert [line.get_label() for line in lines] == ["er", "naive"]
         assert len(ax.collections) == 2  # SEM bands over the three seeds
         bounds = sorted(line.get_xdata()[0] for line in ax.get_lines() if line.get_label() == "_boundary")
