@@ -65,7 +65,8 @@ class ImageFiles(Dataset):
             with Image.open(self.paths[i]) as f:
                 img = torch.from_numpy(np.array(f.convert("RGB"))).permute(2, 0, 1)
         except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise DatasetCorrupt(f"cannot read image {self.paths[i]} ({exc}); delete or replace the file") from None
+            raise DatasetCorrupt(f"cannot read image {self.paths[i]} ({exc}); replace the file, or delete it and start "
+                                 f"the run over (--overwrite): --resume refuses data that changed") from None
         if self.size and tuple(img.shape[1:]) != (self.size, self.size):
             from torchvision.transforms.v2 import functional as F
 

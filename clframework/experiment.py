@@ -11,6 +11,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from clframework.benchmarks.registry import BENCHMARKS, Protocol, benchmark_protocol
+from clframework.benchmarks.fingerprint import changes as fingerprint_changes
+from clframework.benchmarks.fingerprint import fingerprint as data_fingerprint
 from clframework.benchmarks.stream import decode_record
 from clframework.evaluation import aggregate as A  # its scipy only once a summary needs it
 from clframework.evaluation import metrics as M
@@ -237,6 +239,15 @@ def protocol_source(config: RunConfig) -> str:
     return "own" if config.protocol is not None else config.benchmark
 
 
+def refuse_changed_data(saved: Optional[dict], now: dict, checkpoint: Path) -> None:
+    """--resume on data other than the checkpoint's would mix two data sets in one matrix: refuse, naming what
+    changed. A checkpoint of a version that kept no fingerprint is taken as it is."""
+    changed = [] if saved is None else fingerprint_changes(saved, now)
+    if changed:
+        raise ValueError(f"--resume: the data changed since {checkpoint} was made ({'; '.join(changed)}); restore "
+                         f"them to continue, or start the run over on the data as they are now (--overwrite)")
+
+
 def data_source(stream) -> object:
     """What the stream's builder says it read; a stream built without a record says so."""
     return stream.info.get("data_source") or f"stream {stream.name!r} (its builder recorded no data source)"
@@ -352,6 +363,7 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
             return RunResult.from_json(saved)
         state = load_checkpoint(out_dir / CHECKPOINT)
         refuse_other_config(as_now(state.get("config")), identity(cfg), f"checkpoint {out_dir / CHECKPOINT} was made")
+        refuse_changed_data(state.get("data"), data_fingerprint(stream), out_dir / CHECKPOINT)
     stream.validate()  # once per stream (cached): data errors before anything is written
     seed_everything(config.seed)
     model = model_for(config, train, stream)
@@ -375,7 +387,7 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
     def save(trainer_state: dict) -> None:
         run_id = next((getattr(cb, "run_id", None) for cb in callbacks if getattr(cb, "run_id", None)), wandb_id)
         save_checkpoint(out_dir / CHECKPOINT, {"run": label, "config": identity(cfg), "wandb_run_id": run_id,
-                                               "trainer": trainer_state})
+                                               "data": data_fingerprint(stream), "trainer": trainer_state})
 
     if out_dir is not None and state is None:
         write_json(out_dir / CONFIG, identity(cfg))

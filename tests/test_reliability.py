@@ -1144,3 +1144,50 @@ def test_unreachable_wandb_server_from_the_python_api_one_line_for_a_study_with_
     runs = [read_offline_run(d) for d in sorted((tmp_path / "wandb").glob("offline-run-*"))]
     assert sorted(r["run"]["job_type"] for r in runs) == ["naive", "si"]  # one in the worker, one here
     assert all("acc" in r["summary"] for r in runs)
+
+
+# ---- issue 30: data changed between a kill and the resume ---------------------------------------------------------
+
+@pytest.mark.slow
+def test_resume_refuses_an_image_tree_changed_since_the_checkpoint(tmp_path, python):
+    """Issue 30, item 4: three files removed from the tree between a kill -9 and --resume gave exit 0 and a matrix
+    matching neither tree. Now the checkpoint holds the data's fingerprint and --resume names what changed; with the
+    files put back (moved: the same names, sizes and times) the run continues."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import fake_folders
+
+    tree = fake_folders.image_folder(tmp_path / "tree", n_classes=4, per_class=10, size=8)
+    (tmp_path / "gated_plugin.py").write_text(GATED)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "hold").touch()
+    out = tmp_path / "run"
+    args = ["run", "--strategy", "gated-si", "--benchmark", "split-imagefolder", "--data-root", str(tree),
+            "--batch-size", "2", "--checkpoint-every", "3", "--plugin", "gated_plugin", "--out", str(out), *TINY]
+    proc = python.popen(["-m", "clframework", *args], cwd=tmp_path, env={"GATE": str(gate)})
+    deadline = time.time() + 240
+    while not (gate / "reached").exists():  # mid-task, after the checkpoint of step 3
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (gate / "reached").unlink()
+    assert (out / "checkpoint.pt").is_file()
+    cls = sorted(p for p in tree.iterdir())[1]
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for f in sorted(cls.iterdir())[:3]:
+        f.rename(aside / f.name)
+    refused = _cli(*args, "--resume", env={"GATE": str(gate)}, cwd=tmp_path, python=python)
+    assert refused.returncode == 2, refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"clframework: error: --resume: the data changed since {out / 'checkpoint.pt'} was made "
+                           f"(folder {cls}: 10 files in the checkpoint, 7 now;"), line
+    assert line.endswith("restore them to continue, or start the run over on the data as they are now (--overwrite)")
+    assert (out / "checkpoint.pt").is_file() and not (out / "results.json").exists()
+    for f in aside.iterdir():
+        f.rename(cls / f.name)
+    (gate / "hold").unlink()
+    done = _cli(*args, "--resume", env={"GATE": str(gate)}, cwd=tmp_path, python=python)
+    assert done.returncode == 0, done.stderr
+    assert "resumed_from" in _strict_json(out / "results.json")
