@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -239,6 +240,14 @@ def protocol_source(config: RunConfig) -> str:
     return "own" if config.protocol is not None else config.benchmark
 
 
+def check_memory_size(hparams: dict, stream) -> None:
+    """A memory larger than the data is allowed (it costs no more: nothing is allocated by its size) and said."""
+    size, total = hparams.get("memory_size"), sum(t.n("train") for t in stream.tasks)
+    if isinstance(size, int) and size > total:
+        warnings.warn(f"memory_size {size} is more than the stream's {total} training examples: at most {total} are "
+                      f"ever stored")
+
+
 def refuse_changed_data(saved: Optional[dict], now: dict, checkpoint: Path) -> None:
     """--resume on data other than the checkpoint's would mix two data sets in one matrix: refuse, naming what
     changed. A checkpoint of a version that kept no fingerprint is taken as it is."""
@@ -338,6 +347,7 @@ def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
     stream = build_stream(config, stream)  # data errors (missing files, bad labels) before the folder is touched
     stream.validate()
     check_subset(stream, config.eval_subset, config.evaluate_on)
+    check_memory_size(cfg["hparams"], stream)
     prepare_study(callbacks)
     if out_dir is None:
         return _run(config, cfg, None, quiet, callbacks, stream, False, checkpoint_every, label, benchmark)

@@ -27,14 +27,16 @@ def reservoir_slots(seen: int, incoming: int, capacity: int, generator: torch.Ge
     """Algorithm R for `incoming` new examples after `seen`: (memory slots, indices of the incoming examples that go
     there). Example i (the (seen + i)-th of the stream, 0-based) fills slot seen + i while the memory is not full,
     else replaces slot j ~ U{0..seen+i} when j < capacity. A decision never depends on the memory's contents, so all
-    are drawn at once; when two land on one slot the later wins, as in the sequential algorithm."""
+    are drawn at once; when two land on one slot the later wins, as in the sequential algorithm. Nothing of the
+    memory's size is allocated (a memory_size of 10^9 costs what 200 does), only of the minibatch's."""
+    capacity = min(capacity, seen + incoming)  # no slot beyond it is ever drawn: the same slots, no int64 overflow
     count = torch.arange(seen, seen + incoming, dtype=torch.long)
     draw = (torch.rand(incoming, generator=generator, dtype=torch.float64) * (count + 1)).long()
     slot = torch.where(count < capacity, count, draw)
     keep = slot < capacity
     slot, index = slot[keep], torch.arange(incoming)[keep]
-    last = torch.full((capacity,), -1, dtype=torch.long).scatter_reduce_(0, slot, torch.arange(len(slot)), "amax")
-    won = last[last >= 0]
+    distinct, which = torch.unique(slot, return_inverse=True)  # sorted slots, as the old per-slot scan gave them
+    won = torch.full((len(distinct),), -1, dtype=torch.long).scatter_reduce_(0, which, torch.arange(len(slot)), "amax")
     return slot[won], index[won]
 
 

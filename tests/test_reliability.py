@@ -1191,3 +1191,14 @@ def test_resume_refuses_an_image_tree_changed_since_the_checkpoint(tmp_path, pyt
     done = _cli(*args, "--resume", env={"GATE": str(gate)}, cwd=tmp_path, python=python)
     assert done.returncode == 0, done.stderr
     assert "resumed_from" in _strict_json(out / "results.json")
+
+
+def test_a_memory_larger_than_the_data_trains_and_is_said(tmp_path, cli, mnist_stream):
+    """Issue 30, item 5: --set memory_size=1000000000 for er grew to 8.2 GB with no output; now it trains as a
+    memory of the data's size would, with one warning line."""
+    n = sum(len(task.train_y) for task in mnist_stream)  # the first two tasks
+    with pytest.warns(UserWarning, match=f"^memory_size 1000000000000 is more than the stream's {n} training "
+                                         f"examples: at most {n} are ever stored$"):
+        proc = cli("run", "--strategy", "er", "--tasks", "2", "--set", "memory_size=1000000000000", "--out",
+                   str(tmp_path / "r"), *TINY)
+    assert proc.returncode == 0, proc.stderr
