@@ -1,0 +1,433 @@
+"""Mutation check of the conformance suite (tests/conformance): plausible mistakes in each method, applied one at a
+time in memory (monkeypatched functions and methods of the imported modules; no file is edited), each running the
+conformance tests of its method in this process. A mutant is killed when a test fails; a survivor means the suite
+cannot tell that mistake from the method. Prints the table; exits 1 on a survivor (or an unkilled baseline failure).
+
+    python scripts/mutants.py              # every mutant (a baseline run of the selected tests first)
+    python scripts/mutants.py --list       # the mutants, without running them
+    python scripts/mutants.py --only si    # the mutants whose method or name contains "si"
+
+A mutant whose target code or conformance test file is not in this checkout is reported 'pending' (not run).
+Tests run on one torch thread (float64 convolutions; deterministic on CPU whatever the count).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional
+from unittest import mock
+
+ROOT = Path(__file__).resolve().parents[1]
+REG = "tests/conformance/test_regularizers.py"
+
+
+@dataclass
+class Mutant:
+    method: str
+    name: str
+    tests: str      # the conformance test file of the method
+    select: str     # pytest -k expression: the cases that run (the MLP unless the mistake needs BatchNorm)
+    apply: Callable[[contextlib.ExitStack], None]  # installs the patches on the stack; raises LookupError if absent
+
+
+MUTANTS: List[Mutant] = []
+
+
+def mutant(method: str, name: str, tests: str, select: str):
+    def deco(fn):
+        MUTANTS.append(Mutant(method, name, tests, select, fn))
+        return fn
+    return deco
+
+
+def patch(stack: contextlib.ExitStack, owner, attr: str, new) -> None:
+    if not hasattr(owner, attr):
+        raise LookupError(f"{getattr(owner, '__name__', owner)}.{attr}")
+    stack.enter_context(mock.patch.object(owner, attr, new))
+
+
+def wrap_method(stack, cls, attr, before=None, after=None):
+    """cls.attr with `before(self, *args)` run first and `after(self, result, *args)` run after it."""
+    original = getattr(cls, attr)
+
+    def method(self, *args, **kwargs):
+        if before is not None:
+            before(self, *args)
+        result = original(self, *args, **kwargs)
+        return result if after is None else after(self, result, *args)
+
+    patch(stack, cls, attr, method)
+
+
+@contextlib.contextmanager
+def no_eval(model):
+    """`model.eval()` does nothing while inside (the mistake of forgetting it): the model stays in train mode."""
+    model.train()
+    model.eval = lambda: model
+    try:
+        yield
+    finally:
+        del model.eval
+
+
+def stays_in_train_mode(stack, module, fn_name: str) -> None:
+    """module.fn_name(model, ...) run with the model left in train mode (eval() forgotten)."""
+    original = getattr(module, fn_name)
+
+    def mutated(model, *args, **kwargs):
+        with no_eval(model):
+            return original(model, *args, **kwargs)
+
+    patch(stack, module, fn_name, mutated)
+
+
+def summed_not_averaged(stack, module, fn_name: str) -> None:
+    """module.fn_name(model, batches, ...) -> {name: mean} returning sums over the examples instead."""
+    original = getattr(module, fn_name)
+
+    def mutated(model, batches, *args, **kwargs):
+        count = [0]
+
+        def counting():
+            for x, y in batches:
+                count[0] += len(x)
+                yield x, y
+
+        out = original(model, counting(), *args, **kwargs)
+        return {n: t * count[0] for n, t in out.items()}
+
+    patch(stack, module, fn_name, mutated)
+
+
+# ---- naive and the trainer -----------------------------------------------------------------------------------------
+
+@mutant("naive", "stale gradients: the optimizer's zero_grad skipped", REG, "naive and mlp")
+def _(stack):
+    import torch
+    patch(stack, torch.optim.SGD, "zero_grad", lambda self, set_to_none=True: None)
+
+
+@mutant("naive", "each epoch's short last minibatch dropped", REG, "naive and mlp")
+def _(stack):
+    from clframework.benchmarks.stream import TensorExamples
+    original = TensorExamples.minibatches
+
+    def minibatches(self, order, start, batch_size, device, workers=0):
+        return (b for b in original(self, order, start, batch_size, device, workers) if len(b[1]) == batch_size)
+
+    patch(stack, TensorExamples, "minibatches", minibatches)
+
+
+@mutant("naive", "evaluation in train mode (BatchNorm batch statistics, running statistics moved)", REG,
+        "naive and resnet and task")
+def _(stack):
+    from clframework.evaluation import evaluator
+    stays_in_train_mode(stack, evaluator, "task_accuracy")
+
+
+# ---- the bounds ----------------------------------------------------------------------------------------------------
+
+@mutant("cumulative", "each task trained on its own data only", REG, "cumulative and mlp")
+def _(stack):
+    from clframework.strategies.cumulative import Cumulative
+    patch(stack, Cumulative, "task_data", lambda self, stream, i: stream.tasks[i])
+
+
+@mutant("cumulative", "the union taken in reverse task order", REG, "cumulative and mlp")
+def _(stack):
+    from clframework.strategies import cumulative
+    patch(stack, cumulative.Cumulative, "task_data",
+          lambda self, stream, i: cumulative.union(stream.tasks[:i + 1][::-1]))
+
+
+@mutant("joint", "earlier tasks also trained (on the data so far)", REG, "joint and mlp")
+def _(stack):
+    from clframework.strategies import cumulative
+    patch(stack, cumulative.Joint, "task_data", lambda self, stream, i: cumulative.union(stream.tasks[:i + 1]))
+
+
+@mutant("joint", "the last task left out of the union", REG, "joint and mlp")
+def _(stack):
+    from clframework.strategies import cumulative
+    patch(stack, cumulative.Joint, "task_data", lambda self, stream, i:
+          cumulative.union(stream.tasks[:-1]) if i == len(stream.tasks) - 1 else None)
+
+
+# ---- EWC -----------------------------------------------------------------------------------------------------------
+
+@mutant("ewc", "empirical Fisher (true labels) instead of the exact one", REG, "ewc and mlp and exact")
+def _(stack):
+    from clframework.strategies.ewc import EWC
+    wrap_method(stack, EWC, "on_task_end", before=lambda self, *a: setattr(self, "fisher_kind", "empirical"))
+
+
+@mutant("ewc", "penalty without the 1/2: lambda sum F (theta - theta*)^2", REG, "ewc and mlp and exact")
+def _(stack):
+    from clframework.strategies.ewc import EWC
+    original = EWC.on_before_step
+
+    def on_before_step(self, model):
+        self.ewc_lambda *= 2
+        try:
+            original(self, model)
+        finally:
+            self.ewc_lambda /= 2
+
+    patch(stack, EWC, "on_before_step", on_before_step)
+
+
+@mutant("ewc", "Fisher summed over the examples, not averaged", REG, "ewc and mlp and exact")
+def _(stack):
+    from clframework.strategies import ewc
+    summed_not_averaged(stack, ewc, "mean_over_examples")
+
+
+@mutant("ewc", "only the latest task's Fisher and anchor kept", REG, "ewc and mlp and exact")
+def _(stack):
+    from clframework.strategies.ewc import EWC
+
+    def keep_last(self, result, *args):
+        self.fishers, self.anchors = self.fishers[-1:], self.anchors[-1:]
+        self._rebuild_sums()
+
+    wrap_method(stack, EWC, "on_task_end", after=keep_last)
+
+
+@mutant("ewc", "anchor taken at the task's start instead of its end", REG, "ewc and mlp and exact")
+def _(stack):
+    import torch
+    from clframework.strategies.ewc import EWC
+
+    def remember(self, model, task_index):
+        self._start_weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def swap_anchor(self, result, *args):
+        self.anchors[-1] = {n: self._start_weights[n] for n in self.anchors[-1]}
+        self._rebuild_sums()
+
+    wrap_method(stack, EWC, "on_task_start", before=remember)
+    wrap_method(stack, EWC, "on_task_end", after=swap_anchor)
+    assert torch  # (the anchors stay tensors of the model's dtype)
+
+
+@mutant("ewc", "Fisher in train mode (BatchNorm batch statistics, running statistics moved)", REG,
+        "ewc and resnet and task and exact")
+def _(stack):
+    from clframework.strategies import ewc
+    stays_in_train_mode(stack, ewc, "fisher_diagonal")
+
+
+# ---- SI ------------------------------------------------------------------------------------------------------------
+
+@mutant("si", "omega from the total (regularized) loss's gradient, not the task loss's", REG, "si and mlp")
+def _(stack):
+    from clframework.strategies.si import SI
+    wrap_method(stack, SI, "on_before_step", before=lambda self, *a: setattr(self, "omega_from_total_loss", True))
+
+
+@mutant("si", "Omega not clamped at zero", REG, "si and mlp")
+def _(stack):
+    from clframework.strategies.si import SI
+    wrap_method(stack, SI, "on_task_end", before=lambda self, *a: setattr(self, "clamp", False))
+
+
+@mutant("si", "penalty gradient without its factor 2 (c Omega d)", REG, "si and mlp")
+def _(stack):
+    from clframework.strategies.si import SI
+    original = SI.on_before_step
+
+    def on_before_step(self, model):
+        self.c /= 2
+        try:
+            original(self, model)
+        finally:
+            self.c *= 2
+
+    patch(stack, SI, "on_before_step", on_before_step)
+
+
+@mutant("si", "importance over |Delta| + xi instead of Delta^2 + xi", REG, "si and mlp")
+def _(stack):
+    from clframework.strategies import si
+    patch(stack, si, "importance", lambda omega, delta, xi: omega / (delta.abs() + xi))
+
+
+@mutant("si", "path integral with the wrong sign (+g delta)", REG, "si and mlp")
+def _(stack):
+    from clframework.strategies.si import SI
+    original = SI.on_after_step
+
+    def on_after_step(self, model):
+        before = {n: w.clone() for n, w in self.omega.items()}
+        original(self, model)
+        for n, w in self.omega.items():
+            w.copy_(2 * before[n] - w)
+
+    patch(stack, SI, "on_after_step", on_after_step)
+
+
+# ---- MAS -----------------------------------------------------------------------------------------------------------
+
+@mutant("mas", "no absolute value: signed gradients averaged", REG, "mas")
+def _(stack):
+    import torch
+    from torch.func import functional_call, grad, vmap
+    from clframework.strategies import mas
+
+    def closed_form(model, modules, x, y, head):
+        out, used, inputs, outputs = mas.tapped_forward(model, modules, x, head)
+        deltas = torch.autograd.grad(mas.output_sensitivity(out).sum(), outputs)
+        return {m: (d.T @ a, d.sum(0)) for m, d, a in zip(used, deltas, inputs)}
+
+    def per_example(model, params, x, y, head, memory_mb=256):
+        buffers = dict(model.named_buffers())
+
+        def sensitivity(p, xi):
+            return mas.output_sensitivity(functional_call(model, (p, buffers), (xi.unsqueeze(0), head))).squeeze(0)
+
+        return {n: g.sum(0) for n, g in vmap(grad(sensitivity), in_dims=(None, 0))(params, x).items()}
+
+    patch(stack, mas, "_closed_form_batch", closed_form)
+    patch(stack, mas, "_per_example_batch", per_example)
+
+
+@mutant("mas", "importance summed over the examples, not averaged", REG, "mas and mlp")
+def _(stack):
+    from clframework.strategies import mas
+    summed_not_averaged(stack, mas, "mean_over_examples")
+
+
+@mutant("mas", "sensitivity of ||f(x)|| instead of ||f(x)||^2", REG, "mas and mlp")
+def _(stack):
+    from clframework.strategies import mas
+    patch(stack, mas, "output_sensitivity", lambda out: out.pow(2).sum(-1).sqrt())
+
+
+@mutant("mas", "Omega replaced at each task, not accumulated", REG, "mas and mlp")
+def _(stack):
+    from clframework.strategies.mas import MAS
+
+    def replace(self, result, model, data, head=0):
+        for n in self.omega:
+            self.omega[n] = self.omega[n] - self._before.get(n, 0)
+
+    wrap_method(stack, MAS, "on_task_end", before=lambda self, *a: setattr(
+        self, "_before", {n: w.clone() for n, w in self.omega.items()}), after=replace)
+
+
+@mutant("mas", "importance in train mode (BatchNorm batch statistics, running statistics moved)", REG,
+        "mas and resnet and task")
+def _(stack):
+    from clframework.strategies import mas
+    stays_in_train_mode(stack, mas, "mas_importance")
+
+
+# ---- LwF -----------------------------------------------------------------------------------------------------------
+
+@mutant("lwf", "no temperature (T = 1)", REG, "lwf and mlp")
+def _(stack):
+    from clframework.strategies import lwf
+    original = lwf.distillation_loss
+    patch(stack, lwf, "distillation_loss", lambda logits, old, temperature: original(logits, old, 1.0))
+
+
+@mutant("lwf", "Hinton's T^2 factor on the distillation term (not in Li & Hoiem's code)", REG, "lwf and mlp")
+def _(stack):
+    from clframework.strategies import lwf
+    original = lwf.distillation_loss
+    patch(stack, lwf, "distillation_loss",
+          lambda logits, old, temperature: temperature ** 2 * original(logits, old, temperature))
+
+
+@mutant("lwf", "class-IL: every output of the head distilled (new classes included)", REG, "lwf and mlp and class")
+def _(stack):
+    from clframework.strategies.lwf import LwF
+    patch(stack, LwF, "_outputs", lambda self, head, out, device: out)
+
+
+@mutant("lwf", "teacher in train mode (BatchNorm batch statistics, its running statistics moved)", REG,
+        "lwf and resnet and task")
+def _(stack):
+    from clframework.strategies.lwf import LwF
+    wrap_method(stack, LwF, "on_task_end", after=lambda self, result, *a: self._old.train())
+
+
+# ---- running them --------------------------------------------------------------------------------------------------
+
+class _OneThread:
+    """Runs after the suite's conftest (which may give torch two threads) and sets one."""
+
+    import pytest as _pytest
+
+    @_pytest.hookimpl(trylast=True)
+    def pytest_configure(self, config):
+        import torch
+        torch.set_num_threads(1)
+
+
+def run_tests(tests: str, select: str) -> int:
+    """pytest's exit code for the selected tests, run in this process (output kept quiet)."""
+    import pytest
+    args = [tests, "-k", select, "-x", "-q", "-n", "0", "-p", "no:cacheprovider", "--tb=no", "--no-header",
+            "-W", "ignore"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        return int(pytest.main(args, plugins=[_OneThread()]))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--only", default="", help="run the mutants whose method or name contains this text")
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)
+    chosen = [m for m in MUTANTS if args.only.lower() in f"{m.method} {m.name}".lower()]
+    if args.list:
+        for m in chosen:
+            print(f"{m.method:12} {m.name}  [{m.tests} -k '{m.select}']")
+        return 0
+    start = time.perf_counter()
+    rows, failed = [], False
+    baseline = {}
+    for m in chosen:
+        t0 = time.perf_counter()
+        if not (ROOT / m.tests).exists():
+            rows.append((m, "pending", f"no {m.tests}", 0.0))
+            continue
+        key = (m.tests, m.select)
+        if key not in baseline:  # the unmutated code must pass the very tests that are to kill the mutant
+            baseline[key] = run_tests(*key)
+        if baseline[key] != 0:
+            rows.append((m, "BASELINE FAILS", f"pytest exit {baseline[key]} without the mutant", 0.0))
+            failed = True
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                m.apply(stack)
+            except (LookupError, ImportError) as exc:
+                rows.append((m, "pending", f"target not found: {exc}", 0.0))
+                continue
+            code = run_tests(m.tests, m.select)
+        status = {0: "SURVIVED", 1: "killed"}.get(code, f"error (pytest exit {code})")
+        failed |= code != 1
+        rows.append((m, status, f"-k '{m.select}'", time.perf_counter() - t0))
+    width = max(len(m.name) for m in chosen) if chosen else 10
+    print(f"| method | mutant | result | tests run | seconds |")
+    print(f"|---|---|---|---|---|")
+    for m, status, note, secs in rows:
+        print(f"| {m.method} | {m.name} | {status} | {note} | {secs:.1f} |")
+    counts = {s: sum(1 for r in rows if r[1] == s) for s in ("killed", "SURVIVED", "pending")}
+    print(f"\n{counts['killed']} killed, {counts['SURVIVED']} survived, {counts['pending']} pending, "
+          f"{len(rows) - sum(counts.values())} other, of {len(rows)} mutants over "
+          f"{len({m.method for m, *_ in rows})} methods in {time.perf_counter() - start:.0f} s")
+    assert width
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
