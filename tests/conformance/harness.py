@@ -18,7 +18,8 @@ Adding a method (another test file in tests/conformance/):
 1. subclass `Reference`: `observe(model, x, y, head)` takes one whole training step as the reference code does
    (forward passes, loss, `self.sgd(model, loss)`, memory update); `begin_task(model, t, task)` / `end_task(model,
    task)` for what happens at task boundaries; `memory()` returns the stored fields to compare under our memory's
-   names (`x`, `y`, `head`, `logits`...), as tensors in slot order. Name the file and commit of the code you followed
+   names (`x`, `y`, `head`, `logits`...), as tensors in slot order; `train_data(stream, t)` the (x, y) a task trains
+   on where that is not the task's own data (cumulative, joint). Name the file and commit of the code you followed
    in a comment; write your own code;
 2. call `check(lambda: make_strategy(name, **hp), lambda lr: YourReference(lr, ...), model="mlp"|"resnet",
    setting="class"|"task")`; it builds the stream and model, runs both and asserts. `check` returns both `Run`s for
@@ -152,13 +153,15 @@ class _Snapshots(TrainerCallback):
 
 
 def run_ours(strategy, model: nn.Module, stream: Stream, *, epochs: int = 1, batch_size: int = 4, lr: float = 0.1,
-             seed: int = 0, memory_of: Callable = stored_memory, draw_seeders: Sequence[Callable] = ()) -> Run:
-    """Our strategy through our Trainer (CPU, plain SGD, optimizer reset per task), snapshotted after every task."""
+             seed: int = 0, memory_of: Callable = stored_memory, draw_seeders: Sequence[Callable] = (),
+             optimizer: str = "sgd") -> Run:
+    """Our strategy through our Trainer (CPU, plain SGD or `optimizer`, reset per task), snapshotted after every
+    task."""
     seed_draws(strategy)
     for seeder in draw_seeders:
         seeder(strategy, DRAW_SEED)
     run = Run()
-    trainer = Trainer(model, strategy, epochs=epochs, batch_size=batch_size, lr=lr, optimizer="sgd", device="cpu",
+    trainer = Trainer(model, strategy, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, device="cpu",
                       seed=seed, quiet=True, callbacks=[_Snapshots(model, strategy, memory_of, run)])
     result = trainer.fit(stream)
     run.accuracy, run.task_il = result.accuracy_matrix, result.task_il_matrix
@@ -227,6 +230,10 @@ class Reference:
     def begin_task(self, model: nn.Module, t: int, task: Task) -> None:
         self.task = t
 
+    def train_data(self, stream: Stream, t: int):
+        """(x, y) task t trains on (default: its own training data; cumulative and joint: unions), or None."""
+        return stream.tasks[t].train_x, stream.tasks[t].train_y
+
     def observe(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, head: int) -> None:
         raise NotImplementedError
 
@@ -274,8 +281,9 @@ def run_reference(ref: Reference, model: nn.Module, stream: Stream, *, epochs: i
     model.train()
     for t, task in enumerate(stream.tasks):
         ref.begin_task(model, t, task)
-        x, y = task.train_x, task.train_y
-        for _ in range(epochs):
+        data = ref.train_data(stream, t)
+        x, y = data if data is not None else (None, ())
+        for _ in range(epochs if data is not None else 0):
             order = torch.randperm(len(y), generator=g)
             for i in range(0, len(y), batch_size):
                 rows = order[i:i + batch_size]
@@ -330,13 +338,15 @@ def assert_conforms(ours: Run, ref: Run, tol: float = TOL, memory: bool = True) 
 
 def check(make_ours: Callable[[], object], make_reference: Callable[[float], Reference], model: str = "mlp",
           setting: str = "class", *, epochs: int = 1, batch_size: int = 4, lr: float = 0.1, seed: int = 0,
-          memory_of: Callable = stored_memory, draw_seeders: Sequence[Callable] = (), **stream_options):
+          memory_of: Callable = stored_memory, draw_seeders: Sequence[Callable] = (), optimizer: str = "sgd",
+          **stream_options):
     """Run our strategy and its reference from the same weights on the same stream and assert they conform; returns
-    (ours, reference) runs. model: mlp, resnet (BatchNorm) or reduced_resnet18; setting: class or task."""
+    (ours, reference) runs. model: mlp, resnet (BatchNorm) or reduced_resnet18; setting: class or task; optimizer:
+    our Trainer's (a reference that is not plain SGD writes its own step)."""
     stream = make_stream(setting, image=model != "mlp", **stream_options)
     initial = make_model(model, stream, seed)
     ours = run_ours(make_ours(), copy.deepcopy(initial), stream, epochs=epochs, batch_size=batch_size, lr=lr,
-                    seed=seed, memory_of=memory_of, draw_seeders=draw_seeders)
+                    seed=seed, memory_of=memory_of, draw_seeders=draw_seeders, optimizer=optimizer)
     ref = run_reference(make_reference(lr), copy.deepcopy(initial), stream, epochs=epochs, batch_size=batch_size,
                         seed=seed)
     assert_conforms(ours, ref)
