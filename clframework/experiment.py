@@ -29,7 +29,7 @@ from . import provenance
 from .augment import check_augment, make_augment
 from .callbacks import prepare_study
 from .models import ModelSpec, build_model, model_factory, model_name
-from .parallel import Backend, Executor, open_executor, plugin_modules
+from .parallel import Backend, Executor, open_executor, plugin_modules, run_threads
 from .inference import scorer_record
 from .plugin import STRATEGIES, Strategy, make_strategy
 from .plugin import overrides as hook_overridden
@@ -331,7 +331,7 @@ def as_now(saved):
 def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
         callbacks: Sequence[TrainerCallback] = (), stream=None, *, resume: bool = False, overwrite: bool = False,
         checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, label: str = "",
-        figures: Figures = Figures()) -> RunResult:
+        figures: Figures = Figures(), threads: Optional[int] = None) -> RunResult:
     """Train one strategy on one benchmark (or on `stream`, with the benchmark's protocol; results then carry the
     stream's own name as their benchmark) and return (and, with out_dir, write) its results.
 
@@ -340,6 +340,7 @@ def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
     PNG, by default). resume: a finished run with the same
     configuration is returned as saved, an interrupted one continues from its checkpoint (docs/reliability.md).
     A diverged run writes its partial results (status "diverged") and raises TrainingDiverged.
+    threads: torch threads (None: clframework.parallel.default_threads, by the model's size).
     """
     config = with_stream_protocol(config, stream)
     cfg = config.resolved()
@@ -350,15 +351,16 @@ def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
     check_memory_size(cfg["hparams"], stream)
     prepare_study(callbacks)
     if out_dir is None:
-        return _run(config, cfg, None, quiet, callbacks, stream, False, checkpoint_every, label, benchmark)
+        return _run(config, cfg, None, quiet, callbacks, stream, False, checkpoint_every, label, benchmark,
+                    threads=threads)
     with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
         return _run(config, cfg, Path(out_dir), quiet, callbacks, stream, resume, checkpoint_every, label, benchmark,
-                    figures)
+                    figures, threads)
 
 
 def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, callbacks, stream, resume: bool,
          checkpoint_every: int, label: str, benchmark: Optional[str] = None,
-         figures: Figures = Figures()) -> RunResult:
+         figures: Figures = Figures(), threads: Optional[int] = None) -> RunResult:
     started, wall_start = provenance.now(), time.perf_counter()
     label = label or f"{config.strategy} seed {config.seed}"
     benchmark = benchmark or config.benchmark
@@ -423,7 +425,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
     if out_dir is not None:
         (out_dir / FAILED).unlink(missing_ok=True)  # a failed run continued with --resume trains again
     try:
-        result = trainer.fit(stream, resume=state["trainer"] if state is not None else None)
+        with run_threads(threads, model):
+            result = trainer.fit(stream, resume=state["trainer"] if state is not None else None)
     except TrainingDiverged as exc:
         exc.run = label
         p = trainer._progress
@@ -638,6 +641,7 @@ class RunJob:
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
     benchmark: Optional[str] = None
     figures: Figures = STUDY_FIGURES
+    threads: Optional[int] = None  # --threads (None: default_threads within the executor's share)
 
 
 def run_job(stream, job: RunJob) -> dict:
@@ -646,7 +650,7 @@ def run_job(stream, job: RunJob) -> dict:
     processes by pickling, and a traceback does not pickle): the study goes on with its other runs."""
     try:
         res = _run_in(job.config, job.out_dir, job.quiet, job.callbacks, stream, job.resume, job.checkpoint_every,
-                      job.label, job.benchmark or job.config.benchmark, job.figures)
+                      job.label, job.benchmark or job.config.benchmark, job.figures, job.threads)
     except TrainingDiverged as exc:
         return {"_diverged": {"message": str(exc), "diverged_at": exc.result["diverged_at"]}}
     except TrainingFailed as exc:
@@ -744,7 +748,7 @@ def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, sta
                    runs_root / f"{slug(name)}-seed{seed}" if runs_root is not None else None,
                    tuple(callbacks_for(name, seed)) if callbacks_for else (), quiet or backend.parallel,
                    # a run retried after its worker died finds its own checkpoint: it must continue from it
-                   resume or backend.parallel, checkpoint_every, benchmark, figures)
+                   resume or backend.parallel, checkpoint_every, benchmark, figures, backend.threads)
             for name, seed in pairs]
     result_dirs = [out_dir / f"{slug(name)}-seed{seed}" if out_dir is not None else None for name, seed in pairs]
     progress.add(len(jobs))
@@ -801,9 +805,11 @@ def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, sta
 
 
 def _run_in(config: RunConfig, run_dir: Optional[Path], quiet: bool, callbacks, stream, resume: bool,
-            checkpoint_every: int, label: str, benchmark: str, figures: Figures = Figures()) -> RunResult:
+            checkpoint_every: int, label: str, benchmark: str, figures: Figures = Figures(),
+            threads: Optional[int] = None) -> RunResult:
     """One run inside a comparison's folder (already locked and checked): its own subfolder, same resume rules."""
     cfg = config.resolved()
     if run_dir is not None and run_dir.exists() and not resume and any(run_dir.iterdir()):
         raise OutputError(f"{run_dir} is not empty; add --resume or --overwrite")
-    return _run(config, cfg, run_dir, quiet, callbacks, stream, resume, checkpoint_every, label, benchmark, figures)
+    return _run(config, cfg, run_dir, quiet, callbacks, stream, resume, checkpoint_every, label, benchmark, figures,
+                threads)

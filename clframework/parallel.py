@@ -5,6 +5,9 @@ A run is a picklable payload handed, with the study's shared stream, to a module
 process and N - 1 workers (see Pool). The stream is prepared once: local workers memory-map one file of it (the pages are shared, so N workers do not hold N copies) and
 Ray tasks read one object from Ray's store. Each worker uses `threads` torch threads, so a run's results equal those
 of the same run alone in one process with that thread count.
+
+torch is imported where a run needs it, not at import: `--jobs`, `--threads` and `--ray` are checked before it loads
+(a command's argument errors answer at once).
 """
 from __future__ import annotations
 
@@ -21,8 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
-
-import torch
 
 RAY_LOCAL = "local"  # `--ray` with no address: start a local Ray instance
 
@@ -48,9 +49,37 @@ def parse_jobs(value) -> int:
     return jobs
 
 
+# The default torch threads of a run when --threads is not given: the one place the rule lives (README, "Speed";
+# docs/performance.md has the measurement command). A run gets at most its share of the cores (all of them alone,
+# one each with --jobs N on N cores, one per Ray task); within that share, a model under MANY_THREADS_FROM weights
+# trains on one thread: its matrix products are too small for a second thread to gain much, and an OpenMP thread
+# waiting for a core that other work holds spins (issue 29: a small DER++ run took 22 s on one thread, 370 s on
+# two, on a loaded machine).
+MANY_THREADS_FROM = 2_000_000
+
+
+def default_threads(parameters: int, share: int) -> int:
+    """Torch threads for a run of a model with `parameters` weights that may use `share` cores."""
+    return max(1, share) if parameters >= MANY_THREADS_FROM else 1
+
+
+@contextmanager
+def run_threads(threads: Optional[int], model):
+    """Train with `threads` torch threads (--threads), else default_threads for this model within the share this
+    process was given (the executor's threads per run; a process of its own: its cores)."""
+    if threads is None:
+        import torch
+
+        share = min(torch.get_num_threads(), cores())
+        threads = default_threads(sum(p.numel() for p in model.parameters()), share)
+    with _threads(threads):
+        yield threads
+
+
 @dataclass(frozen=True)
 class Backend:
-    """How to execute a study. threads: torch threads per run (default: the cores divided among the jobs);
+    """How to execute a study. threads: torch threads per run (--threads; default: the run's share of the cores,
+    one thread for a small model: default_threads);
     ray: None (no Ray), RAY_LOCAL, or a cluster address such as `auto` or `10.0.0.1:6379`; gpus_per_run: the GPU
     share each Ray task asks for (None: 1 where the cluster has GPUs and the device is not the CPU)."""
 
@@ -72,8 +101,8 @@ class Backend:
         return self.jobs > 1 or self.ray is not None
 
     def threads_per_run(self) -> int:
-        """--threads, else for Ray 1 (a small network's run barely uses a second core; Ray packs tasks by CPU), else
-        the cores divided among the jobs."""
+        """A run's share of the cores: --threads, else for Ray 1 (Ray packs tasks by CPU), else the cores divided
+        among the jobs (within it, default_threads chooses by the model's size)."""
         if self.threads:
             return self.threads
         return 1 if self.ray is not None else max(1, cores() // self.jobs)
@@ -114,6 +143,8 @@ def _import_plugins(plugins: Sequence[Tuple[str, Optional[str]]]) -> None:
 
 @contextmanager
 def _threads(n: int):
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -173,6 +204,7 @@ def _die_with(parent: int) -> None:
 
 def _init_worker(path: str, threads: int, plugins, parent: int) -> None:
     global _SHARED
+    import torch
     from tqdm import tqdm
 
     _die_with(parent)
@@ -233,6 +265,8 @@ class Pool(Executor):
     the queue that no worker has taken yet, the workers from its front."""
 
     def __init__(self, shared, jobs: int, threads: int, plugins, folder: str):
+        import torch
+
         path = os.path.join(folder, "shared.pt")
         torch.save(shared, path)  # once; every worker memory-maps it
         self.shared, self.threads, self.folder, self.workers = shared, threads, folder, jobs - 1
@@ -321,6 +355,7 @@ _RAY_SHARED: dict = {}  # a Ray worker's copy of the study's shared object, by o
 def _ray_call(fn, shared_ref: list, payload, threads: int, plugins):
     """The ref arrives wrapped in a list, so Ray does not fetch and unpickle the stream again for every task."""
     import ray
+    import torch
 
     torch.set_num_threads(threads)
     _import_plugins(plugins)

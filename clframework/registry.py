@@ -289,6 +289,21 @@ def declared_entries(package: str, decorator: str, base: str) -> Optional[List[d
     return out
 
 
+def declared_registry(kind: str, package: str, decorator: str, base: str) -> Optional[Registry]:
+    """A Registry of the names and hyperparameter names that `declared_entries` reads from source (no factories,
+    no value checks): an unknown name or hyperparameter is refused with the registry's own message before the
+    package (and torch) is imported. None when the source cannot be read statically."""
+    declared = declared_entries(package, decorator, base)
+    if declared is None:
+        return None
+    registry = Registry(kind)
+    registry._builtins_loaded = True
+    for e in declared:
+        params = {name: Param(name, default, object) for name, default in e["params"].items()}
+        registry._entries[e["name"]] = Entry(e["name"], None, params, e["description"], {"origin": "built-in"})
+    return registry
+
+
 def declared_functions(module: str, decorator: str) -> Optional[List[dict]]:
     """Name, description and option defaults (keyword arguments after the positional ones) of every function that
     `module`'s source registers with `@decorator("name", description=...)`, read without importing it (the model

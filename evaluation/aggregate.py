@@ -84,12 +84,15 @@ def paired(a: Dict[int, float], b: Dict[int, float], confidence: float = 0.95) -
     if np.ptp(d) <= 1e-12:  # equal up to rounding (0.9 - 0.8 vs 0.8 - 0.7)
         out["note"] = "identical difference on every seed: no spread, t-test undefined"
         return out
-    from scipy import stats  # here: scipy.stats costs a second to import, and --jobs workers never need it
+    # Student's t from scipy.special (a fifth of scipy.stats' import time: `clframework report` answers at once);
+    # the paired t-test is scipy.stats.ttest_rel's: t = mean(d) / (sd / sqrt(n)), two-sided p
+    from scipy.special import stdtr, stdtrit
 
-    half = stats.t.ppf(0.5 + confidence / 2, len(d) - 1) * sd / np.sqrt(len(d))
-    test = stats.ttest_rel(x, y)
-    out.update(ci_low=float(d.mean() - half), ci_high=float(d.mean() + half), t=float(test.statistic),
-               p_value=float(test.pvalue))
+    df, se = len(d) - 1, sd / np.sqrt(len(d))
+    half = stdtrit(df, 0.5 + confidence / 2) * se
+    t = float(d.mean() / se)
+    out.update(ci_low=float(d.mean() - half), ci_high=float(d.mean() + half), t=t,
+               p_value=float(2 * stdtr(df, -abs(t))))
     return out
 
 

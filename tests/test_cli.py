@@ -184,25 +184,49 @@ def test_runs_lists_past_runs_and_studies(tmp_path, capsys):
     assert main(["runs", str(tmp_path / "nowhere")]) == 2
 
 
+NOT_TRAINING = [["--help"], ["list"], ["run", "--help"], [], ["runs", "{tmp}"], ["report", "{tmp}/study"],
+                ["report", "{tmp}/study", "--format", "latex"], ["reproduce", "nope"],
+                ["reproduce", "split-mnist", "--dataset", "nope"], ["reproduce", "der-table", "--buffer", "7"],
+                ["reproduce", "split-mnist", "--jobs", "x"], ["run", "--strategy", "nope"],
+                ["run", "--strategy", "si", "--set", "nope=1"], ["run", "--strategy", "si", "--benchmark", "nope"],
+                ["run", "--strategy", "si", "--threads", "0"], ["run", "--strategy", "si", "--option", "n_tasks=3"],
+                ["compare", "--strategies", "si,nope"], ["compare", "--set", "q=1"], ["compare", "--jobs", "0"],
+                ["compare", "--seeds", "0"], ["compare", "--hidden", "a"], ["tune", "--strategy", "nope"]]
+
+
 @pytest.mark.slow
-def test_help_and_list_import_no_torch():
-    """What makes them answer at once (measured: docs/performance.md): neither imports torch, wandb or matplotlib."""
-    code = ("import sys\nfrom clframework.apps.cli import main\n"
-            "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "heavy = sorted({'torch', 'wandb', 'matplotlib', 'torchvision'} & set(sys.modules))\n"
-            "assert not heavy, heavy\n")
-    for args in (["--help"], ["list"], ["run", "--help"], []):
-        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
-        assert proc.returncode == 0, (args, proc.stderr)
+def test_commands_that_do_not_train_import_no_torch(tmp_path):
+    """What makes them answer at once (issue 29; docs/performance.md): `--help`, `list`, `runs`, `report` and the
+    argument errors of run, compare, tune and reproduce import neither torch nor matplotlib, Avalanche or W&B. One
+    interpreter runs them all in turn (what one imports stays imported: checked after each)."""
+    assert main(["compare", "--strategies", "naive,si", "--seeds", "2", "--tasks", "2", "--epochs", "1", "--hidden",
+                 "8", "--quiet", "--plots", "none", "--out", str(tmp_path / "study")]) == 0
+    code = ("import json, sys\nfrom clframework.apps.cli import main\n"
+            "for argv in json.loads(sys.argv[1]):\n"
+            "    try:\n        code = main(argv)\n    except SystemExit as exc:\n        code = exc.code\n"
+            "    heavy = sorted({'torch', 'matplotlib', 'avalanche', 'wandb', 'torchvision'} & set(sys.modules))\n"
+            "    print(json.dumps([argv, code, heavy]), file=sys.stderr)\n")
+    commands = [[a.format(tmp=tmp_path) for a in argv] for argv in NOT_TRAINING]
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(commands)], capture_output=True, text=True)
+    results = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith('[[')]
+    assert [r[0] for r in results] == commands, proc.stderr
+    for argv, code, heavy in results:
+        assert heavy == [], (argv, heavy)
+        answers = argv[:1] in ([], ["--help"], ["list"], ["runs"], ["report"]) or argv == ["run", "--help"]
+        assert code == (0 if answers else 2), (argv, code, proc.stderr)
+    assert "\\begin{tabular}" in proc.stdout and "| naive |" in proc.stdout  # report's tables, LaTeX and Markdown
 
 
 def test_list_reads_the_same_hyperparameters_as_the_registry():
     """`list` reads built-in strategies from their source; it must say what importing them registers."""
     from clframework.plugin import STRATEGIES
-    from clframework.registry import declared_entries
+    from clframework.registry import declared_entries, declared_registry
 
     declared = {e["name"]: e for e in declared_entries("clframework.strategies", "register_strategy", "Strategy")}
     assert set(declared) == set(STRATEGIES.names())
     for name, e in declared.items():
         entry = STRATEGIES.get(name)
         assert e["params"] == entry.defaults and e["description"] == entry.description, name
+    checker = declared_registry("strategy", "clframework.strategies", "register_strategy", "Strategy")
+    assert checker.names() == STRATEGIES.names()
+    assert all(set(checker.get(n).params) == set(STRATEGIES.get(n).params) for n in checker.names())

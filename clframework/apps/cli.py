@@ -33,14 +33,16 @@ def _parse_sets(items: List[str], flag: str = "--set", example: str = "c=0.1") -
     return out
 
 
-def _parse_strategy_sets(items: List[str], strategies: List[str]) -> Dict[str, dict]:
-    """For compare: `--set si.c=0.1` targets one strategy; `--set c=0.1` every strategy that has `c`."""
-    from ..plugin import STRATEGIES
+def _parse_strategy_sets(items: List[str], strategies: List[str], registry=None) -> Dict[str, dict]:
+    """For compare: `--set si.c=0.1` targets one strategy; `--set c=0.1` every strategy that has `c` (in `registry`,
+    default the strategy registry)."""
+    if registry is None:
+        from ..plugin import STRATEGIES as registry
 
     out: Dict[str, dict] = {s: {} for s in strategies}
     for key, value in _parse_sets(items).items():
         name, dot, param = key.rpartition(".")
-        targets = [name] if dot else [s for s in strategies if param in STRATEGIES.get(s).params]
+        targets = [name] if dot else [s for s in strategies if param in registry.get(s).params]
         if not targets:
             raise RegistryError(f"--set {key}: none of {strategies} has a hyperparameter '{param}'")
         for t in targets:
@@ -74,6 +76,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", nargs="?", const="default", choices=["default", "reduce-overhead", "max-autotune"],
                    help="compile the forward pass with torch.compile (MODE: default; reduce-overhead replays CUDA "
                         "graphs); opt-in, the plain eager step is the default")
+    _threads_arg(p)
     p.add_argument("--workers", type=int, default=0, metavar="N",
                    help="DataLoader worker processes reading benchmarks stored on disk (default 0: in the training "
                         "process; in-memory benchmarks never use them)")
@@ -88,6 +91,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _folder_args(p)
+
+
+def _threads_arg(p: argparse.ArgumentParser,
+                 default: str = "one for a small model, else the run's share of the cores") -> None:
+    """--threads, the same on every command that trains; the default rule is clframework.parallel.default_threads."""
+    p.add_argument("--threads", type=int, metavar="N",
+                   help=f"torch CPU threads per run (default: {default}; README, Speed)")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -154,7 +164,7 @@ def _plot_args(p: argparse.ArgumentParser, default: str) -> None:
 
 def _figures(args):
     """--plots/--plot-format, checked before any data loads."""
-    from clframework.evaluation.plots import Figures
+    from clframework.evaluation.figures import Figures
 
     return Figures.parse(args.plots, args.plot_format)
 
@@ -165,8 +175,6 @@ WANDB_MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # wa
 def _study_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", default="1", metavar="N|auto",
                    help="runs side by side in N worker processes (auto: one per two cores; default 1)")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="torch threads per run (default: the cores divided among the jobs)")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="each run a Ray task: on the cluster at ADDRESS (auto: the one `ray start` started), or on "
                         "a local Ray instance when no address is given (pip install 'clframework[ray]'; docs/scale.md)")
@@ -176,10 +184,10 @@ def _study_args(p: argparse.ArgumentParser) -> None:
 
 
 def _backend(args):
-    """--jobs/--threads/--ray, checked before any data loads."""
+    """--jobs/--threads/--ray (run: --threads), checked before any data loads."""
     from ..parallel import Backend, parse_jobs
 
-    return Backend(jobs=parse_jobs(args.jobs), threads=args.threads, ray=args.ray)
+    return Backend(jobs=parse_jobs(getattr(args, "jobs", "1")), threads=args.threads, ray=getattr(args, "ray", None))
 
 
 def _wandb_args(p: argparse.ArgumentParser) -> None:
@@ -259,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--arms", help="comma-separated arms and controls to run, in this order (default: all); "
                     "an arm may override hyperparameters, e.g. --arms si,sgd,ewc,si:c=0.02,joint")
     xp.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    _threads_arg(xp)
     _model_args(xp)
     xp.add_argument("--out", type=Path, help="output folder")
     xp.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -290,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--tasks", type=int, default=0, help="first N tasks only (0 = all)")
     bp.add_argument("--max-train", type=int, default=0, help="at most N training examples per task (0 = all)")
     bp.add_argument("--set", action="append", default=[], metavar="STRATEGY.KEY=VALUE", help="e.g. --set si.c=0.1")
-    bp.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's own choice)")
+    _threads_arg(bp, "torch's own choice")
     bp.add_argument("--targets", action="store_true",
                     help="also judge the speed budgets (docs/performance.md); no verdict on an entry whose "
                          "ratio's spread exceeds --max-spread")
@@ -324,21 +333,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _base_config(args, strategy: str):
-    from ..experiment import RunConfig
-
-    hidden = None
-    if args.hidden:
-        try:
-            hidden = [int(h) for h in args.hidden.split(",") if h]
-        except ValueError:
-            raise RegistryError(f"--hidden expects comma-separated integers like 256,256, got {args.hidden!r}") from None
+def _benchmark_options(args) -> Dict[str, str]:
     options = _parse_sets(args.option, "--option", "n_tasks=3")
     for key, value in (("setting", args.setting), ("data_root", args.data_root)):
         if value is not None:
             if key in options:
                 raise RegistryError(f"--option {key}=... and --{key.replace('_', '-')} both given; give one")
             options[key] = value
+    return options
+
+
+def _hidden(args) -> Optional[List[int]]:
+    if not args.hidden:
+        return None
+    try:
+        return [int(h) for h in args.hidden.split(",") if h]
+    except ValueError:
+        raise RegistryError(f"--hidden expects comma-separated integers like 256,256, got {args.hidden!r}") from None
+
+
+def _check_before_torch(args, strategies: List[str]) -> None:
+    """The argument errors found without importing torch, so that they answer at once (run, compare, tune): the
+    strategies' names and --set's keys, the benchmark's name and options, --hidden, --jobs/--threads/
+    --ray, --plots. What needs the code itself (a hyperparameter's range, the model, the device) is checked next,
+    still before any training, by RunConfig.resolved."""
+    registry = _strategy_registry(args)
+    for strategy in strategies:
+        registry.get(strategy)
+    for strategy, hparams in _parse_strategy_sets(args.set, strategies, registry).items():
+        known = registry.get(strategy).params
+        registry.check_hparams(strategy, {k: v for k, v in hparams.items() if k not in known})  # unknown: refused
+    from clframework.benchmarks.registry import BENCHMARKS
+
+    BENCHMARKS.check_hparams(args.benchmark, _benchmark_options(args))
+    _hidden(args)
+    if getattr(args, "seeds", 1) < 1:
+        raise ValueError(f"--seeds must be an integer >= 1, got {args.seeds!r}")
+    _backend(args)
+    _figures(args)
+
+
+def _strategy_registry(args):
+    """The registry to check strategy arguments against: the built-ins read from their source (no torch) unless
+    plugins or installed entry points may add strategies, else the strategy registry itself."""
+    from importlib import metadata
+
+    from ..registry import declared_registry
+
+    if not args.plugin and not metadata.entry_points(group="clframework.strategies"):
+        declared = declared_registry("strategy", "clframework.strategies", "register_strategy", "Strategy")
+        if declared is not None:
+            return declared
+    from ..plugin import STRATEGIES
+
+    return STRATEGIES
+
+
+def _base_config(args, strategy: str):
+    from ..experiment import RunConfig
+
+    hidden, options = _hidden(args), _benchmark_options(args)
     return RunConfig(strategy=strategy, benchmark=args.benchmark, seed=getattr(args, "seed", 0), epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, hidden=hidden, dropout=args.dropout, device=args.device,
                      benchmark_options=options, tasks=args.tasks, model=args.model, augment=args.augment,
@@ -409,6 +463,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
+    _check_before_torch(args, [args.strategy])
     from ..experiment import run
 
     cfg = _base_config(args, args.strategy)
@@ -418,7 +473,7 @@ def cmd_run(args) -> int:
     out = args.out or Path("runs") / f"{args.benchmark}-{args.strategy}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     loggers, _ = _wandb_loggers(args, out, args.wandb_group, several=False)
     res = run(cfg, out, quiet=args.quiet, callbacks=loggers(cfg.resolved()) if loggers else (),
-              **_folder_options(args), figures=figures)
+              **_folder_options(args), figures=figures, threads=args.threads)
     m = res.metrics
     print(f"{args.strategy} on {args.benchmark} (seed {args.seed}): acc {m['acc']:.4f}  bwt {m['bwt']:+.4f}  "
           f"forgetting {m['forgetting']:.4f}  ({res.train_seconds:.1f} s training)")
@@ -430,14 +485,15 @@ def cmd_compare(args) -> int:
     from ..progress import StudyProgress
 
     with StudyProgress("compare", args.quiet) as progress:  # before torch loads: the first output within a second
-        backend = _backend(args)
-        figures = _figures(args)
-        from ..experiment import compare, format_table
-
         strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
         if not strategies:
             raise ValueError(f"give at least one strategy to compare (e.g. --strategies naive,si), got "
                              f"{args.strategies!r}")
+        _check_before_torch(args, strategies)
+        backend = _backend(args)
+        figures = _figures(args)
+        from ..experiment import compare, format_table
+
         hparams = _parse_strategy_sets(args.set, strategies)
         out = args.out or Path("runs") / f"compare-{args.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
         base = _base_config(args, strategies[0])
@@ -476,6 +532,9 @@ def cmd_reproduce(args) -> int:
     with StudyProgress(f"reproduce {args.experiment}", args.quiet) as progress:
         backend = _backend(args)
         figures = _figures(args)
+        from .paper import check_request
+
+        check_request(args.experiment, args.dataset, args.buffer)
         from .reproduce import reproduce
 
         out = args.out or Path("runs") / f"reproduce-{args.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -495,6 +554,7 @@ def cmd_tune(args) -> int:
     from ..progress import StudyProgress
 
     with StudyProgress(f"tune {args.strategy}", args.quiet) as progress:
+        _check_before_torch(args, [args.strategy])
         backend = _backend(args)
         figures = _figures(args)
         from .tune import parse_grid, tune

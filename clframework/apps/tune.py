@@ -77,7 +77,8 @@ def _tune(base, keys, configs, resolved, stream, seeds, quiet, log, checkpoint_e
         return ([RunJob(f"{base.strategy} {point} seed {s} ({split})", replace(cfg, seed=s),
                         runs_root / folder[s] if runs_root is not None else None,
                         tuple(callbacks_for(replace(cfg, seed=s))) if callbacks_for else (), quiet or backend.parallel,
-                        resume or backend.parallel, checkpoint_every, figures=figures) for s in range(seeds)],
+                        resume or backend.parallel, checkpoint_every, figures=figures, threads=backend.threads)
+                 for s in range(seeds)],
                 [out_dir / f if out_dir is not None else None for f in folder])
 
     def accuracies(split: str, point: dict, results: List[dict]) -> List[Optional[float]]:
