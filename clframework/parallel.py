@@ -212,6 +212,11 @@ def _init_worker(path: str, threads: int, plugins, parent: int) -> None:
     # would leave it behind, and the tracker warn of a "leaked semaphore" at exit; a worker's bars need no such lock
     tqdm.set_lock(threading.RLock())
     torch.set_num_threads(threads)
+    # an optimizer's step imports torch._dynamo (torch/optim/optimizer.py, _use_grad), which costs about as much as
+    # torch itself (python -X importtime): here, not in the worker's first run, so that run's seconds are its own and
+    # the main process, which has it loaded, takes runs meanwhile
+    import torch._dynamo  # noqa: F401
+
     _import_plugins(plugins)
     _SHARED = torch.load(path, mmap=True, weights_only=False)
 

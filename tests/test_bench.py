@@ -133,20 +133,31 @@ def test_clock_pauses_the_garbage_collector_and_peak_memory_sees_an_allocation()
 
 
 @pytest.mark.slow
-def test_bench_study_times_jobs1_and_jobs2_on_one_grid(tmp_path, capsys):
-    code = main(["bench", "--study", "--modes", "jobs1,jobs2", "--strategies", "naive,si", "--seeds", "2",
-                 "--epochs", "1", "--tasks", "2", "--out", str(tmp_path)])
+def test_bench_study_times_jobs1_and_jobs2_on_one_grid_beside_the_machines_capacity(tmp_path, capsys):
+    """A dry run of issue 29's study benchmark, tiny: the same grid with --jobs 1 --threads 1 and --jobs 2, the
+    capacity loop alone and side by side; no figure is judged (that is a quiet machine's job)."""
+    code = main(["bench", "--study", "--benchmark", "split-mnist-5k", "--modes", "jobs1,jobs2", "--strategies",
+                 "naive,si", "--seeds", "2", "--tasks", "2", "--capacity-steps", "10", "--out", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
     saved = json.loads((tmp_path / "study.json").read_text())
     rows = {r["mode"]: r for r in saved["rows"]}
-    assert set(rows) == {"jobs1", "jobs2"} and saved["runs"] == 4
-    assert rows["jobs2"]["jobs"] == 2 and rows["jobs2"]["threads_per_run"] == 1
+    assert set(rows) == {"jobs1", "jobs2"} and saved["runs"] == 4 and saved["epochs"] == 1
+    assert rows["jobs1"]["threads_per_run"] == 1 and rows["jobs1"]["processes"] == 1
+    assert rows["jobs2"]["jobs"] == 2 and rows["jobs2"]["threads_per_run"] == 1 and rows["jobs2"]["processes"] == 2
     assert rows["jobs1"]["speedup"] == 1.0 and rows["jobs2"]["seconds"] > 0
     assert abs(rows["jobs2"]["speedup"] - rows["jobs1"]["seconds"] / rows["jobs2"]["seconds"]) < 1e-12
-    assert rows["jobs2"]["same_matrices_as_jobs2"] is True
+    for r in rows.values():  # where the time went: the runs' own seconds and the core seconds outside them
+        assert 0 < r["train_seconds"] <= r["run_seconds"]
+        assert abs(r["outside_runs_core_seconds"] - (r["processes"] * r["seconds"] - r["run_seconds"])) < 1e-9
+    assert abs(rows["jobs2"]["run_growth"] - rows["jobs2"]["run_seconds"] / rows["jobs1"]["run_seconds"]) < 1e-12
+    assert rows["jobs2"]["same_matrices_as_jobs1"] is True  # one thread each: the same arithmetic
     assert len(rows["jobs2"]["matrices"]["si"]) == 2 and len(rows["jobs2"]["matrices"]["si"][0]) == 2  # 2 tasks
-    assert re.search(r"^jobs2\s+2\s+1\s+[\d.]+\s+[\d.]+x", out, re.M) and "budget" not in out
+    cap = saved["capacity"]
+    assert len(cap["alone_seconds"]) == 2 and len(cap["pair_seconds"]) == 2 and cap["widths"] == [784, 256, 256, 2]
+    assert cap["capacity"] == pytest.approx(2 * sum(cap["alone_seconds"]) / 2 / max(cap["pair_seconds"]))
+    assert re.search(r"^machine capacity: .* \d\.\d\dx \(load ", out, re.M)
+    assert re.search(r"^jobs2\s+2\s+1\s+[\d.]+\s+[\d.]+x\s+\d+%", out, re.M) and "budget" not in out
     assert saved["targets"][0]["target"] == "jobs2 >= 1.6x jobs1"
 
 

@@ -108,3 +108,30 @@ def test_per_run_bar_names_strategy_seed_and_task(mnist_stream, capsys):
     trainer = Trainer(mlp(784, [2] * 5, [16]), make_strategy("naive"), epochs=1, label="si seed 3")
     trainer.train_task(mnist_stream[1], 1)
     assert "si seed 3 task 2 2-3" in capsys.readouterr().err
+
+
+def test_default_threads_one_for_a_small_model_else_the_share():
+    """The rule in one place (parallel.default_threads): a model under MANY_THREADS_FROM weights trains on one thread
+    whatever its share of the cores; a larger one on its whole share."""
+    import torch
+
+    from clframework.parallel import MANY_THREADS_FROM, default_threads, run_threads
+
+    assert default_threads(MANY_THREADS_FROM - 1, 8) == 1 and default_threads(MANY_THREADS_FROM, 8) == 8
+    assert default_threads(MANY_THREADS_FROM, 0) == 1
+    before = torch.get_num_threads()
+    small = torch.nn.Linear(4, 2)
+    with run_threads(None, small) as n:
+        assert n == 1 == torch.get_num_threads()
+    with run_threads(3, small) as n:
+        assert n == 3 == torch.get_num_threads()
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("argv", [["run", "--strategy", "si"], ["compare"], ["tune", "--strategy", "si"],
+                                  ["reproduce", "split-mnist"], ["bench"]])
+def test_every_training_command_takes_threads(argv):
+    from clframework.apps.cli import build_parser
+
+    assert build_parser().parse_args([*argv, "--threads", "3"]).threads == 3
+    assert build_parser().parse_args(argv).threads is None

@@ -285,8 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     _wandb_args(tp)
     _study_args(tp)
     bp = sub.add_parser("bench", help="time a bare PyTorch loop, our strategies and Avalanche's on one stream")
-    bp.add_argument("--benchmark", default=DEFAULT_BENCHMARK, help=f"registered benchmark (default {DEFAULT_BENCHMARK})")
-    bp.add_argument("--epochs", type=int, help="epochs per task (default: the benchmark's protocol)")
+    bp.add_argument("--benchmark", help=f"registered benchmark (default {DEFAULT_BENCHMARK}; --study: "
+                                        f"split-fashion-mnist)")
+    bp.add_argument("--epochs", type=int, help="epochs per task (default: the benchmark's protocol; --study: 1)")
     bp.add_argument("--batch-size", type=int, help="minibatch size (default: the benchmark's protocol)")
     bp.add_argument("--repeats", type=int, default=5,
                     help="timed passes over the stream, the entries taking turns task by task (default 5)")
@@ -309,12 +310,16 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--out", type=Path, help="folder for bench.json and bench.md")
     bp.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
     bp.add_argument("--study", action="store_true",
-                    help="instead: time a small compare grid with --jobs 1, --jobs 2 and a local Ray, and print the "
-                         "speed-ups (docs/performance.md)")
-    bp.add_argument("--strategies", default="naive,ewc,si", help="--study: the grid's strategies (default naive,ewc,si)")
-    bp.add_argument("--seeds", type=int, default=4, help="--study: seeds per strategy (default 4)")
+                    help="instead: time a compare grid with --jobs 1 --threads 1, --jobs 2 and a local Ray, beside the "
+                         "machine's capacity (two single-thread processes against one), and print the speed-ups "
+                         "(docs/performance.md)")
+    bp.add_argument("--strategies", default="naive,si,ewc,er",
+                    help="--study: the grid's strategies (default naive,si,ewc,er)")
+    bp.add_argument("--seeds", type=int, default=3, help="--study: seeds per strategy (default 3)")
     bp.add_argument("--modes", default=",".join(("jobs1", "jobs2", "ray")),
                     help="--study: which of jobs1,jobs2,ray to time (default all)")
+    bp.add_argument("--capacity-steps", type=int, default=1500, metavar="N",
+                    help="--study: steps of the loop that measures the machine's capacity (default 1500; 0: skip)")
     rl = sub.add_parser("runs", help="past runs and studies under a folder: label, benchmark, ACC, status, date")
     rl.add_argument("folder", nargs="?", type=Path, default=Path("runs"), help="where to look (default: runs)")
     rp = sub.add_parser("report", help="a finished compare's or reproduce's table for a paper: mean +- SEM, best in "
@@ -584,7 +589,7 @@ def cmd_bench(args) -> int:
     groups = {"all": list(ENTRIES), "rehearsal": list(REHEARSAL_ENTRIES)}
     entries = groups.get(args.entries) or [e.strip() for e in args.entries.split(",") if e.strip()]
     quick = QUICK if args.quick else {}
-    config = BenchConfig(benchmark=args.benchmark, epochs=args.epochs or quick.get("epochs"),
+    config = BenchConfig(benchmark=args.benchmark or DEFAULT_BENCHMARK, epochs=args.epochs or quick.get("epochs"),
                          batch_size=args.batch_size, tasks=args.tasks or quick.get("tasks", 0),
                          max_train=args.max_train or quick.get("max_train", 0), repeats=args.repeats,
                          entries=entries, device=args.device,
@@ -629,9 +634,11 @@ def _bench_study(args) -> int:
 
     from .bench import StudyBenchConfig, format_study, run_study_bench
 
-    config = StudyBenchConfig(args.benchmark, [s.strip() for s in args.strategies.split(",") if s.strip()],
-                              args.seeds, args.epochs, [m.strip() for m in args.modes.split(",") if m.strip()],
-                              args.tasks or None)
+    config = StudyBenchConfig(args.benchmark or StudyBenchConfig.benchmark,
+                              [s.strip() for s in args.strategies.split(",") if s.strip()], args.seeds,
+                              args.epochs or StudyBenchConfig.epochs,
+                              [m.strip() for m in args.modes.split(",") if m.strip()], args.tasks or None,
+                              args.capacity_steps)
     result = run_study_bench(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(format_study(result, show_targets=args.targets))
     if args.out:
