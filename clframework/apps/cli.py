@@ -380,12 +380,14 @@ def _check_before_torch(args, strategies: List[str]) -> None:
 
 def _strategy_registry(args):
     """The registry to check strategy arguments against: the built-ins read from their source (no torch) unless
-    plugins or installed entry points may add strategies, else the strategy registry itself."""
+    plugins or installed entry points may add strategies or the registry is loaded already (main() called from
+    Python, whose code may have registered some), else the strategy registry itself."""
     from importlib import metadata
 
     from ..registry import declared_registry
 
-    if not args.plugin and not metadata.entry_points(group="clframework.strategies"):
+    loaded = "clframework.plugin" in sys.modules
+    if not loaded and not args.plugin and not metadata.entry_points(group="clframework.strategies"):
         declared = declared_registry("strategy", "clframework.strategies", "register_strategy", "Strategy")
         if declared is not None:
             return declared
