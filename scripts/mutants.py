@@ -356,6 +356,141 @@ def _(stack):
     wrap_method(stack, LwF, "on_task_end", after=lambda self, result, *a: self._old.train())
 
 
+# ---- the rehearsal family (tests by conf-rehearsal: stream_rehearsal, replay_agem) ---------------------------------
+
+REH = "tests/conformance/test_stream_rehearsal.py"
+EPI = "tests/conformance/test_replay_agem.py"
+
+
+@mutant("er", "two means summed: CE(incoming) + CE(memory sample)", REH, "[er- and mlp")
+def _(stack):
+    import torch.nn.functional as F
+    from clframework.strategies.er import ER
+
+    def task_loss(self, model, batch):
+        return sum(F.cross_entropy(batch.out[a:b], batch.y[a:b]) for a, b in self.rows)
+
+    patch(stack, ER, "task_loss", task_loss)
+
+
+@mutant("er", "reservoir index off by one: j ~ U{0..i-1} instead of U{0..i}", REH, "[er- and mlp")
+def _(stack):
+    import torch
+    from clframework.strategies import memory
+
+    def off_by_one(seen, incoming, capacity, generator):
+        count = torch.arange(seen, seen + incoming, dtype=torch.long)
+        draw = (torch.rand(incoming, generator=generator, dtype=torch.float64) * count).long()
+        slot = torch.where(count < capacity, count, draw)
+        keep = slot < capacity
+        slot, index = slot[keep], torch.arange(incoming)[keep]
+        last = torch.full((capacity,), -1, dtype=torch.long).scatter_reduce_(0, slot, torch.arange(len(slot)), "amax")
+        won = last[last >= 0]
+        return slot[won], index[won]
+
+    patch(stack, memory, "reservoir_slots", off_by_one)
+
+
+@mutant("der", "logits stored after the optimizer step (not the training forward's)", REH, "[der- and mlp")
+def _(stack):
+    import torch
+    from clframework.models import forward_heads
+    from clframework.strategies.der import DER
+    original = DER.on_after_step
+
+    def on_after_step(self, model):
+        if self.offer.get("logits") is not None:
+            with torch.no_grad():
+                self.offer["logits"] = forward_heads(model, self.offer["x"], self.offer["head"])
+        original(self, model)
+
+    patch(stack, DER, "on_after_step", on_after_step)
+
+
+@mutant("der", "BatchNorm statistics from the joined batch (one forward pass over incoming + memory rows)", REH,
+        "[der- and resnet")
+def _(stack):
+    from clframework.models import forward_heads
+    from clframework.strategies.memory import SeparatePasses
+    patch(stack, SeparatePasses, "forward", lambda self, model, batch, run=forward_heads: run(model, batch.x,
+                                                                                              batch.head))
+
+
+@mutant("derpp", "the same memory sample drawn twice (for the logit and the label terms)", REH, "[derpp- and mlp")
+def _(stack):
+    from clframework.strategies.memory import StreamRehearsal
+    original = StreamRehearsal.replayed
+
+    def replayed(self, batch, *sizes):
+        draw, first = self.memory.draw, []
+        self.memory.draw = lambda k: first[0] if first else first.append(draw(k)) or first[0]
+        try:
+            return original(self, batch, *sizes)
+        finally:
+            del self.memory.draw
+
+    patch(stack, StreamRehearsal, "replayed", replayed)
+
+
+@mutant("er_ace", "incoming mask without the classes not yet seen (present classes only)", REH,
+        "[er_ace- and mlp and class")
+def _(stack):
+    from clframework.strategies import er_ace
+    patch(stack, er_ace, "ace_mask", lambda now, seen: now)
+
+
+@mutant("agem", "projection with the wrong sign (g + (g.r / r.r) r)", EPI, "[agem- and mlp")
+def _(stack):
+    from clframework.strategies import agem
+    original = agem.agem_project
+
+    def flipped(g, g_ref):
+        out = original(g, g_ref)
+        if not isinstance(out, (list, tuple)):
+            return 2 * g - out
+        return [o if o is None or gi is None else 2 * gi - o for o, gi in zip(out, g)]
+
+    patch(stack, agem, "agem_project", flipped)
+
+
+# ---- iCaRL and GDumb (tests by conf-icarl-gdumb) -------------------------------------------------------------------
+
+IG = "tests/conformance/test_icarl_gdumb.py"
+
+
+@mutant("icarl", "herding on unnormalized features", IG, "test_icarl_conforms and mlp")
+def _(stack):
+    import torch
+    from clframework.models import penultimate
+    from clframework.strategies.icarl import ICaRL
+
+    def unnormalized(self, model, x):
+        with torch.no_grad():
+            return penultimate(model, x)
+
+    patch(stack, ICaRL, "_features", unnormalized)
+
+
+@mutant("icarl", "loss without the old model's targets (old classes' outputs pushed to 0)", IG,
+        "test_icarl_conforms and mlp")
+def _(stack):
+    from clframework.strategies import icarl
+    original = icarl.icarl_targets
+    patch(stack, icarl, "icarl_targets", lambda y, width, n_past, old: original(y, width, n_past, None))
+
+
+@mutant("gdumb", "the fit without gradient clipping", IG, "test_gdumb_fit_conforms and mlp")
+def _(stack):
+    import torch
+    patch(stack, torch.nn.utils, "clip_grad_norm_", lambda params, clip, *a, **k: None)
+
+
+@mutant("gdumb", "the fit without cutmix", IG, "test_gdumb_fit_conforms and resnet")
+def _(stack):
+    from clframework.strategies import gdumb
+    patch(stack, gdumb, "cutmix_draw", lambda *args: None)
+
+
 # ---- running them --------------------------------------------------------------------------------------------------
 
 class _OneThread:
@@ -389,7 +524,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for m in chosen:
             print(f"{m.method:12} {m.name}  [{m.tests} -k '{m.select}']")
         return 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     rows, failed = [], False
     baseline = {}
     for m in chosen:
@@ -421,7 +556,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     counts = {s: sum(1 for r in rows if r[1] == s) for s in ("killed", "SURVIVED", "pending")}
     print(f"\n{counts['killed']} killed, {counts['SURVIVED']} survived, {counts['pending']} pending, "
           f"{len(rows) - sum(counts.values())} other, of {len(rows)} mutants over "
-          f"{len({m.method for m, *_ in rows})} methods in {time.perf_counter() - start:.0f} s")
+          f"{len({m.method for m, *_ in rows})} methods in {time.perf_counter() - start:.0f} s "
+          f"({time.process_time() - cpu:.0f} CPU s)")
     return 1 if failed else 0
 
 
