@@ -28,3 +28,19 @@ def test_dependency_table_names_every_installed_package():
     rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| ")]
     listed = {w.lower() for row in rows for w in re.findall(r"[A-Za-z0-9_.-]+", row)}
     assert names <= listed, f"packages setup.cfg installs that README's table leaves out: {sorted(names - listed)}"
+
+
+def test_the_cpu_install_pins_are_satisfiable_by_torchs_cpu_wheels():
+    """README's CPU-only install takes torch and torchvision from torch's CPU index, whose versions carry `+cpu`:
+    setup.cfg's pins must accept them, or the second `pip install -e .` would replace them with the CUDA build."""
+    from packaging.requirements import Requirement
+
+    readme = (ROOT / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if "download.pytorch.org/whl/cpu" in line and "pip" in line)
+    pinned = dict(re.findall(r"\b(torch|torchvision)==([\w.]+)", line))
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    requires = {Requirement(r).name: Requirement(r) for r in cfg["options"]["install_requires"].split("\n") if r}
+    assert set(pinned) == {"torch", "torchvision"}
+    for name, version in pinned.items():
+        assert requires[name].specifier.contains(f"{version}+cpu"), (name, version, requires[name])
