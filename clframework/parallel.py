@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -231,6 +232,20 @@ def _call(fn, payload, index: int, folder: str):
 _BROKEN = object()  # a future the broken pool failed: run again
 
 
+def _take(future) -> bool:
+    """Cancel a queued future so that this process runs its payload. A pool that breaks meanwhile still holds it
+    and sets an exception on it, which Python 3.11 raises on in the pool's thread for a cancelled future
+    (InvalidStateError; 3.12 ignores it): a taken future ignores that."""
+    if not future.cancel():
+        return False
+    future.set_exception = lambda exc: None
+    return True
+
+
+class WorkersFailed(RuntimeError):
+    """--jobs workers died while starting twice: the study stops (its finished runs are kept)."""
+
+
 def _death(exitcode: Optional[int]) -> str:
     if exitcode is not None and exitcode < 0:
         name = signal.Signals(-exitcode).name
@@ -288,6 +303,7 @@ class Pool(Executor):
         from .checkpoint import lock_in_workers
 
         results, deaths, todo = [None] * len(payloads), [0] * len(payloads), list(range(len(payloads)))
+        starts = 0  # pools whose workers died while starting
         here = True  # this process trains too (not the retries: a run that killed its worker stays in a worker)
         while todo:
             if here:
@@ -313,7 +329,7 @@ class Pool(Executor):
             if here:
                 with _threads(self.threads):
                     for future in reversed(list(submitted)):
-                        if not future.cancel():  # a worker has it: so it has every run before it
+                        if not _take(future):  # a worker has it: so it has every run before it
                             break
                         i = submitted.pop(future)
                         results[i] = fn(self.shared, payloads[i])
@@ -324,12 +340,21 @@ class Pool(Executor):
             if not broken:
                 return results
             self.pool.shutdown(wait=True)  # the broken pool has terminated its other workers: wait for them
+            for p in workers.values():
+                p.join(5)
             # the pool terminated its other workers with SIGTERM; a worker that died otherwise names its run
             died = {pid: p.exitcode for pid, p in workers.items() if p.exitcode not in (0, -signal.SIGTERM)}
             running = {pid: Path(self.folder, f"running-{pid}") for pid in died}
             if not any(f.exists() for f in running.values()):  # it died starting (e.g. importing): no run to retry
-                raise BrokenProcessPool(f"a worker process of --jobs died while starting "
-                                        f"({', '.join(map(_death, died.values()))})")
+                why = ", ".join(sorted({_death(code) for code in died.values()}))
+                starts += 1
+                if starts == 2:
+                    raise WorkersFailed(f"--jobs worker processes died while starting, twice ({why}); the runs "
+                                        f"finished so far are kept: once the cause is fixed (memory, a plugin's "
+                                        f"import), continue with the same command plus --resume")
+                warnings.warn(f"a --jobs worker process died while starting ({why}); the workers are started again")
+                todo, self.pool = [i for i in broken], self.start()
+                continue
             dead = {int(f.read_text()): _death(died[pid]) for pid, f in running.items() if f.exists()}
             todo = []
             for i in broken:
@@ -350,7 +375,7 @@ class Pool(Executor):
     def abort(self) -> None:
         """Stop the workers now (Ctrl-C, an error): their runs' checkpoints are written atomically, so a kill loses
         at most the steps since the last one, and --resume continues from there."""
-        for process in list(self.pool._processes.values()):
+        for process in list((self.pool._processes or {}).values()):  # None once the pool broke
             process.kill()
 
 

@@ -1202,3 +1202,66 @@ def test_a_memory_larger_than_the_data_trains_and_is_said(tmp_path, cli, mnist_s
         proc = cli("run", "--strategy", "er", "--tasks", "2", "--set", "memory_size=1000000000000", "--out",
                    str(tmp_path / "r"), *TINY)
     assert proc.returncode == 0, proc.stderr
+
+
+# ---- issue 30, item 6: a --jobs worker dying while it starts ------------------------------------------------------
+
+DIES_STARTING = textwrap.dedent('''
+    import multiprocessing
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    from clframework import register_strategy
+    from clframework.strategies.naive import Naive
+
+    GATE = Path(os.environ["GATE"])
+    if multiprocessing.current_process().name != "MainProcess":  # a --jobs worker, importing the plugin
+        if os.environ["DIE"] == "always" or not (GATE / "died").exists():
+            (GATE / "died").touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    @register_strategy("waits-for-a-death")
+    class WaitsForADeath(Naive):
+        """Trained by the main process (the last run): it waits until a worker died starting, so that the pool is
+        broken while runs are still queued, however fast the machine."""
+
+        def on_task_start(self, model, task_index):
+            deadline = time.time() + 120
+            while not (GATE / "died").exists() and time.time() < deadline:
+                time.sleep(0.01)
+            time.sleep(1)
+''')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("die", ["once", "always"])
+def test_a_worker_dying_while_it_starts_is_retried_once_then_stops_with_one_line(tmp_path, python, die):
+    """Issue 30, item 6: the study crashed with BrokenProcessPool, then an AttributeError in parallel.py and an
+    InvalidStateError thread traceback, and no --resume hint. Now the workers are started again once; a second
+    death stops the study with one line naming --resume, and --resume finishes it."""
+    (tmp_path / "dies_starting.py").write_text(DIES_STARTING)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    out = tmp_path / "cmp"
+    args = ["compare", "--strategies", "naive,si,waits-for-a-death", "--seeds", "1", "--jobs", "3", "--tasks", "2",
+            "--plugin", "dies_starting", "--out", str(out), *TINY]
+    proc = _cli(*args, env={"GATE": str(gate), "DIE": die}, cwd=tmp_path, python=python)
+    assert "Traceback" not in proc.stderr and "Exception in thread" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    again = ("clframework: warning: a --jobs worker process died while starting (killed by SIGKILL (kill -9 or the "
+             "out-of-memory killer)); the workers are started again")
+    if die == "once":
+        assert proc.returncode == 0 and lines == [again], proc.stderr
+        assert len(_strict_json(out / "summary.json")["strategies"]) == 3
+        return
+    assert proc.returncode == 2, proc.stderr
+    assert lines == [again, "clframework: error: --jobs worker processes died while starting, twice (killed by "
+                            "SIGKILL (kill -9 or the out-of-memory killer)); the runs finished so far are kept: once "
+                            "the cause is fixed (memory, a plugin's import), continue with the same command plus "
+                            "--resume"], proc.stderr
+    assert (out / "waits-for-a-death-seed0" / "results.json").is_file()  # the main process's run
+    done = _cli(*args, "--resume", env={"GATE": str(gate), "DIE": "never"}, cwd=tmp_path, python=python)
+    assert done.returncode == 0, done.stderr
+    assert len(_strict_json(out / "summary.json")["strategies"]) == 3
