@@ -8,6 +8,7 @@ layout stops the build, before any training, with one error naming the folder, w
 """
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -20,6 +21,8 @@ from .datasets import DatasetCorrupt, resolve_root
 from .scenarios import LabeledData, split
 from .stream import DatasetExamples, Normalize, Stream, Task, TensorExamples
 
+CHECK_DATA = "CLFRAMEWORK_CHECK_DATA"  # "1" (--check-data): decode every image before training, not a sample
+SAMPLE = 16  # images decoded by default before training, spread over the tree (every header is read)
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -92,6 +95,34 @@ class MemmapArray(Dataset):
         if self._array is None:
             self._array = np.load(self.path, mmap_mode="r")
         return torch.from_numpy(np.array(self._array[i]))
+
+
+def scan_images(paths: Sequence, same_size: bool) -> None:
+    """Before training: every image's header is read (PIL reads no pixels for it), a spread-out sample of SAMPLE images
+    is decoded (every one with $CLFRAMEWORK_CHECK_DATA=1, --check-data), and with `same_size` (images kept at their
+    size) one of another size than the first is refused; each error names the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    decode_all = os.environ.get(CHECK_DATA) == "1"
+    step = max(1, len(paths) // SAMPLE)
+    first = None
+    for i, p in enumerate(paths):
+        try:
+            with Image.open(p) as f:
+                if decode_all or i % step == 0:
+                    f.convert("RGB")
+                dims = f.size
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise DatasetCorrupt(f"cannot read image {p} ({exc}); replace the file or delete it (checked before "
+                                 f"training)") from None
+        if not same_size:
+            continue
+        if first is None:
+            first = (p, dims)
+        elif dims != first[1]:
+            raise layout_error(p, f"images of one size, as they are kept at their size ({first[0]} is "
+                                  f"{first[1][0]}x{first[1][1]})", f"{dims[0]}x{dims[1]}",
+                               "Resize it, or have every image resized (--option size=N).")
 
 
 def from_files(train_paths: Sequence, train_labels: Sequence[int], test_paths: Sequence, test_labels: Sequence[int],
@@ -241,6 +272,7 @@ def image_folder(root, size: int = 224, test_fraction: float = 0.2, split_seed: 
             test[c], train[c] = sorted(files[:cut]), sorted(files[cut:])
     classes = sorted(train)
     paths = {s: [(p, i) for i, c in enumerate(classes) for p in d[c]] for s, d in (("train", train), ("test", test))}
+    scan_images([p for s in ("train", "test") for p, _ in paths[s]], same_size=not size)
     return from_files([p for p, _ in paths["train"]], [i for _, i in paths["train"]],
                       [p for p, _ in paths["test"]], [i for _, i in paths["test"]], name or root.name, size,
                       normalize, {"image_folder": str(root), "classes": len(classes),

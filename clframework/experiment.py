@@ -31,7 +31,7 @@ from .callbacks import prepare_study
 from .models import ModelSpec, build_model, model_factory, model_name
 from .parallel import Backend, Executor, open_executor, plugin_modules, run_threads
 from .inference import scorer_record
-from .plugin import STRATEGIES, Strategy, make_strategy
+from .plugin import STRATEGIES, Strategy, check_needs, make_strategy
 from .plugin import overrides as hook_overridden
 from .progress import StudyProgress
 from .registry import RegistryError
@@ -577,6 +577,8 @@ def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional
     stream.validate()
     for cfg in configs.values():
         check_subset(stream, cfg.eval_subset, cfg.evaluate_on)
+        check_needs(STRATEGIES.get(cfg.strategy).factory, cfg.strategy, model_for(cfg, cfg.resolved()["train"], stream),
+                    stream)  # every run's needs before the first one trains
     own_progress = progress is None
     progress = progress or StudyProgress("compare", quiet)
     args = (configs, seeds, quiet, callbacks_for, checkpoint_every, stream, started, summary_callbacks, label,

@@ -93,9 +93,13 @@ def join(batch: Batch, x: torch.Tensor, y: torch.Tensor, head: Union[int, torch.
 
 
 class Strategy:
-    """Base class of every continual-learning strategy; every hook defaults to doing nothing (fine-tuning)."""
+    """Base class of every continual-learning strategy; every hook defaults to doing nothing (fine-tuning).
+
+    needs: what the strategy requires of the model and the stream, by name (NEEDS: "class-setting", "single-head",
+    "head-argument", "features", or one added with `register_need`); checked before any training (`check_needs`)."""
 
     registered_name = "custom"
+    needs: Tuple[str, ...] = ()
 
     def on_task_start(self, model: nn.Module, task_index: int) -> None:
         """Before the first step of a task."""
@@ -185,6 +189,71 @@ def make_strategy(name: str, **hparams) -> Strategy:
     strategy = STRATEGIES.create(name, **hparams)
     strategy.hparams = STRATEGIES.check_hparams(name, hparams)
     return strategy
+
+
+# ---- what a strategy needs, checked before the first step of a run or of a study ----------------------------------
+
+NeedCheck = Callable[[nn.Module, Any], Optional[str]]
+
+
+def _class_setting(model: nn.Module, stream) -> Optional[str]:
+    if stream.setting != "class":
+        return (f"the class-incremental setting (one head over every class: --setting class); the stream is "
+                f"{stream.setting}-incremental")
+    return None
+
+
+def _single_head(model: nn.Module, stream) -> Optional[str]:
+    if len(stream.head_sizes) != 1:
+        return (f"a single-head stream (it trains a union of tasks as one task: --setting class or domain); the "
+                f"stream has {len(stream.head_sizes)} heads ({stream.setting}-incremental)")
+    return None
+
+
+def _head_argument(model: nn.Module, stream) -> Optional[str]:
+    from .models import takes_head
+
+    if not takes_head(model):
+        return (f"to call the model with a head, model(x, head): {type(model).__name__}.forward takes no head "
+                f"argument; add one (a single-head model may ignore it)")
+    return None
+
+
+def _features(model: nn.Module, stream) -> Optional[str]:
+    from .models import penultimate
+
+    task = stream.tasks[0]
+    device = next(model.parameters()).device
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            penultimate(model, task.inputs(task.examples("train").raw(slice(0, 1))).to(device))
+    except TypeError as exc:
+        return f"the model's penultimate features: {exc}"
+    finally:
+        model.train(was)
+    return None
+
+
+NEEDS: Dict[str, NeedCheck] = {"class-setting": _class_setting, "single-head": _single_head,
+                               "head-argument": _head_argument, "features": _features}
+
+
+def register_need(name: str, check: NeedCheck) -> None:
+    """A need strategies may declare (`needs = (name, ...)`): check(model, stream) gives None when met, else what
+    is needed and what was found (a phrase completing "strategy 'x' needs ...")."""
+    NEEDS[name] = check
+
+
+def check_needs(strategy: Union[Strategy, type], name: str, model: nn.Module, stream) -> None:
+    """Raise a ValueError naming the first need of the strategy that the model or stream does not meet."""
+    for need in getattr(strategy, "needs", ()):
+        if need not in NEEDS:
+            raise ValueError(f"strategy '{name}' declares an unknown need {need!r}; known: {', '.join(NEEDS)}")
+        why = NEEDS[need](model, stream)
+        if why:
+            raise ValueError(f"strategy '{name}' needs {why}")
 
 
 # ---- helpers shared by strategies -------------------------------------------------------------------------------

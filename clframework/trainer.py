@@ -29,7 +29,7 @@ from clframework.benchmarks.stream import compose
 from .callbacks import TrainerCallback  # also importable from here, its home before callbacks.py
 from .checkpoint import to_device
 from .models import forward_heads, takes_head
-from .plugin import Batch, Strategy, overrides
+from .plugin import Batch, Strategy, check_needs, overrides
 from .recipe import Recipe
 
 
@@ -462,6 +462,8 @@ class Trainer:
         """The stream's data are sound (Stream.validate) and the model serves every task: one probe forward per
         task (eval mode, no gradient, no random numbers drawn) must accept its inputs and give enough outputs."""
         stream.validate()
+        check_needs(self.strategy, getattr(self.strategy, "registered_name", type(self.strategy).__name__),
+                    self.model, stream)
         was_training = self.model.training
         self.model.eval()
         try:

@@ -38,6 +38,7 @@ def union_data(task: Task, x: torch.Tensor, y: torch.Tensor) -> Task:
 class Cumulative(Strategy):
     """Each task trains on the union of all tasks so far (a reference point, shown as a bound)."""
 
+    needs = ("single-head",)
     bound = "cumulative"
 
     def task_data(self, stream, task_index: int) -> Optional[Task]:
@@ -48,6 +49,7 @@ class Cumulative(Strategy):
 class Joint(Strategy):
     """Joint training on every task's data at once, at the last task (the upper bound, shown as a bound)."""
 
+    needs = ("single-head",)
     bound = "upper"
 
     def task_data(self, stream, task_index: int) -> Optional[Task]:

@@ -73,6 +73,8 @@ class NearestMeanOfExemplars(nn.Module):
 class ICaRL(Strategy):
     """iCaRL. memory_size: exemplars in all, re-divided equally over the classes seen."""
 
+    needs = ("class-setting", "head-argument", "features")
+
     def __init__(self, memory_size: int = 200, minibatch_size: int = 10):
         if memory_size < 1:
             raise ValueError(f"iCaRL needs memory_size >= 1, got {memory_size}")

@@ -1265,3 +1265,132 @@ def test_a_worker_dying_while_it_starts_is_retried_once_then_stops_with_one_line
     done = _cli(*args, "--resume", env={"GATE": str(gate), "DIE": "never"}, cwd=tmp_path, python=python)
     assert done.returncode == 0, done.stderr
     assert len(_strict_json(out / "summary.json")["strategies"]) == 3
+
+
+# ---- issue 30, item 7: a strategy's needs, checked before any run of a study trains ---------------------------------
+
+NO_HEAD_MODEL = textwrap.dedent('''
+    from torch import nn
+
+
+    class NoHead(nn.Module):
+        """A model of one's own whose forward takes no head argument."""
+
+        def __init__(self, inputs, outputs):
+            super().__init__()
+            self.trunk = nn.Sequential(nn.Flatten(), nn.Linear(inputs, 16), nn.ReLU())
+            self.out = nn.Linear(16, outputs)
+
+        def features(self, x):
+            return self.trunk(x)
+
+        def forward(self, x):
+            return self.out(self.trunk(x))
+
+
+    def no_head(input_shape, head_sizes):
+        size = 1
+        for d in input_shape:
+            size *= d
+        return NoHead(size, head_sizes[0])
+
+
+    class HeadNoFeatures(NoHead):
+        features = None
+
+        def forward(self, x, head=0):
+            return self.out(self.trunk(x))
+
+
+    def no_features(input_shape, head_sizes):
+        return HeadNoFeatures(784, head_sizes[0])
+''')
+
+
+@pytest.mark.parametrize("extra,message", [
+    ((), "strategy 'icarl' needs the class-incremental setting (one head over every class: --setting class); the "
+         "stream is task-incremental"),
+    (("--setting", "class", "--model", "own_models:no_head"),
+     "strategy 'icarl' needs to call the model with a head, model(x, head): NoHead.forward takes no head argument; "
+     "add one (a single-head model may ignore it)"),
+])
+def test_a_strategys_needs_stop_a_study_before_its_first_run_trains(tmp_path, cli, monkeypatch, extra, message):
+    """Issue 30, item 7: icarl on a task-incremental benchmark stopped a compare after the earlier runs trained (no
+    summary, later runs never run); a model whose forward takes no head failed iCaRL only after task 1 trained."""
+    (tmp_path / "own_models.py").write_text(NO_HEAD_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "cmp"
+    proc = cli("compare", "--strategies", "naive,icarl", "--seeds", "1", "--tasks", "2", *extra, "--out", str(out),
+               *TINY)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"clframework: error: {message}"]
+    assert not list(out.glob("*/config.json"))  # no run started
+
+
+def test_the_needs_of_cumulative_and_a_features_method_are_checked_before_training(tmp_path, cli, monkeypatch):
+    (tmp_path / "own_models.py").write_text(NO_HEAD_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    proc = cli("run", "--strategy", "cumulative", "--tasks", "2", "--out", str(tmp_path / "c"), *TINY)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "clframework: error: strategy 'cumulative' needs a single-head stream (it trains a union of tasks as one task: "
+        "--setting class or domain); the stream has 2 heads (task-incremental)"]
+    from clframework.plugin import check_needs
+
+    model = __import__("own_models").no_features((1, 28, 28), [4])
+    with pytest.raises(ValueError, match=r"^strategy 'icarl' needs the model's penultimate features: HeadNoFeatures does not "
+                                         r"expose its penultimate features: give it a method features\(x\)"):
+        check_needs(STRATEGIES.get("icarl").factory, "icarl", model, make_benchmark("split-mnist-5k",
+                                                                                      setting="class"))
+
+
+def _tree(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    import fake_folders
+
+    return fake_folders.image_folder(tmp_path / "tree", n_classes=4, per_class=5, size=8)
+
+
+def test_an_image_of_another_size_or_unreadable_is_named_before_training(tmp_path, cli):
+    """Issue 30, item 7: one image of another size failed after a task trained, as "a strategy or model" error with
+    a traceback naming no file; a corrupt image was found only when its task trained."""
+    from PIL import Image
+
+    tree = _tree(tmp_path)
+    odd = sorted((tree / "n00002003").iterdir())[2]
+    Image.new("RGB", (9, 8)).save(odd)
+    args = ("run", "--strategy", "naive", "--benchmark", "split-imagefolder", "--data-root", str(tree), *TINY)
+    proc = cli(*args, "--out", str(tmp_path / "a"))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"clframework: error: {odd}: expected images of one size, as they are kept at their size "
+        f"({sorted((tree / 'n00002000').iterdir())[0]} is 8x8); found 9x8. Resize it, or have every image resized "
+        f"(--option size=N)."], proc.stderr
+    Image.new("RGB", (8, 8)).save(odd)
+    bad = sorted((tree / "n00002001").iterdir())[1]
+    bad.write_bytes(b"not an image")
+    proc = cli(*args, "--out", str(tmp_path / "b"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"clframework: error: cannot read image {bad} (cannot identify image file")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # before the output folder
+
+
+def test_check_data_decodes_every_image_before_training(tmp_path, cli):
+    """A truncated image whose header reads is found only by decoding it: by default a sample of 16 spread over the
+    tree is decoded, --check-data decodes every one (here one the sample leaves out)."""
+    from clframework.benchmarks.folders import SAMPLE, image_folder
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import fake_folders
+
+    tree = fake_folders.image_folder(tmp_path / "tree", n_classes=4, per_class=10, size=8)
+    data = image_folder(tree, size=0)
+    order = data.train.dataset.paths + data.test.dataset.paths  # the order they are scanned in
+    assert 1 % max(1, len(order) // SAMPLE) != 0  # not in the decoded sample
+    truncated = Path(order[1])
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    image_folder(tree, size=0)  # the header reads: no error by default
+    proc = cli("run", "--strategy", "naive", "--benchmark", "split-imagefolder", "--data-root", str(tree),
+               "--check-data", "--out", str(tmp_path / "c"), *TINY)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"clframework: error: cannot read image {truncated} (")
+    assert proc.stderr.rstrip().endswith("replace the file or delete it (checked before training)")
+    assert "CLFRAMEWORK_CHECK_DATA" not in os.environ

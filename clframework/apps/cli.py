@@ -80,6 +80,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0, metavar="N",
                    help="DataLoader worker processes reading benchmarks stored on disk (default 0: in the training "
                         "process; in-memory benchmarks never use them)")
+    p.add_argument("--check-data", action="store_true",
+                   help="decode every image of a tree read from disk before training (default: every header and a "
+                        "sample of 16 images)")
     p.add_argument("--eval-every", type=int, metavar="STEPS",
                    help="continual evaluation: every STEPS optimizer steps (and at each task boundary), the accuracy "
                         "on every task seen so far; curves, min-ACC, WC-ACC, WF, WP, LCA and A_AUC in the results "
@@ -693,6 +696,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def _command(args) -> int:
     """Run the command; an error becomes its message and exit code (a KeyboardInterrupt passes through)."""
+    check = getattr(args, "check_data", False) and os.environ.get("CLFRAMEWORK_CHECK_DATA") != "1"
+    if check:  # read where image trees are built (here and in --jobs workers)
+        os.environ["CLFRAMEWORK_CHECK_DATA"] = "1"
     try:
         for module in getattr(args, "plugin", []):
             import_plugin(module)
@@ -717,6 +723,9 @@ def _command(args) -> int:
             raise
         print(f"clframework: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    finally:
+        if check:
+            del os.environ["CLFRAMEWORK_CHECK_DATA"]
 
 
 def _one_line(message, category, *args, **kwargs) -> None:
