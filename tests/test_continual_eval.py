@@ -164,3 +164,40 @@ def test_cli_run_writes_curves_and_metrics(tmp_path, cli):
               "--out", tmp_path / "bad")
     assert bad.returncode != 0 and "--eval-every (eval_every) must be an integer >= 1" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_continual_evaluation_guide_runs_and_holds_what_it_says(tmp_path, docs_python):
+    """docs/continual-evaluation.md: its compare writes the new columns, paired tests, figure and curves; its Python
+    example prints the points it states."""
+    from test_docs import DOCS, run_document
+
+    run_document(DOCS / "continual-evaluation.md", tmp_path, docs_python)
+    study = tmp_path / "ce-study"
+    summary = json.loads((study / "summary.json").read_text())
+    for name in ("naive", "er"):
+        assert {"min_acc", "wc_acc", "wf10", "wp10", "lca10", "a_auc"} <= set(summary["strategies"][name]["metrics"])
+    assert {p["metric"] for p in summary["paired"]} >= {"acc", "bwt", "min_acc", "wc_acc"}
+    table = (study / "table.md").read_text()
+    assert "| min-ACC |" in table and "| ACC |" in table and "| BWT |" in table
+    assert (study / "fig_continual.png").stat().st_size > 0
+    run = json.loads((study / "er-seed1" / "results.json").read_text())
+    assert run["continual_eval"]["every"] == 10 and run["continual_eval"]["sizes"] == [100, 100]
+
+
+@pytest.mark.slow
+def test_eval_cost_script_dry_run(tmp_path):
+    """scripts/eval_cost.py --dry-run: its files, the three modes, and equal matrices with and without evaluation."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "eval_cost.py"
+    spec = importlib.util.spec_from_file_location("eval_cost", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--dry-run", "--device", "cpu", "--strategies", "naive", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "eval_cost.json").read_text())
+    row = record["strategies"]["naive"]
+    assert set(row["seconds"]) == {"off", "every_50", "every_1"} and row["same_matrix"]
+    assert row["points"]["every_1"] > row["points"]["every_50"] > 0 and record["dry_run"]
+    assert "| naive | every_1 |" in (tmp_path / "eval_cost.md").read_text()
