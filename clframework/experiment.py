@@ -425,7 +425,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
     if out_dir is not None:
         (out_dir / FAILED).unlink(missing_ok=True)  # a failed run continued with --resume trains again
     try:
-        with run_threads(threads, model):
+        with run_threads(threads, model) as used:
+            record["threads"] = used  # what it trains with (collect saw the process's share)
             result = trainer.fit(stream, resume=state["trainer"] if state is not None else None)
     except TrainingDiverged as exc:
         exc.run = label

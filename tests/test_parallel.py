@@ -135,3 +135,11 @@ def test_every_training_command_takes_threads(argv):
 
     assert build_parser().parse_args([*argv, "--threads", "3"]).threads == 3
     assert build_parser().parse_args(argv).threads is None
+
+
+def test_a_runs_provenance_records_the_threads_it_trained_with(mnist_stream):
+    from clframework import RunConfig, run
+
+    cfg = RunConfig("naive", epochs=1, hidden=[8])
+    assert run(cfg, stream=mnist_stream.subset([0]), quiet=True).provenance["threads"] == 1  # small: one thread
+    assert run(cfg, stream=mnist_stream.subset([0]), quiet=True, threads=2).provenance["threads"] == 2
