@@ -22,8 +22,9 @@ A strategy that adds examples to the minibatch (`on_before_forward`: replay) has
 labels: the joined minibatch's heads become its per-example task labels (a MultiTaskModule sends each row through
 its head; a single-head model ignores them).
 
-A strategy that overrides `task_data`, `task_loss` or `eval_model` (cumulative, joint, ER, DER, ER-ACE, iCaRL, GDumb)
-changes the loop itself, which stays Avalanche's: the plugin refuses it (TypeError) rather than run another method.
+A strategy that overrides `task_data`, `forward`, `task_loss` or `eval_model` (cumulative, joint, DER, ER-ACE, iCaRL,
+GDumb) changes the loop itself, which stays Avalanche's: the plugin refuses it (TypeError) rather than run another
+method.
 
 Our strategies see the Avalanche model through `TaskView`, whose `forward(x, head)` sends inputs to one task's head
 (`forward_single_task` of a MultiTaskModule), so that, for example, EWC's Fisher uses the finished task's head.
@@ -117,6 +118,7 @@ def experience_head(experience, model: nn.Module) -> int:
 # overriding one would run silently as another method
 UNSUPPORTED_HOOKS = {
     "task_data": "the data each experience trains on is the experience's",
+    "forward": "the forward pass is one over the whole minibatch",
     "task_loss": "the training loss is its criterion on all rows",
     "eval_model": "evaluation scores the model itself",
 }

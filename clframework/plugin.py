@@ -5,7 +5,7 @@ The same hooks drive a strategy from clframework's Trainer or from a user's own 
     strategy.on_task_start(model, task_index)
     for x, y in batches:
         batch = strategy.on_before_forward(model, Batch(x, y, head))  # may join examples of its own (replay)
-        batch.out = forward_heads(model, batch.x, batch.head)
+        batch.out = strategy.forward(model, batch)  # default forward_heads(model, batch.x, batch.head)
         loss = strategy.task_loss(model, batch)  # default F.cross_entropy(batch.out, batch.y)
         (loss + strategy.loss_term(model, batch)).backward()   # an extra loss term (default: penalty(model))
         strategy.on_before_step(model)           # gradients are there, parameters not yet moved
@@ -17,10 +17,11 @@ The same hooks drive a strategy from clframework's Trainer or from a user's own 
 A strategy written to the original hooks (penalty(model), no batch) runs unchanged: `on_before_forward` returns the
 minibatch as it is and `loss_term` calls `penalty` unless a strategy overrides them.
 
-Three further hooks change what the loop does; the Trainer checks once per task whether a strategy overrides them
+Four further hooks change what the loop does; the Trainer checks once per task whether a strategy overrides them
 (`overrides`), so a strategy that does not pays nothing per step:
 
     task = strategy.task_data(stream, i)      # the data task i trains on (joint, cumulative); None: no steps
+    out = strategy.forward(model, batch)      # the forward pass (DER, ER-ACE: one per part of the batch)
     loss = strategy.task_loss(model, batch)   # replaces F.cross_entropy(batch.out, batch.y) (ER-ACE, iCaRL, DER)
     scorer = strategy.eval_model(model)       # the model scored after each task (iCaRL's nearest mean, GDumb)
 """
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from .benchmarks.stream import Task
+from .models import forward_heads
 from .registry import Registry
 
 STRATEGIES = Registry("strategy", entry_point_group="clframework.strategies", builtins="clframework.strategies")
@@ -113,6 +115,13 @@ class Strategy:
         """The data task `task_index` of `stream` trains on (joint, cumulative); None trains nothing (the start and
         end hooks still run). Default: that task. Called once per task, only when overridden."""
         return stream.tasks[task_index]
+
+    def forward(self, model: nn.Module, batch: Batch, run: Callable = forward_heads) -> torch.Tensor:
+        """The training forward pass: the outputs on the minibatch, by `run(model, x, head)` (the loop's forward,
+        e.g. compiled). Override to change how the rows pass through the network: DER and ER-ACE, like their
+        reference code, pass the incoming rows and each memory sample separately where BatchNorm would mix them.
+        Default: one pass over all rows. Called only when overridden."""
+        return run(model, batch.x, batch.head)
 
     def task_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """The training loss on the minibatch (`batch.out` holds the outputs), replacing the default cross-entropy

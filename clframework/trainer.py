@@ -302,6 +302,7 @@ class Trainer:
         # the hooks this strategy overrides, checked once per task: one it does not costs nothing per step (no call,
         # and no Batch object unless a hook receives one)
         task_loss = strategy.task_loss if overrides(strategy, "task_loss") else None
+        own_forward = strategy.forward if overrides(strategy, "forward") else None
         before_forward = strategy.on_before_forward if overrides(strategy, "on_before_forward") else None
         before_step = strategy.on_before_step if overrides(strategy, "on_before_step") else None
         after_step = strategy.on_after_step if overrides(strategy, "on_after_step") else None
@@ -318,7 +319,8 @@ class Trainer:
         direct = None
         if forward is forward_heads:
             direct = (lambda inputs: model(inputs, head)) if takes_head(model) else model
-        needs_batch = before_forward is not None or loss_term is not None or task_loss is not None
+        needs_batch = before_forward is not None or loss_term is not None or task_loss is not None or \
+            own_forward is not None
         every, steps = self.eval_every, math.ceil(n / self.batch_size)  # the task's last step: its boundary's point
         bar = tqdm(range(first_epoch, self.epochs), desc=f"{self.label} task {task_index + 1} {task.name}".lstrip(),
                    leave=False, disable=self.quiet, unit="epoch")
@@ -343,7 +345,10 @@ class Trainer:
                 else:
                     batch, inputs, targets, heads = None, raw if prepare is None else prepare(raw), yb, head
                 with autocast:
-                    out = direct(inputs) if direct is not None and heads is head else forward(model, inputs, heads)
+                    if own_forward is not None:
+                        out = own_forward(model, batch, forward)
+                    else:
+                        out = direct(inputs) if direct is not None and heads is head else forward(model, inputs, heads)
                     if batch is not None:
                         batch.out = out
                     loss = F.cross_entropy(out, targets) if task_loss is None else task_loss(model, batch)

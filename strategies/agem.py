@@ -6,6 +6,11 @@ tasks' examples (filled at each task's end, as replay's memory). When the miniba
 whose dot product with g_ref is not negative. g and g_ref run over every trainable parameter (zeros where a head
 took no part), so replayed examples of earlier heads move those heads too; a parameter neither reached keeps no
 gradient (None), as in fine-tuning.
+
+The memory is offered every example of each finished task (reservoir or class-balanced over them all). Mammoth's
+A-GEM (models/agem.py at aimagelab/mammoth 7ab9db97, the code behind the DER paper's A-GEM rows) keeps instead one
+random batch of memory_size // n_tasks examples of each task: `per_task=k` offers k random examples of each finished
+task. The DER protocols (benchmarks/der.py) run the default.
 """
 from __future__ import annotations
 
@@ -77,18 +82,22 @@ def grouped_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, groups: Seq
 
 @register_strategy("agem", checks={"memory_size": (lambda v: v >= 1, "an integer >= 1"),
                                    "sample_size": (lambda v: v >= 1, "an integer >= 1"),
+                                   "per_task": (lambda v: v >= 0, "an integer >= 0 (0: all of each task)"),
                                    "selection": (lambda v: v in SELECTIONS, "'reservoir' or 'class-balanced'")})
 class AGEM(Strategy):
     """A-GEM: project the update when it would increase the loss on a memory sample (Eq. 11).
 
     memory_size: episodic memory of earlier tasks, examples in all (default 200, as replay); sample_size: examples
-    per reference gradient (the paper's 256); selection: 'reservoir' or 'class-balanced'.
+    per reference gradient (the paper's 256); selection: 'reservoir' or 'class-balanced'; per_task: examples of each
+    finished task offered to the memory, a uniform random subset (0: all; memory_size // n_tasks: Mammoth's variant).
     """
 
-    def __init__(self, memory_size: int = 200, sample_size: int = 256, selection: str = "reservoir"):
-        if memory_size < 1 or sample_size < 1:
-            raise ValueError(f"A-GEM needs memory_size >= 1 and sample_size >= 1, got {memory_size}, {sample_size}")
-        self.sample_size = int(sample_size)
+    def __init__(self, memory_size: int = 200, sample_size: int = 256, selection: str = "reservoir",
+                 per_task: int = 0):
+        if memory_size < 1 or sample_size < 1 or per_task < 0:
+            raise ValueError(f"A-GEM needs memory_size >= 1, sample_size >= 1 and per_task >= 0, got {memory_size}, "
+                             f"{sample_size}, {per_task}")
+        self.sample_size, self.per_task = int(sample_size), int(per_task)
         self.memory = ReplayMemory(memory_size, selection)
         self._params: List[nn.Parameter] = []
         self._prepare: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
@@ -153,15 +162,17 @@ class AGEM(Strategy):
             p.grad = new
 
     def on_task_end(self, model: nn.Module, data, head: int = 0) -> None:
-        add_task_data(self.memory, model, data, head, raw=self._raw)
+        add_task_data(self.memory, model, data, head, raw=self._raw, limit=self.per_task)
         self._decode, self._layout = getattr(data, "decode", None), None
 
     def state_dict(self) -> Dict[str, object]:
         return {"hparams": {"memory_size": self.memory.size, "sample_size": self.sample_size,
-                            "selection": self.memory.selection}, "memory": self.memory.state_dict()}
+                            "selection": self.memory.selection, "per_task": self.per_task},
+                "memory": self.memory.state_dict()}
 
     def load_state_dict(self, state) -> None:
         check_state_keys(self, state, ("hparams", "memory"))
         self.sample_size = int(state["hparams"]["sample_size"])
+        self.per_task = int(state["hparams"].get("per_task", 0))  # (checkpoints of older versions had none)
         self.memory.load_state_dict(state["memory"])
         self._params, self._layout = [], None  # taken from the model on the next step (resuming skips on_task_start)

@@ -2,8 +2,11 @@
 
 The reservoir memory keeps, with each example, the logits z the network gave it when it arrived (the training
 forward pass, before the step). Loss: CE(f(x), y) on the incoming minibatch + alpha * MSE(f(x'), z') on a memory
-sample; DER++ adds beta * CE(f(x''), y'') on a second, independent sample. One forward pass serves the minibatch and
-both samples (joined rows); stored inputs are raw and rebuilt with `batch.inputs`, i.e. augmented like the stream.
+sample; DER++ adds beta * CE(f(x''), y'') on a second, independent sample. As Mammoth's models/der.py and derpp.py
+(aimagelab/mammoth 7ab9db97, the same at e75a491), the minibatch and each sample pass through the network
+separately where the model has BatchNorm (memory.SeparatePasses; one joined pass otherwise, the same numbers), and
+the stored logits are the incoming pass's. Stored inputs are raw and rebuilt with `batch.inputs`, i.e. augmented
+like the stream.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from torch import nn
 
 from clframework.plugin import Batch, register_strategy
 
-from .memory import StreamRehearsal
+from .memory import SeparatePasses
 
 _positive = (lambda v: v >= 1, "an integer >= 1")
 _nonneg = (lambda v: v >= 0, "a number >= 0")
@@ -43,7 +46,7 @@ def der_loss(out: torch.Tensor, y: torch.Tensor, rows, z: torch.Tensor, alpha: f
 
 @register_strategy("der", checks={"memory_size": _positive, "minibatch_size": _positive, "alpha": _nonneg},
                    description="Dark Experience Replay: CE + alpha * MSE to the logits stored with memory examples")
-class DER(StreamRehearsal):
+class DER(SeparatePasses):
     """DER. memory_size: examples kept; minibatch_size: memory examples per step; alpha: weight of the logit loss."""
 
     beta = 0.0  # DER++'s second term (off)

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from clframework.models import forward_heads
 from clframework.plugin import Batch, Strategy, check_state_keys, iter_task_batches, join
 
 SELECTIONS = ("reservoir", "class-balanced")
@@ -175,12 +176,13 @@ class ReplayMemory:
 
 
 def add_task_data(memory: ReplayMemory, model: nn.Module, data, head: int, batch_size: int = 1024,
-                  raw: bool = True) -> None:
+                  raw: bool = True, limit: int = 0) -> None:
     """Offer a finished task's training data to the memory, on the model's device: in their stored form (e.g. uint8
     images, what the trainer's minibatches carry as `Batch.raw`), or with raw=False as model inputs (what a plain
-    loop's minibatches hold when they carry no `prepare`; see `stores_raw`)."""
+    loop's minibatches hold when they carry no `prepare`; see `stores_raw`). limit > 0: only that many of them, a
+    uniform random subset drawn with the memory's generator."""
     device = next(model.parameters()).device
-    for x, y in iter_task_batches(data, batch_size, device, raw=raw):
+    for x, y in iter_task_batches(data, batch_size, device, limit=limit, generator=memory.generator, raw=raw):
         memory.add(x, y, torch.full((len(y),), int(head), dtype=torch.long, device=device))
 
 
@@ -195,8 +197,9 @@ class StreamRehearsal(Strategy):
     """Base of the DER family (er, der, derpp, er_ace): a reservoir memory offered every incoming minibatch after the
     optimizer step (so the current task is replayed too), and memory samples joined to the minibatch.
 
-    `replayed(batch, *sizes)` joins one memory sample per size and remembers the row ranges (`self.rows`); subclasses
-    give their loss in `task_loss` and may add fields (e.g. logits) to `self.offer` before the step.
+    `replayed(batch, *sizes)` joins one memory sample per size and remembers the row ranges (`self.rows`) and each
+    part's heads (`self.heads`); subclasses give their loss in `task_loss` and may add fields (e.g. logits) to
+    `self.offer` before the step.
     """
 
     def __init__(self, memory_size: int, minibatch_size: int):
@@ -209,6 +212,7 @@ class StreamRehearsal(Strategy):
         self.heads_offered: List[int] = []  # the heads stored examples use (Python ints: no host sync to check)
         self.offer: Dict[str, torch.Tensor] = {}  # the incoming minibatch's fields, stored after the step
         self.rows: List[Tuple[int, int]] = []  # row ranges of the joined batch: incoming, then each memory sample
+        self.heads: List[object] = []  # the heads of each of those parts (an int, or one per row)
 
     def on_task_start(self, model: nn.Module, task_index: int) -> None:
         self.task_index = task_index
@@ -222,15 +226,16 @@ class StreamRehearsal(Strategy):
         head_key = batch.head if isinstance(batch.head, int) else -1  # -1: per-example heads, never "single"
         if head_key not in self.heads_offered:
             self.heads_offered.append(head_key)
-        self.rows, samples = [(0, n)], []
+        self.rows, self.heads, samples = [(0, n)], [batch.head], []
         if not len(self.memory):
             return batch, samples
         single = isinstance(batch.head, int) and self.heads_offered == [batch.head]
         for size in sizes:
             s = self.memory.draw(size)
-            first = len(batch)
-            batch = join(batch, batch.inputs(s["x"]), s["y"], batch.head if single else s["head"], raw=s["x"])
+            first, head = len(batch), batch.head if single else s["head"]
+            batch = join(batch, batch.inputs(s["x"]), s["y"], head, raw=s["x"])
             self.rows.append((first, len(batch)))
+            self.heads.append(head)
             samples.append(s)
         return batch, samples
 
@@ -257,3 +262,43 @@ class StreamRehearsal(Strategy):
                 setattr(self, key, value)
         self.memory.load_state_dict(state["memory"])
         self.task_index, self.heads_offered = int(state["task_index"]), [int(h) for h in state["heads_offered"]]
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether the model normalizes over the batch in train mode (BatchNorm): then rows passed together change one
+    another's outputs, and one forward pass over joined parts differs from one pass per part."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def forward_parts(model: nn.Module, x: torch.Tensor, rows: List[Tuple[int, int]], heads: List[object],
+                  run=forward_heads) -> torch.Tensor:
+    """One forward pass `run(model, x[a:b], head)` per row range, in order (BatchNorm normalizes each part with its own
+    statistics and moves its running statistics once per part), stacked as one pass over all rows would give them:
+    rows of narrower heads padded with -inf."""
+    parts = [run(model, x[a:b], head) for (a, b), head in zip(rows, heads)]
+    width = max(p.shape[1] for p in parts)
+    return torch.cat([p if p.shape[1] == width else
+                      torch.cat([p, p.new_full((len(p), width - p.shape[1]), float("-inf"))], 1) for p in parts])
+
+
+class SeparatePasses(StreamRehearsal):
+    """StreamRehearsal whose incoming minibatch and memory samples go through the network in separate forward
+    passes, as the reference code of DER, DER++ and ER-ACE runs them (Mammoth: `net(inputs)`, then `net(buf_inputs)`
+    per memory sample): under BatchNorm each part has its own batch statistics, the running statistics move once per
+    part and the stored logits are those of the incoming rows alone. A model without BatchNorm gives the same outputs
+    and gradients from one joined pass, which is then taken (checked once per task)."""
+
+    def __init__(self, memory_size: int, minibatch_size: int):
+        super().__init__(memory_size, minibatch_size)
+        self._separate: Optional[bool] = None  # whether the model has BatchNorm, found at the task's first step
+
+    def on_task_start(self, model: nn.Module, task_index: int) -> None:
+        super().on_task_start(model, task_index)
+        self._separate = None
+
+    def forward(self, model: nn.Module, batch: Batch, run=forward_heads) -> torch.Tensor:
+        if self._separate is None:
+            self._separate = has_batchnorm(model)
+        if not self._separate or len(self.rows) == 1:
+            return run(model, batch.x, batch.head)
+        return forward_parts(model, batch.x, self.rows, self.heads, run)

@@ -11,11 +11,9 @@ import torch.nn.functional as F
 from clframework import Trainer, make_strategy, mlp
 from clframework.apps.bench import shrink
 from clframework.benchmarks import make_benchmark
-from clframework.models import forward_heads
 from clframework.plugin import Batch
 from clframework.strategies.der import der_loss, logit_loss
-from clframework.strategies.er import rows_cross_entropy
-from clframework.strategies.er_ace import masked_cross_entropy
+from clframework.strategies.er_ace import ace_mask, masked_cross_entropy
 
 
 def _ce64(out, y, allowed=None):
@@ -49,8 +47,6 @@ def test_der_and_derpp_loss_against_a_hand_computation():
     expected = _ce64(out[:5], y[:5]) + 0.3 * mse + 0.7 * _ce64(out[9:], y[9:])
     assert der_loss(out, y, rows, z, 0.3, 0.7).item() == pytest.approx(expected, rel=1e-5)
     assert der_loss(out, y, rows[:2], z, 0.3).item() == pytest.approx(_ce64(out[:5], y[:5]) + 0.3 * mse, rel=1e-5)
-    assert rows_cross_entropy(out, y, rows[:2]).item() == pytest.approx(_ce64(out[:5], y[:5]) + _ce64(out[5:9], y[5:9]),
-                                                                       rel=1e-5)
 
 
 def test_masked_cross_entropy_against_brute_force():
@@ -61,10 +57,18 @@ def test_masked_cross_entropy_against_brute_force():
     assert masked_cross_entropy(out, y, allowed).item() == pytest.approx(_ce64(out, y, allowed.tolist()), rel=1e-6)
 
 
+def test_ace_mask_keeps_the_present_classes_and_every_output_from_the_highest_seen_on():
+    for now, seen in (([0, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0]), ([0, 0, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0]),
+                      ([0, 0, 0, 0, 0, 1], [1, 0, 0, 0, 0, 1])):
+        top = max(c for c in range(6) if seen[c])
+        expected = [bool(now[c]) or c >= top for c in range(6)]
+        assert ace_mask(torch.tensor(now, dtype=torch.bool), torch.tensor(seen, dtype=torch.bool)).tolist() == expected
+
+
 def _step(model, strategy, x, y, head=0, lr=0.05):
     """One step as the Trainer takes it (task_loss replaces the cross-entropy)."""
     batch = strategy.on_before_forward(model, Batch(x, y, head))
-    batch.out = forward_heads(model, batch.x, batch.head)
+    batch.out = strategy.forward(model, batch)
     loss = strategy.task_loss(model, batch)
     loss.backward()
     with torch.no_grad():
@@ -75,21 +79,32 @@ def _step(model, strategy, x, y, head=0, lr=0.05):
     return batch, loss
 
 
-def test_er_ace_masks_the_incoming_batch_to_its_classes_and_replay_to_the_classes_seen():
+@pytest.mark.parametrize("task_free", [False, True])
+def test_er_ace_masks_the_incoming_batch_to_present_and_unseen_classes_and_replays_over_all(task_free):
+    """As Mammoth's er_ace.py: the first task plain CE, no replay (unless task-free); then the incoming softmax over
+    the present classes and every output from the highest seen on, the replay CE over all outputs."""
     torch.manual_seed(0)
     model = mlp(4, [6], hidden=(8,))
-    ace = make_strategy("er_ace", memory_size=50, minibatch_size=5)
+    ace = make_strategy("er_ace", memory_size=50, minibatch_size=5, task_free=task_free)
     ace.on_task_start(model, 0)
     x0, y0 = torch.randn(10, 4), torch.tensor([0, 1] * 5)
     _step(model, ace, x0, y0)
+    batch = ace.on_before_forward(model, Batch(x0, torch.tensor([1] * 10), 0))
+    batch.out = ace.forward(model, batch)
+    loss = ace.task_loss(model, batch)
+    if task_free:  # classes 1 (present) and 1..5 (from the highest seen on)
+        expected = _ce64(batch.out[:10], batch.y[:10], [c >= 1 for c in range(6)]) + _ce64(batch.out[10:],
+                                                                                             batch.y[10:])
+        assert len(batch) == 15 and loss.item() == pytest.approx(expected, rel=1e-5)
+    else:
+        assert len(batch) == 10 and loss.item() == pytest.approx(_ce64(batch.out, batch.y), rel=1e-5)
     ace.on_task_start(model, 1)
-    x1, y1 = torch.randn(10, 4), torch.tensor([2, 3] * 5)
+    x1, y1 = torch.randn(10, 4), torch.tensor([2] * 10)
     batch = ace.on_before_forward(model, Batch(x1, y1, 0))
-    batch.out = forward_heads(model, batch.x, batch.head)
+    batch.out = ace.forward(model, batch)
     loss = ace.task_loss(model, batch)
     assert len(batch) == 15 and set(batch.y[10:].tolist()) <= {0, 1}
-    expected = _ce64(batch.out[:10], y1, [c in (2, 3) for c in range(6)]) \
-        + _ce64(batch.out[10:], batch.y[10:], [c in (0, 1, 2, 3) for c in range(6)])
+    expected = _ce64(batch.out[:10], y1, [c >= 2 for c in range(6)]) + _ce64(batch.out[10:], batch.y[10:])
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 

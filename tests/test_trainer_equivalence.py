@@ -7,7 +7,6 @@ import torch
 from clframework import Trainer, make_strategy, mlp
 from clframework.apps.bench import shrink
 from clframework.evaluation.evaluator import evaluate_stream
-from clframework.models import forward_heads
 from clframework.plugin import STRATEGIES, Batch
 
 CORE = ["naive", "si", "ewc", "mas", "lwf", "replay", "agem"]
@@ -38,7 +37,7 @@ def literal_fit(model, strategy, stream, epochs, batch_size, seed):
             for i in range(0, n, batch_size):
                 idx = order[i:i + batch_size]
                 batch = strategy.on_before_forward(model, Batch(x[idx], y[idx], task.head))
-                batch.out = forward_heads(model, batch.x, batch.head)
+                batch.out = strategy.forward(model, batch)
                 loss = strategy.task_loss(model, batch)
                 extra = strategy.loss_term(model, batch)
                 (loss + extra if isinstance(extra, torch.Tensor) else loss).backward()
