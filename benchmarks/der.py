@@ -12,7 +12,9 @@ horizontal flip on incoming and replayed examples, a ResNet-18 (3x3 stem, no max
 `sgd` is our `naive`, its `minibatch_size` our `minibatch_size`, A-GEM's our `sample_size`, `softmax_temp` our
 `temperature`, `optim_wd` our `weight_decay`); buffer None for methods without a memory. A run takes the row of its
 `memory_size` (`--set memory_size=500`; the strategies default to 200), as the seq-MNIST protocol below does;
-`clframework reproduce der-table --buffer N` takes the row of N.
+`clframework reproduce der-table --buffer N` takes the row of N. A-GEM runs our default memory (every example of
+each finished task offered to the reservoir), not the per-task batch of Mammoth's models/agem.py (`--set
+per_task=B//n_tasks` gives that one); ER-ACE runs task-based, as Mammoth's models/er_ace.py (docs/fidelity.md).
 
 seq-MNIST (DER paper, Sec. 5 and best_args.py 'seq-mnist'): 5 tasks of 2 consecutive digits, class-incremental, MLP
 784-100-100-10, one epoch per task, minibatch 10, plain SGD. Its per-method settings are listed per memory size

@@ -128,3 +128,9 @@ def test_avalanche_plugin_guide_runs(tmp_path, docs_python):
     pytest.importorskip("avalanche")
     run_document(DOCS / "avalanche.md", tmp_path, docs_python)
 
+
+
+@pytest.mark.slow
+def test_fidelity_counts(tmp_path, docs_python):
+    """docs/fidelity.md: its measurements that are python blocks print what the page states."""
+    run_document(DOCS / "fidelity.md", tmp_path, docs_python)
