@@ -201,3 +201,12 @@ def test_eval_cost_script_dry_run(tmp_path):
     assert set(row["seconds"]) == {"off", "every_50", "every_1"} and row["same_matrix"]
     assert row["points"]["every_1"] > row["points"]["every_50"] > 0 and record["dry_run"]
     assert "| naive | every_1 |" in (tmp_path / "eval_cost.md").read_text()
+
+
+def test_cli_compare_refuses_a_subset_larger_than_the_split_before_training(tmp_path, cli):
+    out = tmp_path / "cmp"
+    done = cli("compare", "--strategies", "naive,er", "--benchmark", "split-mnist-5k", "--seeds", "1",
+               "--eval-every", "5", "--eval-subset", "100000", "--out", out, "--quiet")
+    assert done.returncode != 0
+    assert "--eval-subset 100000 is larger than task '0-1''s test split" in done.stderr and "give at most" in done.stderr
+    assert not out.exists()

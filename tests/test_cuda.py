@@ -157,3 +157,25 @@ def test_checkpoint_written_on_cuda_resumes_on_cpu(tmp_path):
         close(t, gpu.strategy.Omega[n])
     for row_cpu, row_gpu in zip(res_cpu.accuracy_matrix, res_gpu.accuracy_matrix):
         assert max(abs(a - b) for a, b in zip(row_cpu, row_gpu)) <= 1 / len(stream[0].test_y) + 1e-9
+
+
+@pytest.mark.parametrize("kind", sorted(STREAMS))
+def test_continual_eval_on_cuda_leaves_training_alone_and_never_waits_for_the_gpu(kind):
+    """--eval-every on CUDA: the same weights as without (the evaluation draws nothing, changes nothing), and an
+    evaluation point launches its kernels without a host synchronisation (torch's sync debug mode raises on one)."""
+    stream = STREAMS[kind]()
+    plain, _ = train(stream, "cuda", "er")
+    torch.manual_seed(0)
+    watched = Trainer(mlp(64, stream.head_sizes, hidden=(32, 32)), make_strategy("er"), epochs=2, batch_size=32,
+                      seed=0, quiet=True, reset_optimizer=False, device="cuda", eval_every=3, eval_subset=40)
+    res = watched.fit(stream)
+    for p, q in zip(plain.model.parameters(), watched.model.parameters()):
+        assert torch.equal(p, q)
+    assert len(res.continual_eval["points"]) > 5
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        counts = watched._evaluator.evaluate(watched.model, len(stream) - 1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert counts.is_cuda and counts.shape == (len(stream), 2)
