@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +83,25 @@ def stays_in_train_mode(stack, module, fn_name: str) -> None:
     def mutated(model, *args, **kwargs):
         with no_eval(model):
             return original(model, *args, **kwargs)
+
+    patch(stack, module, fn_name, mutated)
+
+
+def moves_running_stats(stack, module, fn_name: str) -> None:
+    """module.fn_name(model, batches, head, ...) preceded by train-mode forwards over the same batches: the side effect
+    of an importance pass that forgets eval() (BatchNorm's running statistics move; the vectorized per-example
+    gradients themselves need eval mode)."""
+    import torch
+    from clframework.models import forward_head
+    original = getattr(module, fn_name)
+
+    def mutated(model, batches, head=0, *args, **kwargs):
+        batches = list(batches)
+        model.train()
+        with torch.no_grad():
+            for x, _ in batches:
+                forward_head(model, x, head)
+        return original(model, batches, head, *args, **kwargs)
 
     patch(stack, module, fn_name, mutated)
 
@@ -214,11 +233,10 @@ def _(stack):
     wrap_method(stack, EWC, "on_task_end", after=swap_anchor)
 
 
-@mutant("ewc", "Fisher in train mode (BatchNorm batch statistics, running statistics moved)", REG,
-        "ewc[resnet-task-exact]")
+@mutant("ewc", "Fisher pass in train mode: BatchNorm running statistics moved by it", REG, "ewc[resnet-task-exact]")
 def _(stack):
     from clframework.strategies import ewc
-    stays_in_train_mode(stack, ewc, "fisher_diagonal")
+    moves_running_stats(stack, ewc, "fisher_diagonal")
 
 
 # ---- SI ------------------------------------------------------------------------------------------------------------
@@ -319,11 +337,10 @@ def _(stack):
         self, "_before", {n: w.clone() for n, w in self.omega.items()}), after=replace)
 
 
-@mutant("mas", "importance in train mode (BatchNorm batch statistics, running statistics moved)", REG,
-        "mas[resnet-task]")
+@mutant("mas", "importance pass in train mode: BatchNorm running statistics moved by it", REG, "mas[resnet-task]")
 def _(stack):
     from clframework.strategies import mas
-    stays_in_train_mode(stack, mas, "mas_importance")
+    moves_running_stats(stack, mas, "mas_importance")
 
 
 # ---- LwF -----------------------------------------------------------------------------------------------------------
@@ -493,24 +510,35 @@ def _(stack):
 
 # ---- running them --------------------------------------------------------------------------------------------------
 
-class _OneThread:
-    """Runs after the suite's conftest (which may give torch two threads) and sets one."""
+class _Session:
+    """A pytest plugin: one torch thread (set after the suite's conftest, which may give two), and the type of each
+    exception a test raised (a mutant is killed by an AssertionError: a conformance check that failed)."""
 
     import pytest as _pytest
+
+    def __init__(self):
+        self.raised: List[str] = []
 
     @_pytest.hookimpl(trylast=True)
     def pytest_configure(self, config):
         import torch
         torch.set_num_threads(1)
 
+    @_pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        yield
+        if call.when == "call" and call.excinfo is not None:
+            self.raised.append(call.excinfo.typename)
 
-def run_tests(tests: str, select: str) -> int:
-    """pytest's exit code for the selected tests, run in this process (output kept quiet)."""
+
+def run_tests(tests: str, select: str) -> Tuple[int, List[str]]:
+    """(pytest's exit code, the exception types the tests raised) for the selected tests, run in this process."""
     import pytest
     args = [tests, "-k", select, "-x", "-q", "-n", "0", "-p", "no:cacheprovider", "--tb=no", "--no-header",
             "-W", "ignore"]
+    session = _Session()
     with contextlib.redirect_stdout(io.StringIO()):
-        return int(pytest.main(args, plugins=[_OneThread()]))
+        return int(pytest.main(args, plugins=[session])), session.raised
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -534,7 +562,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             continue
         key = (m.tests, m.select)
         if key not in baseline:  # the unmutated code must pass the very tests that are to kill the mutant
-            baseline[key] = run_tests(*key)
+            baseline[key] = run_tests(*key)[0]
         if baseline[key] != 0:
             rows.append((m, "BASELINE FAILS", f"pytest exit {baseline[key]} without the mutant", 0.0))
             failed = True
@@ -545,9 +573,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             except (LookupError, ImportError) as exc:
                 rows.append((m, "pending", f"target not found: {exc}", 0.0))
                 continue
-            code = run_tests(m.tests, m.select)
-        status = {0: "SURVIVED", 1: "killed"}.get(code, f"error (pytest exit {code})")
-        failed |= code != 1
+            code, raised = run_tests(m.tests, m.select)
+        # killed: a conformance assertion failed; a mutant that only crashes the tests is a broken mutant
+        status = "SURVIVED" if code == 0 else "killed" if code == 1 and "AssertionError" in raised else \
+            f"crashed ({', '.join(sorted(set(raised))) or f'pytest exit {code}'})"
+        failed |= status != "killed"
         rows.append((m, status, f"-k '{m.select}'", time.perf_counter() - t0))
     print(f"| method | mutant | result | tests run | seconds |")
     print(f"|---|---|---|---|---|")
