@@ -83,6 +83,14 @@ def check_augment(name: str) -> str:
     return name
 
 
+def check_augment_fits(name: str, stream) -> None:
+    """crop-flip moves pixels; on a stream whose tasks permute the pixels (permuted MNIST) a crop of a permuted image
+    is noise (accuracy 0.17 against 0.85 without): refused."""
+    if name == "crop-flip" and any(t.examples("train").features is not None for t in stream.tasks):
+        raise ValueError(f"--augment crop-flip crops and flips images, but the tasks of {stream.name} permute their "
+                         f"pixels: a crop of a permuted image is noise; use --augment none")
+
+
 def black_fill(decode: Optional[Callable[[torch.Tensor], torch.Tensor]], input_shape: Sequence[int]) -> List[float]:
     """Per channel, the model input of a black stored pixel: `decode` of an all-zero uint8 image (for `Normalize`,
     -mean/std). The DER protocol pads the stored image with black before normalizing it; padding the normalized image

@@ -26,7 +26,7 @@ from .checkpoint import (CHECKPOINT, CONFIG, FAILED, MODEL, RESULTS, SCORER, STR
                          as_json, check_free_space, check_same_config, checkpoint_bytes, load_checkpoint,
                          refuse_other_config, save_checkpoint, save_torch)
 from . import provenance
-from .augment import check_augment, make_augment
+from .augment import check_augment, check_augment_fits, make_augment
 from .callbacks import prepare_study
 from .models import ModelSpec, build_model, model_factory, model_name
 from .parallel import Backend, Executor, open_executor, plugin_modules, run_threads
@@ -240,6 +240,17 @@ def protocol_source(config: RunConfig) -> str:
     return "own" if config.protocol is not None else config.benchmark
 
 
+def check_fits_stream(cfg: dict, stream, checkpoint_every: int) -> None:
+    """What a resolved configuration can only be checked against once the stream is built, before any folder is
+    made: the augmentation (none on permuted pixels), the memory's size (said when larger than the data) and
+    checkpoint_every."""
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+        raise ValueError(f"--checkpoint-every must be an integer >= 0 (0: after every task only), got "
+                         f"{checkpoint_every!r}")
+    check_augment_fits(cfg["train"]["augment"], stream)
+    check_memory_size(cfg["hparams"], stream)
+
+
 def check_memory_size(hparams: dict, stream) -> None:
     """A memory larger than the data is allowed (it costs no more: nothing is allocated by its size) and said."""
     size, total = hparams.get("memory_size"), sum(t.n("train") for t in stream.tasks)
@@ -348,7 +359,7 @@ def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
     stream = build_stream(config, stream)  # data errors (missing files, bad labels) before the folder is touched
     stream.validate()
     check_subset(stream, config.eval_subset, config.evaluate_on)
-    check_memory_size(cfg["hparams"], stream)
+    check_fits_stream(cfg, stream, checkpoint_every)
     prepare_study(callbacks)
     if out_dir is None:
         return _run(config, cfg, None, quiet, callbacks, stream, False, checkpoint_every, label, benchmark,
@@ -578,6 +589,7 @@ def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional
     stream.validate()
     for cfg in configs.values():
         check_subset(stream, cfg.eval_subset, cfg.evaluate_on)
+        check_fits_stream(cfg.resolved(), stream, checkpoint_every)
         check_needs(STRATEGIES.get(cfg.strategy).factory, cfg.strategy, model_for(cfg, cfg.resolved()["train"], stream),
                     stream)  # every run's needs before the first one trains
     own_progress = progress is None

@@ -10,6 +10,8 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Mapping, Optional, Tuple
 
+from .registry import FLOAT32_MAX
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DEFAULT_WEIGHT_DECAY = {"adam": 0.0, "adamw": 0.01, "sgd": 0.0}  # torch's own defaults
 SCHEDULES = ("constant", "step", "multistep", "cosine")
@@ -71,7 +73,7 @@ class Recipe:
         defaults filled in; the fields a choice does not use stay None."""
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(sorted(OPTIMIZERS))}, got {self.optimizer!r}")
-        lr = _number("lr", self.lr, 0, low_open=True, flag="lr (learning rate)")
+        lr = _number("lr", self.lr, 0, FLOAT32_MAX, low_open=True, flag="lr (learning rate)")
         momentum = None
         if self.optimizer == "sgd":
             momentum = 0.0 if self.momentum is None else _number("momentum", self.momentum, 0, 1)

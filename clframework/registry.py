@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch here
+
 
 class RegistryError(ValueError):
     """A name or hyperparameter that the registry cannot accept; the message says what is accepted."""
@@ -56,6 +58,9 @@ class Param:
                 raise RegistryError(f"{owner}: {word} '{self.name}' must be an integer, got {value!r}")
             if not math.isfinite(converted):  # inf passes every range check and reaches JSON as null
                 raise RegistryError(f"{owner}: {word} '{self.name}' must be a finite number, got {value!r}")
+            if abs(converted) > FLOAT32_MAX:  # finite here, inf in the float32 tensors it multiplies (SI's c=1e39)
+                raise RegistryError(f"{owner}: {word} '{self.name}' = {converted:g} is beyond float32's range (largest "
+                                    f"{FLOAT32_MAX:.4g}): training in float32 would overflow to inf")
             value = converted
         elif self.type is str:
             value = str(value)

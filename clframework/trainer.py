@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
@@ -84,6 +85,9 @@ class StreamResult:
     continual_eval: Optional[dict] = None  # the accuracy during training (eval_every), as results.json holds it
 
 
+LOSS_GROWTH = 1000.0  # an epoch's mean loss this many times the run's first is warned of (once per run)
+
+
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; says where (run, task, epoch, step) and what to try."""
 
@@ -155,6 +159,7 @@ class Trainer:
             raise ValueError(f"workers must be >= 0 (0: read data-backed tasks in this process), got {workers}")
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: after every task only), got {checkpoint_every}")
+        self.scorer, self._loss_warned = None, False
         check_fast_step(precision, compile)
         check_settings(eval_every, eval_subset)
         self.eval_every, self.eval_subset = eval_every or 0, eval_subset
@@ -381,6 +386,7 @@ class Trainer:
             self._check_finite(ep)
             point = {"task": task_index, "epoch": epoch + 1, "loss": loss_sum.item() / n, "accuracy": correct.item() / n}
             curve.append(point)
+            self._watch_loss(point, len(getattr(task, "classes", ())))
             self._epoch = None
             self.position["step"] = 0
             bar.set_postfix(loss=f"{point['loss']:.4f}", acc=f"{point['accuracy']:.3f}")
@@ -449,6 +455,18 @@ class Trainer:
             self.position["step"] = first_bad
             raise TrainingDiverged(self.position, float("nan"))
 
+    def _watch_loss(self, point: dict, outputs: int) -> None:
+        """Warn once per run when an epoch's mean loss is LOSS_GROWTH times that of a uniform guess over the task's
+        classes (ln classes, about an untrained model's): finite, so not stopped, but diverging (--lr 1e4 trained on
+        with epoch losses of 1e9 to 1e17)."""
+        chance = math.log(max(outputs, 2))
+        if self._loss_warned or not point["loss"] > LOSS_GROWTH * chance:
+            return
+        self._loss_warned = True
+        warnings.warn(f"the training loss is {point['loss']:.3g} at task {point['task'] + 1}, epoch {point['epoch']}: "
+                      f"more than {LOSS_GROWTH:g} times that of a uniform guess over its {outputs} classes "
+                      f"({chance:.3g}); the run may be diverging: try a lower learning rate (--lr)")
+
     def _eval_model(self) -> nn.Module:
         """The strategy's scorer, under the guards of training: whatever training it runs (GDumb's) has diverged if
         its weights are not finite (one check per task), and an exception in it says where it was raised."""
@@ -502,6 +520,7 @@ class Trainer:
             self._evaluator = ContinualEvaluator(stream, self.device, self.eval_subset, self.evaluate_on,
                                                  seed=self.seed)
         self.scorer = None  # the module that scored the last task trained here (eval_model's, or the model)
+        self._loss_warned = False
         progress = self._progress
         if resume is None:
             if self._evaluator is not None:  # the untrained model on the first task: the curve's step 0

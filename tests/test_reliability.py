@@ -1394,3 +1394,49 @@ def test_check_data_decodes_every_image_before_training(tmp_path, cli):
     assert proc.stderr.startswith(f"clframework: error: cannot read image {truncated} (")
     assert proc.stderr.rstrip().endswith("replace the file or delete it (checked before training)")
     assert "CLFRAMEWORK_CHECK_DATA" not in os.environ
+
+
+# ---- issue 30, item 8: values that passed the checks and failed later ---------------------------------------------
+
+def test_a_hyperparameter_beyond_float32_is_refused_before_training(tmp_path, cli):
+    """--set c=1e39 passed the finite check and overflowed SI's float32 penalty to inf after task 1."""
+    proc = cli("run", "--strategy", "si", "--set", "c=1e39", "--out", str(tmp_path / "r"), *TINY)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "clframework: error: strategy 'si': hyperparameter 'c' = 1e+39 is beyond float32's range (largest "
+        "3.403e+38): training in float32 would overflow to inf"], proc.stderr
+    proc = cli("run", "--strategy", "si", "--lr", "1e39", "--out", str(tmp_path / "r"), *TINY)
+    assert proc.returncode == 2 and "lr (learning rate) must be a finite number > 0 and <= 3.4028234663852886e+38, " \
+                                    "got 1e+39" in proc.stderr, proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_loss_grown_by_orders_of_magnitude_is_warned_of(tmp_path, cli):
+    """--lr 1e4 trained with epoch losses of 1e17 and no warning."""
+    with pytest.warns(UserWarning, match=r"^the training loss is \S+ at task 1, epoch 1: more than 1000 times that of "
+                                         r"a uniform guess over its 2 classes \(0.693\); the run may be diverging: "
+                                         r"try a lower learning rate \(--lr\)$") as got:
+        proc = cli("run", "--strategy", "naive", "--tasks", "2", "--lr", "1e4", "--out", str(tmp_path / "r"), *TINY)
+    assert proc.returncode == 0 and len([w for w in got if "training loss" in str(w.message)]) == 1  # once a run
+    first = _strict_json(tmp_path / "r" / "results.json")["curves"][0]["loss"]
+    assert first > 1000 * math.log(2)  # what the warning says, from the run's own record
+
+
+def test_crop_flip_on_permuted_pixels_is_refused(tmp_path, cli):
+    """crop-flip was accepted on permuted MNIST (accuracy 0.17 against 0.85: a crop of a permuted image is noise)."""
+    proc = cli("run", "--strategy", "naive", "--benchmark", "permuted-mnist-5k", "--augment", "crop-flip", "--out",
+               str(tmp_path / "r"), *TINY)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "clframework: error: --augment crop-flip crops and flips images, but the tasks of permuted-mnist-5k permute "
+        "their pixels: a crop of a permuted image is noise; use --augment none"], proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", ["run", "compare"])
+def test_a_bad_checkpoint_every_is_refused_before_the_output_folder_is_made(tmp_path, cli, command):
+    """--checkpoint-every -1 was refused only after the output folder was made: the corrected command was then
+    refused as "not empty"."""
+    which = ("--strategy", "naive") if command == "run" else ("--strategies", "naive,si", "--seeds", "1")
+    proc = cli(command, *which, "--checkpoint-every", "-1", "--out", str(tmp_path / "r"), *TINY)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "clframework: error: --checkpoint-every must be an integer >= 0 (0: after every task only), got -1"]
+    assert not (tmp_path / "r").exists()
