@@ -89,6 +89,8 @@ def test_one_task_and_no_periodic_point():
     assert M.min_acc(one) != M.min_acc(one)  # nan: no earlier task
     assert M.wc_acc(one) == pytest.approx(0.8)  # T = 1: the accuracy itself
     assert M.anytime_accuracy(one) != M.anytime_accuracy(one)  # nan: no step is a multiple of 100
+    assert set(M.continual_summary(one)) == {"wc_acc", "wf10", "wp10", "lca10"}  # the undefined ones left out
+    assert set(M.continual_summary(CURVE)) == {"min_acc", "wc_acc", "wf10", "wp10", "lca10", "a_auc"}
 
 
 def _summary(values):
