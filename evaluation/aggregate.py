@@ -192,6 +192,13 @@ def format_console(summary: dict) -> str:
         acc = f"{st['mean']:.4f}" if st["sem"] is None else f"{st['mean']:.4f} +- {st['sem']:.4f}"
         lines.append(f"{_name(name, s):<12} {acc:>18} {_secs(s.get('cpu_seconds_per_run')):>10} "
                      f"{_secs(s['seconds_per_run']):>10}{_diverged_note(s)}")
+    continual = [m for m in shown_metrics(summary) if m in CONTINUAL]
+    if continual:  # --eval-every runs: the accuracy during training, mean over seeds
+        lines.append("during training (--eval-every), mean over seeds:")
+        lines.append(f"{'strategy':<12} " + " ".join(f"{LABELS[m]:>8}" for m in continual))
+        for name, s in summary["strategies"].items():
+            cells = [f"{s['metrics'][m]['mean']:>8.4f}" if m in s["metrics"] else f"{'-':>8}" for m in continual]
+            lines.append(f"{_name(name, s):<12} " + " ".join(cells))
     for p in summary.get("paired", []):
         if p["metric"] != "acc":
             continue

@@ -6,7 +6,7 @@ from collections import deque
 import pytest
 
 from clframework.evaluation import metrics as M
-from clframework.evaluation.aggregate import head_to_head, paired_table, table_markdown
+from clframework.evaluation.aggregate import format_console, head_to_head, paired_table, table_markdown
 
 # three tasks, 4 steps each, evaluated every 2 steps; task 2's subset twice as large
 CURVE = {"every": 2, "sizes": [10, 10, 20], "boundaries": [4, 8, 12], "points": [
@@ -112,7 +112,13 @@ def test_compare_table_and_paired_tests_carry_the_continual_metrics():
     pair = next(p for p in summary["paired"] if p["metric"] == "min_acc")
     assert pair["mean_diff"] == pytest.approx((0.5 + 0.4 + 0.5) / 3) and pair["p_value"] is not None
     assert "| min-ACC |" in table_markdown(summary)
+    console = format_console(summary).splitlines()
+    at = console.index("during training (--eval-every), mean over seeds:")
+    assert console[at + 1].split() == ["strategy", "min-ACC"]
+    assert console[at + 2].split() == ["er", "0.6500"]
+    assert console[at + 3].split() == ["naive", f"{(0.1 + 0.3 + 0.15) / 3:.4f}"]
     plain = _summary({"er": [0.6, 0.7, 0.65], "naive": [0.1, 0.3, 0.15]})
     for s in plain["strategies"].values():
         s["metrics"].pop("min_acc")
     assert "min-ACC" not in table_markdown(plain) and "min_acc_mean" not in head_to_head(plain)[0]
+    assert "during training" not in format_console(plain)
