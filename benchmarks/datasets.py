@@ -199,6 +199,13 @@ def _find_or_download(name: str, root: Path, download: bool, explicit: bool = Fa
     found = _locate_in(src, src.folders(root, explicit))
     if found is not None:
         return found
+    for folder in src.folders(root, explicit):  # some of the files but not all: name the missing, download nothing
+        missing = [f for f in src.files if not (folder / f).is_file() and not (folder / f"{f}.gz").is_file()]
+        if 0 < len(missing) < len(src.files):
+            raise DatasetNotFound(missing_message(
+                name, root, f"{folder} holds {len(src.files) - len(missing)} of its {len(src.files)} files and lacks "
+                            f"{', '.join(missing)}; put {'it' if len(missing) == 1 else 'them'} there (nothing is "
+                            f"downloaded over a partial copy)", explicit))
     if explicit and not root.is_dir():
         raise DatasetNotFound(missing_message(
             name, root, f"the data folder you named ({root}) does not exist, so {', '.join(src.files)} are missing; "

@@ -132,6 +132,16 @@ def lock_in_workers(pids: List[int]) -> None:
             f.writelines(f"worker {pid}\n" for pid in pids)
 
 
+def _program(pid: int, host: str) -> str:
+    """' (NAME)': the program of a process of this host, as the kernel names it (it tells a reused pid apart)."""
+    if host != socket.gethostname():
+        return ""
+    try:
+        return f" ({Path(f'/proc/{pid}/comm').read_text().strip()})"
+    except OSError:
+        return ""
+
+
 class OutputFolder:
     """Context manager: create the folder, prove it writable, refuse a non-empty one unless resuming or
     overwriting, and hold a lock file (pid and host) so that a second process cannot write into it meanwhile.
@@ -198,8 +208,11 @@ class OutputFolder:
             except FileExistsError:
                 pid, host = lock_holder(self.path) or (-1, "")
                 if in_use(self.path):
-                    raise OutputError(f"output folder {self.path} is in use by process {pid} on {host or '?'} "
-                                      f"(lock file {lock}); wait for it to finish or choose another --out") from None
+                    raise OutputError(f"output folder {self.path} is in use by process {pid}{_program(pid, host)} on "
+                                      f"{host or '?'} (lock file {lock}); wait for it to finish or choose another "
+                                      f"--out. If no clframework process writes into it (the writer was killed and "
+                                      f"its pid reused, or the lock came from another machine), the lock is stale: "
+                                      f"delete {lock}") from None
                 lock.unlink(missing_ok=True)  # left by a process that no longer runs (killed): take it over
                 continue
             except OSError as exc:

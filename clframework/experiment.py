@@ -1,6 +1,7 @@
 """Runs and comparisons: resolve a configuration (checking everything before training), train, score, write files."""
 from __future__ import annotations
 
+import json
 import sys
 import time
 import traceback
@@ -240,6 +241,13 @@ def protocol_source(config: RunConfig) -> str:
     return "own" if config.protocol is not None else config.benchmark
 
 
+def _json_or_none(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def check_fits_stream(cfg: dict, stream, checkpoint_every: int) -> None:
     """What a resolved configuration can only be checked against once the stream is built, before any folder is
     made: the augmentation (none on permuted pixels), the memory's size (said when larger than the data) and
@@ -377,8 +385,11 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
     benchmark = benchmark or config.benchmark
     train = cfg["train"]
     state = None
+    own = False  # config.json missing or damaged beside a checkpoint: the checkpoint's own configuration stands
     if out_dir is not None and resume and ((out_dir / RESULTS).exists() or (out_dir / CHECKPOINT).exists()):
-        check_same_config(out_dir, identity(cfg), as_now)
+        own = not (out_dir / RESULTS).exists() and not isinstance(_json_or_none(out_dir / CONFIG), dict)
+        if not own:
+            check_same_config(out_dir, identity(cfg), as_now)
         if (out_dir / RESULTS).exists():  # finished (or diverged) before: nothing to train again
             saved = read_json(out_dir / RESULTS)
             if saved.get("status") == "diverged":
@@ -412,7 +423,7 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
         save_checkpoint(out_dir / CHECKPOINT, {"run": label, "config": identity(cfg), "wandb_run_id": run_id,
                                                "data": data_fingerprint(stream), "trainer": trainer_state})
 
-    if out_dir is not None and state is None:
+    if out_dir is not None and (state is None or own):
         write_json(out_dir / CONFIG, identity(cfg))
     trainer = Trainer(model, strategy, epochs=train["epochs"], batch_size=train["batch_size"],
                       reset_optimizer=train["reset_optimizer"], **recipe_of(train), device=config.device,
@@ -788,6 +799,7 @@ def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, sta
                 runs.append(res)
         summary["diverged"] += diverged
         entry = {"hparams": cfg.resolved()["hparams"], "diverged_seeds": [d["seed"] for d in diverged],
+                 "failed_seeds": [f["seed"] for f in summary["failed"] if f["strategy"] == name],
                  "bound": getattr(STRATEGIES.get(cfg.strategy).factory, "bound", None)}  # joint, cumulative
         if runs:
             all_runs[name] = runs

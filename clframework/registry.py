@@ -246,6 +246,14 @@ def import_plugin(module: str) -> None:
             f"cannot import plugin '{module}': {exc}. Pass an importable module name (on PYTHONPATH or in the "
             f"current directory) or a path to a .py file."
         ) from None
+    except RegistryError:
+        raise
+    except Exception as exc:  # the plugin's own code raised: name the plugin and where (its message alone did not)
+        import traceback
+
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        raise RegistryError(f"plugin '{module}' raised {type(exc).__name__} while being imported ({frame.filename}, "
+                            f"line {frame.lineno}): {exc}; fix the plugin (--debug shows the traceback)") from exc
 
 
 def declared_entries(package: str, decorator: str, base: str) -> Optional[List[dict]]:

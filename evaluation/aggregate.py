@@ -115,9 +115,18 @@ def _name(name: str, s: dict) -> str:
 
 
 def _diverged_note(s: dict) -> str:
-    """A note such as ' (diverged: seeds 1, 2; left out)' for a strategy whose runs diverged on some seeds."""
-    seeds = s.get("diverged_seeds") or []
-    return f" (diverged: seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}; left out)" if seeds else ""
+    """A note such as ' (diverged: seeds 1, 2; left out)' for a strategy whose runs diverged (or failed: an exception
+    stopped them) on some seeds."""
+    notes = [f"{what}: seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+             for what, seeds in (("diverged", s.get("diverged_seeds") or []), ("failed", s.get("failed_seeds") or []))
+             if seeds]
+    return f" ({'; '.join(notes)}; left out)" if notes else ""
+
+
+def _no_runs(s: dict) -> str:
+    """What became of a strategy none of whose runs finished: diverged, failed, or both."""
+    return "/".join(w for w, key in (("diverged", "diverged_seeds"), ("failed", "failed_seeds")) if s.get(key)) or \
+        "no run"
 
 
 def _pm(stat: Optional[dict]) -> str:
@@ -187,7 +196,7 @@ def format_console(summary: dict) -> str:
     for name, s in summary["strategies"].items():
         st = s["metrics"].get("acc")
         if st is None:
-            lines.append(f"{_name(name, s):<12} {'diverged':>18} {'-':>10} {'-':>10}{_diverged_note(s)}")
+            lines.append(f"{_name(name, s):<12} {_no_runs(s):>18} {'-':>10} {'-':>10}{_diverged_note(s)}")
             continue
         acc = f"{st['mean']:.4f}" if st["sem"] is None else f"{st['mean']:.4f} +- {st['sem']:.4f}"
         lines.append(f"{_name(name, s):<12} {acc:>18} {_secs(s.get('cpu_seconds_per_run')):>10} "

@@ -67,7 +67,13 @@ def write_json(path: Path, data: Any) -> Path:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file clframework wrote; a damaged one is an error naming the file (the parser's message alone named
+    none) and what to do."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is damaged and cannot be read as JSON ({exc}); restore it, or delete it and run "
+                         f"the command that wrote it again") from None
 
 
 def matrix_csv(result: dict) -> str:

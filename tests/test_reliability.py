@@ -1440,3 +1440,106 @@ def test_a_bad_checkpoint_every_is_refused_before_the_output_folder_is_made(tmp_
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "clframework: error: --checkpoint-every must be an integer >= 0 (0: after every task only), got -1"]
     assert not (tmp_path / "r").exists()
+
+
+# ---- issue 30, item 9: messages that named no file --------------------------------------------------------------
+
+def test_a_damaged_json_file_is_named(tmp_path, cli):
+    """A damaged results.json (run/compare --resume) or summary.json (report) printed the JSON parser's error alone."""
+    out = tmp_path / "r"
+    assert cli("run", "--strategy", "naive", "--tasks", "1", "--out", str(out), *TINY).returncode == 0
+    (out / "results.json").write_text('{"status": "finished", "acc')
+    proc = cli("run", "--strategy", "naive", "--tasks", "1", "--out", str(out), "--resume", *TINY)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"clframework: error: {out / 'results.json'} is damaged and cannot be read as JSON (Unterminated string "
+        f"starting at: line 1 column 24 (char 23)); restore it, or delete it and run the command that wrote it "
+        f"again"], proc.stderr
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "summary.json").write_text("{")
+    proc = cli("report", str(tmp_path / "study"))
+    assert proc.returncode == 2 and proc.stderr.startswith(
+        f"clframework: error: {tmp_path / 'study' / 'summary.json'} is damaged and cannot be read as JSON ("), \
+        proc.stderr
+
+
+def test_a_plugin_raising_on_import_is_named(tmp_path, python):
+    (tmp_path / "raises_on_import.py").write_text("RATE = 1 / 0\n")
+    proc = _cli("list", "--plugin", "raises_on_import", cwd=tmp_path, python=python)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"clframework: error: plugin 'raises_on_import' raised ZeroDivisionError while being imported "
+        f"({tmp_path / 'raises_on_import.py'}, line 1): division by zero; fix the plugin (--debug shows the "
+        f"traceback)"], proc.stderr
+
+
+class RaisesAtTask2(Strategy):
+    """Raises at the start of task 2 while $RAISE is set: a failed run whose checkpoint holds task 1."""
+
+    def on_task_start(self, model, task_index):
+        if task_index == 1 and os.environ.get("RAISE"):
+            raise RuntimeError("raised on purpose")
+
+
+@pytest.fixture
+def raises_at_2(scratch_registry):
+    scratch_registry.register("raises-at-2")(RaisesAtTask2)
+
+
+def test_failed_and_diverged_are_labelled_apart(tmp_path, cli, monkeypatch, raises_at_2, nan_at):
+    """A failed strategy was labelled `diverged` in compare's table."""
+    monkeypatch.setenv("RAISE", "1")
+    proc = cli("compare", "--strategies", "raises-at-2,nan-at", "--seeds", "1", "--tasks", "2", "--out",
+               str(tmp_path / "cmp"), *TINY)
+    assert proc.returncode == 1, proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.split()[:1] in (["raises-at-2"],
+                                                                                               ["nan-at"])}
+    assert rows["raises-at-2"].split()[1] == "failed" and rows["raises-at-2"].endswith("(failed: seed 0; left out)")
+    assert rows["nan-at"].split()[1] == "diverged" and rows["nan-at"].endswith("(diverged: seed 0; left out)")
+
+
+@pytest.mark.parametrize("damage", ["missing", "damaged"])
+def test_resume_from_the_checkpoints_own_configuration_when_config_json_is_gone(tmp_path, cli, monkeypatch,
+                                                                                raises_at_2, damage):
+    """config.json missing or damaged beside a good checkpoint could not resume."""
+    out = tmp_path / "r"
+    args = ("run", "--strategy", "raises-at-2", "--tasks", "2", "--out", str(out), *TINY)
+    monkeypatch.setenv("RAISE", "1")
+    assert cli(*args).returncode == 1 and (out / "checkpoint.pt").is_file()
+    monkeypatch.delenv("RAISE")
+    saved = json.loads((out / "config.json").read_text())
+    if damage == "missing":
+        (out / "config.json").unlink()
+    else:
+        (out / "config.json").write_text('{"strategy": "raises-at')
+    proc = cli(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert _strict_json(out / "results.json")["resumed_from"]["task"] == 1
+    assert json.loads((out / "config.json").read_text()) == saved
+
+
+def test_a_lock_of_a_live_foreign_process_says_it_may_be_stale(tmp_path, cli):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / ".clframework").touch()
+    import socket
+
+    (out / LOCK).write_text(f"1 {socket.gethostname()}\n")  # pid 1 runs, and is no clframework
+    proc = cli("run", "--strategy", "naive", "--out", str(out), "--resume", *TINY)
+    assert proc.returncode == 2, proc.stderr
+    comm = Path("/proc/1/comm").read_text().strip()
+    assert proc.stderr.strip().splitlines() == [
+        f"clframework: error: output folder {out} is in use by process 1 ({comm}) on {socket.gethostname()} (lock "
+        f"file {out / LOCK}); wait for it to finish or choose another --out. If no clframework process writes into "
+        f"it (the writer was killed and its pid reused, or the lock came from another machine), the lock is stale: "
+        f"delete {out / LOCK}"]
+
+
+def test_fashion_mnist_with_three_of_four_files_names_the_missing_one(tmp_path):
+    from clframework.benchmarks.datasets import DatasetNotFound
+
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte"):
+        (raw / f).write_bytes(b"\0" * 16)
+    with pytest.raises(DatasetNotFound, match=rf"{raw} holds 3 of its 4 files and lacks t10k-labels-idx1-ubyte; put "
+                                              rf"it there \(nothing is downloaded over a partial copy\)"):
+        make_benchmark("split-fashion-mnist", data_root=str(tmp_path))

@@ -2,19 +2,19 @@
 a paper (evaluation/report.py), with the paper's numbers beside ours for a reproduction."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
 from clframework.evaluation.aggregate import METRICS
 from clframework.evaluation.report import comparison, render
+from clframework.evaluation.results import read_json
 
 
 def report(study: Path, fmt: str = "md", baseline: Optional[str] = None, alpha: float = 0.05,
            metrics: Sequence[str] = METRICS) -> str:
     study = Path(study)
     try:
-        summary = json.loads((study / "summary.json").read_text())
+        summary = read_json(study / "summary.json")
     except FileNotFoundError:
         partial = " (its study.json says it was started: finish it with --resume)" if (study / "study.json").exists() \
             else ""
@@ -23,7 +23,7 @@ def report(study: Path, fmt: str = "md", baseline: Optional[str] = None, alpha: 
     table = comparison(summary, baseline, alpha, metrics)
     paper = None
     if (study / "reproduction.json").exists():
-        arms = json.loads((study / "reproduction.json").read_text()).get("arms") or {}
+        arms = read_json(study / "reproduction.json").get("arms") or {}
         paper = {name: arms[name]["published"] for name in summary["strategies"]
                  if (arms.get(name) or {}).get("published")} or None
     return render(table, fmt, paper)
