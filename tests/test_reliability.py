@@ -939,6 +939,7 @@ def test_a_killed_jobs_worker_has_its_run_retried_from_its_checkpoint_and_the_st
     assert proc.returncode == 0, err
     assert "clframework: run gated-si seed 0: its worker process was killed by SIGKILL (kill -9 or the " \
            "out-of-memory killer); it runs again from its checkpoint" in err
+    assert "Traceback" not in err and "Exception in thread" not in err, err  # issue 30, item 6: InvalidStateError
     summary = _strict_json(out / "summary.json")
     assert summary["failed"] == [] and summary["diverged"] == []
     matrices = [summary["strategies"][s]["runs"][0]["accuracy_matrix"] for s in ("naive", "gated-si")]
