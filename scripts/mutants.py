@@ -470,6 +470,66 @@ def _(stack):
     patch(stack, agem, "agem_project", flipped)
 
 
+@mutant("derpp", "BatchNorm statistics from the joined batch (one forward pass over incoming + both samples)", REH,
+        "[derpp- and resnet and class")
+def _(stack):
+    from clframework.models import forward_heads
+    from clframework.strategies.memory import SeparatePasses
+    patch(stack, SeparatePasses, "forward", lambda self, model, batch, run=forward_heads: run(model, batch.x,
+                                                                                              batch.head))
+
+
+@mutant("er_ace", "BatchNorm statistics from the joined batch (one forward pass over incoming + memory rows)", REH,
+        "[er_ace- and resnet and class")
+def _(stack):
+    from clframework.models import forward_heads
+    from clframework.strategies.memory import SeparatePasses
+    patch(stack, SeparatePasses, "forward", lambda self, model, batch, run=forward_heads: run(model, batch.x,
+                                                                                              batch.head))
+
+
+@mutant("er_ace", "mask and replay from the first task in the task-based mode (Mammoth: from the second)", REH,
+        "[er_ace- and mlp and class")
+def _(stack):
+    from clframework.strategies.er_ace import ERACE
+    patch(stack, ERACE, "_asymmetric", lambda self: True)
+
+
+@mutant("agem", "projection when g.g_ref > 0 instead of < 0", EPI, "[agem- and mlp and class")
+def _(stack):
+    from clframework.strategies import agem
+    original = agem.agem_project
+
+    def other_side(g, g_ref):
+        flipped = [None if r is None else -r for r in g_ref] if isinstance(g_ref, (list, tuple)) else -g_ref
+        return original(g, flipped)  # projects onto the plane of -g_ref: the same plane, the opposite condition
+
+    patch(stack, agem, "agem_project", other_side)
+
+
+@mutant("agem", "reference gradient in eval mode (BatchNorm running statistics instead of the sample's)", EPI,
+        "[agem- and resnet and class")
+def _(stack):
+    from clframework.strategies import agem
+    original = agem.grouped_loss
+
+    def in_eval(model, *args):
+        model.eval()
+        try:
+            return original(model, *args)
+        finally:
+            model.train()
+
+    patch(stack, agem, "grouped_loss", in_eval)
+
+
+@mutant("replay", "memory sample of half the minibatch's size", EPI, "[replay- and mlp and class")
+def _(stack):
+    from clframework.strategies.memory import ReplayMemory
+    original = ReplayMemory.sample
+    patch(stack, ReplayMemory, "sample", lambda self, k: original(self, max(1, k // 2)))
+
+
 # ---- iCaRL and GDumb (tests by conf-icarl-gdumb) -------------------------------------------------------------------
 
 IG = "tests/conformance/test_icarl_gdumb.py"

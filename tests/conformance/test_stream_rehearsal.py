@@ -130,3 +130,10 @@ def test_the_joined_pass_is_taken_only_without_batchnorm():
             der.offer["logits"] = batch.out[:4].detach()
             der.on_after_step(model)
         assert der._separate is separate and len(der.rows) == 2
+
+
+@pytest.mark.slow
+def test_derpp_conforms_on_reduced_resnet18():
+    """The protocol's reduced ResNet-18 itself (20 base filters, 16 px; about 0.2 s a step in float64 on one thread,
+    so two tasks of 8 examples): DER++ has the most forward passes per step (3 under BatchNorm)."""
+    check(*CASES["derpp"], "reduced_resnet18", "class", train_per_class=4, n_tasks=2)
