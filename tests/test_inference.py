@@ -142,3 +142,17 @@ def test_a_scorer_that_cannot_be_rebuilt_is_refused_naming_why(class_il_stream, 
     (out / "strategy.pt").unlink()
     with pytest.raises(ValueError, match=r"its scorer cannot be rebuilt here \(FileNotFoundError"):
         load(out)
+
+
+def test_the_stream_network_in_place_of_gdumbs_scorer_is_refused(class_il_stream, tmp_path):
+    """The proof that load rebuilt the scorer tells the stream network (what load used before) from GDumb's
+    retrained one, though both have the run's architecture; a tolerance for another device's arithmetic (1% in
+    norm) does not blur them."""
+    out = tmp_path / "gdumb"
+    run(RunConfig("gdumb", "split-mnist-5k", hparams=SMALL["gdumb"], epochs=1, hidden=[16], device="cpu"), out,
+        quiet=True, stream=class_il_stream, figures=NO_FIGURES)
+    record = torch.load(out / "scorer.pt", weights_only=True)
+    record["state"] = torch.load(out / "model.pt", weights_only=True)
+    torch.save(record, out / "scorer.pt")
+    with pytest.raises(ValueError, match="the module rebuilt here scores 16 recorded test examples otherwise"):
+        load(out)
