@@ -73,6 +73,16 @@ class _Group:
         self.lo = torch.cat(lo).to(device) if bounds is not None else None
         self.hi = torch.cat(hi).to(device) if bounds is not None else None
         self.last = first + len(tasks) - 1
+        self._mask: Optional[torch.Tensor] = None
+
+    def til_mask(self, width: int) -> torch.Tensor:
+        """Per example, 0 on its own task's outputs and -inf elsewhere (made once): task-IL scores = argmax of
+        outputs + mask."""
+        if self._mask is None or self._mask.shape[1] != width:
+            cols = torch.arange(width, device=self.lo.device)
+            own = (cols >= self.lo[:, None]) & (cols < self.hi[:, None])
+            self._mask = torch.zeros(own.shape, device=own.device).masked_fill_(~own, float("-inf"))
+        return self._mask
 
 
 class ContinualEvaluator:
@@ -121,9 +131,7 @@ class ContinualEvaluator:
                     y, task = g.y[part], g.task[part]
                     right = (out.argmax(-1) == y).long()
                     if g.lo is not None:
-                        cols = torch.arange(out.shape[-1], device=out.device)
-                        own = (cols >= g.lo[part, None]) & (cols < g.hi[part, None])
-                        right_til = (out.masked_fill(~own, float("-inf")).argmax(-1) == y).long()
+                        right_til = ((out + g.til_mask(out.shape[-1])[part]).argmax(-1) == y).long()
                     else:
                         right_til = right
                     counts.index_add_(0, task, torch.stack([right, right_til], 1))
