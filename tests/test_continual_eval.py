@@ -210,3 +210,22 @@ def test_cli_compare_refuses_a_subset_larger_than_the_split_before_training(tmp_
     assert done.returncode != 0
     assert "--eval-subset 100000 is larger than task '0-1''s test split" in done.stderr and "give at most" in done.stderr
     assert not out.exists()
+
+
+def test_tasks_read_from_disk_are_scored_like_in_memory_ones(tmp_path):
+    """An image-folder stream (examples read through its dataset, not held on the device): the whole-split curve at
+    the last boundary equals the end-of-task evaluator's row."""
+    import fake_folders
+
+    from clframework.benchmarks import make_benchmark as make
+
+    root = fake_folders.image_folder(tmp_path / "tree", n_classes=4, per_class=10, size=8)
+    stream = make("split-imagefolder", data_root=str(root), setting="class")
+    assert not stream.tasks[0].in_memory
+    torch.manual_seed(0)
+    model = mlp(3 * 8 * 8, stream.head_sizes, hidden=(8,))
+    res = Trainer(model, make_strategy("naive"), epochs=2, batch_size=8, quiet=True, device="cpu",
+                  eval_every=2).fit(stream)
+    last = res.continual_eval["points"][-1]
+    assert last["accuracy"] == pytest.approx(res.accuracy_matrix[-1], abs=1e-12)
+    assert last["task_il_accuracy"] == pytest.approx(res.task_il_matrix[-1], abs=1e-12)
