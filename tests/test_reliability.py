@@ -1544,3 +1544,67 @@ def test_fashion_mnist_with_three_of_four_files_names_the_missing_one(tmp_path):
     with pytest.raises(DatasetNotFound, match=rf"{raw} holds 3 of its 4 files and lacks t10k-labels-idx1-ubyte; put "
                                               rf"it there \(nothing is downloaded over a partial copy\)"):
         make_benchmark("split-fashion-mnist", data_root=str(tmp_path))
+
+
+GATED_GDUMB = textwrap.dedent('''
+    import os
+    import time
+    from pathlib import Path
+
+    from clframework import register_strategy
+    from clframework.strategies.gdumb import GDumb
+
+    @register_strategy("gated-gdumb")
+    class GatedGDumb(GDumb):
+        """GDumb whose third state_dict() (after the checkpoints of tasks 1 and 2: strategy.pt's, once the last
+        task was scored) writes GATE/reached and waits while GATE/hold exists."""
+
+        calls = 0
+
+        def state_dict(self):
+            self.calls += 1
+            gate = Path(os.environ["GATE"])
+            if self.calls == 3 and (gate / "hold").exists():
+                (gate / "reached").write_text(str(os.getpid()))
+                while (gate / "hold").exists():
+                    time.sleep(0.01)
+            return super().state_dict()
+''')
+
+
+@pytest.mark.slow
+def test_a_run_resumed_after_its_last_task_was_scored_refuses_to_predict_with_another_model(tmp_path, python,
+                                                                                            scratch_registry,
+                                                                                            monkeypatch):
+    """Issue 30, item 1: a GDumb run killed after its last task was scored, before its files were written, resumes
+    with nothing to train: the network that produced its scores is gone, so load refuses, naming why, instead of
+    predicting with another one."""
+    (tmp_path / "gated_gdumb.py").write_text(GATED_GDUMB)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "hold").touch()
+    out = tmp_path / "run"
+    args = ["run", "--strategy", "gated-gdumb", "--setting", "class", "--tasks", "2", "--set", "memory_size=40",
+            "--set", "fit_epochs=1", "--checkpoint-every", "0", "--plugin", "gated_gdumb", "--out", str(out), *TINY]
+    proc = python.popen(["-m", "clframework", *args], cwd=tmp_path, env={"GATE": str(gate)})
+    deadline = time.time() + 240
+    while not (gate / "reached").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(out / "checkpoint.pt")["trainer"]["position"]["task"] == 2  # both tasks scored
+    (gate / "hold").unlink()
+    done = _cli(*args, "--resume", env={"GATE": str(gate)}, cwd=tmp_path, python=python)
+    assert done.returncode == 0, done.stderr
+    from clframework import load
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "gated_gdumb", raising=False)
+    import gated_gdumb  # noqa: F401 (registers gated-gdumb here, in the scratch registry)
+
+    with pytest.raises(ValueError, match=r"cannot be loaded for prediction: its scores came from strategy "
+                                         r"'gated-gdumb''s eval_model, not from model.pt, and the run was resumed "
+                                         r"after its last task had been scored, and the module its strategy scored "
+                                         r"with \(eval_model\) was not kept; run it again \(--overwrite\)"):
+        load(out)
