@@ -1338,8 +1338,8 @@ def test_the_needs_of_cumulative_and_a_features_method_are_checked_before_traini
     from clframework.plugin import check_needs
 
     model = __import__("own_models").no_features((1, 28, 28), [4])
-    with pytest.raises(ValueError, match=r"^strategy 'icarl' needs the model's penultimate features: HeadNoFeatures does not "
-                                         r"expose its penultimate features: give it a method features\(x\)"):
+    with pytest.raises(ValueError, match=r"^strategy 'icarl' needs the model's penultimate features: HeadNoFeatures "
+                                         r"does not expose its penultimate features: give it a method features\(x\)"):
         check_needs(STRATEGIES.get("icarl").factory, "icarl", model, make_benchmark("split-mnist-5k",
                                                                                       setting="class"))
 
