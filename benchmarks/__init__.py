@@ -11,6 +11,7 @@ _PUBLIC = {
     **dict.fromkeys(["LabeledData", "from_dataset", "from_task_data", "from_tensors", "holdout", "permutations",
                      "permuted", "split", "split_cifar10_100"], "scenarios"),
     **dict.fromkeys(["SETTINGS", "Stream", "Task"], "stream"),
+    **dict.fromkeys(["gaussian_schedule", "iblurry", "rotating_pairs"], "taskfree"),
 }
 
 

@@ -42,11 +42,12 @@ class Protocol(Recipe):
 
 def register_benchmark(name: str, *, protocol: Protocol, source: str,
                        available: Callable[[Optional[str]], bool] = lambda root: True, description: str = "",
-                       override: bool = False):
+                       override: bool = False, checks: Optional[Dict[str, tuple]] = None):
     """Decorator for a function `(seed=..., **options) -> Stream`; `source` says where its data come from and
-    `available(data_root)` whether they are on this machine. A name already registered needs override=True."""
-    return BENCHMARKS.register(name, description=description, protocol=protocol, source=source, available=available,
-                               override=override)
+    `available(data_root)` whether they are on this machine; `checks` maps an option to (predicate, accepted values),
+    checked before anything is built. A name already registered needs override=True."""
+    return BENCHMARKS.register(name, checks=checks, description=description, protocol=protocol, source=source,
+                               available=available, override=override)
 
 
 def available_benchmarks() -> list:

@@ -385,6 +385,12 @@ class Stream:
         return len(self.head_sizes) > 1
 
     @property
+    def task_free(self) -> bool:
+        """A task-free stream (benchmarks/taskfree.py): its tasks are consecutive stretches of one stream, trained in
+        their stored order, once, with no boundary shown to the strategy; each scores its own test data."""
+        return bool(self.info.get("task_free"))
+
+    @property
     def task_names(self) -> List[str]:
         return [t.name for t in self.tasks]
 
@@ -441,7 +447,9 @@ class Stream:
             raise ValueError(f"{self.name} has {len(self.tasks)} tasks; the number of tasks must be between 1 and "
                              f"{len(self.tasks)}, got {n}")
         tasks = self.tasks[:n]
-        if self.setting == "class":
+        if self.task_free:  # a stretch may hold examples of later tasks' classes: every output stays
+            heads = list(self.head_sizes)
+        elif self.setting == "class":
             heads = [sum(len(t.classes) for t in tasks)]
         else:
             heads = list(self.head_sizes[:max(t.head for t in tasks) + 1])

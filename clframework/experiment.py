@@ -32,7 +32,7 @@ from .callbacks import prepare_study
 from .models import ModelSpec, build_model, model_factory, model_name
 from .parallel import Backend, Executor, open_executor, plugin_modules, run_threads
 from .inference import scorer_record
-from .plugin import STRATEGIES, Strategy, check_needs, make_strategy
+from .plugin import STRATEGIES, Strategy, check_boundaries, check_needs, make_strategy
 from .plugin import overrides as hook_overridden
 from .progress import StudyProgress
 from .registry import RegistryError
@@ -135,6 +135,9 @@ class RunConfig(RecipeOverrides):
             model_factory(self.model)  # an unknown name or an unimportable factory: RegistryError now
             train["model"] = model_name(self.model)
         check_training(train)
+        for key in getattr(entry.factory, "lr_params", ()):  # hyperparameters left at 0 mean the run's lr (MIR's)
+            if not hparams[key]:
+                hparams[key] = float(train["lr"])
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         select_device(self.device)
@@ -218,6 +221,17 @@ def overrides(config: RunConfig) -> dict:
         if getattr(config, key) is not None:
             out[key] = getattr(config, key)
     return out
+
+
+def check_task_free(config: RunConfig, cfg: dict, stream) -> None:
+    """A task-free stream takes only strategies that need no task boundaries, seen once (epochs 1): ValueError."""
+    if not stream.task_free:
+        return
+    check_boundaries(STRATEGIES.get(config.strategy).factory, stream, config.strategy)
+    epochs = cfg["train"]["epochs"]
+    if epochs != 1:
+        raise ValueError(f"the task-free stream '{stream.name}' is seen once (online): epochs must be 1, got "
+                         f"{epochs}; drop --epochs")
 
 
 def model_for(config: RunConfig, train: dict, stream) -> torch.nn.Module:
@@ -368,6 +382,7 @@ def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
     stream.validate()
     check_subset(stream, config.eval_subset, config.evaluate_on)
     check_fits_stream(cfg, stream, checkpoint_every)
+    check_task_free(config, cfg, stream)
     prepare_study(callbacks)
     if out_dir is None:
         return _run(config, cfg, None, quiet, callbacks, stream, False, checkpoint_every, label, benchmark,
@@ -598,11 +613,12 @@ def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional
     label = benchmark if stream is None else stream.name
     stream = build_stream(first, stream)  # data errors before the folder is touched
     stream.validate()
-    for cfg in configs.values():
+    for cfg in configs.values():  # a strategy that cannot run on the stream: before the first run
         check_subset(stream, cfg.eval_subset, cfg.evaluate_on)
         check_fits_stream(cfg.resolved(), stream, checkpoint_every)
         check_needs(STRATEGIES.get(cfg.strategy).factory, cfg.strategy, model_for(cfg, cfg.resolved()["train"], stream),
                     stream)  # every run's needs before the first one trains
+        check_task_free(cfg, cfg.resolved(), stream)
     own_progress = progress is None
     progress = progress or StudyProgress("compare", quiet)
     args = (configs, seeds, quiet, callbacks_for, checkpoint_every, stream, started, summary_callbacks, label,

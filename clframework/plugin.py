@@ -102,6 +102,9 @@ class Strategy:
 
     registered_name = "custom"
     needs: Tuple[str, ...] = ()
+    # what the strategy does at task boundaries that a task-free stream does not show it (e.g. "a Fisher computed at
+    # each task's end"); empty: it trains without boundaries and runs on task-free streams (stream.task_free)
+    needs_boundaries = ""
 
     def on_task_start(self, model: nn.Module, task_index: int) -> None:
         """Before the first step of a task."""
@@ -163,6 +166,17 @@ class Strategy:
 def overrides(strategy, hook: str) -> bool:
     """Whether `strategy` replaces the base class's `hook` (a strategy that does not skips its cost entirely)."""
     return getattr(type(strategy), hook, None) is not getattr(Strategy, hook)
+
+
+def check_boundaries(strategy, stream, name: str = "") -> None:
+    """A strategy (class or instance) that needs task boundaries refuses a task-free stream: ValueError, one line,
+    naming what it needs and what runs instead; called before training."""
+    need = getattr(strategy, "needs_boundaries", "")
+    if need and getattr(stream, "task_free", False):
+        name = name or getattr(strategy, "registered_name", type(strategy).__name__)
+        raise ValueError(f"strategy '{name}' needs task boundaries ({need}), which the task-free stream "
+                         f"'{stream.name}' does not show; use a strategy that trains without them (naive, er, der, "
+                         f"derpp, er_ace, mir) or a stream with tasks")
 
 
 def check_state_keys(strategy: Strategy, state: Dict[str, Any], expected) -> None:

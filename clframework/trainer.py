@@ -30,7 +30,7 @@ from clframework.benchmarks.stream import compose
 from .callbacks import TrainerCallback  # also importable from here, its home before callbacks.py
 from .checkpoint import to_device
 from .models import forward_heads, takes_head
-from .plugin import Batch, Strategy, check_needs, overrides
+from .plugin import Batch, Strategy, check_boundaries, check_needs, overrides
 from .recipe import Recipe
 
 
@@ -191,6 +191,7 @@ class Trainer:
         self.global_step = 0
         self._epoch: Optional[dict] = None  # the epoch in flight: its batch order and running sums
         self._task_curve: List[dict] = []
+        self._task_free: Optional[int] = None  # a task-free stream: its last task's index (None: tasks shown)
         self._progress = {"initial_accuracy": [], "accuracy_matrix": [], "task_il_matrix": [], "curves": [],
                           "train_seconds": 0.0, "train_cpu_seconds": 0.0, "eval_points": [], "eval_boundaries": []}
         self._clock = self._cpu_clock = 0.0  # perf_counter and process_time when the current task's timing started
@@ -292,12 +293,15 @@ class Trainer:
         first_epoch = self.position["epoch"] - 1 if resume else 0
         self.position = {"task": task_index, "task_name": (task or own_task).name, "epoch": first_epoch,
                          "step": self.position["step"] if resume else 0}
+        # a task-free stream hides its boundaries: one start (before its first stretch), one end (after its last), and
+        # one optimizer throughout
+        hidden = self._task_free is not None
         if not resume:
             self._epoch, self._task_curve = None, []
-            if self.optimizer is None or self.reset_optimizer:
+            if self.optimizer is None or (self.reset_optimizer and not hidden):
                 self.optimizer = self.make_optimizer([p for p in model.parameters() if p.requires_grad])
         opt = self.optimizer
-        if not resume:
+        if not resume and (not hidden or task_index == 0):
             strategy.on_task_start(model, task_index)
         if task is None:  # the strategy trains nothing on this task (task_data gave None)
             strategy.on_task_end(model, own_task, own_task.head)
@@ -331,8 +335,9 @@ class Trainer:
                    leave=False, disable=self.quiet, unit="epoch")
         for epoch in bar:
             self.position["epoch"] = epoch + 1
-            if self._epoch is None:
-                self._epoch = {"order": torch.randperm(n, generator=self.generator).to(device),
+            if self._epoch is None:  # a task-free stream is trained in its stored order
+                self._epoch = {"order": (torch.arange(n) if hidden else torch.randperm(n, generator=self.generator)
+                                         ).to(device),
                                "loss_sum": torch.zeros((), device=device),
                                "correct": torch.zeros((), dtype=torch.long, device=device),
                                "first_bad": torch.full((), -1, dtype=torch.long, device=device)}
@@ -391,7 +396,8 @@ class Trainer:
             self.position["step"] = 0
             bar.set_postfix(loss=f"{point['loss']:.4f}", acc=f"{point['accuracy']:.3f}")
             self._callback("on_epoch_end", task_index, epoch + 1, point["loss"], point["accuracy"])
-        strategy.on_task_end(model, task, head)
+        if not hidden or task_index == self._task_free:
+            strategy.on_task_end(model, task, head)
         return list(curve)
 
     def _step_adjustment(self, opt: torch.optim.Optimizer, n: int) -> Optional[Callable[[int, int], None]]:
@@ -516,6 +522,16 @@ class Trainer:
         resume: a `state_dict()` (from a checkpoint) to continue from instead of starting over. An exception raised
         by a strategy or model during training comes out as TrainingFailed, saying where it happened."""
         self.check_fits(stream)
+        self._task_free = None
+        if stream.task_free:
+            check_boundaries(self.strategy, stream)
+            if self.epochs != 1:
+                raise ValueError(f"the task-free stream '{stream.name}' is seen once (online): epochs must be 1, got "
+                                 f"{self.epochs}")
+            self._task_free = len(stream.tasks) - 1
+        for key in getattr(self.strategy, "lr_params", ()):  # a hyperparameter left at 0 means the run's lr (MIR)
+            if not getattr(self.strategy, key):
+                setattr(self.strategy, key, float(self.recipe.lr))
         if self.eval_every:
             self._evaluator = ContinualEvaluator(stream, self.device, self.eval_subset, self.evaluate_on,
                                                  seed=self.seed)

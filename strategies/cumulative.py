@@ -39,6 +39,8 @@ class Cumulative(Strategy):
     """Each task trains on the union of all tasks so far (a reference point, shown as a bound)."""
 
     needs = ("single-head",)
+    needs_boundaries = "each task's data, joined to the earlier tasks' at its start"
+
     bound = "cumulative"
 
     def task_data(self, stream, task_index: int) -> Optional[Task]:
@@ -50,6 +52,8 @@ class Joint(Strategy):
     """Joint training on every task's data at once, at the last task (the upper bound, shown as a bound)."""
 
     needs = ("single-head",)
+    needs_boundaries = "every task's data, trained at the last task"
+
     bound = "upper"
 
     def task_data(self, stream, task_index: int) -> Optional[Task]:

@@ -56,6 +56,8 @@ def greedy_balanced(stored: List[int], incoming: List[int], capacity: int, seen:
 class GDumb(Strategy):
     """GDumb. memory_size: examples kept; fit_epochs, fit_lr, fit_batch_size: the SGD training on the memory."""
 
+    needs_boundaries = "a network fitted on the memory at each task's end"
+
     def __init__(self, memory_size: int = 200, fit_epochs: int = 30, fit_lr: float = 0.05, fit_batch_size: int = 16):
         self.memory_size, self.fit_epochs = int(memory_size), int(fit_epochs)
         self.fit_lr, self.fit_batch_size = float(fit_lr), int(fit_batch_size)

@@ -74,6 +74,7 @@ class ICaRL(Strategy):
     """iCaRL. memory_size: exemplars in all, re-divided equally over the classes seen."""
 
     needs = ("class-setting", "head-argument", "features")
+    needs_boundaries = "exemplars chosen and the old model frozen at each task's end"
 
     def __init__(self, memory_size: int = 200, minibatch_size: int = 10):
         if memory_size < 1:

@@ -85,6 +85,8 @@ class LwF(Strategy):
     Loss term alpha * sum over earlier heads of KL(softmax(z_old / T) || softmax(z / T)) on the current inputs.
     """
 
+    needs_boundaries = "the old model frozen at each task's end"
+
     def __init__(self, alpha: float = 1.0, temperature: float = 2.0):
         if alpha < 0 or temperature <= 0:
             raise ValueError(f"LwF needs alpha >= 0 and temperature > 0, got alpha={alpha}, temperature={temperature}")

@@ -24,6 +24,8 @@ class Replay(Strategy):
     memory_size: examples kept in all (default 200); selection: 'reservoir' or 'class-balanced'.
     """
 
+    needs_boundaries = "a memory filled with each task's examples at its end"
+
     def __init__(self, memory_size: int = 200, selection: str = "reservoir"):
         if memory_size < 1:
             raise ValueError(f"memory_size must be >= 1, got {memory_size}")
