@@ -135,8 +135,8 @@ class RunConfig(RecipeOverrides):
             model_factory(self.model)  # an unknown name or an unimportable factory: RegistryError now
             train["model"] = model_name(self.model)
         check_training(train)
-        for key in getattr(entry.factory, "lr_params", ()):  # hyperparameters left at 0 mean the run's lr (MIR's)
-            if not hparams[key]:
+        for key in getattr(entry.factory, "lr_params", ()):  # follow the run's lr unless given (MIR's virtual step)
+            if key not in self.hparams and key not in preset:
                 hparams[key] = float(train["lr"])
         if not _is_int(self.seed) or self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")

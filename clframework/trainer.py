@@ -529,9 +529,6 @@ class Trainer:
                 raise ValueError(f"the task-free stream '{stream.name}' is seen once (online): epochs must be 1, got "
                                  f"{self.epochs}")
             self._task_free = len(stream.tasks) - 1
-        for key in getattr(self.strategy, "lr_params", ()):  # a hyperparameter left at 0 means the run's lr (MIR)
-            if not getattr(self.strategy, key):
-                setattr(self.strategy, key, float(self.recipe.lr))
         if self.eval_every:
             self._evaluator = ContinualEvaluator(stream, self.device, self.eval_subset, self.evaluate_on,
                                                  seed=self.seed)

@@ -46,18 +46,19 @@ def most_interfered(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @register_strategy("mir", checks={"memory_size": _positive, "minibatch_size": _positive, "subsample": _positive,
-                                  "virtual_lr": (lambda v: v >= 0, "a number >= 0 (0: the run's learning rate)")},
+                                  "virtual_lr": (lambda v: v > 0, "a number > 0")},
                    description="MIR: replay the memory examples whose loss a virtual SGD step on the incoming "
                                "minibatch raises most (Aljundi et al. 2019)")
 class MIR(StreamRehearsal):
     """MIR. memory_size: examples kept; minibatch_size: examples replayed per step (the authors' buffer_batch_size);
-    subsample: memory candidates scored per step; virtual_lr: the virtual step's learning rate (0: the run's lr, as
-    the authors' code uses the optimizer's)."""
+    subsample: memory candidates scored per step; virtual_lr: the virtual step's learning rate, the optimizer's in
+    the authors' code: run() and compare() set it to the run's lr unless it is given (--set virtual_lr=...); in a loop
+    of your own (or Trainer) give it your lr (default 0.1, the authors' lr)."""
 
-    lr_params = ("virtual_lr",)  # left at 0, run() / compare() / Trainer.fit give it the run's learning rate
+    lr_params = ("virtual_lr",)  # hyperparameters that follow the run's learning rate unless given
 
     def __init__(self, memory_size: int = 200, minibatch_size: int = 10, subsample: int = 50,
-                 virtual_lr: float = 0.0):
+                 virtual_lr: float = 0.1):
         super().__init__(memory_size, minibatch_size)
         self.subsample, self.virtual_lr = int(subsample), float(virtual_lr)
         self._batch: Optional[Batch] = None
@@ -87,9 +88,6 @@ class MIR(StreamRehearsal):
     def on_before_step(self, model: nn.Module) -> None:
         if not len(self.memory):
             return
-        if not self.virtual_lr:
-            raise ValueError("MIR's virtual_lr is 0: give the optimizer's learning rate (--set virtual_lr=...; run(), "
-                             "compare() and Trainer.fit fill it in)")
         batch = self._batch
         c = self.memory.draw(self.subsample)
         x, y = batch.inputs(c["x"]), c["y"]
