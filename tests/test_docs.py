@@ -134,3 +134,8 @@ def test_avalanche_plugin_guide_runs(tmp_path, docs_python):
 def test_fidelity_counts(tmp_path, docs_python):
     """docs/fidelity.md: its measurements that are python blocks print what the page states."""
     run_document(DOCS / "fidelity.md", tmp_path, docs_python)
+
+
+def test_taskfree_guide_runs(tmp_path, docs_python):
+    """docs/taskfree.md: an i-Blurry stream's stretches and classes, and EWC's one-line refusal, as printed."""
+    run_document(DOCS / "taskfree.md", tmp_path, docs_python)
