@@ -39,6 +39,9 @@ class Experiment:
     buffers: Dict[str, Tuple[int, ...]] = field(default_factory=dict)  # dataset -> the memory sizes it reports
     published_controls: Dict[str, str] = field(default_factory=dict)  # control -> the paper's result, with where
     published_source: str = ""  # the paper, and how to read the results its arms quote (when they name no source)
+    options: Dict[str, object] = field(default_factory=dict)  # benchmark options of the protocol (setting=class)
+    ledger: bool = False  # also write ledger.md, the table's rows for docs/ledger.md (der-table)
+    paper_dataset: str = ""  # the dataset the paper ran on, where it is not the first of `benchmarks`
 
 
 DER_ORDER = ("naive", "si", "lwf", "agem", "er", "er_ace", "icarl", "der", "derpp")  # the tables' row order
@@ -64,6 +67,30 @@ def der_table_arms(dataset: str, buffer: Optional[int]) -> Tuple[Arm, ...]:
         label = f"{strategy} (buffer {buffer})" if "memory_size" in hparams else strategy
         arms.append(Arm(strategy, label, strategy, hparams, train, _published(dataset, strategy, buffer)))
     return tuple(arms)
+
+
+# De Lange, van de Ven & Tuytelaars, ICLR 2023 ("Continual evaluation for lifelong learning: identifying the stability
+# gap"), split-MNIST class-incremental, as their code configures it (mattdl/ContinualEvaluation, commit bae2a58:
+# reproduce/configs/splitmnist_ER.yaml, main.py's defaults, src/model.py MLPfeat, src/methods/replay.py): an MLP of
+# two hidden layers of 400 with one linear head over the 10 classes, SGD lr 0.01 momentum 0.9, minibatch 256, 10
+# epochs per task, evaluation after every iteration on 1000 test examples per task, 5 seeds; ER: a class-balanced
+# memory of 2000 filled at each task's end, each minibatch joined by as many memory examples.
+STABILITY_GAP_TRAIN = {"hidden": (400, 400), "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "batch_size": 256,
+                       "epochs": 10, "reset_optimizer": True, "eval_every": 1}
+STABILITY_GAP_SOURCE = ("De Lange, van de Ven & Tuytelaars, ICLR 2023; protocol from mattdl/ContinualEvaluation "
+                        "(commit bae2a58, reproduce/configs/splitmnist_ER.yaml and main.py); their MNIST min-ACC and "
+                        "WC-ACC are not quoted here: docs/results.md says why")
+
+
+def stability_gap_arms(dataset: str, buffer: Optional[int]) -> Tuple[Arm, ...]:
+    """ER (class-balanced memory of `buffer`, 2000 in the paper) and the paper's other methods on its protocol; the
+    per-task evaluation subset is the paper's 1000 where the split holds that many (mnist-5k has 200 per task)."""
+    train = {**STABILITY_GAP_TRAIN, **({"eval_subset": 1000} if dataset != "mnist-5k" else {})}
+    return (Arm("er", f"ER (memory {buffer})", "replay", {"memory_size": buffer, "selection": "class-balanced"}, train),
+            Arm("naive", "fine-tuning", "naive", {}, train),
+            Arm("agem", f"A-GEM (memory {buffer})", "agem", {"memory_size": buffer}, train),
+            Arm("lwf", "LwF", "lwf", {}, train),
+            Arm("ewc", "EWC", "ewc", {}, train))
 
 
 PAPER_SOURCE = ("Zenke, Poole & Ganguli, ICML 2017; its results are figures, not tables: a number marked ≈ is read "
@@ -108,7 +135,14 @@ EXPERIMENTS: Dict[str, Experiment] = {
         (), seeds=10, spread="sem", figures=(), controls=("joint",),
         quick={"epochs": 1, "n_tasks": 2, "seeds": 2}, arms_for=der_table_arms,
         buffers={"seq-cifar10": der.BUFFERS, "seq-cifar100": der.CIFAR100_BUFFERS,
-                 "seq-tinyimagenet": der.BUFFERS}),
+                 "seq-tinyimagenet": der.BUFFERS}, ledger=True),
+    "stability-gap": Experiment(
+        "stability-gap", "De Lange et al. 2023, Sec. 5 / Fig. 2: class-incremental split-MNIST, per-iteration "
+                         "evaluation, min-ACC and WC-ACC",
+        {"mnist-5k": "split-mnist-5k", "mnist": "split-mnist", "fashion-mnist": "split-fashion-mnist"},
+        (), seeds=5, spread="sd", figures=(2,), quick={"epochs": 2, "seeds": 2}, arms_for=stability_gap_arms,
+        buffers={"mnist-5k": (2000,), "mnist": (2000,), "fashion-mnist": (2000,)}, options={"setting": "class"},
+        published_source=STABILITY_GAP_SOURCE, paper_dataset="mnist"),
 }
 
 

@@ -38,7 +38,7 @@ from ..plugin import STRATEGIES, make_strategy
 from ..progress import StudyProgress
 from ..trainer import Trainer, seed_everything, select_device
 from .paper import (DER_ORDER, EXPERIMENTS, NOT_IN_PAPER, PAPER_SOURCE, Arm, Experiment,  # noqa: F401 (re-exported)
-                    check_request, der_table_arms, select_arms)
+                    _published, check_request, der_table_arms, select_arms)
 
 
 def spread(values, kind: str) -> float:
@@ -64,7 +64,7 @@ def plan(name: str, dataset: Optional[str] = None, quick: bool = False, seeds: O
         exp = replace(exp, arms=tuple(a for a in all_arms if a.strategy in registered))
     chosen, controls = select_arms(exp, arms)
     benchmark = exp.benchmarks[dataset]
-    options: Dict[str, object] = {"data_root": data_root} if data_root else {}
+    options: Dict[str, object] = {**exp.options, **({"data_root": data_root} if data_root else {})}
     overrides: Dict[str, object] = {}
     scaled: List[str] = []
     n_seeds = exp.seeds
@@ -195,6 +195,11 @@ def device_name(device: str = "auto") -> str:
     return f"CPU {cpu} (torch {torch.__version__}, {torch.get_num_threads()} threads)"
 
 
+def curves_of(runs: Dict[str, List[dict]]) -> Dict[str, List[dict]]:
+    """Each arm's runs' continual-evaluation curves (results.json's continual_eval), where they have one."""
+    return {label: [r["continual_eval"] for r in rs if r.get("continual_eval")] for label, rs in runs.items()}
+
+
 class _Progress:
     """Rewrites the table, JSON and Fig. 4 after every finished run, marked partial, so that a reproduction stopped
     part-way (a time limit, a lost machine) keeps every run it finished (each run's own folder has the rest).
@@ -210,7 +215,7 @@ class _Progress:
         self.label = label
         self.runs.setdefault(self.label, []).append(run)
         done = sum(map(len, self.runs.values()))
-        summary = summarize(self.exp, self.p, self.runs, result["tasks"], self.device)
+        summary = summarize(self.exp, self.p, self.runs, result["tasks"], self.device, curves=curves_of(self.runs))
         summary["partial"] = f"{done} of {len(self.p['configs']) * self.p['seeds']} runs"
         write_json(self.out_dir / "reproduction.json", summary)
         write_text(self.out_dir / "reproduction.md", table(summary))
@@ -272,22 +277,23 @@ def _reproduce(exp: "Experiment", p: dict, out_dir: Path, quiet: bool, log, resu
     study.add(len(controls))  # compare_configs adds the arms' runs
     write_plan(out_dir, "reproduce", p["benchmark"], configs, p["seeds"], len(stream), len(configs) * p["seeds"])
     plugins = study_plugins(configs) if backend.parallel else []
+    on_run = _Progress(exp, p, out_dir, hardware, log if study.quiet else None, figures)
     with open_executor(backend, stream, plugins, configs[0].device) as ex:
         comparison = compare_configs(p["configs"], p["seeds"], out_dir, quiet, resume=resume,
                                      checkpoint_every=checkpoint_every, backend=backend, progress=study,
-                                     checkpoint_dir=checkpoint_dir, executor=ex,
-                                     on_run=_Progress(exp, p, out_dir, hardware, log if study.quiet else None,
-                                                      figures), figures=figures,
+                                     checkpoint_dir=checkpoint_dir, executor=ex, on_run=on_run, figures=figures,
                                      callbacks_for=((lambda label, seed: callbacks_for(replace(p["configs"][label],
                                                                                              seed=seed)))
                                                     if callbacks_for else None))
         runs = {label: s["runs"] for label, s in comparison["strategies"].items()}
-        result = summarize(exp, p, runs, comparison["tasks"], hardware, comparison.get("diverged"))
+        curves = curves_of(on_run.runs)
+        result = summarize(exp, p, runs, comparison["tasks"], hardware, comparison.get("diverged"), curves)
         result["controls"] = run_controls(ex, controls, len(stream), study)
-    result["figures"] = [str(f.relative_to(out_dir)) for f in draw_figures(exp, result, stream, out_dir, figures)]
+    result["figures"] = [str(f.relative_to(out_dir)) for f in draw_figures(exp, result, stream, out_dir, figures,
+                                                                           curves)]
     write_json(out_dir / "reproduction.json", result)
     write_text(out_dir / "reproduction.md", table(result))
-    if exp.arms_for is not None:
+    if exp.ledger:
         write_text(out_dir / "ledger.md", ledger_rows(result))
     for cb in summary_callbacks:  # after every figure is drawn (Fig. 6 too): the W&B summary run shows them all
         cb.on_summary(comparison, out_dir)
@@ -296,17 +302,35 @@ def _reproduce(exp: "Experiment", p: dict, out_dir: Path, quiet: bool, log, resu
     return result
 
 
+def first_task_gap(curve: dict) -> Optional[dict]:
+    """The first task's accuracy at the end of its training, its lowest while the second task trains (and how many
+    steps after the boundary), and at the end of the second task: the stability gap is the drop, then the recovery.
+    None for a curve with fewer than two tasks."""
+    ends = curve["boundaries"]
+    if len(ends) < 2:
+        return None
+    first = [(pt["step"], pt["accuracy"][0]) for pt in curve["points"]]
+    at_end = [a for s, a in first if s <= ends[0]][-1]
+    during = [(a, s) for s, a in first if ends[0] < s <= ends[1]]
+    low, low_step = min(during)
+    return {"at_end": at_end, "min_next": low, "steps_to_min": low_step - ends[0],
+            "end_next": [a for s, a in first if s <= ends[1]][-1]}
+
+
 def summarize(exp: Experiment, p: dict, runs: Dict[str, List[dict]], tasks: List[str], device: str,
-              diverged: Optional[List[dict]] = None) -> dict:
-    """Per arm: final average accuracy with the paper's error bars (SEM or SD over seeds), per-task final accuracy."""
+              diverged: Optional[List[dict]] = None, curves: Optional[Dict[str, List[dict]]] = None) -> dict:
+    """Per arm: final average accuracy with the paper's error bars (SEM or SD over seeds), per-task final accuracy;
+    with continual evaluation, min-ACC and WC-ACC likewise, and the first task's stability gap (`first_task_gap`,
+    averaged over the seeds) from `curves`, the runs' continual_eval records."""
     out = {"experiment": exp.name, "section": exp.section, "benchmark": p["benchmark"], "dataset": p["dataset"],
            "seeds": p["seeds"], "spread": exp.spread, "scaled": p["scaled"], "device": device, "arms": {},
            "diverged": diverged or [], "buffer": p.get("buffer"), "command": provenance.command()}
-    if exp.arms_for is not None:
+    if exp.ledger:
         out["joint_published"] = _published(p["dataset"], "joint", None)
     out.update({f"{c}_published": p["published"][c] for c in p["controls"] if c in p["published"]})
     if exp.published_source:
-        out["published_source"] = {"source": exp.published_source, "dataset": next(iter(exp.benchmarks))}
+        out["published_source"] = {"source": exp.published_source,
+                                   "dataset": exp.paper_dataset or next(iter(exp.benchmarks))}
     for label, arm_runs in runs.items():
         if not arm_runs:  # every seed diverged: listed in "diverged", no statistics
             continue
@@ -323,6 +347,14 @@ def summarize(exp: Experiment, p: dict, runs: Dict[str, List[dict]], tasks: List
             "published": p.get("published", {}).get(label, ""),
             "protocol": {k: v for k, v in p["configs"][label].resolved()["train"].items()},
         }
+        for key in ("min_acc", "wc_acc"):
+            values = [r["metrics"][key] for r in arm_runs if key in r["metrics"]]
+            if values:
+                out["arms"][label].update({f"{key}_mean": float(np.mean(values)),
+                                           f"{key}_spread": spread(values, exp.spread)})
+        gaps = [g for c in (curves or {}).get(label, []) if (g := first_task_gap(c)) is not None]
+        if gaps:
+            out["arms"][label]["first_task_gap"] = {k: float(np.mean([g[k] for g in gaps])) for k in gaps[0]}
     out["tasks"] = tasks
     return out
 
@@ -353,6 +385,17 @@ def table(summary: dict) -> str:
         per = ", ".join(f"{v:.3f}" for v in controls["scratch"]["per_task_mean"])
         lines.append(f"| from scratch per task (per-task accuracy) | {per} | | | |"
                      + (f" {summary.get('scratch_published') or '-'} |" if paper_head else ""))
+    continual = {label: a for label, a in summary["arms"].items() if "min_acc_mean" in a}
+    if continual:
+        lines += ["", f"| arm | min-ACC (mean +- {pm}) | WC-ACC (mean +- {pm}) | task 1 at its end | task 1 lowest "
+                      f"during task 2 (steps after the boundary) | task 1 at the end of task 2 |",
+                  "|---|---|---|---|---|---|"]
+        for label, a in continual.items():
+            g = a.get("first_task_gap")
+            gap = (f"{g['at_end']:.4f} | {g['min_next']:.4f} ({g['steps_to_min']:.1f}) | {g['end_next']:.4f}"
+                   if g else "- | - | -")
+            lines.append(f"| {label} | {a['min_acc_mean']:.4f} +- {a['min_acc_spread']:.4f} | "
+                         f"{a['wc_acc_mean']:.4f} +- {a['wc_acc_spread']:.4f} | {gap} |")
     if source:
         lines += ["", f"paper: {source['source']}."]
         if summary.get("dataset") != source["dataset"] or summary["scaled"]:
@@ -384,9 +427,42 @@ def ledger_rows(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def draw_figures(exp: Experiment, summary: dict, stream: Stream, out_dir: Path, figures=STUDY_FIGURES) -> List[Path]:
-    """Figs. 3-5 come with the comparison (fig3_per_task, fig4_average, fig5_omega_correlation); Fig. 6 is drawn here."""
+def continual_figure(curves: Dict[str, List[dict]], tasks: Sequence[str]):
+    """De Lange et al.'s Fig. 2 layout for every task: one panel per task, its accuracy against optimizer steps from
+    its training's start, one line per arm (mean over seeds, which share their steps), task boundaries dashed."""
+    from matplotlib.figure import Figure
+
+    T = len(tasks)
+    fig = Figure(figsize=(3.2 * T, 3.2), layout="constrained")
+    axes = fig.subplots(1, T, sharey=True, squeeze=False)[0]
+    for k, (label, runs) in enumerate(curves.items()):
+        if not runs:
+            continue
+        ends = runs[0]["boundaries"]
+        for j, ax in enumerate(axes):
+            steps = [pt["step"] for pt in runs[0]["points"] if len(pt["accuracy"]) > j]
+            values = np.mean([[pt["accuracy"][j] for pt in r["points"] if len(pt["accuracy"]) > j] for r in runs], 0)
+            ax.plot(steps, values, linewidth=1, color=f"C{k}", label=label if j == 0 else None)
+            if k == 0:
+                for end in ends[:-1]:
+                    ax.axvline(end, color="0.6", linestyle="--", linewidth=0.8)
+    for j, ax in enumerate(axes):
+        ax.set_title(f"task {j + 1} ({tasks[j]})", fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("test accuracy")
+    fig.legend(loc="outside lower center", ncol=min(5, len(curves)), fontsize=8)
+    return fig
+
+
+def draw_figures(exp: Experiment, summary: dict, stream: Stream, out_dir: Path, figures=STUDY_FIGURES,
+                 curves: Optional[Dict[str, List[dict]]] = None) -> List[Path]:
+    """Figs. 3-5 come with the comparison (fig3_per_task, fig4_average, fig5_omega_correlation); Fig. 6 is drawn
+    here, and the stability gap's Fig. 2 (every task's accuracy at every step) from the runs' curves."""
     files = [f for f in out_dir.iterdir() if f.suffix in (".png", ".svg") and f.name.startswith("fig")]
+    if 2 in exp.figures and figures.study and curves and any(curves.values()):
+        files += save(continual_figure(curves, stream.task_names), out_dir / "fig2_continual_accuracy",
+                      figures.formats)
     if 6 in exp.figures and figures.study:
         bars = {label: {"mean": a["final_per_task_mean"], "err": a["final_per_task_spread"]}
                 for label, a in summary["arms"].items()}
