@@ -30,7 +30,10 @@ EPOCHS, PER_TASK = 15, 200
 # picks one (3e-4 apart; float64 runs agree to 1e-16): no method's difference.
 STRATEGIES = {"si": {"c": 1.0, "xi": 1e-3}, "ewc": {"ewc_lambda": 1000.0}, "replay": {"memory_size": 100},
               "mas": {"mas_lambda": 10.0}, "lwf": {"alpha": 1.0, "temperature": 2.0},
-              "agem": {"memory_size": 100, "sample_size": 256}}
+              "agem": {"memory_size": 100, "sample_size": 256},
+              # mir: every example kept and scored, so the order the examples arrive in (ours shuffled, Avalanche's
+              # not) does not change which are retrieved
+              "mir": {"memory_size": 1000, "subsample": 1000}}
 ORDERED = {"er": {"memory_size": 100, "minibatch_size": 50}}  # offered each minibatch: the loop's order decides
 
 
@@ -95,6 +98,10 @@ def test_plugin_matches_our_trainer_and_differs_from_naive(init, small, avalanch
         for a, b in zip(plugin.strategy.memory.contents(), our_strategy.memory.contents()):
             assert torch.equal(a, b)
         assert set(plugin.strategy.memory.contents()[2].tolist()) == {0, 1}  # each task's examples on its head
+        return
+    if name == "mir":  # every example kept (a memory of 1000): the same examples, whatever order each loop offered
+        assert torch.equal(plugin.strategy.memory.stored()["y"].sort().values,
+                           our_strategy.memory.stored()["y"].sort().values)
         return
     if name == "lwf":  # the same frozen copy, and each task's outputs (its labels) distilled on its head
         assert plugin.strategy.old_outputs == our_strategy.old_outputs == {0: [0, 1], 1: [0, 1]}

@@ -16,7 +16,7 @@ def test_builtins_are_registered_with_paper_defaults():
 
 def test_unknown_name_lists_registered_names():
     with pytest.raises(RegistryError, match=r"unknown strategy .sii.*registered: agem, cumulative, der, derpp, er, "
-                                            r"er_ace, ewc, gdumb, icarl, joint, lwf, mas, naive, replay, si"):
+                                            r"er_ace, ewc, gdumb, icarl, joint, lwf, mas, mir, naive, replay, si"):
         make_strategy("sii")
 
 

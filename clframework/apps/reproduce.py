@@ -111,7 +111,7 @@ def plan(name: str, dataset: Optional[str] = None, quick: bool = False, seeds: O
         scaled += [f"{arm.label}: {k} {v} not applied (no such training setting in this version)"
                    for k, v in arm.train.items() if k not in known]
         cfg = RunConfig(strategy=arm.strategy, benchmark=benchmark, hparams=dict(arm.hparams),
-                        benchmark_options=dict(options), device=device, **{**overrides, **train})
+                        benchmark_options=dict(options), device=device, **{**train, **overrides})
         cfg.resolved()  # every error before any training
         configs[arm.label] = cfg
     return {"experiment": exp, "benchmark": benchmark, "dataset": dataset, "configs": configs, "seeds": n_seeds,
