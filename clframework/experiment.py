@@ -227,7 +227,7 @@ def check_task_free(config: RunConfig, cfg: dict, stream) -> None:
     """A task-free stream takes only strategies that need no task boundaries, seen once (epochs 1): ValueError."""
     if not stream.task_free:
         return
-    check_boundaries(STRATEGIES.get(config.strategy).factory, stream, config.strategy)
+    check_boundaries(make_strategy(config.strategy, **cfg["hparams"]), stream, config.strategy)  # by its settings
     epochs = cfg["train"]["epochs"]
     if epochs != 1:
         raise ValueError(f"the task-free stream '{stream.name}' is seen once (online): epochs must be 1, got "

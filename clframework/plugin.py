@@ -169,14 +169,15 @@ def overrides(strategy, hook: str) -> bool:
 
 
 def check_boundaries(strategy, stream, name: str = "") -> None:
-    """A strategy (class or instance) that needs task boundaries refuses a task-free stream: ValueError, one line,
-    naming what it needs and what runs instead; called before training."""
+    """A strategy that needs task boundaries refuses a task-free stream: ValueError, one line, naming what it needs
+    and what runs instead; called before training. `needs_boundaries` may depend on the strategy's settings (ER-ACE's
+    task_free): give the instance."""
     need = getattr(strategy, "needs_boundaries", "")
     if need and getattr(stream, "task_free", False):
         name = name or getattr(strategy, "registered_name", type(strategy).__name__)
         raise ValueError(f"strategy '{name}' needs task boundaries ({need}), which the task-free stream "
                          f"'{stream.name}' does not show; use a strategy that trains without them (naive, er, der, "
-                         f"derpp, er_ace, mir) or a stream with tasks")
+                         f"derpp, er_ace with task_free=true, mir) or a stream with tasks")
 
 
 def check_state_keys(strategy: Strategy, state: Dict[str, Any], expected) -> None:

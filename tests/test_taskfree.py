@@ -205,10 +205,19 @@ def test_a_strategy_that_needs_boundaries_refuses_a_task_free_stream_before_trai
         run(RunConfig(name, device="cpu"), out, quiet=True, stream=s)
     message = str(err.value)
     assert f"strategy '{name}' needs task boundaries (" in message and "task-free stream" in message
-    assert "er, der, derpp, er_ace, mir" in message and "\n" not in message
+    assert "er, der, derpp, er_ace with task_free=true, mir" in message and "\n" not in message
     assert not out.exists()
     with pytest.raises(ValueError, match=f"strategy '{name}' needs task boundaries"):  # the Python API too
         Trainer(mlp(36, s.head_sizes), make_strategy(name), epochs=1, device="cpu", quiet=True).fit(s)
+
+
+def test_er_ace_runs_task_free_only_in_its_task_free_form(tmp_path):
+    """Mammoth's ER-ACE tells the first task apart (no mask, no replay there): on a task-free stream, where the first
+    task never ends, it would train as naive; it refuses, naming task_free=true."""
+    with pytest.raises(ValueError, match=r"strategy 'er_ace' needs task boundaries \(its first task told apart.*set "
+                                         r"task_free=true"):
+        run(RunConfig("er_ace", device="cpu"), tmp_path / "r", quiet=True, stream=iblurry(_data()))
+    assert not (tmp_path / "r").exists()
 
 
 def test_compare_refuses_before_its_first_run(tmp_path):
@@ -232,8 +241,8 @@ def test_the_task_free_strategies_run_on_the_task_free_streams(name, build):
     data = _data(per_class=60)  # MNIST-360 cuts each class into 6 chunks of N // 6 + 1: the last holds N / 6 - 5
     s = {"iblurry": lambda: iblurry(data), "gaussian": lambda: gaussian_schedule(data, sigma=0.5),
          "rotating": lambda: rotating_pairs(data)}[build]()
-    res = run(RunConfig(name, device="cpu", batch_size=10, lr=0.05,
-                        hparams={"memory_size": 20} if name != "naive" else {}), stream=s, quiet=True)
+    hparams = {} if name == "naive" else {"memory_size": 20, **({"task_free": True} if name == "er_ace" else {})}
+    res = run(RunConfig(name, device="cpu", batch_size=10, lr=0.05, hparams=hparams), stream=s, quiet=True)
     assert len(res.accuracy_matrix) == len(s.tasks) and all(0 <= a <= 1 for a in res.accuracy_matrix[-1])
     assert res.config["epochs"] == 1 and not res.config["reset_optimizer"]  # the stream's online protocol
 
