@@ -31,9 +31,9 @@ EPOCHS, PER_TASK = 15, 200
 STRATEGIES = {"si": {"c": 1.0, "xi": 1e-3}, "ewc": {"ewc_lambda": 1000.0}, "replay": {"memory_size": 100},
               "mas": {"mas_lambda": 10.0}, "lwf": {"alpha": 1.0, "temperature": 2.0},
               "agem": {"memory_size": 100, "sample_size": 256},
-              # mir: every example kept and scored, so the order the examples arrive in (ours shuffled, Avalanche's
-              # not) does not change which are retrieved
-              "mir": {"memory_size": 1000, "subsample": 1000}}
+              # mir: every minibatch offered (5 tasks x 15 epochs x 200) kept and scored, so the order the examples
+              # arrive in (ours shuffled, Avalanche's not) does not change which are retrieved
+              "mir": {"memory_size": 15000, "subsample": 15000}}
 ORDERED = {"er": {"memory_size": 100, "minibatch_size": 50}}  # offered each minibatch: the loop's order decides
 
 
@@ -99,7 +99,7 @@ def test_plugin_matches_our_trainer_and_differs_from_naive(init, small, avalanch
             assert torch.equal(a, b)
         assert set(plugin.strategy.memory.contents()[2].tolist()) == {0, 1}  # each task's examples on its head
         return
-    if name == "mir":  # every example kept (a memory of 1000): the same examples, whatever order each loop offered
+    if name == "mir":  # every offered example kept: the same examples, whatever order each loop offered them in
         assert torch.equal(plugin.strategy.memory.stored()["y"].sort().values,
                            our_strategy.memory.stored()["y"].sort().values)
         return
