@@ -1,6 +1,7 @@
 """Task-free streams (benchmarks/taskfree.py): i-Blurry, the Gaussian schedule and MNIST-360 built as their
 definitions say (counted independently), trained in stream order with no boundary shown to the strategy, and the
 strategies that need boundaries refused before training with one line naming what they need."""
+import copy
 import math
 
 import numpy as np
@@ -252,3 +253,27 @@ def test_the_registered_task_free_benchmarks_build_from_the_embedded_mnist():
         s = make_benchmark(name)
         s.validate()
         assert s.task_free and len(s.tasks) == n
+
+
+def test_a_task_free_run_resumed_mid_stretch_ends_as_the_uninterrupted_one():
+    """A checkpoint taken in the middle of a stretch (MIR: its memory and generator in the strategy's state) and
+    resumed gives the weights and accuracy matrix of the run never interrupted, bit for bit on CPU."""
+    s = gaussian_schedule(_data(per_class=20), sigma=0.5)
+
+    def trainer(states=None):
+        torch.manual_seed(0)
+        model = mlp(36, s.head_sizes, hidden=(8,))
+        save = (lambda st: states.append(copy.deepcopy(st))) if states is not None else None
+        return Trainer(model, make_strategy("mir", memory_size=30, subsample=12, minibatch_size=4), epochs=1,
+                       batch_size=7, lr=0.1, optimizer="sgd", device="cpu", quiet=True, checkpoint_every=9 if save
+                       else 0, on_checkpoint=save)
+
+    states = []
+    whole = trainer(states)
+    full = whole.fit(s)
+    mid = next(st for st in states if st["epoch_in_flight"] is not None and st["position"]["task"] == 2)
+    resumed = trainer()
+    part = resumed.fit(s, resume=mid)
+    assert part.accuracy_matrix == full.accuracy_matrix
+    for a, b in zip(whole.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
