@@ -78,8 +78,8 @@ def iblurry(data: LabeledData, n_tasks: int = 5, disjoint: float = 50.0, blurry:
                          f"{len(classes)}, which {n_tasks} tasks cannot share evenly; choose disjoint among {fits}")
     gen = torch.Generator().manual_seed(seed)
     order = [classes[i] for i in torch.randperm(len(classes), generator=gen).tolist()]
-    per = lambda group: [group[t::n_tasks] for t in range(n_tasks)]  # noqa: E731 (dealt out in turn)
-    disjoint_of, blurry_of = per(order[:n_disjoint]), per(order[n_disjoint:])
+    disjoint_of, blurry_of = ([group[t::n_tasks] for t in range(n_tasks)]  # dealt out in turn
+                              for group in (order[:n_disjoint], order[n_disjoint:]))
     y = data.train.y
     own, moved = [], []
     for t in range(n_tasks):
