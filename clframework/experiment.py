@@ -255,6 +255,16 @@ def protocol_source(config: RunConfig) -> str:
     return "own" if config.protocol is not None else config.benchmark
 
 
+def check_study(configs: Sequence[RunConfig], stream, checkpoint_every: int) -> None:
+    """Before the first run of a study trains: each configuration against the stream (check_fits_stream) and each
+    strategy's needs against a model built as its runs' are."""
+    for cfg in configs:
+        resolved = cfg.resolved()
+        check_fits_stream(resolved, stream, checkpoint_every)
+        check_needs(STRATEGIES.get(cfg.strategy).factory, cfg.strategy, model_for(cfg, resolved["train"], stream),
+                    stream)
+
+
 def _json_or_none(path: Path):
     try:
         return json.loads(path.read_text())
@@ -615,9 +625,8 @@ def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional
     stream.validate()
     for cfg in configs.values():  # a strategy that cannot run on the stream: before the first run
         check_subset(stream, cfg.eval_subset, cfg.evaluate_on)
-        check_fits_stream(cfg.resolved(), stream, checkpoint_every)
-        check_needs(STRATEGIES.get(cfg.strategy).factory, cfg.strategy, model_for(cfg, cfg.resolved()["train"], stream),
-                    stream)  # every run's needs before the first one trains
+    check_study(list(configs.values()), stream, checkpoint_every)
+    for cfg in configs.values():
         check_task_free(cfg, cfg.resolved(), stream)
     own_progress = progress is None
     progress = progress or StudyProgress("compare", quiet)

@@ -73,7 +73,10 @@ class Recipe:
         defaults filled in; the fields a choice does not use stay None."""
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(sorted(OPTIMIZERS))}, got {self.optimizer!r}")
-        lr = _number("lr", self.lr, 0, FLOAT32_MAX, low_open=True, flag="lr (learning rate)")
+        lr = _number("lr", self.lr, 0, low_open=True, flag="lr (learning rate)")
+        if lr > FLOAT32_MAX:  # finite, but inf in the float32 updates it scales
+            raise ValueError(f"lr (learning rate) = {lr:g} is beyond float32's range (largest {FLOAT32_MAX:.4g}): "
+                             f"training in float32 would overflow to inf")
         momentum = None
         if self.optimizer == "sgd":
             momentum = 0.0 if self.momentum is None else _number("momentum", self.momentum, 0, 1)

@@ -12,8 +12,8 @@ import numpy as np
 from clframework.benchmarks.scenarios import holdout
 from clframework.evaluation.results import write_json
 
-from ..experiment import (DEFAULT_CHECKPOINT_EVERY, STUDY_FIGURES, RunConfig, RunJob, build_stream, in_study_folders,
-                          run_study, slug, study_plugins, with_stream_protocol, write_plan)
+from ..experiment import (DEFAULT_CHECKPOINT_EVERY, STUDY_FIGURES, RunConfig, RunJob, build_stream, check_study,
+                          in_study_folders, run_study, slug, study_plugins, with_stream_protocol, write_plan)
 from ..parallel import Backend, open_executor
 from ..progress import StudyProgress
 from ..registry import RegistryError
@@ -55,6 +55,7 @@ def tune(base: RunConfig, grid: Dict[str, List[str]], validation: float = 0.1, s
     resolved = [c.resolved()["hparams"] for c in configs]  # every grid point checked before training
     stream = holdout(build_stream(base, stream), validation, seed=0)
     stream.validate()  # data errors before the folder is touched
+    check_study(configs, stream, checkpoint_every)
     backend = backend or Backend()
     plugins = study_plugins(configs) if backend.parallel else []
     own_progress = progress is None
