@@ -259,10 +259,10 @@ def test_json_files_never_hold_nan_or_infinity(tmp_path):
     ("epochs", 2.5, "epochs must be an integer >= 1, got 2.5"),
     ("epochs", True, "epochs must be an integer >= 1, got True"),
     ("batch_size", 0, "batch size must be an integer >= 1, got 0"),
-    ("lr", 0.0, r"lr \(learning rate\) must be a finite number > 0 and <= 3.4028234663852886e\+38, got 0.0"),
-    ("lr", -1e-3, r"must be a finite number > 0 and <= 3.4028234663852886e\+38, got -0.001"),
-    ("lr", math.inf, r"must be a finite number > 0 and <= 3.4028234663852886e\+38, got inf"),
-    ("lr", math.nan, r"must be a finite number > 0 and <= 3.4028234663852886e\+38, got nan"),
+    ("lr", 0.0, r"lr \(learning rate\) must be a finite number > 0, got 0.0"),
+    ("lr", -1e-3, "must be a finite number > 0, got -0.001"),
+    ("lr", math.inf, "must be a finite number > 0, got inf"),
+    ("lr", math.nan, "must be a finite number > 0, got nan"),
     ("optimizer", "rmsprop", "optimizer must be one of adam, adamw, sgd, got 'rmsprop'"),
     ("hidden", [0], r"hidden sizes must be positive integers \(e.g. 256,256\), got \[0\]"),
     ("hidden", [16, -1], r"got \[16, -1\]"),
@@ -295,7 +295,7 @@ def test_missing_cuda_device_is_named():
 
 @pytest.mark.parametrize("argv, message", [
     (["run", "--strategy", "si", "--epochs", "0"], "epochs must be an integer >= 1, got 0"),
-    (["run", "--strategy", "si", "--lr", "inf"], r"a finite number > 0 and <= 3.4028234663852886e\+38, got inf"),
+    (["run", "--strategy", "si", "--lr", "inf"], "must be a finite number > 0, got inf"),
     (["run", "--strategy", "si", "--hidden", "0"], r"hidden sizes must be positive integers"),
     (["compare", "--strategies", "si,naive,si"], r"strategies \['si'\] are listed more than once"),
     (["compare", "--strategies", ","], "give at least one strategy"),
