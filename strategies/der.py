@@ -63,7 +63,8 @@ class DER(SeparatePasses):
         return batch
 
     def task_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        self.offer["logits"] = batch.out[:self.rows[0][1]].detach()
+        z = batch.out[:self.rows[0][1]].detach()  # -inf: the padding of a head narrower than a memory sample's
+        self.offer["logits"] = z.masked_fill(z == float("-inf"), float("nan"))
         return der_loss(batch.out, batch.y, self.rows, self._z, self.alpha, self.beta)
 
     def state_dict(self):

@@ -179,3 +179,28 @@ def test_task_il_accuracy_masks_other_tasks_classes():
             cil = (out.argmax(1) == task.test_y).double().mean().item()
             assert result.task_il_matrix[-1][j] == pytest.approx(til) and result.accuracy_matrix[-1][j] == cil
     assert result.accuracy_matrix[1][0] + 0.3 < result.task_il_matrix[1][0]  # class-IL forgets; told the task, less
+
+
+@pytest.mark.parametrize("name", ["der", "derpp"])
+def test_heads_of_unequal_width_store_no_padding_as_logits(name):
+    """Task 2's head is narrower than task 1's: its rows joined with task-1 memory rows are padded with -inf, which
+    must be stored as "no logit" (NaN), not as a target (the logit loss became inf)."""
+    from clframework.benchmarks.stream import Stream, Task
+
+    g = torch.Generator().manual_seed(0)
+
+    def task(i, k, n=40):
+        y = torch.arange(k).repeat(n // k + 1)[:n]
+        x = torch.randn(n, 5, generator=g) + y[:, None]
+        return Task(f"t{i}", x, y, x, y, list(range(k)), head=i)
+
+    stream = Stream("unequal", [task(0, 3), task(1, 2)], [3, 2], "task")
+    torch.manual_seed(0)
+    strategy = make_strategy(name, memory_size=20, minibatch_size=5)
+    result = Trainer(mlp(5, [3, 2], hidden=(8,)), strategy, epochs=1, batch_size=5, quiet=True, optimizer="sgd",
+                     lr=0.05).fit(stream)
+    stored = strategy.memory.stored()
+    narrow = stored["head"] == 1
+    assert bool(narrow.any()) and all(math.isfinite(c["loss"]) for c in result.curves)  # it diverged (inf)
+    assert bool(stored["logits"][narrow, 2].isnan().all()) and bool(stored["logits"][narrow, :2].isfinite().all())
+    assert bool(stored["logits"][~narrow].isfinite().all())
