@@ -10,17 +10,18 @@ horizontal flip on incoming and replayed examples, a ResNet-18 (3x3 stem, no max
 
 `BEST[protocol][(strategy, buffer)]` = (training settings, strategy hyperparameters) in our names (Mammoth's
 `sgd` is our `naive`, its `minibatch_size` our `minibatch_size`, A-GEM's our `sample_size`, `softmax_temp` our
-`temperature`, `optim_wd` our `weight_decay`); buffer None for methods without a memory. A run takes the row of its
+`temperature`, `optim_wd` our `weight_decay`, iCaRL's `wd_reg` our `wd_reg`, a loss penalty); buffer None for methods without a memory. A run takes the row of its
 `memory_size` (`--set memory_size=500`; the strategies default to 200), as the seq-MNIST protocol below does;
 `clframework reproduce der-table --buffer N` takes the row of N. A-GEM runs our default memory (every example of
 each finished task offered to the reservoir), not the per-task batch of Mammoth's models/agem.py (`--set
 per_task=B//n_tasks` gives that one); ER-ACE runs task-based, as Mammoth's models/er_ace.py (docs/fidelity.md).
 
 seq-MNIST (DER paper, Sec. 5 and best_args.py 'seq-mnist'): 5 tasks of 2 consecutive digits, class-incremental, MLP
-784-100-100-10, one epoch per task, minibatch 10, plain SGD. Its per-method settings are listed per memory size
+784-100-100-10 initialized as Mammoth's MNISTMLP (`xavier_mlp`: Xavier-uniform weights, zero biases), one epoch per
+task, minibatch 10, plain SGD. Its per-method settings are listed per memory size
 (200, 500, 5120) in `SEQ_MNIST.method_settings` and chosen by the run's `memory_size` (`--set memory_size=500`);
 sizes not listed get the base lr 0.03 and the strategy's defaults. Not published for this protocol, so our choice:
-ER-ACE takes ER's settings, GDumb its defaults; LwF's weight decay (5e-4 there) is not applied; online EWC (gamma 1)
+ER-ACE takes ER's settings, GDumb the recipe of its authors' MNIST runs (128 fit epochs, no cutmix); LwF's weight decay (5e-4 there) is not applied; online EWC (gamma 1)
 maps onto our exact-Fisher EWC with online=True, but with lambda 10, not Mammoth's 90: with the exact Fisher, lambda
 90 makes SGD at lr 0.03 unstable (the penalty's curvature lambda * F exceeds 2 / lr; measured: the loss reached 6e26
 on seq-fashion-mnist), and 10 is the larger of the two values we tried (1, 10) that trains stably. seq-fashion-mnist: the same protocol on Fashion-MNIST
@@ -42,6 +43,12 @@ def _memory(lr: float, buffers, **hparams) -> Dict[Tuple[str, Optional[int]], Ro
     return {b: ({"lr": lr}, dict(hparams)) for b in buffers}
 
 
+# iCaRL's weight decay is its own penalty wd_reg * sum(theta^2) added to the loss (Mammoth's wd_reg / opt_wd), not the
+# optimizer's weight decay (which would be 2 * wd_reg for the same step); its class means average each exemplar with
+# its horizontal flip on these protocols, which train with flips (Mammoth's compute_class_means)
+ICARL = {"wd_reg": 1e-5, "flip_means": True}
+
+
 def _rows(strategy: str, per_buffer: Dict[Optional[int], Row]) -> Dict[Tuple[str, Optional[int]], Row]:
     return {(strategy, b): row for b, row in per_buffer.items()}
 
@@ -53,8 +60,7 @@ BEST: Dict[str, Dict[Tuple[str, Optional[int]], Row]] = {
         **_rows("lwf", {None: ({"lr": 0.01, "weight_decay": 5e-4}, {"alpha": 3.0, "temperature": 2.0})}),
         **_rows("er", _memory(0.1, BUFFERS, minibatch_size=32)),
         **_rows("agem", _memory(0.03, BUFFERS, sample_size=32)),
-        **_rows("icarl", {200: ({"lr": 0.1, "weight_decay": 1e-5}, {}), 500: ({"lr": 0.1, "weight_decay": 1e-5}, {}),
-                          5120: ({"lr": 0.03, "weight_decay": 1e-5}, {})}),
+        **_rows("icarl", {200: ({"lr": 0.1}, ICARL), 500: ({"lr": 0.1}, ICARL), 5120: ({"lr": 0.03}, ICARL)}),
         **_rows("der", _memory(0.03, BUFFERS, alpha=0.3, minibatch_size=32)),
         **_rows("derpp", {200: ({"lr": 0.03}, {"alpha": 0.1, "beta": 0.5, "minibatch_size": 32}),
                           500: ({"lr": 0.03}, {"alpha": 0.2, "beta": 0.5, "minibatch_size": 32}),
@@ -67,7 +73,7 @@ BEST: Dict[str, Dict[Tuple[str, Optional[int]], Row]] = {
         **_rows("er", {200: ({"lr": 0.1}, {"minibatch_size": 32}), 500: ({"lr": 0.03}, {"minibatch_size": 32}),
                        5120: ({"lr": 0.1}, {"minibatch_size": 32})}),
         **_rows("agem", _memory(0.01, BUFFERS, sample_size=32)),
-        **_rows("icarl", {b: ({"lr": 0.03, "weight_decay": 1e-5}, {}) for b in BUFFERS}),
+        **_rows("icarl", {b: ({"lr": 0.03}, ICARL) for b in BUFFERS}),
         **_rows("der", _memory(0.03, BUFFERS, alpha=0.1, minibatch_size=32)),
         **_rows("derpp", {200: ({"lr": 0.03}, {"alpha": 0.1, "beta": 1.0, "minibatch_size": 32}),
                           500: ({"lr": 0.03}, {"alpha": 0.2, "beta": 0.5, "minibatch_size": 32}),
@@ -78,7 +84,7 @@ BEST: Dict[str, Dict[Tuple[str, Optional[int]], Row]] = {
         **_rows("lwf", {None: ({"lr": 0.03, "weight_decay": 5e-4}, {})}),
         **_rows("er", _memory(0.1, CIFAR100_BUFFERS, minibatch_size=32)),
         **_rows("er_ace", _memory(0.03, CIFAR100_BUFFERS, minibatch_size=32)),
-        **_rows("icarl", {b: ({"lr": 0.3, "weight_decay": 1e-5}, {}) for b in CIFAR100_BUFFERS}),
+        **_rows("icarl", {b: ({"lr": 0.3}, ICARL) for b in CIFAR100_BUFFERS}),
         **_rows("der", _memory(0.03, CIFAR100_BUFFERS, alpha=0.3, minibatch_size=32)),
         **_rows("derpp", _memory(0.03, CIFAR100_BUFFERS, alpha=0.1, beta=0.5, minibatch_size=32)),
     },
@@ -158,7 +164,7 @@ def _buffers(**by_size) -> dict:
 
 
 SEQ_MNIST = Protocol(  # the DER paper's seq-MNIST protocol (module docstring)
-    hidden=(100, 100), epochs=1, batch_size=10, lr=0.03, optimizer="sgd", reset_optimizer=True,
+    model="xavier_mlp", hidden=(100, 100), epochs=1, batch_size=10, lr=0.03, optimizer="sgd", reset_optimizer=True,
     method_settings={
         "naive": {-1: {"lr": 0.03}},
         "si": {-1: {"lr": 0.1, "c": 1.0, "xi": 0.9}},
@@ -176,6 +182,7 @@ SEQ_MNIST = Protocol(  # the DER paper's seq-MNIST protocol (module docstring)
                           b500={"lr": 0.03, "minibatch_size": 10, "alpha": 1.0, "beta": 0.5},
                           b5120={"lr": 0.1, "minibatch_size": 64, "alpha": 0.2, "beta": 0.5}),
         "icarl": {k: {"lr": 0.1, "minibatch_size": 10} for k in (200, 500, 5120)},
+        "gdumb": {-1: {"fit_epochs": 128, "cutmix_prob": 0.0}},  # the GDumb authors' MNIST runs (scripts/replicate.sh)
     })
 
 

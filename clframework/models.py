@@ -33,21 +33,33 @@ def available_models() -> List[str]:
     return MODELS.names()
 
 
+class XavierLinear(nn.Linear):
+    """nn.Linear initialized as the DER code's MNISTMLP (Mammoth backbone/__init__.py `xavier`, commit 7ab9db97):
+    Xavier-uniform weights, zero biases; `reset_parameters` (e.g. GDumb's fresh network) draws the same way."""
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
 class MultiHeadNet(nn.Module):
     """A shared trunk followed by one linear head per task. `features(x)` is the trunk's output (the penultimate
-    features: iCaRL's nearest-mean classifier and LwF use them); `feature_size` its width."""
+    features: iCaRL's nearest-mean classifier and LwF use them); `feature_size` its width. `linear`: the heads' class
+    (nn.Linear, or XavierLinear for its initialization)."""
 
-    def __init__(self, trunk: nn.Module, feature_size: int, head_sizes: Sequence[int]):
+    def __init__(self, trunk: nn.Module, feature_size: int, head_sizes: Sequence[int], linear: type = nn.Linear):
         super().__init__()
         if not head_sizes or min(head_sizes) < 1:
             raise ValueError(f"head_sizes must list at least one positive size, got {list(head_sizes)}")
         self.trunk = trunk
         self.feature_size = feature_size
-        self.heads = nn.ModuleList(nn.Linear(feature_size, n) for n in head_sizes)
+        self.linear = linear
+        self.heads = nn.ModuleList(linear(feature_size, n) for n in head_sizes)
 
     def add_head(self, n_outputs: int) -> int:
         device = next(self.parameters()).device
-        self.heads.append(nn.Linear(self.feature_size, n_outputs).to(device))
+        self.heads.append(self.linear(self.feature_size, n_outputs).to(device))
         return len(self.heads) - 1
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,17 +77,18 @@ def _flat_size(input_shape: Sequence[int]) -> int:
 
 
 def mlp(input_size: int, head_sizes: Sequence[int], hidden: Sequence[int] = (256, 256),
-        dropout: float = 0.0) -> MultiHeadNet:
-    """The paper's MLP: fully connected ReLU layers (784-256-256 for split MNIST, 784-2000-2000 for permuted)."""
+        dropout: float = 0.0, linear: type = nn.Linear) -> MultiHeadNet:
+    """The paper's MLP: fully connected ReLU layers (784-256-256 for split MNIST, 784-2000-2000 for permuted);
+    `linear` the layers' class (XavierLinear: the DER code's initialization)."""
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     layers, width = [nn.Flatten()], input_size
     for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
+        layers += [linear(width, h), nn.ReLU()]
         if dropout:
             layers.append(nn.Dropout(dropout))
         width = h
-    return MultiHeadNet(nn.Sequential(*layers), width, head_sizes)
+    return MultiHeadNet(nn.Sequential(*layers), width, head_sizes, linear)
 
 
 def cifar_cnn(head_sizes: Sequence[int], in_channels: int = 3) -> MultiHeadNet:
@@ -136,6 +149,14 @@ def _image_channels(input_shape: Sequence[int], name: str) -> int:
 def mlp_model(input_shape: Sequence[int], head_sizes: Sequence[int], hidden: Sequence[int] = (256, 256),
               dropout: float = 0.0) -> MultiHeadNet:
     return mlp(_flat_size(input_shape), head_sizes, hidden, dropout)
+
+
+@register_model("xavier_mlp", checks={"dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)")},
+                description="mlp initialized as the DER code's MNISTMLP: Xavier-uniform weights, zero biases (the "
+                            "seq-MNIST protocol's network)")
+def xavier_mlp_model(input_shape: Sequence[int], head_sizes: Sequence[int], hidden: Sequence[int] = (100, 100),
+                     dropout: float = 0.0) -> MultiHeadNet:
+    return mlp(_flat_size(input_shape), head_sizes, hidden, dropout, XavierLinear)
 
 
 @register_model("cnn", description="the paper's CIFAR CNN: 4 conv layers, dense 512, dropout (Zenke et al. 2017)")

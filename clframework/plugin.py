@@ -17,10 +17,11 @@ The same hooks drive a strategy from clframework's Trainer or from a user's own 
 A strategy written to the original hooks (penalty(model), no batch) runs unchanged: `on_before_forward` returns the
 minibatch as it is and `loss_term` calls `penalty` unless a strategy overrides them.
 
-Four further hooks change what the loop does; the Trainer checks once per task whether a strategy overrides them
+Five further hooks change what the loop does; the Trainer checks once per task whether a strategy overrides them
 (`overrides`), so a strategy that does not pays nothing per step:
 
     task = strategy.task_data(stream, i)      # the data task i trains on (joint, cumulative); None: no steps
+    strategy.on_prepare(prepare)              # with each task: stored examples -> training inputs (GDumb's fit)
     out = strategy.forward(model, batch)      # the forward pass (DER, ER-ACE: one per part of the batch)
     loss = strategy.task_loss(model, batch)   # replaces F.cross_entropy(batch.out, batch.y) (ER-ACE, iCaRL, DER)
     scorer = strategy.eval_model(model)       # the model scored after each task (iCaRL's nearest mean, GDumb)
@@ -125,6 +126,11 @@ class Strategy:
         reference code, pass the incoming rows and each memory sample separately where BatchNorm would mix them.
         Default: one pass over all rows. Called only when overridden."""
         return run(model, batch.x, batch.head)
+
+    def on_prepare(self, prepare: Optional[Callable[[torch.Tensor], torch.Tensor]]) -> None:
+        """With each task, before `on_task_start`: the function turning its stored examples into training inputs (the
+        task's decode, then the training augmentation; None: stored examples are the inputs), for a strategy that
+        trains on stored examples outside the minibatches (GDumb's fit on its memory). Called only when overridden."""
 
     def task_loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """The training loss on the minibatch (`batch.out` holds the outputs), replacing the default cross-entropy

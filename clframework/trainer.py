@@ -301,6 +301,8 @@ class Trainer:
             if self.optimizer is None or (self.reset_optimizer and not hidden):
                 self.optimizer = self.make_optimizer([p for p in model.parameters() if p.requires_grad])
         opt = self.optimizer
+        if overrides(strategy, "on_prepare"):
+            strategy.on_prepare(compose((task or own_task).decode, self.augment))
         if not resume and (not hidden or task_index == 0):
             strategy.on_task_start(model, task_index)
         if task is None:  # the strategy trains nothing on this task (task_data gave None)

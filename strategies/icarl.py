@@ -4,10 +4,17 @@
   class's exemplars are chosen by herding on L2-normalized features (`herding`); an old class keeps the first ones of
   its herding order (iCaRL's reduction).
 - Training: each task trains on its own data joined by the exemplars (`task_data`, as the authors' and Mammoth's
-  code do), with a sigmoid binary cross-entropy over the classes seen so far; the targets of earlier classes are the
-  previous model's sigmoid outputs on the same inputs (distillation), the new classes' are one-hot.
-- Prediction (`eval_model`): the nearest class mean of the exemplars' normalized features (`nme_scores`).
-Class-incremental only (one head holding every class). Features come from `models.penultimate`.
+  code do), with a sigmoid binary cross-entropy over every output of the head; the targets of earlier classes are the
+  previous model's sigmoid outputs on the same inputs (distillation), the others one-hot (classes not seen yet: 0).
+  Every step adds `wd_reg * sum(theta^2)` over all parameters (Mammoth's iCaRL weight penalty, always on; for plain
+  SGD the same step as an optimizer weight decay of 2 * wd_reg).
+- Prediction (`eval_model`): the nearest class mean of the exemplars' normalized features (`nme_scores`), each mean
+  averaged with the exemplars' horizontal flips where `flip_means` (the authors' and Mammoth's code, for protocols
+  that train with flips). Computed in eval mode: scoring leaves the model's parameters and BatchNorm statistics as
+  they were.
+Reference: Mammoth models/icarl.py and utils/buffer.py (fill_buffer) at e75a491c; docs/fidelity.md lists where the
+DER paper's commit 7ab9db97 differs. Class-incremental only (one head holding every class). Features come from
+`models.penultimate`.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clframework.models import penultimate
+from clframework.models import forward_head, penultimate
 from clframework.plugin import Batch, Strategy, check_state_keys, register_strategy
 
 from .cumulative import union_data
@@ -45,41 +52,68 @@ def nme_scores(features: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
     return -torch.cdist(F.normalize(features, dim=1), F.normalize(means, dim=1))
 
 
-def icarl_targets(y: torch.Tensor, n_seen: int, n_past: int, old_logits: Optional[torch.Tensor]) -> torch.Tensor:
-    """BCE targets over the first n_seen outputs: one-hot labels, the first n_past replaced by sigmoid(old logits)."""
-    targets = F.one_hot(y, n_seen).to(torch.float32)
+def icarl_targets(y: torch.Tensor, width: int, n_past: int, old_logits: Optional[torch.Tensor]) -> torch.Tensor:
+    """BCE targets over `width` outputs: one-hot labels, the first n_past replaced by sigmoid(old logits)."""
+    targets = F.one_hot(y, width).to(torch.float32)
     if old_logits is not None and n_past:
         targets[:, :n_past] = torch.sigmoid(old_logits[:, :n_past])
     return targets
 
 
+def class_means(features, exemplars: Dict[int, torch.Tensor], n_classes: int, flip: bool) -> torch.Tensor:
+    """One row per class: the mean of its exemplars' L2-normalized features (`features(x)`), with `flip` averaged
+    with the mean over the exemplars flipped horizontally (last dimension), as Mammoth's compute_class_means."""
+    means = []
+    for c in range(n_classes):
+        mean = features(exemplars[c]).mean(0)
+        if flip:
+            mean = (mean + features(exemplars[c].flip(-1)).mean(0)) / 2
+        means.append(mean)
+    return torch.stack(means)
+
+
 class NearestMeanOfExemplars(nn.Module):
-    """The model scored by iCaRL: -distance to each seen class's exemplar mean (-inf for classes not seen yet)."""
+    """The model scored by iCaRL: -distance to each seen class's exemplar mean (-inf for classes not seen yet). The
+    model always runs in eval mode here, and switching this scorer's mode never switches the model's."""
 
     def __init__(self, model: nn.Module, means: torch.Tensor, width: int):
         super().__init__()
         self.model, self.width = model, width
         self.register_buffer("means", means)  # kept in state_dict: a loaded run predicts with the run's own means
 
+    def train(self, mode: bool = True) -> "NearestMeanOfExemplars":
+        """Sets this scorer's mode only: the model's stays as the trainer left it (the forward runs it in eval)."""
+        self.training = mode
+        return self
+
+    @torch.no_grad()
     def forward(self, x: torch.Tensor, head: int = 0) -> torch.Tensor:
-        scores = nme_scores(penultimate(self.model, x), self.means)
+        model = self.model
+        was_training = model.training
+        model.eval()
+        scores = nme_scores(penultimate(model, x), self.means)
+        model.train(was_training)
         out = scores.new_full((len(x), self.width), float("-inf"))
         out[:, :scores.shape[1]] = scores
         return out
 
 
-@register_strategy("icarl", checks={"memory_size": (lambda v: v >= 1, "an integer >= 1")},
+@register_strategy("icarl", checks={"memory_size": (lambda v: v >= 1, "an integer >= 1"),
+                                    "wd_reg": (lambda v: v >= 0, "a number >= 0")},
                    description="iCaRL: herding exemplars, sigmoid distillation, nearest-mean-of-exemplars prediction")
 class ICaRL(Strategy):
-    """iCaRL. memory_size: exemplars in all, re-divided equally over the classes seen."""
+    """iCaRL. memory_size: exemplars in all, re-divided equally over the classes seen; wd_reg: the weight penalty's
+    factor (Mammoth's `opt_wd`, default 1e-5); flip_means: class means averaged with the exemplars' flips."""
 
     needs = ("class-setting", "head-argument", "features")
     needs_boundaries = "exemplars chosen and the old model frozen at each task's end"
 
-    def __init__(self, memory_size: int = 200, minibatch_size: int = 10):
+    def __init__(self, memory_size: int = 200, minibatch_size: int = 10, wd_reg: float = 1e-5,
+                 flip_means: bool = False):
         if memory_size < 1:
             raise ValueError(f"iCaRL needs memory_size >= 1, got {memory_size}")
         self.memory_size = int(memory_size)
+        self.wd_reg, self.flip_means = float(wd_reg), bool(flip_means)
         self.minibatch_size = int(minibatch_size)  # kept for the published settings' record; exemplars join the task
         self.exemplars: Dict[int, torch.Tensor] = {}  # class -> stored inputs, in herding order
         self.n_seen = self.n_past = 0
@@ -91,6 +125,9 @@ class ICaRL(Strategy):
         if stream.setting != "class":
             raise ValueError(f"icarl is class-incremental: it needs one head over every class (--setting class), "
                              f"got the {stream.setting} setting")
+        if self.flip_means and len(stream.input_shape) != 3:
+            raise ValueError(f"icarl's flip_means flips images [channels, height, width]; the stream's inputs have "
+                             f"shape {tuple(stream.input_shape)}: set flip_means=false")
         self._current = stream.tasks[task_index]
         self.n_seen = sum(len(t.classes) for t in stream.tasks[:task_index + 1])
         self.n_past = self.n_seen - len(self._current.classes)
@@ -121,8 +158,13 @@ class ICaRL(Strategy):
         if old is not None:
             with torch.no_grad():
                 old_logits = old(batch.x, 0)
-        targets = icarl_targets(batch.y, self.n_seen, self.n_past, old_logits)
-        return F.binary_cross_entropy_with_logits(batch.out[:, :self.n_seen], targets)
+        targets = icarl_targets(batch.y, batch.out.shape[1], self.n_past, old_logits)
+        return F.binary_cross_entropy_with_logits(batch.out, targets)
+
+    def penalty(self, model: nn.Module):
+        if not self.wd_reg:
+            return 0.0
+        return self.wd_reg * torch.stack([p.pow(2).sum() for p in model.parameters()]).sum()
 
     @torch.no_grad()
     def _features(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -143,23 +185,27 @@ class ICaRL(Strategy):
 
     @torch.no_grad()
     def eval_model(self, model: nn.Module) -> nn.Module:
+        """The nearest-mean scorer; every forward here runs in eval mode, so no BatchNorm statistic moves."""
         if not self.exemplars:
             return model
         was_training = model.training
         model.eval()
-        means = torch.stack([self._features(model, self.exemplars[c]).mean(0) for c in range(self.n_seen)])
+        means = class_means(lambda x: self._features(model, x), self.exemplars, self.n_seen, self.flip_means)
+        width = forward_head(model, self.exemplars[0][:1].to(means.device), 0).shape[1]
         model.train(was_training)
-        width = model(self.exemplars[0][:1].to(means.device), 0).shape[1]
         return NearestMeanOfExemplars(model, means, width)
 
     def state_dict(self):
-        return {"hparams": {"memory_size": self.memory_size, "minibatch_size": self.minibatch_size},
+        return {"hparams": {"memory_size": self.memory_size, "minibatch_size": self.minibatch_size,
+                            "wd_reg": self.wd_reg, "flip_means": self.flip_means},
                 "exemplars": {str(c): x for c, x in self.exemplars.items()}, "n_seen": self.n_seen,
                 "n_past": self.n_past, "old_state": self.old_state}
 
     def load_state_dict(self, state):
         check_state_keys(self, state, ("hparams", "exemplars", "n_seen", "n_past", "old_state"))
-        self.memory_size = int(state["hparams"]["memory_size"])
+        hp = state["hparams"]
+        self.memory_size = int(hp["memory_size"])
+        self.wd_reg, self.flip_means = float(hp.get("wd_reg", self.wd_reg)), bool(hp.get("flip_means", self.flip_means))
         self.exemplars = {int(c): x.clone() for c, x in state["exemplars"].items()}
         self.n_seen, self.n_past = int(state["n_seen"]), int(state["n_past"])
         self.old_state, self._old = state["old_state"], None
