@@ -67,7 +67,7 @@ def streams():
 @pytest.mark.parametrize("name", CORE + [pytest.param(n, marks=pytest.mark.slow) for n in MORE])
 def test_trainer_equals_the_literal_protocol_bit_for_bit(name, streams):
     small_stream = streams["class" if name in CLASS_IL else "task"]
-    hparams = {"ewc": {"ewc_lambda": 1000.0}, "si": {"c": 1.0}}.get(name, {})
+    hparams = {"ewc": {"ewc_lambda": 1000.0}, "si": {"c": 1.0}, "gdumb": {"fit_epochs": 4}}.get(name, {})
     results = []
     for fit in ("trainer", "literal"):
         torch.manual_seed(3)
