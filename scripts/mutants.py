@@ -568,6 +568,48 @@ def _(stack):
     patch(stack, gdumb, "cutmix_draw", lambda *args: None)
 
 
+@mutant("icarl", "evaluation that moves BatchNorm statistics (a train-mode forward after the class means)", IG,
+        "test_icarl_conforms and resnet")
+def _(stack):
+    import torch
+    from clframework.strategies.icarl import ICaRL
+
+    def after(self, scorer, model):
+        with torch.no_grad():
+            model(self.exemplars[0][:2], 0)
+        return scorer
+
+    wrap_method(stack, ICaRL, "eval_model", after=after)
+
+
+@mutant("icarl", "weight penalty taken as an optimizer weight decay of wd_reg (half Mammoth's step)", IG,
+        "test_icarl_conforms and mlp")
+def _(stack):
+    from clframework.strategies.icarl import ICaRL
+    patch(stack, ICaRL, "penalty", lambda self, model: self.wd_reg / 2 * sum(p.pow(2).sum() for p in
+                                                                             model.parameters()))
+
+
+@mutant("icarl", "class means without the exemplars' flips", IG, "test_icarl_conforms and resnet")
+def _(stack):
+    from clframework.strategies import icarl
+    original = icarl.class_means
+    patch(stack, icarl, "class_means", lambda features, exemplars, n, flip: original(features, exemplars, n, False))
+
+
+@mutant("gdumb", "the fit without its warm-up epoch (max lr from the start)", IG, "test_gdumb_fit_conforms and mlp")
+def _(stack):
+    from clframework.strategies import gdumb
+    original = gdumb.sgdr_lr
+    patch(stack, gdumb, "sgdr_lr", lambda epoch, lr, min_lr: lr if epoch == 0 else original(epoch, lr, min_lr))
+
+
+@mutant("gdumb", "the memory fitted without the training augmentation", IG, "test_gdumb_fit_conforms and resnet")
+def _(stack):
+    from clframework.strategies.gdumb import GDumb
+    patch(stack, GDumb, "on_prepare", lambda self, prepare: None)
+
+
 # ---- running them --------------------------------------------------------------------------------------------------
 
 class _Session:
