@@ -785,7 +785,8 @@ def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, sta
              backend, plugins, progress, executor, on_run, figures, out_dir, runs_root, resume) -> dict:
     first = next(iter(configs.values()))
     summary = {"benchmark": benchmark, "protocol": protocol_source(first), "tasks": stream.task_names,
-               "setting": stream.setting, "seeds": list(range(seeds)), "strategies": {}, "diverged": [], "failed": []}
+               "setting": stream.setting, "benchmark_options": first.resolved()["benchmark_options"],
+               "seeds": list(range(seeds)), "strategies": {}, "diverged": [], "failed": []}
     api_call = {"function": "clframework.compare", "seeds": seeds,
                 "configs": {label: cfg.as_record() for label, cfg in configs.items()}}
     record = provenance.collect(api_call, {label: overrides(cfg) for label, cfg in configs.items()},
@@ -823,7 +824,9 @@ def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, sta
             else:
                 runs.append(res)
         summary["diverged"] += diverged
-        entry = {"hparams": cfg.resolved()["hparams"], "diverged_seeds": [d["seed"] for d in diverged],
+        resolved = cfg.resolved()
+        entry = {"hparams": resolved["hparams"], "train": resolved["train"],
+                 "diverged_seeds": [d["seed"] for d in diverged],
                  "failed_seeds": [f["seed"] for f in summary["failed"] if f["strategy"] == name],
                  "bound": getattr(STRATEGIES.get(cfg.strategy).factory, "bound", None)}  # joint, cumulative
         if runs:

@@ -12,12 +12,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .names import METRIC_NAMES
+
 # task-IL ACC: the same run scored task-IL; CONTINUAL: from the curves of --eval-every runs (metrics.py)
 CONTINUAL = ("min_acc", "wc_acc", "wf10", "wp10", "lca10", "a_auc")
 METRICS = ("acc", "bwt", "fwt", "forgetting", "task_il_acc") + CONTINUAL
-LABELS = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "forgetting", "task_il_acc": "task-IL ACC",
-          "min_acc": "min-ACC", "wc_acc": "WC-ACC", "wf10": "WF10", "wp10": "WP10", "lca10": "LCA10",
-          "a_auc": "A_AUC"}
+LABELS = {**METRIC_NAMES, "forgetting": "forgetting", "task_il_acc": "task-IL ACC"}  # table.md's column heads
 
 
 def describe(values: Sequence[float]) -> dict:

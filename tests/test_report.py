@@ -70,32 +70,55 @@ def test_csv_matches_an_independent_computation(study, capsys, baseline, alpha):
         assert any(w["significant"] for w in want.values())
 
 
-def test_markdown_and_latex_bold_the_best_and_mark_significance(study, capsys, tmp_path):
+DISPLAY = {"naive": "Fine-tuning", "si": "SI", "ewc": "EWC"}
+
+
+@pytest.mark.parametrize("scale", ["percent", "fraction"])
+def test_markdown_and_latex_bold_the_best_and_mark_significance(study, capsys, tmp_path, scale):
     want = _expected(study, "naive", 0.999)
-    assert main(["report", str(study), "--baseline", "naive", "--alpha", "0.999", "--out",
+    assert main(["report", str(study), "--baseline", "naive", "--alpha", "0.999", "--scale", scale, "--out",
                  str(tmp_path / "t.md")]) == 0
     md = (tmp_path / "t.md").read_text()
+    assert md.splitlines()[0] == "| Method | ACC | BWT | FWT | Forgetting |"  # task-IL: the four, FWT too
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in md.splitlines()
-            if line.startswith("| ") and not line.startswith("| strategy")}
+            if line.startswith("| ") and not line.startswith("| Method")}
+    number = (lambda v: f"{100 * v:.2f}") if scale == "percent" else (lambda v: f"{v:.4f}")
     for (s, m), w in want.items():
-        cell = rows[s][METRICS.index(m)].strip(" |")
-        text = f"{w['mean']:.4f} ± {w['sem']:.4f}"
+        cell = rows[DISPLAY[s]][METRICS.index(m)].strip(" |")
+        text = f"{number(w['mean'])} ± {number(w['sem'])}"
         assert cell == (f"**{text}**" if w["best"] else text) + ("\\*" if w["significant"] else ""), (s, m)
-    assert "paired t-test" in md and "the baseline naive" in md
+    assert "paired t-test" in md and "the baseline Fine-tuning" in md
+    assert ("in %" if scale == "percent" else "as fractions") in md
     capsys.readouterr()
     assert main(["report", str(study), "--format", "latex", "--metrics", "acc"]) == 0
     latex = capsys.readouterr().out
     assert r"\begin{tabular}{lc}" in latex and r"\toprule" in latex and latex.count(r"\\") == 4  # head + 3 rows
     best = next(s for s in STRATEGIES if want[s, "acc"]["best"])
-    row = next(line for line in latex.splitlines() if line.startswith(best + " &"))
-    assert rf"\mathbf{{{want[best, 'acc']['mean']:.4f} \pm {want[best, 'acc']['sem']:.4f}}}" in row
+    row = next(line for line in latex.splitlines() if line.startswith(DISPLAY[best] + " &"))
+    assert rf"\mathbf{{{100 * want[best, 'acc']['mean']:.2f} \pm {100 * want[best, 'acc']['sem']:.2f}}}" in row
+
+
+def test_every_metric_it_lists_makes_a_column(study, capsys):
+    """task_il_acc (and any metric the runs recorded) is a column; the valid list is what the study recorded."""
+    recorded = list(json.loads((study / "naive-seed0" / "results.json").read_text())["metrics"])
+    assert "task_il_acc" in recorded
+    capsys.readouterr()
+    assert main(["report", str(study), "--format", "csv", "--metrics", ",".join(recorded)]) == 0
+    got = {(r["strategy"], r["metric"]): r for r in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    for s in STRATEGIES:
+        for m in recorded:
+            values = [json.loads((study / f"{s}-seed{k}" / "results.json").read_text())["metrics"][m] for k in range(3)]
+            assert float(got[s, m]["mean"]) == pytest.approx(np.mean(values), abs=1e-12)
+    assert main(["report", str(study), "--metrics", "acc,foo"]) == 2
+    listed = capsys.readouterr().err.split("this study recorded ")[1].strip().split(", ")
+    assert sorted(listed) == sorted(recorded)
 
 
 def test_report_errors_name_the_problem(study, tmp_path, capsys):
     assert main(["report", str(study), "--baseline", "lwf"]) == 2
     assert "--baseline 'lwf' is not in this study; choose one of naive, si, ewc" in capsys.readouterr().err
     assert main(["report", str(study), "--metrics", "acc,speed"]) == 2
-    assert "unknown metric(s) speed" in capsys.readouterr().err
+    assert "unknown metric(s) speed; this study recorded acc" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
     assert "no summary.json in" in capsys.readouterr().err
 
@@ -120,8 +143,58 @@ def test_reproduce_tables_put_the_papers_result_beside_ours(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(out)]) == 0
     md = capsys.readouterr().out
-    assert md.splitlines()[0] == "| strategy | ACC | BWT | FWT | Forgetting | paper |"
+    assert md.splitlines()[0] == "| Method | ACC | BWT | FWT | Forgetting | paper |"
     assert "| average stays close to 1 (Sec. 5.1, Fig. 3) |" in md
+
+
+CLASS_IL = ["naive", "der", "derpp", "er", "er_ace", "icarl", "joint"]
+CLASS_IL_NAMES = {"naive": "Fine-tuning", "der": "DER", "derpp": "DER++", "er": "ER", "er_ace": "ER-ACE",
+                  "icarl": "iCaRL", "joint": "Joint (upper bound)"}
+
+
+@pytest.fixture(scope="module")
+def buffers(tmp_path_factory):
+    """A new user's class-IL study: five rehearsal methods, fine-tuning and joint, at buffers 200 and 500."""
+    root = tmp_path_factory.mktemp("buffers")
+    for size in (200, 500):
+        assert main(["compare", "--strategies", ",".join(CLASS_IL), "--setting", "class", "--seeds", "2", "--tasks",
+                     "2", "--epochs", "1", "--hidden", "16", "--set", f"memory_size={size}", "--quiet", "--plots",
+                     "none", "--out", str(root / f"b{size}")]) == 0
+    return root
+
+
+@pytest.mark.slow
+def test_two_buffers_make_one_class_il_latex_table(buffers, capsys):
+    """Display names, percentages, class-IL and task-IL columns without FWT, the buffer column, bounds marked and
+    never bold, methods without memory once, and a caption naming protocol, options, seeds and buffers; every
+    number and bold mark against the run folders' results.json."""
+    capsys.readouterr()
+    assert main(["report", str(buffers / "b200"), str(buffers / "b500"), "--format", "latex"]) == 0
+    latex = capsys.readouterr().out
+    lines = latex.splitlines()
+    assert r"Method & Buffer & ACC class-IL & ACC task-IL & Forgetting \\" in lines
+    assert "FWT" not in latex and "fwt" not in latex
+    body = [line for line in lines if line.endswith(r" \\") and not line.startswith("Method")]
+    expect_rows = [(s, b) for b in (200, 500) for s in CLASS_IL if b == 200 or s not in ("naive", "joint")]
+    assert len(body) == len(expect_rows)
+    for (s, size), line in zip(expect_rows, body):
+        name, buffer, *cells = [c.strip() for c in line[:-3].split(" & ")]
+        memory = s not in ("naive", "joint")
+        assert (name, buffer) == (CLASS_IL_NAMES[s], str(size) if memory else "-")
+        for metric, cell in zip(("acc", "task_il_acc", "forgetting"), cells):
+            runs = buffers / f"b{size}"
+            v = np.array([json.loads((runs / f"{s.replace('_', '-')}-seed{k}" / "results.json").read_text())
+                          ["metrics"][metric] for k in range(2)])
+            text = rf"{100 * v.mean():.2f} \pm {100 * v.std(ddof=1) / np.sqrt(2):.2f}"
+            learners = [np.mean([json.loads((runs / f"{o.replace('_', '-')}-seed{k}" / "results.json").read_text())
+                                 ["metrics"][metric] for k in range(2)]) for o in CLASS_IL if o != "joint"]
+            best = (min if metric == "forgetting" else max)(learners)
+            assert text in cell, (s, size, metric)
+            assert (r"\mathbf" in cell) == (s != "joint" and abs(v.mean() - best) < 1e-12), (s, size, metric)
+    caption = next(line for line in lines if line.startswith(r"\caption"))
+    for words in ("in \\% over 2 seed(s) (0, 1)", "split-mnist-5k, class-incremental, 2 tasks", "buffer 200 and 500",
+                  "1 epoch(s) per task", "bounds are reference points, never bold"):
+        assert words in caption, words
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +209,7 @@ def bounded_study(tmp_path_factory):
 def test_a_bound_is_marked_never_bolded_tested_or_tested_against(bounded_study, capsys):
     """Issue 30, item 2: report left joint unmarked, bold in every column (BWT +0.77 from its untrained early rows)
     and starred er and der as "differs from the best (joint)"."""
-    rows = _csv(bounded_study, capsys)
+    rows = _csv(bounded_study, capsys, "--metrics", ",".join(METRICS))
     joint = {m: rows["joint", m] for m in METRICS}
     assert all(r["bound"] == "upper" and r["best"] == "False" and r["significant"] == "False" and r["p_value"] == ""
                and r["reference"] == "" for r in joint.values())
@@ -148,12 +221,12 @@ def test_a_bound_is_marked_never_bolded_tested_or_tested_against(bounded_study, 
     capsys.readouterr()
     assert main(["report", str(bounded_study)]) == 0
     md = capsys.readouterr().out
-    row = next(line for line in md.splitlines() if line.startswith("| joint"))
-    assert row.startswith("| joint [BOUND: upper] |") and "**" not in row and "\\*" not in row
-    assert "joint: bound (reference points, not continual learners), never bolded or tested" in md
+    row = next(line for line in md.splitlines() if line.startswith("| Joint"))
+    assert row.startswith("| Joint (upper bound) |") and "**" not in row and "\\*" not in row
+    assert "Joint: bound (reference points, not continual learners), never bold or tested" in md
     assert main(["report", str(bounded_study), "--format", "latex"]) == 0
     latex = capsys.readouterr().out
-    row = next(line for line in latex.splitlines() if line.startswith("joint"))
+    row = next(line for line in latex.splitlines() if line.startswith("Joint"))
     assert r"\mathbf" not in row and "^{*}" not in row
     assert main(["report", str(bounded_study), "--baseline", "joint"]) == 2
     assert "--baseline 'joint' is a bound (upper), not a continual learner; choose one of naive, er" in \
@@ -161,13 +234,15 @@ def test_a_bound_is_marked_never_bolded_tested_or_tested_against(bounded_study, 
 
 
 def test_fwt_is_named_meaningless_in_class_il_and_left_unmarked(bounded_study, capsys):
-    rows = _csv(bounded_study, capsys)
+    """Not a column by default in class-IL; asked for, it is shown without marks and the caption says why."""
+    assert "fwt" not in {m for _, m in _csv(bounded_study, capsys)}
+    rows = _csv(bounded_study, capsys, "--metrics", ",".join(METRICS))
     fwt = [r for (s, m), r in rows.items() if m == "fwt"]
     assert fwt and all(r["meaningful"] == "False" and r["best"] == "False" and r["significant"] == "False"
                        for r in fwt)
     assert all(r["meaningful"] == "True" for (s, m), r in rows.items() if m != "fwt")
     capsys.readouterr()
-    assert main(["report", str(bounded_study)]) == 0
+    assert main(["report", str(bounded_study), "--metrics", ",".join(METRICS)]) == 0
     md = capsys.readouterr().out
     assert "FWT is not meaningful in the class-incremental setting (a task's classes score 0 before it is trained): " \
            "shown without marks" in md

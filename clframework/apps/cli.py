@@ -325,15 +325,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--study: steps of the loop that measures the machine's capacity (default 1500; 0: skip)")
     rl = sub.add_parser("runs", help="past runs and studies under a folder: label, benchmark, ACC, status, date")
     rl.add_argument("folder", nargs="?", type=Path, default=Path("runs"), help="where to look (default: runs)")
-    rp = sub.add_parser("report", help="a finished compare's or reproduce's table for a paper: mean +- SEM, best in "
-                        "bold, paired-test marks (Markdown, LaTeX or CSV)")
-    rp.add_argument("study", type=Path, help="the study's folder (holding summary.json)")
+    rp = sub.add_parser("report", help="finished compares' or reproductions' table for a paper: mean +- SEM in %, "
+                        "display names, best in bold, bounds marked, paired-test marks (Markdown, LaTeX or CSV)")
+    rp.add_argument("study", type=Path, nargs="+", help="the study's folder (holding summary.json); several studies "
+                    "of one protocol (e.g. buffer 200 and 500) make one table with a Buffer column")
     rp.add_argument("--format", default="md", choices=["md", "latex", "csv"], help="output format (default md)")
+    rp.add_argument("--scale", default="percent", choices=["percent", "fraction"],
+                    help="md and latex: percent with two decimals (default) or fractions with four; csv always "
+                         "holds fractions at full precision")
     rp.add_argument("--baseline", metavar="NAME", help="mark differences from this strategy (default: from each "
                     "column's best)")
     rp.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired t-test (default 0.05)")
-    rp.add_argument("--metrics", default="acc,bwt,fwt,forgetting", help="columns, from acc,bwt,fwt,forgetting,task_il_acc and, for --eval-every "
-                         "studies, min_acc,wc_acc,wf10,wp10,lca10,a_auc")
+    rp.add_argument("--metrics", metavar="M1,M2,...",
+                    help="columns, from acc, task_il_acc, bwt, fwt, forgetting, (--eval-every studies) min_acc, "
+                         "wc_acc, wf10, wp10, lca10, a_auc, and any other metric the study recorded (default: "
+                         "class-incremental acc,task_il_acc,forgetting; else acc,bwt,fwt,forgetting)")
     rp.add_argument("--out", type=Path, help="write the table to this file (default: print it)")
     for command in sub.choices.values():  # --debug also after the command name
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -617,8 +623,8 @@ def cmd_report(args) -> int:
 
     from .report import report
 
-    text = report(args.study, args.format, args.baseline, args.alpha,
-                  [m.strip() for m in args.metrics.split(",") if m.strip()])
+    metrics = None if args.metrics is None else [m.strip() for m in args.metrics.split(",") if m.strip()]
+    text = report(args.study, args.format, args.baseline, args.alpha, metrics, args.scale)
     if args.out:
         write_text(args.out, text)
         print(f"table: {args.out}")
