@@ -5,25 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence, Tuple
 
-FORMATS = ("png", "svg")
+FORMATS = ("png", "pdf", "svg")
 SCOPES = ("all", "study", "none")
 
 
 @dataclass(frozen=True)
 class Figures:
     """Which figures a command writes. runs: each run's own (matrix, training curves, omega); study: a study's
-    (Figs. 3-6); formats: file formats, PNG by default (drawing a figure costs more than training a small run)."""
+    (Figs. 3-6); formats: file formats, PNG and PDF by default (drawing a figure costs more than training a small run)."""
 
     runs: bool = True
     study: bool = True
-    formats: Tuple[str, ...] = ("png",)
+    formats: Tuple[str, ...] = ("png", "pdf")
 
     def __post_init__(self):
         check_formats(self.formats)
 
     @classmethod
-    def parse(cls, plots: str = "all", formats: str = "png") -> "Figures":
-        """From `--plots all|study|none` and `--plot-format png|svg|png,svg`; a bad value names the choices."""
+    def parse(cls, plots: str = "all", formats: str = "png,pdf") -> "Figures":
+        """From `--plots all|study|none` and `--plot-format png,pdf|png|svg|...`; a bad value names the choices."""
         if plots not in SCOPES:
             raise ValueError(f"--plots must be one of {', '.join(SCOPES)}, got {plots!r}")
         return cls(runs=plots == "all", study=plots != "none",
@@ -34,4 +34,4 @@ def check_formats(formats: Sequence[str]) -> None:
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats or len(set(formats)) != len(formats):
         raise ValueError(f"figure formats must be a comma-separated subset of {', '.join(FORMATS)} (e.g. png or "
-                         f"png,svg), got {','.join(formats) or '(none)'}")
+                         f"png,pdf), got {','.join(formats) or '(none)'}")

@@ -24,7 +24,11 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .aggregate import cellwise  # noqa: E402
 from .figures import FORMATS, SCOPES, Figures, check_formats  # noqa: E402,F401 (where they were)
+from .names import SETTING_NAMES, display  # noqa: E402
 from .results import write_atomic  # noqa: E402
+
+PANELS_PER_ROW = 3  # a figure a paper's column or page can take as it is
+NOT_OPTIONS = ("setting", "data_root")  # benchmark options a title names otherwise, or not at all
 
 COLORS = ["tab:blue", "tab:red", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
 
@@ -37,8 +41,44 @@ def chance_levels(result: dict) -> List[float]:
             for j in range(T)]
 
 
+def protocol_title(runs_by_strategy: Dict[str, Sequence[dict]]) -> str:
+    """What ran, for a figure's title: benchmark, setting, tasks, options, epochs, batch and buffer(s), e.g.
+    `seq-mnist, class-incremental, 5 tasks, 1 epoch/task, batch 10, buffer 200`."""
+    first = next(iter(runs_by_strategy.values()))[0]
+    cfg = first.get("config", {})
+    parts = [first["benchmark"]]
+    if cfg.get("setting"):
+        parts.append(SETTING_NAMES.get(cfg["setting"], cfg["setting"]))
+    parts.append(f"{len(first['tasks'])} tasks")
+    parts += [f"{k}={v}" for k, v in (cfg.get("benchmark_options") or {}).items() if k not in NOT_OPTIONS]
+    if cfg.get("epochs"):
+        parts.append(f"{cfg['epochs']} epoch{'s' if cfg['epochs'] != 1 else ''}/task")
+    if cfg.get("batch_size"):
+        parts.append(f"batch {cfg['batch_size']}")
+    buffers = sorted({(runs[0].get("hparams") or {}).get("memory_size") for runs in runs_by_strategy.values()}
+                     - {None})
+    if buffers:
+        parts.append("buffer " + "/".join(map(str, buffers)))
+    return ", ".join(parts)
+
+
+def _legend_outside(fig: Figure, ax, columns: int = 4) -> None:
+    """One legend for the figure, below its panels (constrained layout keeps it off the data and on the canvas)."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(columns, len(labels)), fontsize=8)
+
+
+def _suptitle(fig: Figure, text: str) -> None:
+    """The figure's title, each line wrapped to the figure's width (10 pt: about 11 characters an inch), so that a
+    long protocol line is never clipped."""
+    import textwrap
+
+    width = max(20, int(fig.get_figwidth() * 11))
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in text.split("\n")), fontsize=10)
+
+
 def save(fig: Figure, stem: Path, formats: Sequence[str] = ("png",)) -> List[Path]:
-    """Write `stem`.png (and/or .svg; parents created, each file atomically); returns the paths.
+    """Write `stem`.png (and/or .pdf, .svg; parents created, each file atomically); returns the paths.
 
     The layout is computed once (constrained layout, then frozen) and each format drawn once: `bbox_inches="tight"`
     and a live layout engine would lay the figure out again for every draw, twice per file."""
@@ -98,8 +138,8 @@ def training_curves(curves: Sequence[dict], tasks: Sequence[str], title: str = "
         ax.set_xlabel("epoch (counted across tasks)")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title)
+    _legend_outside(fig, axes[0])
+    _suptitle(fig, title)
     return fig
 
 
@@ -117,8 +157,13 @@ def per_task_figure(runs_by_strategy: Dict[str, Sequence[dict]], title: Optional
     first = next(iter(runs_by_strategy.values()))[0]
     tasks, chance = first["tasks"], chance_levels(first)
     T = len(tasks)
-    fig = Figure(figsize=(2.6 * (T + 1), 3.2), layout="constrained")
-    axes = fig.subplots(1, T + 1, sharey=True, squeeze=False)[0]
+    cols = min(PANELS_PER_ROW, T + 1)
+    rows = -(-(T + 1) // cols)
+    fig = Figure(figsize=(3.0 * cols + 0.6, 2.6 * rows + 1.2), layout="constrained")
+    grid = fig.subplots(rows, cols, sharey=True, squeeze=False).ravel()
+    axes = grid[:T + 1]
+    for ax in grid[T + 1:]:
+        ax.set_axis_off()
     x_all = np.arange(1, T + 1)
     for k, (name, runs) in enumerate(runs_by_strategy.items()):
         color = COLORS[k % len(COLORS)]
@@ -126,20 +171,23 @@ def per_task_figure(runs_by_strategy: Dict[str, Sequence[dict]], title: Optional
         for j in range(T):
             col = {key: None if matrix[key] is None else np.asarray(matrix[key])[j:, j]
                    for key in ("mean", "sem")}
-            _band(axes[j], x_all[j:], col, color, name)
-        _band(axes[T], x_all, cellwise([r["average_seen"] for r in runs]), color, name)
+            _band(axes[j], x_all[j:], col, color, display(name))
+        _band(axes[T], x_all, cellwise([r["average_seen"] for r in runs]), color, display(name))
     for j, ax in enumerate(axes):
         ax.axhline(chance[j] if j < T else float(np.mean(chance)), color="grey", linestyle="--", linewidth=1,
                    label="chance")
-        ax.set_title(f"task {j + 1} ({tasks[j]})" if j < T else "average over tasks seen")
+        ax.set_title(f"task {j + 1} ({tasks[j]})" if j < T else "average over tasks seen", fontsize=10)
         ax.set_xticks(x_all)
         ax.set_xlim(0.7, T + 0.3)
-        ax.set_xlabel("tasks trained")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy")
-    axes[-1].legend(fontsize=8, loc="lower left")
+        if j % cols == 0:
+            ax.set_ylabel("test accuracy")
+        if j + cols > T:  # the lowest panel of its column
+            ax.set_xlabel("tasks trained")
+    _legend_outside(fig, axes[-1])
     n = len(next(iter(runs_by_strategy.values())))
-    fig.suptitle(title or f"{first['benchmark']}: accuracy on each task as tasks are added (mean ± SEM, {n} seed(s))")
+    _suptitle(fig, title or f"{protocol_title(runs_by_strategy)}\naccuracy on each task as tasks are added "
+                            f"(mean ± SEM, {n} seed(s))")
     return fig
 
 
@@ -147,19 +195,19 @@ def average_figure(runs_by_strategy: Dict[str, Sequence[dict]], title: Optional[
     """The paper's Fig. 4: average test accuracy over the tasks seen so far against the number of tasks."""
     first = next(iter(runs_by_strategy.values()))[0]
     T, chance = len(first["tasks"]), chance_levels(first)
-    fig = Figure(figsize=(5.5, 4), layout="constrained")
+    fig = Figure(figsize=(5.5, 4.6), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(1, T + 1)
     for k, (name, runs) in enumerate(runs_by_strategy.items()):
-        _band(ax, x, cellwise([r["average_seen"] for r in runs]), COLORS[k % len(COLORS)], name)
+        _band(ax, x, cellwise([r["average_seen"] for r in runs]), COLORS[k % len(COLORS)], display(name))
     ax.axhline(float(np.mean(chance)), color="grey", linestyle="--", linewidth=1, label="chance")
     ax.set_xticks(x)
     ax.set_xlabel("number of tasks trained")
     ax.set_ylabel("average test accuracy over tasks seen")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=9)
+    _legend_outside(fig, ax, columns=3)
     n = len(next(iter(runs_by_strategy.values())))
-    ax.set_title(title or f"{first['benchmark']}: average accuracy (mean ± SEM, {n} seed(s))")
+    _suptitle(fig, title or f"{protocol_title(runs_by_strategy)}\naverage accuracy (mean ± SEM, {n} seed(s))")
     return fig
 
 
@@ -202,8 +250,13 @@ def continual_figure(runs_by_strategy: Dict[str, Sequence[dict]], title: Optiona
     first = next(iter(runs_by_strategy.values()))[0]
     tasks, chance = first["tasks"], chance_levels(first)
     T = len(tasks)
-    fig = Figure(figsize=(min(3.4 * T, 20), 3.3), layout="constrained")
-    axes = fig.subplots(1, T, sharey=True, squeeze=False)[0]
+    cols = min(PANELS_PER_ROW, T)
+    rows = -(-T // cols)
+    fig = Figure(figsize=(3.2 * cols + 0.6, 2.6 * rows + 1.2), layout="constrained")
+    grid = fig.subplots(rows, cols, sharey=True, squeeze=False).ravel()
+    axes = grid[:T]
+    for ax in grid[T:]:
+        ax.set_axis_off()
     boundaries = []
     for k, (name, runs) in enumerate(runs_by_strategy.items()):
         curves = [r["continual_eval"] for r in runs if r.get("continual_eval")]
@@ -217,7 +270,7 @@ def continual_figure(runs_by_strategy: Dict[str, Sequence[dict]], title: Optiona
             stat = cellwise([[[a] for _, a in other] for other in series]) if same else \
                 {"mean": [[a] for _, a in series[0]], "sem": None}
             mean = np.asarray(stat["mean"], dtype=float)[:, 0]
-            axes[j].plot(steps, mean, color=color, linewidth=1.2, label=name)
+            axes[j].plot(steps, mean, color=color, linewidth=1.2, label=display(name))
             if stat["sem"] is not None:
                 sem = np.asarray(stat["sem"], dtype=float)[:, 0]
                 axes[j].fill_between(steps, mean - sem, mean + sem, color=color, alpha=0.2, linewidth=0)
@@ -226,27 +279,30 @@ def continual_figure(runs_by_strategy: Dict[str, Sequence[dict]], title: Optiona
         for b in boundaries:
             ax.axvline(b, color="black", linestyle=":", linewidth=0.8, label="_boundary")
         ax.axhline(chance[j], color="grey", linestyle="--", linewidth=1, label="chance")
-        ax.set_title(f"task {j + 1} ({tasks[j]})")
-        ax.set_xlabel("optimizer steps")
+        ax.set_title(f"task {j + 1} ({tasks[j]})", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy (fixed subset)")
-    axes[0].legend(fontsize=8, loc="lower left")
+        if j % cols == 0:
+            ax.set_ylabel("test accuracy (fixed subset)")
+        if j + cols >= T:  # the lowest panel of its column
+            ax.set_xlabel("optimizer steps")
+    _legend_outside(fig, axes[0])
     n = len(next(iter(runs_by_strategy.values())))
-    fig.suptitle(title or f"{first['benchmark']}: accuracy during training, task boundaries dotted ({n} seed(s))")
+    _suptitle(fig, title or f"{protocol_title(runs_by_strategy)}\naccuracy during training, task boundaries dotted "
+                            f"({n} seed(s))")
     return fig
 
 
-def write_run_plots(result: dict, out_dir: Path, formats: Sequence[str] = ("png",)) -> List[Path]:
+def write_run_plots(result: dict, out_dir: Path, formats: Sequence[str] = ("png", "pdf")) -> List[Path]:
     """A run's figures: accuracy matrix, training curves and, when omega was recorded, its Fig. 5 row."""
     out_dir = Path(out_dir)
-    name = f"{result['strategy']} on {result['benchmark']}, seed {result['seed']}"
+    name = f"{display(result['strategy'])}, seed {result['seed']}\n{protocol_title({result['strategy']: [result]})}"
     files = save(matrix_heatmap(result["accuracy_matrix"], result["tasks"], f"Accuracy matrix: {name}"),
                  out_dir / "matrix", formats)
     if result.get("curves"):
         files += save(training_curves(result["curves"], result["tasks"], f"Training curves: {name}"),
                       out_dir / "training", formats)
     if result.get("omega_correlation"):
-        files += save(omega_figure({result["strategy"]: result["omega_correlation"]}), out_dir / "omega_correlation",
+        files += save(omega_figure({display(result["strategy"]): result["omega_correlation"]}), out_dir / "omega_correlation",
                       formats)
     if result.get("continual_eval"):
         files += save(continual_figure({result["strategy"]: [result]}, f"Accuracy during training: {name}"),
@@ -255,13 +311,13 @@ def write_run_plots(result: dict, out_dir: Path, formats: Sequence[str] = ("png"
 
 
 def write_compare_plots(runs_by_strategy: Dict[str, Sequence[dict]], out_dir: Path,
-                        formats: Sequence[str] = ("png",)) -> List[Path]:
+                        formats: Sequence[str] = ("png", "pdf")) -> List[Path]:
     """A comparison's figures: Fig. 3 and Fig. 4 layouts, Fig. 5 for the strategies that recorded omega (seed 0 of
     each), and the accuracy during training when the runs evaluated it (--eval-every)."""
     out_dir = Path(out_dir)
     files = save(per_task_figure(runs_by_strategy), out_dir / "fig3_per_task", formats)
     files += save(average_figure(runs_by_strategy), out_dir / "fig4_average", formats)
-    omegas = {name: runs[0].get("omega_correlation") for name, runs in runs_by_strategy.items()}
+    omegas = {display(name): runs[0].get("omega_correlation") for name, runs in runs_by_strategy.items()}
     if any(omegas.values()):
         files += save(omega_figure(omegas), out_dir / "fig5_omega_correlation", formats)
     if any(r.get("continual_eval") for runs in runs_by_strategy.values() for r in runs):
@@ -287,6 +343,6 @@ def final_accuracy_figure(bars: Dict[str, dict], tasks: Sequence[str], error: st
     ax.set_ylabel("test accuracy after all tasks")
     ax.set_ylim(0, 1)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title or f"Accuracy per task after training on all tasks (error bars: {error.upper()})")
+    _legend_outside(fig, ax, columns=3)
+    _suptitle(fig, title or f"Accuracy per task after training on all tasks (error bars: {error.upper()})")
     return fig

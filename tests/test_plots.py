@@ -33,12 +33,12 @@ def _data_lines(ax):
 
 def test_fig3_one_panel_per_task_plus_average_with_mean_lines_and_sem_bands():
     fig = P.per_task_figure(RUNS)
-    axes = fig.get_axes()
+    axes = [ax for ax in fig.get_axes() if ax.axison]
     assert len(axes) == len(TASKS) + 1
     assert [ax.get_title() for ax in axes] == ["task 1 (0-1)", "task 2 (2-3)", "task 3 (4-5)", "average over tasks seen"]
     for j, ax in enumerate(axes):
         lines = _data_lines(ax)
-        assert [line.get_label() for line in lines] == ["si", "naive"]
+        assert [line.get_label() for line in lines] == ["SI", "Fine-tuning"]  # display names
         assert len(ax.collections) == 2  # one SEM band per strategy
         chance = [line for line in ax.get_lines() if line.get_label() == "chance"]
         assert len(chance) == 1 and chance[0].get_ydata()[0] == 0.5
@@ -46,16 +46,18 @@ def test_fig3_one_panel_per_task_plus_average_with_mean_lines_and_sem_bands():
     si_task2 = _data_lines(axes[1])[0]
     expected = np.mean([np.asarray(r["accuracy_matrix"])[1:, 1] for r in RUNS["si"]], axis=0)
     assert list(si_task2.get_xdata()) == [2, 3] and np.allclose(si_task2.get_ydata(), expected)
-    assert axes[0].get_ylabel() == "test accuracy" and axes[0].get_xlabel() == "tasks trained"
+    assert axes[0].get_ylabel() == "test accuracy" and axes[3].get_xlabel() == "tasks trained"
+    assert [len(ax.get_subplotspec().rowspan) for ax in axes] == [1] * 4  # 2 rows of at most 3 panels
+    assert {ax.get_subplotspec().colspan.start for ax in axes} == {0, 1, 2}
 
 
 def test_fig4_one_line_per_strategy():
     fig = P.average_figure(RUNS)
     (ax,) = fig.get_axes()
     lines = _data_lines(ax)
-    assert [line.get_label() for line in lines] == ["si", "naive"]
+    assert [line.get_label() for line in lines] == ["SI", "Fine-tuning"]
     assert np.allclose(lines[1].get_ydata(), np.mean([r["average_seen"] for r in RUNS["naive"]], axis=0))
-    assert ax.get_legend() is not None and ax.get_xlabel() == "number of tasks trained"
+    assert ax.get_legend() is None and len(fig.legends) == 1 and ax.get_xlabel() == "number of tasks trained"
 
 
 def test_fig5_one_panel_per_layer_and_label():
@@ -124,9 +126,9 @@ def test_png_by_default_and_the_layout_frozen_once(tmp_path):
     P.save(fig, tmp_path / "g", ("svg",))
     assert [ax.get_position().bounds for ax in fig.get_axes()] == positions
     assert (tmp_path / "g.svg").read_bytes().find(b"<svg") >= 0
-    with pytest.raises(ValueError, match="subset of png, svg"):
-        P.save(fig, tmp_path / "h", ("pdf",))
-    assert not (tmp_path / "h.pdf").exists()
+    with pytest.raises(ValueError, match="subset of png, pdf, svg"):
+        P.save(fig, tmp_path / "h", ("jpg",))
+    assert not (tmp_path / "h.jpg").exists()
 
 
 def _figure_files(folder):
@@ -159,8 +161,71 @@ def test_compare_writes_the_study_figures_only_unless_asked(tmp_path, capsys):
                  "--out", str(tmp_path / "run")]) == 0
     assert _figure_files(tmp_path / "run") == ["matrix.png", "training.png"]  # a run's own figures, as PNG
     capsys.readouterr()
-    assert main(common + ["--out", str(tmp_path / "bad"), "--plot-format", "pdf"]) == 2
-    assert "subset of png, svg" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(common + ["--out", str(tmp_path / "bad"), "--plot-format", "jpg"]) == 2
+    assert "subset of png, pdf, svg" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def _inside_and_off_the_data(fig, tmp_path):
+    """Every visible text (titles, labels, ticks, legend) lies inside the canvas as saved, and every legend lies off
+    every panel's data area."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    P.save(fig, tmp_path / "f")  # lays the figure out and freezes it, as every written figure is
+    canvas_agg = FigureCanvasAgg(fig)
+    canvas_agg.draw()
+    renderer = canvas_agg.get_renderer()
+    canvas = fig.bbox
+    texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
+    drawn = [ax.get_tightbbox(renderer) for ax in fig.get_axes() if ax.axison]  # what each panel draws, ticks too
+    drawn += [legend.get_window_extent(renderer) for legend in fig.legends]
+    drawn += [t.get_window_extent(renderer) for t in (fig._suptitle,) if t is not None]
+    assert texts and drawn
+    for box in drawn:
+        assert (box.x0 >= canvas.x0 - 0.5 and box.y0 >= canvas.y0 - 0.5 and box.x1 <= canvas.x1 + 0.5
+                and box.y1 <= canvas.y1 + 0.5), (box, canvas)
+    for legend in fig.legends:
+        box = legend.get_window_extent(renderer)
+        for ax in fig.get_axes():
+            if ax.axison:
+                assert not box.overlaps(ax.get_window_extent(renderer)), ax.get_title()
+    return texts
+
+
+RUN_WITH_PROTOCOL = {**RUNS["si"][0], "benchmark": "seq-fashion-mnist", "hparams": {"memory_size": 200},
+                     "config": {"setting": "class", "head_sizes": [6], "epochs": 1, "batch_size": 10,
+                                "benchmark_options": {"train_per_class": 300, "setting": "class"}}}
+
+
+@pytest.mark.parametrize("tasks", [2, 3, 5, 10])
+def test_study_figures_keep_everything_on_the_canvas_and_legends_off_the_data(tasks, tmp_path):
+    """At most three panels a row, for any number of tasks; titles name the protocol and the buffer."""
+    def runs(name, shift):
+        out = []
+        for seed in range(2):
+            R = np.tril(np.full((tasks, tasks), 0.8 - shift)) + np.triu(np.full((tasks, tasks), 0.1), 1)
+            out.append({**RUN_WITH_PROTOCOL, "strategy": name, "seed": seed, "tasks": [f"{2 * t}-{2 * t + 1}"
+                        for t in range(tasks)], "accuracy_matrix": R.tolist(),
+                        "average_seen": [float(R[i, :i + 1].mean()) for i in range(tasks)]})
+        return out
+
+    study = {"derpp": runs("derpp", 0.0), "er_ace": runs("er_ace", 0.1), "icarl": runs("icarl", 0.2),
+             "gdumb": runs("gdumb", 0.3), "agem": runs("agem", 0.4), "joint": runs("joint", -0.1)}
+    for fig in (P.per_task_figure(study), P.average_figure(study)):
+        texts = [t.get_text() for t in _inside_and_off_the_data(fig, tmp_path)]
+        assert {"DER++", "ER-ACE", "iCaRL", "GDumb", "A-GEM", "Joint"} <= set(texts)
+        assert any("seq-fashion-mnist, class-incremental" in t and "train_per_class=300" in t and "buffer 200" in t
+                   for t in texts)
+        columns = {ax.get_subplotspec().colspan.start for ax in fig.get_axes()}
+        assert max(columns) < 3
+
+
+def test_run_figures_keep_everything_on_the_canvas(tmp_path):
+    result = {**RUN_WITH_PROTOCOL, "strategy": "er_ace"}
+    for fig in (P.training_curves(result["curves"], TASKS, "Training curves: ER-ACE"),
+                P.matrix_heatmap(result["accuracy_matrix"], TASKS, "Accuracy matrix: ER-ACE, seed 0\nseq-mnist"),
+                P.final_accuracy_figure({"DER++": {"mean": [0.5] * 3, "err": None}, "ER": {"mean": [0.4] * 3}},
+                                        TASKS)):
+        _inside_and_off_the_data(fig, tmp_path)
 
 
 def test_chance_levels_follow_the_heads():
@@ -203,16 +268,17 @@ def test_continual_figure_one_panel_per_task_one_line_per_strategy_boundaries_ma
     assert [ax.get_title() for ax in axes] == ["task 1 (0-1)", "task 2 (2-3)", "task 3 (4-5)"]
     for j, ax in enumerate(axes):
         lines = [line for line in ax.get_lines() if line.get_label() not in ("_boundary", "chance")]
-        assert [line.get_label() for line in lines] == ["er", "naive"]
+        assert [line.get_label() for line in lines] == ["ER", "Fine-tuning"]  # display names
         assert len(ax.collections) == 2  # SEM bands over the three seeds
         bounds = sorted(line.get_xdata()[0] for line in ax.get_lines() if line.get_label() == "_boundary")
         assert bounds == [4, 8]  # the last boundary is the run's end
-    naive_task1 = [line for line in axes[0].get_lines() if line.get_label() == "naive"][0]
+    naive_task1 = [line for line in axes[0].get_lines() if line.get_label() == "Fine-tuning"][0]
     assert list(naive_task1.get_xdata()) == [0, 2, 4, 6, 8, 10, 12]
     expected = np.mean([[p["accuracy"][0] for p in r["continual_eval"]["points"]] for r in runs["naive"]], axis=0)
     assert np.allclose(naive_task1.get_ydata(), expected)
-    er_task3 = [line for line in axes[2].get_lines() if line.get_label() == "er"][0]
+    er_task3 = [line for line in axes[2].get_lines() if line.get_label() == "ER"][0]
     assert list(er_task3.get_xdata()) == [8, 10, 12]  # from the point that first scored task 3
     files = P.write_run_plots(runs["er"][0], tmp_path)
     assert tmp_path / "continual.png" in files and (tmp_path / "continual.png").stat().st_size > 0
     assert tmp_path / "study" / "fig_continual.png" in P.write_compare_plots(runs, tmp_path / "study")
+    _inside_and_off_the_data(fig, tmp_path)

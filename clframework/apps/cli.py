@@ -161,8 +161,8 @@ def _plot_args(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--plots", choices=["all", "study", "none"], default=default,
                    help="figures to write: all (each run's matrix and curves too), study (the study's figures only), "
                         f"none (default {default})")
-    p.add_argument("--plot-format", default="png", metavar="png|svg|png,svg",
-                   help="figure file format(s) (default png)")
+    p.add_argument("--plot-format", default="png,pdf", metavar="png,pdf|png|svg|...",
+                   help="figure file format(s), from png, pdf, svg (default png,pdf: the PDF next to the PNG)")
 
 
 def _figures(args):
