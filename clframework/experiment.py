@@ -329,6 +329,7 @@ class RunResult:
     train_cpu_seconds: Optional[float] = None  # CPU time of training (None in results of older versions)
     task_il_accuracy_matrix: Optional[List[List[float]]] = None  # task-IL scores of the same outputs (evaluator.py)
     continual_eval: Optional[dict] = None  # the accuracy during training (eval_every; evaluation/continual.py)
+    health: List[dict] = field(default_factory=list)  # the tasks that learned nothing (evaluation/health.py)
     omega_correlation: Optional[Dict[str, list]] = None
     resumed_from: Optional[dict] = None
     model: Optional[torch.nn.Module] = field(default=None, repr=False, compare=False)
@@ -482,6 +483,7 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
                                                                 **({"in": "eval_model"} if exc.scorer else {})},
                       "error": str(exc), "accuracy_matrix": p["accuracy_matrix"],
                       "initial_accuracy": p["initial_accuracy"], "curves": p["curves"] + trainer._task_curve,
+                      "health": p["health"],
                       "train_seconds": p["train_seconds"], "train_cpu_seconds": p["train_cpu_seconds"],
                       "wall_seconds": time.perf_counter() - wall_start,
                       **({"continual_eval": trainer.continual_eval()} if config.eval_every else {}),
@@ -502,7 +504,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
         metrics={**M.summary(R, result.initial_accuracy), "task_il_acc": M.acc(result.task_il_matrix),
                  **(M.continual_summary(result.continual_eval) if result.continual_eval else {})},
         continual_eval=result.continual_eval,
-        task_il_accuracy_matrix=result.task_il_matrix, average_seen=M.average_seen(R), curves=result.curves,
+        task_il_accuracy_matrix=result.task_il_matrix, health=result.health, average_seen=M.average_seen(R),
+        curves=result.curves,
         train_seconds=result.train_seconds, train_cpu_seconds=result.train_cpu_seconds,
         wall_seconds=time.perf_counter() - wall_start,
         provenance=provenance.finish(record), model=trainer.model, trained_strategy=strategy)

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from clframework.evaluation.continual import ContinualEvaluator, check_settings
+from clframework.evaluation import health as H
 from clframework.evaluation.evaluator import evaluate_stream
 
 from clframework.evaluation.results import OutputError
@@ -83,6 +84,7 @@ class StreamResult:
     train_cpu_seconds: float = 0.0  # the process's CPU time: waiting for busy cores adds none
     task_il_matrix: List[List[float]] = field(default_factory=list)  # the same scores, other tasks' classes masked
     continual_eval: Optional[dict] = None  # the accuracy during training (eval_every), as results.json holds it
+    health: List[dict] = field(default_factory=list)  # the tasks that learned nothing (evaluation/health.py)
 
 
 LOSS_GROWTH = 1000.0  # an epoch's mean loss this many times the run's first is warned of (once per run)
@@ -193,7 +195,8 @@ class Trainer:
         self._task_curve: List[dict] = []
         self._task_free: Optional[int] = None  # a task-free stream: its last task's index (None: tasks shown)
         self._progress = {"initial_accuracy": [], "accuracy_matrix": [], "task_il_matrix": [], "curves": [],
-                          "train_seconds": 0.0, "train_cpu_seconds": 0.0, "eval_points": [], "eval_boundaries": []}
+                          "train_seconds": 0.0, "train_cpu_seconds": 0.0, "eval_points": [], "eval_boundaries": [],
+                          "health": []}
         self._clock = self._cpu_clock = 0.0  # perf_counter and process_time when the current task's timing started
         self._checkpoint_seconds = self._checkpoint_cpu_seconds = 0.0
 
@@ -270,7 +273,7 @@ class Trainer:
             k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in epoch.items()}
         self._task_curve = [dict(p) for p in state["task_curve"]]
         progress = state["progress"]
-        self._progress = {"train_cpu_seconds": 0.0, **progress,  # (checkpoints of older versions had no CPU time)
+        self._progress = {"train_cpu_seconds": 0.0, "health": [], **progress,  # (older versions: no CPU time, health)
                           "accuracy_matrix": [list(r) for r in progress["accuracy_matrix"]],
                           "task_il_matrix": [list(r) for r in progress.get("task_il_matrix", [])],
                           "curves": [dict(p) for p in progress["curves"]],
@@ -582,9 +585,22 @@ class Trainer:
                                            workers=self.workers)
             progress["accuracy_matrix"].append(row)
             progress["task_il_matrix"].append(task_il)
+            if task is not None:  # a task the strategy trained on (joint trains nothing before the last)
+                self._check_health(scorer, stream, i, row[i])
             self._callback("on_task_evaluated", i, row)
             self.position = {"task": i + 1, "task_name": "", "epoch": 0, "step": 0}
             self._checkpoint()
         return StreamResult([list(r) for r in progress["accuracy_matrix"]], list(progress["initial_accuracy"]),
                             progress["train_seconds"], list(progress["curves"]), progress["train_cpu_seconds"],
-                            [list(r) for r in progress["task_il_matrix"]], self.continual_eval())
+                            [list(r) for r in progress["task_il_matrix"]], self.continual_eval(),
+                            [dict(h) for h in progress["health"]])
+
+    def _check_health(self, scorer: nn.Module, stream, i: int, accuracy: float) -> None:
+        """The learning-health check of task i just trained: a one-line warning, recorded, when it learned nothing."""
+        task = stream.tasks[i]
+        counts = H.predicted_counts(scorer, task, self.evaluate_on, self.device, workers=self.workers)
+        problem = H.check(i, task.name, accuracy, len(task.classes), counts)
+        if problem is not None:
+            problem["warning"] = (f"{self.label}: " if self.label else "") + problem["warning"]
+            self._progress["health"].append(problem)
+            warnings.warn(problem["warning"], H.LearningHealthWarning, stacklevel=2)

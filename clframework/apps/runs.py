@@ -70,6 +70,8 @@ def run_row(folder: Path) -> dict:
             status = _where("diverged", results.get("diverged_at"))
         else:
             row["acc"] = _number((results.get("metrics") or {}).get("acc"))
+        if results.get("health"):  # evaluation/health.py: tasks that learned nothing
+            status += f" (learned nothing: task {', '.join(str(h['task'] + 1) for h in results['health'])})"
         return {**row, "status": status, "date": _date(results, folder / RESULTS)}
     if (folder / RESULTS).exists():
         return {**row, "status": f"unreadable {RESULTS}", "date": _date(None, folder / RESULTS)}
@@ -105,9 +107,11 @@ def study_row(folder: Path, kind: Optional[str]) -> dict:
         return sum(r["status"].startswith(word) for r in rows)
 
     done, diverged, failed = count("finished") + count("diverged"), count("diverged"), count("failed")
+    unhealthy = sum("learned nothing" in r["status"] for r in rows)
     partial = (final or {}).get("partial")  # reproduce rewrites its table after every run: "k of n runs"
     total = plan.get("runs") or (int(partial.split()[2]) if isinstance(partial, str) else "?")
-    notes = (f", {failed} failed" if failed else "") + (f", {diverged} diverged" if diverged else "")
+    notes = (f", {failed} failed" if failed else "") + (f", {diverged} diverged" if diverged else "") + \
+        (f", {unhealthy} learned nothing on some task" if unhealthy else "")
     if final is not None and not partial:
         status = "finished" + notes
     else:
