@@ -115,7 +115,7 @@ def test_output_blocks_compare_numbers_within_tolerance():
 def test_custom_strategy_registered_and_run_from_cli(tmp_path, docs_python):
     run_document(DOCS / "custom-strategy.md", tmp_path, docs_python)
     result = json.loads((tmp_path / "runs/l2/results.json").read_text())
-    assert result["strategy"] == "l2" and result["hparams"] == {"strength": 10.0}
+    assert result["strategy"] == "l2" and result["hparams"] == {"strength": 0.1} and result["health"] == []
     summary = json.loads((tmp_path / "runs/l2-vs-si/summary.json").read_text())
     assert set(summary["strategies"]) == {"naive", "l2", "si"}
 
