@@ -193,7 +193,7 @@ def test_two_buffers_make_one_class_il_latex_table(buffers, capsys):
             assert (r"\mathbf" in cell) == (s != "joint" and abs(v.mean() - best) < 1e-12), (s, size, metric)
     caption = next(line for line in lines if line.startswith(r"\caption"))
     for words in ("in \\% over 2 seed(s) (0, 1)", "split-mnist-5k, class-incremental, 2 tasks", "buffer 200 and 500",
-                  "1 epoch(s) per task", "bounds are reference points, never bold"):
+                  "1 epoch(s) per task", "Joint: bound (reference points, not continual learners), never bold"):
         assert words in caption, words
 
 
