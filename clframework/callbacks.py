@@ -26,6 +26,10 @@ class TrainerCallback:
     def on_epoch_end(self, task_index: int, epoch: int, loss: float, accuracy: float) -> None:
         """After each epoch: mean training loss and accuracy on the current task's training batches."""
 
+    def on_train_loss(self, step: int, loss: float) -> None:
+        """Every k optimizer steps (about 25 points a task, trainer.LOSS_POINTS): the mean training loss of the
+        minibatches since the previous point; `step` counts optimizer steps across tasks."""
+
     def on_task_evaluated(self, task_index: int, accuracies: List[float]) -> None:
         """After each task (task_index = -1 for the untrained model): test accuracy on every task."""
 

@@ -330,6 +330,7 @@ class RunResult:
     task_il_accuracy_matrix: Optional[List[List[float]]] = None  # task-IL scores of the same outputs (evaluator.py)
     continual_eval: Optional[dict] = None  # the accuracy during training (eval_every; evaluation/continual.py)
     health: List[dict] = field(default_factory=list)  # the tasks that learned nothing (evaluation/health.py)
+    losses: List[dict] = field(default_factory=list)  # training loss every k steps: {task, step, loss} (trainer.py)
     omega_correlation: Optional[Dict[str, list]] = None
     resumed_from: Optional[dict] = None
     model: Optional[torch.nn.Module] = field(default=None, repr=False, compare=False)
@@ -436,7 +437,9 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
         resumed = {"run_id": state.get("wandb_run_id"),
                    "epochs_trained": len(progress["curves"]) + len(state["trainer"]["task_curve"]),
                    "tasks_evaluated": 1 + len(progress["accuracy_matrix"]),  # the untrained model's row first
-                   "eval_step": max((p["step"] for p in progress.get("eval_points", [])), default=-1)}
+                   "eval_step": max((p["step"] for p in progress.get("eval_points", [])), default=-1),
+                   "loss_step": max((p["step"] for p in progress.get("losses", []) + state["trainer"].get(
+                       "task_losses", [])), default=-1)}
         for cb in callbacks:
             cb.on_resume(resumed)
     startup = time.perf_counter()
@@ -483,7 +486,7 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
                                                                 **({"in": "eval_model"} if exc.scorer else {})},
                       "error": str(exc), "accuracy_matrix": p["accuracy_matrix"],
                       "initial_accuracy": p["initial_accuracy"], "curves": p["curves"] + trainer._task_curve,
-                      "health": p["health"],
+                      "health": p["health"], "losses": p["losses"] + trainer._task_losses,
                       "train_seconds": p["train_seconds"], "train_cpu_seconds": p["train_cpu_seconds"],
                       "wall_seconds": time.perf_counter() - wall_start,
                       **({"continual_eval": trainer.continual_eval()} if config.eval_every else {}),
@@ -504,7 +507,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
         metrics={**M.summary(R, result.initial_accuracy), "task_il_acc": M.acc(result.task_il_matrix),
                  **(M.continual_summary(result.continual_eval) if result.continual_eval else {})},
         continual_eval=result.continual_eval,
-        task_il_accuracy_matrix=result.task_il_matrix, health=result.health, average_seen=M.average_seen(R),
+        task_il_accuracy_matrix=result.task_il_matrix, health=result.health, losses=result.losses,
+        average_seen=M.average_seen(R),
         curves=result.curves,
         train_seconds=result.train_seconds, train_cpu_seconds=result.train_cpu_seconds,
         wall_seconds=time.perf_counter() - wall_start,

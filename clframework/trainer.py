@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from clframework.evaluation.continual import ContinualEvaluator, check_settings
 from clframework.evaluation import health as H
-from clframework.evaluation.evaluator import evaluate_stream
+from clframework.evaluation.evaluator import evaluate_stream, task_classes
 
 from clframework.evaluation.results import OutputError
 
@@ -58,6 +58,7 @@ def select_device(device: Optional[str] = None) -> torch.device:
 
 
 PRECISIONS = ("fp32", "bf16")
+LOSS_POINTS = 25  # training-loss points a task records (every k steps): a curve even when an epoch is the whole task
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's; reduce-overhead: CUDA graphs
 
 
@@ -85,6 +86,7 @@ class StreamResult:
     task_il_matrix: List[List[float]] = field(default_factory=list)  # the same scores, other tasks' classes masked
     continual_eval: Optional[dict] = None  # the accuracy during training (eval_every), as results.json holds it
     health: List[dict] = field(default_factory=list)  # the tasks that learned nothing (evaluation/health.py)
+    losses: List[dict] = field(default_factory=list)  # the training loss every k steps ({task, step, loss})
 
 
 LOSS_GROWTH = 1000.0  # an epoch's mean loss this many times the run's first is warned of (once per run)
@@ -194,9 +196,10 @@ class Trainer:
         self._epoch: Optional[dict] = None  # the epoch in flight: its batch order and running sums
         self._task_curve: List[dict] = []
         self._task_free: Optional[int] = None  # a task-free stream: its last task's index (None: tasks shown)
+        self._task_losses: List[dict] = []  # the current task's training-loss points (LOSS_POINTS)
         self._progress = {"initial_accuracy": [], "accuracy_matrix": [], "task_il_matrix": [], "curves": [],
                           "train_seconds": 0.0, "train_cpu_seconds": 0.0, "eval_points": [], "eval_boundaries": [],
-                          "health": []}
+                          "health": [], "losses": []}
         self._clock = self._cpu_clock = 0.0  # perf_counter and process_time when the current task's timing started
         self._checkpoint_seconds = self._checkpoint_cpu_seconds = 0.0
 
@@ -241,7 +244,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
             "position": dict(self.position), "global_step": self.global_step, "epoch_in_flight": epoch,
-            "task_curve": [dict(p) for p in self._task_curve],
+            "task_curve": [dict(p) for p in self._task_curve], "task_losses": [dict(p) for p in self._task_losses],
             "progress": {**self._progress, "train_seconds": elapsed, "train_cpu_seconds": cpu},
         }
 
@@ -272,8 +275,9 @@ class Trainer:
         self._epoch = None if epoch is None else {
             k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in epoch.items()}
         self._task_curve = [dict(p) for p in state["task_curve"]]
+        self._task_losses = [dict(p) for p in state.get("task_losses", [])]
         progress = state["progress"]
-        self._progress = {"train_cpu_seconds": 0.0, "health": [], **progress,  # (older versions: no CPU time, health)
+        self._progress = {"train_cpu_seconds": 0.0, "health": [], "losses": [], **progress,  # (older versions: no CPU time, health)
                           "accuracy_matrix": [list(r) for r in progress["accuracy_matrix"]],
                           "task_il_matrix": [list(r) for r in progress.get("task_il_matrix", [])],
                           "curves": [dict(p) for p in progress["curves"]],
@@ -300,7 +304,7 @@ class Trainer:
         # one optimizer throughout
         hidden = self._task_free is not None
         if not resume:
-            self._epoch, self._task_curve = None, []
+            self._epoch, self._task_curve, self._task_losses = None, [], []
             if self.optimizer is None or (self.reset_optimizer and not hidden):
                 self.optimizer = self.make_optimizer([p for p in model.parameters() if p.requires_grad])
         opt = self.optimizer
@@ -336,6 +340,7 @@ class Trainer:
         needs_batch = before_forward is not None or loss_term is not None or task_loss is not None or \
             own_forward is not None
         every, steps = self.eval_every, math.ceil(n / self.batch_size)  # the task's last step: its boundary's point
+        loss_every = max(1, math.ceil(steps * self.epochs / LOSS_POINTS))  # a loss point every k steps
         bar = tqdm(range(first_epoch, self.epochs), desc=f"{self.label} task {task_index + 1} {task.name}".lstrip(),
                    leave=False, disable=self.quiet, unit="epoch")
         for epoch in bar:
@@ -388,6 +393,8 @@ class Trainer:
                 loss_sum.add_(loss.detach(), alpha=k)  # detached: no autograd context needed for the running sums
                 correct += ((out if out.shape[0] == k else out[:k]).argmax(-1) == yb).sum()  # the task's own rows
                 self.global_step += 1
+                if self.global_step % loss_every == 0:
+                    self._loss_point(ep, task_index, min(b * self.batch_size, n))
                 if every and self.global_step % every == 0 and (b < steps or epoch + 1 < self.epochs):
                     self._eval_point(task_index)
                 if self.checkpoint_every and self.global_step % self.checkpoint_every == 0:
@@ -574,6 +581,8 @@ class Trainer:
             progress["train_cpu_seconds"] += time.process_time() - self._cpu_clock - self._checkpoint_cpu_seconds
             self._clock = 0.0
             progress["curves"] += curve
+            progress["losses"] += self._task_losses
+            self._task_losses = []
             self._task_curve = []
             if self._evaluator is not None:  # the boundary: tasks 0..i+1 (the next one's step 0), on the host now
                 progress["eval_boundaries"].append(self.global_step)
@@ -586,19 +595,33 @@ class Trainer:
             progress["accuracy_matrix"].append(row)
             progress["task_il_matrix"].append(task_il)
             if task is not None:  # a task the strategy trained on (joint trains nothing before the last)
-                self._check_health(scorer, stream, i, row[i])
+                self._check_health(scorer, stream, i, task_il[i])
             self._callback("on_task_evaluated", i, row)
             self.position = {"task": i + 1, "task_name": "", "epoch": 0, "step": 0}
             self._checkpoint()
         return StreamResult([list(r) for r in progress["accuracy_matrix"]], list(progress["initial_accuracy"]),
                             progress["train_seconds"], list(progress["curves"]), progress["train_cpu_seconds"],
                             [list(r) for r in progress["task_il_matrix"]], self.continual_eval(),
-                            [dict(h) for h in progress["health"]])
+                            [dict(h) for h in progress["health"]], [dict(p) for p in progress["losses"]])
+
+    def _loss_point(self, ep: dict, task_index: int, rows: int) -> None:
+        """The mean training loss of the rows trained since the epoch's last point (one host read every k steps)."""
+        total = ep["loss_sum"].item()
+        last_total, last_rows = ep.get("loss_mark", (0.0, 0))
+        ep["loss_mark"] = (total, rows)
+        point = {"task": task_index, "step": self.global_step, "loss": (total - last_total) / (rows - last_rows)}
+        self._task_losses.append(point)
+        for cb in self.callbacks:
+            hook = getattr(cb, "on_train_loss", None)  # a duck-typed callback may lack it
+            if hook is not None:
+                hook(point["step"], point["loss"])
 
     def _check_health(self, scorer: nn.Module, stream, i: int, accuracy: float) -> None:
         """The learning-health check of task i just trained: a one-line warning, recorded, when it learned nothing."""
         task = stream.tasks[i]
-        counts = H.predicted_counts(scorer, task, self.evaluate_on, self.device, workers=self.workers)
+        classes = task_classes(stream)[i] if stream.setting == "class" else None  # the task-IL view
+        counts = H.predicted_counts(scorer, task, self.evaluate_on, self.device, workers=self.workers,
+                                    classes=classes)
         problem = H.check(i, task.name, accuracy, len(task.classes), counts)
         if problem is not None:
             problem["warning"] = (f"{self.label}: " if self.label else "") + problem["warning"]

@@ -22,8 +22,9 @@ class LearningHealthWarning(UserWarning):
 def check(task_index: int, task_name: str, accuracy: float, n_classes: int, counts: Sequence[int]) -> Optional[dict]:
     """None when the task learned something; else what is wrong, as a record with its one-line `warning`.
 
-    accuracy: the task's test accuracy right after training it; n_classes: its classes (chance = 1 / n_classes);
-    counts: how often each output class was predicted on its test data."""
+    accuracy: the task's test accuracy right after training it, told which task it is (task-IL: in class-IL, an
+    answer among its own classes, so that old classes taking some of its answers do not count as learning nothing);
+    n_classes: its classes (chance = 1 / n_classes); counts: how often each class was predicted on its test data."""
     if n_classes < 2:  # one class: no chance level to fall to, and its answers are all one class by design
         return None
     chance = 1.0 / n_classes
@@ -44,14 +45,16 @@ def check(task_index: int, task_name: str, accuracy: float, n_classes: int, coun
 
 
 @torch.no_grad()
-def predicted_counts(model, task, split: str, device: torch.device, batch_size: int = 2048,
-                     workers: int = 0) -> list:
-    """How often each output of the task's head is the prediction on the task's `split` data (eval mode)."""
+def predicted_counts(model, task, split: str, device: torch.device, batch_size: int = 2048, workers: int = 0,
+                     classes: Optional[tuple] = None) -> list:
+    """How often each output of the task's head is the prediction on the task's `split` data (eval mode); with
+    `classes` = (first, end), the prediction among those outputs only (class-IL: the task-IL view)."""
     was_training = model.training
     model.eval()
     counts = None
     for xb, _ in task.batches(split, batch_size, device, workers=workers):
-        pred = forward_head(model, xb, task.head).argmax(-1)
+        out = forward_head(model, xb, task.head)
+        pred = out.argmax(-1) if classes is None else out[:, classes[0]:classes[1]].argmax(-1) + classes[0]
         c = torch.bincount(pred, minlength=1)
         counts = c if counts is None else _add(counts, c)
     model.train(was_training)

@@ -121,24 +121,32 @@ def matrix_heatmap(R, tasks: Sequence[str], title: str = "Accuracy matrix") -> F
     return fig
 
 
-def training_curves(curves: Sequence[dict], tasks: Sequence[str], title: str = "Training curves") -> Figure:
-    """Loss and training accuracy on the current task per epoch, one colour per task, epochs counted across tasks."""
-    fig = Figure(figsize=(10, 3.6), layout="constrained")
+def training_curves(curves: Sequence[dict], tasks: Sequence[str], title: str = "Training curves",
+                    losses: Optional[Sequence[dict]] = None) -> Figure:
+    """Training loss and current-task training accuracy, one colour per task: the loss every k optimizer steps
+    (`losses`, results.json's; a curve even when an epoch is the whole task), else per epoch; the accuracy per
+    epoch, epochs counted across tasks."""
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
     axes = fig.subplots(1, 2)
     for t, name in enumerate(tasks):
+        color, label = COLORS[t % len(COLORS)], f"task {t + 1} ({name})"
         pts = [(k + 1, c) for k, c in enumerate(curves) if c["task"] == t]
-        if not pts:
-            continue
-        x = [k for k, _ in pts]
-        color = COLORS[t % len(COLORS)]
-        axes[0].plot(x, [c["loss"] for _, c in pts], marker=".", color=color, label=f"task {t + 1} ({name})")
-        axes[1].plot(x, [c["accuracy"] for _, c in pts], marker=".", color=color, label=f"task {t + 1} ({name})")
+        if losses:
+            steps = [p for p in losses if p["task"] == t]
+            axes[0].plot([p["step"] for p in steps], [p["loss"] for p in steps], color=color, label=label)
+        elif pts:
+            axes[0].plot([k for k, _ in pts], [c["loss"] for _, c in pts], marker=".", color=color, label=label)
+        if pts:
+            axes[1].plot([k for k, _ in pts], [c["accuracy"] for _, c in pts], marker=".", color=color, label=label)
     for ax, what in zip(axes, ("training loss (task loss)", "training accuracy (current task)")):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch (counted across tasks)")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
-    _legend_outside(fig, axes[0])
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[1].set_xlabel("epoch (counted across tasks)")
+    axes[0].set_xlabel("optimizer step (counted across tasks)" if losses else "epoch (counted across tasks)")
+    if not losses:
+        axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    _legend_outside(fig, axes[1] if not axes[0].get_lines() else axes[0])
     _suptitle(fig, title)
     return fig
 
@@ -299,7 +307,8 @@ def write_run_plots(result: dict, out_dir: Path, formats: Sequence[str] = ("png"
     files = save(matrix_heatmap(result["accuracy_matrix"], result["tasks"], f"Accuracy matrix: {name}"),
                  out_dir / "matrix", formats)
     if result.get("curves"):
-        files += save(training_curves(result["curves"], result["tasks"], f"Training curves: {name}"),
+        files += save(training_curves(result["curves"], result["tasks"], f"Training curves: {name}",
+                                      result.get("losses")),
                       out_dir / "training", formats)
     if result.get("omega_correlation"):
         files += save(omega_figure({display(result["strategy"]): result["omega_correlation"]}), out_dir / "omega_correlation",

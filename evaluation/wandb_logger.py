@@ -28,6 +28,8 @@ from typing import Callable, List, Optional, Sequence
 
 from clframework.callbacks import TrainerCallback
 
+from .names import display
+
 MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # what wandb.init(mode=...) accepts
 DEFAULT_PROJECT = "clframework"
 _offline_after_failure = False  # server unreachable or an online start failed: later runs of this process go offline
@@ -107,18 +109,46 @@ def _short(value) -> str:
 
 
 def run_name(config: dict, prefix: Optional[str] = None) -> str:
-    """`<strategy>-<hyperparameters that differ from the strategy's defaults>-seed<k>`, e.g. `si-c0.1-seed0`, so
+    """`<strategy>-<hyperparameters the user set>-seed<k>`, e.g. `si-c0.1-seed0`: those that differ from the
+    strategy's defaults with the benchmark's preset applied (the preset is in the run's config, not its name), so
     that the trials of a sweep and the arms of a study have different, readable names."""
-    from clframework.plugin import STRATEGIES
-
     try:
-        defaults = STRATEGIES.get(config["strategy"]).defaults
+        defaults = _preset(config)
     except Exception:  # noqa: BLE001 - a name is cosmetic; an unknown strategy fails elsewhere with a clear message
         defaults = {}
     changed = [f"{k}{_short(v)}" for k, v in config.get("hparams", {}).items() if defaults.get(k, object()) != v]
     parts = [prefix] if prefix else []
     valid = ["valid"] if config.get("evaluate_on") == "valid" else []  # tune's runs scored on the hold-out
     return "-".join(parts + [config["strategy"], *changed, f"seed{config['seed']}", *valid])
+
+
+def _preset(config: dict) -> dict:
+    """The hyperparameters a run of this strategy gets without any --set: its defaults and the benchmark's preset
+    (at the run's memory size, whose row the DER-line presets depend on)."""
+    from clframework.experiment import RunConfig
+    from clframework.plugin import STRATEGIES
+
+    defaults = STRATEGIES.get(config["strategy"]).defaults
+    if config.get("benchmark") is None:
+        return defaults
+    size = {"memory_size": config["hparams"]["memory_size"]} if "memory_size" in config.get("hparams", {}) else {}
+    preset = RunConfig(config["strategy"], config["benchmark"], hparams=size,
+                       benchmark_options=config.get("benchmark_options") or {}).resolved()["hparams"]
+    return {**preset, **{k: defaults[k] for k in size if k in defaults}}  # a memory size other than the default shows
+
+
+def default_tags(config: dict) -> List[str]:
+    """Tags every run carries besides the user's: its benchmark, setting and buffer (`buffer500`)."""
+    benchmark = config.get("benchmark")
+    if benchmark is None:
+        return []
+    setting = (config.get("benchmark_options") or {}).get("setting")
+    if setting is None:
+        from clframework.benchmarks.registry import BENCHMARKS
+
+        setting = BENCHMARKS.get(benchmark).defaults.get("setting")
+    size = (config.get("hparams") or {}).get("memory_size")
+    return [t for t in (benchmark, setting and f"{setting}-il", size is not None and f"buffer{size}") if t]
 
 
 class WandbLogger(TrainerCallback):
@@ -131,10 +161,12 @@ class WandbLogger(TrainerCallback):
                  job_type: Optional[str] = None, log: Callable[[str], None] = print):
         self.config = {**config, "versions": package_versions()}
         s = settings_from_env(project, entity, tags, name)
-        self.project, self.entity, self.tags = s["project"], s["entity"], s["tags"]
+        self.project, self.entity = s["project"], s["entity"]
+        self.tags = list(dict.fromkeys(s["tags"] + (default_tags(config) if "strategy" in config else [])))
         self.name = s["name"] or run_name(config)
         self.group, self.mode = group, check_mode(mode)
-        self.job_type = job_type or config.get("strategy")
+        # the strategy's display name (DER++, ER-ACE): W&B's charts grouped by job type show it
+        self.job_type = job_type or (display(config["strategy"]) if "strategy" in config else None)
         # absolute: a wandb-core service shared with another process (WANDB_SERVICE) has its own working directory
         self.wandb_dir = Path(wandb_dir).absolute() if wandb_dir else None
         self.init_timeout = START_TIMEOUT if init_timeout is None and "WANDB_INIT_TIMEOUT" not in os.environ \
@@ -200,8 +232,9 @@ class WandbLogger(TrainerCallback):
         run.define_metric("tasks_trained")
         run.define_metric("accuracy/*", step_metric="tasks_trained")
         run.define_metric("epochs_trained")
-        run.define_metric("train/*", step_metric="epochs_trained")
+        run.define_metric("epoch/*", step_metric="epochs_trained")
         run.define_metric("train_steps")
+        run.define_metric("train/*", step_metric="train_steps")
         for prefix in ("continual", "continual_task_il"):
             run.define_metric(f"{prefix}/*", step_metric="train_steps")
         if self.resumed is not None and run.settings.mode in ("offline", "dryrun"):
@@ -214,10 +247,12 @@ class WandbLogger(TrainerCallback):
         here = Path(run.settings.sync_dir)
         epochs, tasks = self.resumed["epochs_trained"], self.resumed["tasks_evaluated"]
         step = self.resumed.get("eval_step", -1)
+        loss_step = self.resumed.get("loss_step", -1)
         for folder in sorted(p for p in here.parent.glob(f"offline-run-*-{run.id}") if p != here):
             for row in read_offline_run(folder)["history"]:
                 if row.get("epochs_trained", epochs + 1) <= epochs or row.get("tasks_trained", tasks) < tasks \
-                        or row.get("train_steps", step + 1) <= step:
+                        or row.get("train_steps", step + 1) <= step \
+                        or ("train/loss" in row and row["train_steps"] <= loss_step):
                     run.log({k: v for k, v in row.items() if not k.startswith("_")})
             shutil.rmtree(folder)
 
@@ -280,8 +315,11 @@ class WandbLogger(TrainerCallback):
 
     def on_epoch_end(self, task_index: int, epoch: int, loss: float, accuracy: float) -> None:
         self.epochs_trained += 1
-        self._log({"epochs_trained": self.epochs_trained, "train/loss": loss, "train/accuracy": accuracy,
-                   "train/task": task_index + 1, "train/epoch": epoch})
+        self._log({"epochs_trained": self.epochs_trained, "epoch/loss": loss, "epoch/accuracy": accuracy,
+                   "epoch/task": task_index + 1, "epoch/epoch": epoch})
+
+    def on_train_loss(self, step: int, loss: float) -> None:
+        self._log({"train_steps": step, "train/loss": loss})
 
     def on_task_evaluated(self, task_index: int, accuracies: List[float]) -> None:
         row = {"tasks_trained": task_index + 1}

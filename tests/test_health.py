@@ -37,6 +37,10 @@ def test_predicted_counts_match_a_brute_force_count(mnist_stream):
     with torch.no_grad():
         want = np.bincount(model(x).argmax(-1).numpy(), minlength=len(counts))
     assert counts == want.tolist()[:len(counts)] and sum(counts) == task.n("test")
+    among = H.predicted_counts(model, task, "test", torch.device("cpu"), classes=(2, 4))  # class-IL: task-IL view
+    with torch.no_grad():
+        want = np.bincount(model(x)[:, 2:4].argmax(-1).numpy() + 2, minlength=4)
+    assert among == want.tolist()[:len(among)] and sum(among) == task.n("test")
 
 
 def test_a_run_that_learns_nothing_warns_records_it_and_runs_shows_it(mnist_stream, tmp_path):
@@ -48,7 +52,7 @@ def test_a_run_that_learns_nothing_warns_records_it_and_runs_shows_it(mnist_stre
     saved = json.loads((tmp_path / "dead" / "results.json").read_text())
     assert saved["health"] and saved["health"] == result.health
     first = saved["health"][0]
-    assert first["accuracy"] == saved["accuracy_matrix"][first["task"]][first["task"]]
+    assert first["accuracy"] == saved["task_il_accuracy_matrix"][first["task"]][first["task"]]  # told the task
     assert [str(w.message) for w in caught] == [h["warning"] for h in saved["health"]]
     assert "learned nothing: task " + ", ".join(str(h["task"] + 1) for h in saved["health"]) in list_runs(tmp_path)
 

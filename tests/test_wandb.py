@@ -23,7 +23,9 @@ def _offline_runs(folder):
 
 
 def _check_run_against_results(logged: dict, res: dict, group: str) -> None:
-    assert logged["run"]["group"] == group and logged["run"]["job_type"] == res["strategy"]
+    from clframework.evaluation.names import display
+
+    assert logged["run"]["group"] == group and logged["run"]["job_type"] == display(res["strategy"])
     cfg = logged["config"]
     assert (cfg["strategy"], cfg["benchmark"], cfg["seed"]) == (res["strategy"], res["benchmark"], res["seed"])
     assert cfg["hparams"] == res["hparams"]
@@ -36,10 +38,13 @@ def _check_run_against_results(logged: dict, res: dict, group: str) -> None:
     logged_matrix = [[h[f"accuracy/task{j + 1}"] for j in range(T)] for h in task_rows]
     assert logged_matrix == [res["initial_accuracy"]] + res["accuracy_matrix"]
     assert [h["accuracy/average_seen"] for h in task_rows[1:]] == pytest.approx(res["average_seen"])
-    # per-epoch training curves
+    # per-epoch training curves, and the training loss every k steps against train_steps
     epoch_rows = [h for h in logged["history"] if "epochs_trained" in h]
-    assert [(h["train/loss"], h["train/accuracy"]) for h in epoch_rows] == [(c["loss"], c["accuracy"])
+    assert [(h["epoch/loss"], h["epoch/accuracy"]) for h in epoch_rows] == [(c["loss"], c["accuracy"])
                                                                             for c in res["curves"]]
+    loss_rows = [h for h in logged["history"] if "train/loss" in h]
+    assert [(h["train_steps"], h["train/loss"]) for h in loss_rows] == [(p["step"], p["loss"]) for p in res["losses"]]
+    assert len(res["losses"]) >= len(res["tasks"]) * 20  # about 25 points a task (trainer.LOSS_POINTS)
     for m in ("acc", "bwt", "fwt", "forgetting", "task_il_acc"):
         assert logged["summary"][m] == res["metrics"][m]
     assert logged["summary"]["accuracy_matrix._type"] == "table-file"
@@ -150,9 +155,10 @@ def test_wandb_settings_from_environment_and_flags(tmp_path, python):
     environment once per process.)"""
     env = {"WANDB_PROJECT": "env-project", "WANDB_ENTITY": "env-team", "WANDB_TAGS": "a,b",
            "WANDB_NAME": "env-name", "WANDB_MODE": "offline"}
-    cases = {"env": ([], ("env-project", "env-team", ["a", "b"], "env-name")),
+    auto = ["split-mnist-5k", "task-il"]  # the benchmark and setting, beside the user's tags (naive has no buffer)
+    cases = {"env": ([], ("env-project", "env-team", ["a", "b"] + auto, "env-name")),
              "flags": (["--wandb-project", "p", "--wandb-entity", "e", "--wandb-tags", "x,y", "--wandb-name", "mine"],
-                       ("p", "e", ["x", "y"], "mine"))}
+                       ("p", "e", ["x", "y"] + auto, "mine"))}
     for label, (flags, expected) in cases.items():
         argv = _tiny(tmp_path / label, "--wandb", *flags)
         proc = python.run(["-m", "clframework", *argv], env=env)
@@ -174,6 +180,25 @@ def test_run_names_differ_by_changed_hyperparameters_and_seed():
     assert name(c=0.1) == "si-c0.1-seed0" and name(c=0.1, xi=0.01, seed=2) == "si-c0.1-xi0.01-seed2"
     assert len({name(c=c) for c in (0.0, 0.01, 0.1, 1.0, 10.0)}) == 5  # the sweep's five trials
     assert run_name(RunConfig("si", "split-mnist-5k", hparams={"c": 0.5}).resolved(), "study") == "study-si-c0.5-seed0"
+
+
+def test_names_carry_what_the_user_set_and_tags_the_benchmark_setting_and_buffer():
+    """Issue 31: seq-mnist's preset (DER++: minibatch_size 128 at buffer 200) is in the config, not the name; a memory
+    size other than the default is, and picks its own preset row (buffer 500: minibatch_size 10, alpha 1.0)."""
+    from clframework.evaluation.wandb_logger import default_tags, run_name
+
+    def named(**hparams):
+        resolved = RunConfig("derpp", "seq-mnist", hparams=hparams).resolved()
+        return run_name(resolved), default_tags(resolved), resolved["hparams"]
+
+    name, tags, hparams = named()
+    assert name == "derpp-seed0" and hparams["minibatch_size"] == 128 and tags == ["seq-mnist", "class-il", "buffer200"]
+    name, tags, hparams = named(memory_size=500)
+    assert name == "derpp-memory_size500-seed0" and hparams["minibatch_size"] == 10 and tags[-1] == "buffer500"
+    assert named(memory_size=500, alpha=0.3)[0] == "derpp-memory_size500-alpha0.3-seed0"
+    logger = WandbLogger(RunConfig("er_ace", "split-mnist-5k", benchmark_options={"setting": "class"}).resolved(),
+                         mode="disabled", tags=["mine"])
+    assert logger.tags == ["mine", "split-mnist-5k", "class-il", "buffer200"] and logger.job_type == "ER-ACE"
 
 
 def test_inside_a_users_active_run_logs_to_a_new_run_and_leaves_theirs_open(tmp_path, mnist_stream):
