@@ -211,3 +211,36 @@ def test_seq_tinyimagenet_reads_the_users_folder(tmp_path):
     from clframework.benchmarks.registry import BENCHMARKS
     assert BENCHMARKS.get("seq-tinyimagenet").extra["available"](str(tmp_path))
     assert not BENCHMARKS.get("seq-tinyimagenet").extra["available"](str(tmp_path / "elsewhere"))
+
+
+def test_der_table_runs_the_mnist_protocol_on_a_cpu_and_its_help_lists_the_arms(tmp_path, capsys):
+    """Issue 31: `reproduce der-table --dataset seq-fashion-mnist --quick` (the MLP protocol) on a CPU, on small
+    files in the real format; `reproduce der-table --help` lists its datasets, buffers, seeds and arms."""
+    import json
+
+    from fake_datasets import mnist_arrays, write_idx_set
+
+    from clframework.apps.cli import main
+    from clframework.benchmarks.der import PUBLISHED
+
+    write_idx_set(tmp_path / "data", mnist_arrays(60, 20))
+    out = tmp_path / "rep"
+    assert main(["reproduce", "der-table", "--dataset", "seq-fashion-mnist", "--quick", "--seeds", "1", "--arms",
+                 "naive,der", "--buffer", "200", "--data-root", str(tmp_path / "data"), "--device", "cpu", "--quiet",
+                 "--plots", "none", "--out", str(out)]) == 0
+    saved = json.loads((out / "reproduction.json").read_text())
+    assert list(saved["arms"]) == ["naive", "der (buffer 200)"]
+    assert saved["arms"]["der (buffer 200)"]["hparams"]["memory_size"] == 200
+    assert all("no published result" in a["published"] for a in saved["arms"].values())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["benchmark_options"]["train_per_class"] == 300 and summary["setting"] == "class"
+    assert summary["strategies"]["der (buffer 200)"]["train"]["epochs"] == 1
+    assert summary["strategies"]["der (buffer 200)"]["train"]["batch_size"] == 10
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["reproduce", "der-table", "--help"])
+    text = capsys.readouterr().out
+    assert "--dataset seq-mnist (benchmark seq-mnist; --quick: epochs=1, n_tasks=2, seeds=2, train_per_class=300)" in text
+    assert "seeds: 10" in text and "  --buffer 500 (default)" in text
+    derpp = f"{PUBLISHED['seq-mnist'][('derpp', 200)][0]:.2f}"
+    assert any(line.strip().startswith("derpp") and derpp in line for line in text.splitlines())

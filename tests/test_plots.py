@@ -282,3 +282,24 @@ def test_continual_figure_one_panel_per_task_one_line_per_strategy_boundaries_ma
     assert tmp_path / "continual.png" in files and (tmp_path / "continual.png").stat().st_size > 0
     assert tmp_path / "study" / "fig_continual.png" in P.write_compare_plots(runs, tmp_path / "study")
     _inside_and_off_the_data(fig, tmp_path)
+
+
+def test_the_training_loss_every_k_steps_averages_to_the_epochs_loss(mnist_stream, tmp_path):
+    """800 examples a task in minibatches of 64: 13 steps, under trainer.LOSS_POINTS, so a point every step; the
+    points weighted by their rows (12 x 64, then 32) average to the epoch's loss. The training figure draws them
+    against the step: a curve for a one-epoch task, not a dot."""
+    from clframework.experiment import RunConfig, run
+
+    result = run(RunConfig("naive", "split-mnist-5k", epochs=1, hidden=[16], batch_size=64), quiet=True,
+                 stream=mnist_stream)
+    rows = [64] * 12 + [32]
+    for t in range(2):
+        points = [p for p in result.losses if p["task"] == t]
+        assert [p["step"] for p in points] == list(range(13 * t + 1, 13 * t + 14))
+        weighted = sum(p["loss"] * r for p, r in zip(points, rows)) / 800
+        assert weighted == pytest.approx(result.curves[t]["loss"], rel=1e-6)
+    fig = P.training_curves(result.curves, result.tasks, "t", result.losses)
+    loss_ax = fig.get_axes()[0]
+    assert [list(line.get_xdata()) for line in loss_ax.get_lines()] == [list(range(1, 14)), list(range(14, 27))]
+    assert loss_ax.get_xlabel() == "optimizer step (counted across tasks)"
+    _inside_and_off_the_data(fig, tmp_path)

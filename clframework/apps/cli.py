@@ -259,9 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("experiment", help="split-mnist, permuted-mnist, split-cifar (the SI paper) or der-table (the DER "
                                        "paper's class-incremental table; writes ledger.md)")
     xp.add_argument("--dataset", help="mnist (default), fashion-mnist or mnist-5k for the MNIST protocols; cifar; "
-                                      "seq-cifar10 (default), seq-cifar100 or seq-tinyimagenet for der-table")
-    xp.add_argument("--buffer", type=int, help="der-table: the memory size whose row to run (seq-cifar10 and "
-                                               "seq-tinyimagenet: 200, 500 (default), 5120; seq-cifar100: 500, 2000)")
+                                      "seq-cifar10 (default), seq-cifar100, seq-tinyimagenet, seq-mnist or "
+                                      "seq-fashion-mnist (MLP, runs on a CPU) for der-table")
+    xp.add_argument("--buffer", type=int, help="der-table: the memory size whose row to run (seq-cifar10, "
+                                               "seq-tinyimagenet, seq-mnist, seq-fashion-mnist: 200, 500 (default), "
+                                               "5120, whose published numbers docs/ledger.md does not list; "
+                                               "seq-cifar100: 500, 2000); `reproduce der-table --help` lists the arms")
     xp.add_argument("--quick", action="store_true", help="scale width, epochs, tasks and seeds down (printed)")
     xp.add_argument("--seeds", type=int, help="override the paper's number of seeds")
     xp.add_argument("--epochs", type=int, help="override the epochs per task")
@@ -670,6 +673,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     with deferred_in_imports(keep=own_process) as sigint:
         parser = build_parser()
+        _experiment_help(argv)
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
@@ -698,6 +702,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             return EXIT_INTERRUPTED
         finally:
             provenance.set_command(None)
+
+
+def _experiment_help(argv: List[str]) -> None:
+    """`clframework reproduce EXPERIMENT --help`: that experiment's datasets, seeds, buffers and arms first (the
+    generic help follows)."""
+    if len(argv) >= 2 and argv[0] == "reproduce" and ("-h" in argv or "--help" in argv):
+        from .paper import EXPERIMENTS, describe
+
+        if argv[1] in EXPERIMENTS:
+            print(describe(argv[1]) + "\n")
 
 
 def _command(args) -> int:

@@ -34,6 +34,7 @@ class Experiment:
     figures: Tuple[int, ...]
     controls: Tuple[str, ...] = ()
     quick: Dict[str, object] = field(default_factory=dict)  # training overrides, benchmark options, seeds
+    quick_for: Dict[str, Dict[str, object]] = field(default_factory=dict)  # dataset -> more of the same for it
     # arms that depend on the dataset and memory size (dataset, buffer) -> arms, replacing `arms` (der-table)
     arms_for: Optional[Callable[[str, Optional[int]], Tuple[Arm, ...]]] = None
     buffers: Dict[str, Tuple[int, ...]] = field(default_factory=dict)  # dataset -> the memory sizes it reports
@@ -50,7 +51,8 @@ DER_ORDER = ("naive", "si", "lwf", "agem", "er", "er_ace", "icarl", "der", "derp
 def _published(dataset: str, strategy: str, buffer: Optional[int]) -> str:
     value = der.PUBLISHED[dataset].get((strategy, buffer)) or der.PUBLISHED[dataset].get((strategy, None))
     if value is None:
-        return ""
+        return "no published result (the DER line has no Fashion-MNIST table)" if dataset == "seq-fashion-mnist" \
+            else ""
     mean, sd = value
     return f"{mean:.2f}" + (f" +- {sd:.2f}" if sd is not None else "") + f" ({der.SOURCES[dataset]})"
 
@@ -130,12 +132,17 @@ EXPERIMENTS: Dict[str, Experiment] = {
         quick={"epochs": 2, "cifar100_tasks": 2, "seeds": 2}, published_source=PAPER_SOURCE),
     "der-table": Experiment(
         "der-table", "Buzzega et al. 2020 (DER) Table 2 / Boschini et al. 2022 (X-DER) Table 2: class-incremental "
-                     "rehearsal methods, ResNet-18, crop+flip, SGD, each method's best_args.py settings",
-        {"seq-cifar10": "seq-cifar10", "seq-cifar100": "seq-cifar100", "seq-tinyimagenet": "seq-tinyimagenet"},
+                     "rehearsal methods, each method's best_args.py settings; CIFAR and TinyImageNet: ResNet-18, "
+                     "crop+flip, SGD; seq-MNIST and seq-Fashion-MNIST: MLP 100-100, 1 epoch, batch 10, SGD (a CPU "
+                     "runs them)",
+        {"seq-cifar10": "seq-cifar10", "seq-cifar100": "seq-cifar100", "seq-tinyimagenet": "seq-tinyimagenet",
+         "seq-mnist": "seq-mnist", "seq-fashion-mnist": "seq-fashion-mnist"},
         (), seeds=10, spread="sem", figures=(), controls=("joint",),
         quick={"epochs": 1, "n_tasks": 2, "seeds": 2}, arms_for=der_table_arms,
+        quick_for={"seq-mnist": {"train_per_class": 300}, "seq-fashion-mnist": {"train_per_class": 300}},
         buffers={"seq-cifar10": der.BUFFERS, "seq-cifar100": der.CIFAR100_BUFFERS,
-                 "seq-tinyimagenet": der.BUFFERS}, ledger=True),
+                 "seq-tinyimagenet": der.BUFFERS, "seq-mnist": der.BUFFERS, "seq-fashion-mnist": der.BUFFERS},
+        ledger=True),
     "stability-gap": Experiment(
         "stability-gap", "De Lange et al. 2023, Sec. 5 / Fig. 2: class-incremental split-MNIST, per-iteration "
                          "evaluation, min-ACC and WC-ACC",
@@ -204,3 +211,26 @@ def check_request(name: str, dataset: Optional[str], buffer: Optional[int]) -> T
     elif buffer is not None:
         raise ValueError(f"--buffer applies to experiments with memory sizes (der-table), not {name}")
     return exp, dataset, buffer
+
+
+def describe(name: str) -> str:
+    """`clframework reproduce NAME --help`'s first part: what the experiment runs, per dataset its benchmark, seeds,
+    memory sizes and arms (with each arm's settings and the paper's number), its controls and what --quick scales."""
+    exp = EXPERIMENTS[name]
+    lines = [f"experiment {name}: {exp.section}", f"seeds: {exp.seeds} (error bars: {exp.spread.upper()})"]
+    for dataset, benchmark in exp.benchmarks.items():
+        quick = {**exp.quick, **exp.quick_for.get(dataset, {})}
+        lines.append(f"--dataset {dataset} (benchmark {benchmark}; --quick: "
+                     + ", ".join(f"{k}={v}" for k, v in quick.items()) + ")")
+        sizes = exp.buffers.get(dataset) or (None,)
+        for size in sizes:
+            arms = exp.arms_for(dataset, size) if exp.arms_for is not None else exp.arms
+            if size is not None:
+                lines.append(f"  --buffer {size}" + (" (default)" if size == sizes[min(1, len(sizes) - 1)] else ""))
+            for arm in arms:
+                settings = ", ".join(f"{k}={v}" for k, v in {**arm.train, **arm.hparams}.items())
+                lines.append(f"    {arm.key:<12} {arm.label}" + (f" [{settings}]" if settings else "")
+                             + (f": {arm.published}" if arm.published else ""))
+    if exp.controls:
+        lines.append("controls: " + ", ".join(exp.controls) + " (--arms names them too)")
+    return "\n".join(lines)

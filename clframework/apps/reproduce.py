@@ -71,7 +71,7 @@ def plan(name: str, dataset: Optional[str] = None, quick: bool = False, seeds: O
     if quick:
         entry = BENCHMARKS.get(benchmark)
         protocol = entry.extra["protocol"]
-        for key, value in exp.quick.items():
+        for key, value in {**exp.quick, **exp.quick_for.get(dataset, {})}.items():
             if key == "seeds":
                 scaled.append(f"seeds {exp.seeds} -> {value}")
                 n_seeds = value
