@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--study: steps of the loop that measures the machine's capacity (default 1500; 0: skip)")
     rl = sub.add_parser("runs", help="past runs and studies under a folder: label, benchmark, ACC, status, date")
     rl.add_argument("folder", nargs="?", type=Path, default=Path("runs"), help="where to look (default: runs)")
-    rp = sub.add_parser("report", help="finished compares' or reproductions' table for a paper: mean +- SEM in %, "
+    rp = sub.add_parser("report", help="finished compares' or reproductions' table for a paper: mean +- SEM in %%, "
                         "display names, best in bold, bounds marked, paired-test marks (Markdown, LaTeX or CSV)")
     rp.add_argument("study", type=Path, nargs="+", help="the study's folder (holding summary.json); several studies "
                     "of one protocol (e.g. buffer 200 and 500) make one table with a Buffer column")
