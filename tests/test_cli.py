@@ -214,7 +214,7 @@ def test_commands_that_do_not_train_import_no_torch(tmp_path):
         assert heavy == [], (argv, heavy)
         answers = argv[:1] in ([], ["--help"], ["list"], ["runs"], ["report"]) or argv == ["run", "--help"]
         assert code == (0 if answers else 2), (argv, code, proc.stderr)
-    assert "\\begin{tabular}" in proc.stdout and "| naive |" in proc.stdout  # report's tables, LaTeX and Markdown
+    assert "\\begin{tabular}" in proc.stdout and "| Fine-tuning |" in proc.stdout  # report's tables (display names)
 
 
 def test_list_reads_the_same_hyperparameters_as_the_registry():
