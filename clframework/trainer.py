@@ -277,7 +277,8 @@ class Trainer:
         self._task_curve = [dict(p) for p in state["task_curve"]]
         self._task_losses = [dict(p) for p in state.get("task_losses", [])]
         progress = state["progress"]
-        self._progress = {"train_cpu_seconds": 0.0, "health": [], "losses": [], **progress,  # (older versions: no CPU time, health)
+        # (checkpoints of older versions: no CPU time, health or losses)
+        self._progress = {"train_cpu_seconds": 0.0, "health": [], "losses": [], **progress,
                           "accuracy_matrix": [list(r) for r in progress["accuracy_matrix"]],
                           "task_il_matrix": [list(r) for r in progress.get("task_il_matrix", [])],
                           "curves": [dict(p) for p in progress["curves"]],

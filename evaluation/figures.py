@@ -12,7 +12,8 @@ SCOPES = ("all", "study", "none")
 @dataclass(frozen=True)
 class Figures:
     """Which figures a command writes. runs: each run's own (matrix, training curves, omega); study: a study's
-    (Figs. 3-6); formats: file formats, PNG and PDF by default (drawing a figure costs more than training a small run)."""
+    (Figs. 3-6); formats: file formats, PNG and PDF by default (drawing a figure costs more than training a small
+    run)."""
 
     runs: bool = True
     study: bool = True

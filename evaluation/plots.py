@@ -311,7 +311,8 @@ def write_run_plots(result: dict, out_dir: Path, formats: Sequence[str] = ("png"
                                       result.get("losses")),
                       out_dir / "training", formats)
     if result.get("omega_correlation"):
-        files += save(omega_figure({display(result["strategy"]): result["omega_correlation"]}), out_dir / "omega_correlation",
+        files += save(omega_figure({display(result["strategy"]): result["omega_correlation"]}),
+                      out_dir / "omega_correlation",
                       formats)
     if result.get("continual_eval"):
         files += save(continual_figure({result["strategy"]: [result]}, f"Accuracy during training: {name}"),

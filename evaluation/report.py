@@ -83,7 +83,8 @@ def comparison(summary: dict, baseline: Optional[str] = None, alpha: float = 0.0
     return {"study": study, "benchmark": summary["benchmark"], "setting": setting, "tasks": len(summary["tasks"]),
             "benchmark_options": summary.get("benchmark_options") or {}, "seeds": list(summary["seeds"]),
             "metrics": metrics, "baseline": baseline, "alpha": alpha, "references": references, "cells": cells,
-            "rows": rows, "meaningless": meaningless, "diverged": {n: s.get("diverged_seeds") or [] for n, s in strategies.items()}}
+            "rows": rows, "meaningless": meaningless,
+            "diverged": {n: s.get("diverged_seeds") or [] for n, s in strategies.items()}}
 
 
 def combine(tables: Sequence[dict]) -> List[dict]:

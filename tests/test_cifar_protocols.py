@@ -240,7 +240,8 @@ def test_der_table_runs_the_mnist_protocol_on_a_cpu_and_its_help_lists_the_arms(
     with pytest.raises(SystemExit):
         main(["reproduce", "der-table", "--help"])
     text = capsys.readouterr().out
-    assert "--dataset seq-mnist (benchmark seq-mnist; --quick: epochs=1, n_tasks=2, seeds=2, train_per_class=300)" in text
+    assert ("--dataset seq-mnist (benchmark seq-mnist; --quick: epochs=1, n_tasks=2, seeds=2, train_per_class=300)"
+            in text)
     assert "seeds: 10" in text and "  --buffer 500 (default)" in text
     derpp = f"{PUBLISHED['seq-mnist'][('derpp', 200)][0]:.2f}"
     assert any(line.strip().startswith("derpp") and derpp in line for line in text.splitlines())
