@@ -343,7 +343,7 @@ class Trainer:
         every, steps = self.eval_every, math.ceil(n / self.batch_size)  # the task's last step: its boundary's point
         loss_every = max(1, math.ceil(steps * self.epochs / LOSS_POINTS))  # a loss point every k steps
         bar = tqdm(range(first_epoch, self.epochs), desc=f"{self.label} task {task_index + 1} {task.name}".lstrip(),
-                   leave=False, disable=self.quiet, unit="epoch")
+                   leave=False, disable=True if self.quiet else None, unit="epoch")  # None: off unless a terminal
         for epoch in bar:
             self.position["epoch"] = epoch + 1
             if self._epoch is None:  # a task-free stream is trained in its stored order

@@ -230,3 +230,13 @@ def test_list_reads_the_same_hyperparameters_as_the_registry():
     checker = declared_registry("strategy", "clframework.strategies", "register_strategy", "Strategy")
     assert checker.names() == STRATEGIES.names()
     assert all(set(checker.get(n).params) == set(STRATEGIES.get(n).params) for n in checker.names())
+
+
+def test_a_log_file_gets_no_per_task_progress_bars(tmp_path, python):
+    """Issue 31: without --quiet, a run whose stderr is a file or pipe (a log) writes no per-task epoch bars; the
+    results are written as always."""
+    proc = python.run(["-m", "clframework", "run", "--strategy", "naive", "--tasks", "2", "--epochs", "1", "--hidden",
+                       "16", "--out", str(tmp_path / "r")])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "epoch/s" not in proc.stderr and "task 1 0-1" not in proc.stderr
+    assert (tmp_path / "r" / "results.json").exists()
