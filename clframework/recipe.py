@@ -55,6 +55,10 @@ class Recipe:
     lr_step_epochs epochs; lr_gamma default 0.1) or cosine (from lr to lr_min, default 0, over each task's steps).
     grad_clip: the largest L2 norm of all gradients together before each step (0: no clipping); it clips the
     gradient the strategy's hooks leave (penalties, projections) as the optimizer would use it.
+    drop_last: skip each epoch's final minibatch when it is smaller than the others (Mammoth's --drop_last, off by
+    default there and here). With BatchNorm in train mode, a final minibatch of a few examples of one class is
+    normalized by its own statistics, which erase what tells the classes apart: its loss and gradient are large and
+    one such step can leave the task at chance (docs/fidelity.md, "BatchNorm and a tiny final minibatch").
     """
 
     optimizer: str = "adam"
@@ -67,6 +71,7 @@ class Recipe:
     lr_min: Optional[float] = None
     grad_clip: Optional[float] = None
     lr_milestones: Optional[Tuple[int, ...]] = None  # multistep: the epochs (of a task) where the lr is multiplied
+    drop_last: bool = False
 
     def resolved(self) -> "Recipe":
         """Every value checked (ValueError naming the value, what is accepted and the flag to change) and the
@@ -114,6 +119,8 @@ class Recipe:
         elif self.lr_schedule == "cosine":
             lr_min = 0.0 if self.lr_min is None else _number("lr_min", self.lr_min, 0, lr)
         grad_clip = 0.0 if self.grad_clip is None else _number("grad_clip", self.grad_clip, 0, flag="grad clip")
+        if not isinstance(self.drop_last, bool):
+            raise ValueError(f"drop_last must be true or false (--drop-last), got {self.drop_last!r}")
         return replace(self, lr=lr, momentum=momentum, weight_decay=weight_decay, lr_step_epochs=step_epochs,
                        lr_gamma=gamma, lr_min=lr_min, grad_clip=grad_clip, lr_milestones=milestones)
 

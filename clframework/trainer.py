@@ -128,12 +128,15 @@ class TrainingFailed(Exception):
                 f"epoch {w['epoch']}, step {w['step']})")
 
 
+TINY_LAST = 8  # a final minibatch smaller than this, under BatchNorm, is warned of (_warn_tiny_last_minibatch)
+
+
 class Trainer:
     """Sequential training over a stream with a strategy's hooks.
 
     reset_optimizer: a fresh optimizer per task (paper: split MNIST, CIFAR) or one kept across tasks (permuted MNIST).
-    optimizer, lr, momentum, weight_decay, lr_schedule, lr_step_epochs, lr_gamma, lr_min, grad_clip, lr_milestones: the
-    recipe (recipe.Recipe; the schedule restarts with every task).
+    optimizer, lr, momentum, weight_decay, lr_schedule, lr_step_epochs, lr_gamma, lr_min, grad_clip, lr_milestones,
+    drop_last: the recipe (recipe.Recipe; the schedule restarts with every task).
     augment: a function of the decoded training minibatch (on the device), applied to training inputs only, memories'
     included (`Batch.prepare`). workers: DataLoader worker processes for tasks backed by a dataset.
     on_checkpoint: called with `state_dict()` after every task and, with checkpoint_every > 0, every that many
@@ -154,11 +157,11 @@ class Trainer:
                  lr_gamma: Optional[float] = None, lr_min: Optional[float] = None, grad_clip: Optional[float] = None,
                  lr_milestones: Optional[Sequence[int]] = None, precision: str = "fp32",
                  compile: Optional[str] = None, workers: int = 0, eval_every: Optional[int] = None,
-                 eval_subset: Optional[int] = None):
+                 eval_subset: Optional[int] = None, drop_last: bool = False):
         if epochs < 1 or batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
         self.recipe = Recipe(optimizer, lr, momentum, weight_decay, lr_schedule, lr_step_epochs, lr_gamma, lr_min,
-                             grad_clip, lr_milestones).resolved()
+                             grad_clip, lr_milestones, drop_last).resolved()
         if workers < 0:
             raise ValueError(f"workers must be >= 0 (0: read data-backed tasks in this process), got {workers}")
         if checkpoint_every < 0:
@@ -318,6 +321,9 @@ class Trainer:
             return []
         data = task.examples("train").on(device)  # in memory: the stored tensors move to the device once per task
         n, head = len(data), task.head
+        # the examples an epoch trains on: all, or with drop_last a whole number of minibatches (a task smaller than
+        # one minibatch keeps its one)
+        used = n - n % self.batch_size if self.recipe.drop_last and n > self.batch_size else n
         # the hooks this strategy overrides, checked once per task: one it does not costs nothing per step (no call,
         # and no Batch object unless a hook receives one)
         task_loss = strategy.task_loss if overrides(strategy, "task_loss") else None
@@ -329,7 +335,7 @@ class Trainer:
         penalty = strategy.penalty if loss_term is None and overrides(strategy, "penalty") else None  # the default
         # loss_term is penalty(model)
         prepare = compose(task.decode, self.augment)  # stored examples -> model inputs
-        adjust = self._step_adjustment(opt, n)
+        adjust = self._step_adjustment(opt, used)
         model.train()
         curve = self._task_curve
         check_now = device.type == "cpu"  # on CUDA a per-step check would wait for the GPU: checked per epoch
@@ -340,7 +346,7 @@ class Trainer:
             direct = (lambda inputs: model(inputs, head)) if takes_head(model) else model
         needs_batch = before_forward is not None or loss_term is not None or task_loss is not None or \
             own_forward is not None
-        every, steps = self.eval_every, math.ceil(n / self.batch_size)  # the task's last step: its boundary's point
+        every, steps = self.eval_every, math.ceil(used / self.batch_size)  # the task's last step: its boundary's point
         loss_every = max(1, math.ceil(steps * self.epochs / LOSS_POINTS))  # a loss point every k steps
         bar = tqdm(range(first_epoch, self.epochs), desc=f"{self.label} task {task_index + 1} {task.name}".lstrip(),
                    leave=False, disable=True if self.quiet else None, unit="epoch")  # None: off unless a terminal
@@ -348,7 +354,7 @@ class Trainer:
             self.position["epoch"] = epoch + 1
             if self._epoch is None:  # a task-free stream is trained in its stored order
                 self._epoch = {"order": (torch.arange(n) if hidden else torch.randperm(n, generator=self.generator)
-                                         ).to(device),
+                                         )[:used].to(device),
                                "loss_sum": torch.zeros((), device=device),
                                "correct": torch.zeros((), dtype=torch.long, device=device),
                                "first_bad": torch.full((), -1, dtype=torch.long, device=device)}
@@ -402,7 +408,8 @@ class Trainer:
                     self._check_finite(ep)
                     self._checkpoint()
             self._check_finite(ep)
-            point = {"task": task_index, "epoch": epoch + 1, "loss": loss_sum.item() / n, "accuracy": correct.item() / n}
+            point = {"task": task_index, "epoch": epoch + 1, "loss": loss_sum.item() / used,
+                     "accuracy": correct.item() / used}
             curve.append(point)
             self._watch_loss(point, len(getattr(task, "classes", ())))
             self._epoch = None
@@ -528,6 +535,20 @@ class Trainer:
                                      f"{out.shape[-1]}")
         finally:
             self.model.train(was_training)
+        self._warn_tiny_last_minibatch(stream)
+
+    def _warn_tiny_last_minibatch(self, stream) -> None:
+        """One warning when BatchNorm will train on a final minibatch of fewer than TINY_LAST examples: a few examples
+        of one class, normalized by their own statistics, give a large loss and a step that can leave the task at
+        chance (measured: docs/fidelity.md). The reference code keeps such minibatches too, so we only warn."""
+        if self.recipe.drop_last or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            return
+        tiny = [(t.name, r) for t in stream.tasks if 0 < (r := t.n("train") % self.batch_size) < TINY_LAST]
+        if tiny:
+            which = ", ".join(f"'{name}' ({r})" for name, r in tiny)
+            warnings.warn(f"with batch size {self.batch_size}, the last minibatch of each epoch of task(s) {which} "
+                          f"holds fewer than {TINY_LAST} examples; with BatchNorm one such step can leave a task at "
+                          f"chance: --drop-last skips it (docs/fidelity.md)", stacklevel=2)
 
     def fit(self, stream, resume: Optional[dict] = None) -> StreamResult:
         """Train every task of the stream in order, scoring all tasks after each one.

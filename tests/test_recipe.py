@@ -164,7 +164,7 @@ def test_every_recipe_field_is_a_protocol_field_a_runconfig_keyword_and_a_flag_o
     from clframework.benchmarks import Protocol
 
     chosen = dict(optimizer="sgd", lr=0.25, momentum=0.5, weight_decay=0.125, lr_schedule="multistep",
-                  lr_gamma=0.5, lr_milestones=[2, 3], grad_clip=4.0)
+                  lr_gamma=0.5, lr_milestones=[2, 3], grad_clip=4.0, drop_last=True)
     assert set(chosen) | {"lr_step_epochs", "lr_min"} == set(RECIPE_FIELDS)
     expected = dict(chosen, lr_step_epochs=None, lr_min=None, lr_milestones=(2, 3))
     assert Protocol(**chosen).resolved().as_dict().items() >= expected.items()

@@ -133,6 +133,9 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
                    "(default 0)")
     g.add_argument("--grad-clip", type=float, metavar="NORM", help="clip the L2 norm of all gradients together to "
                    "NORM before each step (default 0: no clipping)")
+    g.add_argument("--drop-last", action="store_true", default=None, help="skip each epoch's final minibatch when "
+                   "it is smaller than the others (advised with BatchNorm when a task's size leaves a few examples; "
+                   "default: keep it, as the reference code does)")
 
 
 def _int_list(text: str) -> list:
