@@ -401,7 +401,7 @@ class Trainer:
                 correct += ((out if out.shape[0] == k else out[:k]).argmax(-1) == yb).sum()  # the task's own rows
                 self.global_step += 1
                 if self.global_step % loss_every == 0:
-                    self._loss_point(ep, task_index, min(b * self.batch_size, n))
+                    self._loss_point(ep, task_index, min(b * self.batch_size, used))
                 if every and self.global_step % every == 0 and (b < steps or epoch + 1 < self.epochs):
                     self._eval_point(task_index)
                 if self.checkpoint_every and self.global_step % self.checkpoint_every == 0:
