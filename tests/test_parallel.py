@@ -100,11 +100,12 @@ def test_compare_jobs_2_progress_lines_and_run_folders(tmp_path):
         assert res["accuracy_matrix"] == summary["strategies"][name]["runs"][0]["accuracy_matrix"]
 
 
-def test_per_run_bar_names_strategy_seed_and_task(mnist_stream, capsys):
+def test_per_run_bar_names_strategy_seed_and_task(mnist_stream, capsys, monkeypatch):
     from clframework.models import mlp
     from clframework.plugin import make_strategy
     from clframework.trainer import Trainer
 
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # the bars are drawn on a terminal only (issue 31, item 8)
     trainer = Trainer(mlp(784, [2] * 5, [16]), make_strategy("naive"), epochs=1, label="si seed 3")
     trainer.train_task(mnist_stream[1], 1)
     assert "si seed 3 task 2 2-3" in capsys.readouterr().err
