@@ -1255,18 +1255,17 @@ def test_a_worker_dying_while_it_starts_is_retried_once_then_stops_with_one_line
     lines = proc.stderr.strip().splitlines()
     again = ("clframework: warning: a --jobs worker process died while starting (killed by SIGKILL (kill -9 or the "
              "out-of-memory killer)); the workers are started again")
-    if die == "once":
+    if die == "once":  # started again once: the study finishes
         assert proc.returncode == 0 and lines == [again], proc.stderr
-        assert len(_strict_json(out / "summary.json")["strategies"]) == 3
-        return
-    assert proc.returncode == 2, proc.stderr
-    assert lines == [again, "clframework: error: --jobs worker processes died while starting, twice (killed by "
-                            "SIGKILL (kill -9 or the out-of-memory killer)); the runs finished so far are kept: once "
-                            "the cause is fixed (memory, a plugin's import), continue with the same command plus "
-                            "--resume"], proc.stderr
-    assert (out / "waits-for-a-death-seed0" / "results.json").is_file()  # the main process's run
-    done = _cli(*args, "--resume", env={"GATE": str(gate), "DIE": "never"}, cwd=tmp_path, python=python)
-    assert done.returncode == 0, done.stderr
+    else:  # died twice: one line with the --resume hint, and --resume finishes it
+        assert proc.returncode == 2, proc.stderr
+        twice = ("clframework: error: --jobs worker processes died while starting, twice (killed by SIGKILL (kill -9 "
+                 "or the out-of-memory killer)); the runs finished so far are kept: once the cause is fixed (memory, a "
+                 "plugin's import), continue with the same command plus --resume")
+        assert lines == [again, twice], proc.stderr
+        assert (out / "waits-for-a-death-seed0" / "results.json").is_file()  # the main process's run
+        done = _cli(*args, "--resume", env={"GATE": str(gate), "DIE": "never"}, cwd=tmp_path, python=python)
+        assert done.returncode == 0, done.stderr
     assert len(_strict_json(out / "summary.json")["strategies"]) == 3
 
 
