@@ -3,7 +3,7 @@
 The names below are resolved on first use (PEP 562), so looking up the registry (`clframework list`) does not import
 torch.
 """
-import importlib
+from clframework.lazy import lazy_exports
 
 _PUBLIC = {
     **dict.fromkeys(["BENCHMARKS", "Protocol", "available_benchmarks", "benchmark_protocol", "make_benchmark",
@@ -15,16 +15,7 @@ _PUBLIC = {
 }
 
 
-def __getattr__(name):
-    if name in _PUBLIC:
-        value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*globals(), *_PUBLIC])
+__getattr__, __dir__ = lazy_exports(globals(), _PUBLIC, prefix=f"{__name__}.")
 
 
 __all__ = sorted(_PUBLIC)

@@ -29,18 +29,9 @@ _PUBLIC = {
 }
 
 
-def __getattr__(name):
-    if name in _PUBLIC:
-        import importlib
+from .lazy import lazy_exports  # noqa: E402 (after the table it serves)
 
-        value = getattr(importlib.import_module(_PUBLIC[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'clframework' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*globals(), *_PUBLIC])
+__getattr__, __dir__ = lazy_exports(globals(), _PUBLIC)
 
 
 __all__ = sorted(_PUBLIC)

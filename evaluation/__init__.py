@@ -6,14 +6,9 @@ _PUBLIC = {"evaluate_stream": "evaluator", "task_accuracy": "evaluator", "acc": 
            "bwt": "metrics", "forgetting": "metrics", "fwt": "metrics", "summary": "metrics"}
 
 
-def __getattr__(name):
-    if name in _PUBLIC:
-        import importlib
+from clframework.lazy import lazy_exports  # noqa: E402 (after the table it serves)
 
-        value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(globals(), _PUBLIC, prefix=f"{__name__}.")
 
 
 __all__ = sorted(_PUBLIC)
