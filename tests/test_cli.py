@@ -240,3 +240,34 @@ def test_a_log_file_gets_no_per_task_progress_bars(tmp_path, python):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "epoch/s" not in proc.stderr and "task 1 0-1" not in proc.stderr
     assert (tmp_path / "r" / "results.json").exists()
+
+
+def test_a_study_logged_to_a_file_writes_plain_lines_not_a_bar(tmp_path, python):
+    """Issue 31 item 8: `compare` without --quiet, its stderr a file (a log): no bar (no carriage returns, no `|`
+    gauge), one plain line per finished run with its count, a first and a last line; its results as always."""
+    out = tmp_path / "cmp"
+    proc = python.run(["-m", "clframework", "compare", "--strategies", "naive,er_ace", "--seeds", "1", "--tasks", "2",
+                       "--epochs", "1", "--hidden", "16", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "\r" not in proc.stderr and "%|" not in proc.stderr and "epoch/s" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    summary = json.loads((out / "summary.json").read_text())
+    accs = [summary["strategies"][s]["runs"][0]["metrics"]["acc"] for s in ("naive", "er_ace")]
+    assert lines[0] == "compare: preparing"
+    assert lines[1].startswith(f"naive seed 0: ACC {accs[0]:.4f} (") and lines[1].endswith(" s) [1/2]")
+    assert lines[2].startswith(f"er_ace seed 0: ACC {accs[1]:.4f} (") and lines[2].endswith(" s) [2/2]")
+    assert lines[3].startswith("compare: 2/2 runs in ") and len(lines) == 4
+
+
+def test_a_study_on_a_terminal_draws_its_bar(monkeypatch, capsys):
+    """The same view on a terminal: the overall bar (runs done / total) and the run lines without a count."""
+    from clframework.progress import StudyProgress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with StudyProgress("compare") as progress:
+        progress.add(2)
+        progress.finished("naive seed 0", 0.5, 1.0)
+        progress.finished("si seed 0", None, 0.0)
+    err = capsys.readouterr().err
+    assert "compare: preparing" in err and "\r" in err and "2/2" in err
+    assert "naive seed 0: ACC 0.5000 (1.0 s)\n" in err and "si seed 0: diverged\n" in err and "[1/2]" not in err
