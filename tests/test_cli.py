@@ -271,3 +271,46 @@ def test_a_study_on_a_terminal_draws_its_bar(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "compare: preparing" in err and "\r" in err and "2/2" in err
     assert "naive seed 0: ACC 0.5000 (1.0 s)\n" in err and "si seed 0: diverged\n" in err and "[1/2]" not in err
+
+
+def _listed(line: str) -> dict:
+    """`list --benchmark`'s values on one line: `k=v` hyperparameters and `k v` training values, stars dropped."""
+    import ast
+
+    values = {}
+    for item in line.replace("*", "").replace(";", ",").split(", "):
+        item = item.split("training: ")[-1].split(": ")[-1].strip()
+        key, value = item.split("=", 1) if "=" in item else item.split(" ", 1)
+        values[key] = ast.literal_eval(value)
+    return values
+
+
+@pytest.mark.filterwarnings("ignore:memory_size .* is more than the stream's")  # 40 examples a task: enough here
+def test_list_benchmark_shows_the_values_a_run_on_it_uses(tmp_path, cli):
+    """Issue 31 item 8: `list` shows the generic defaults (DER++'s minibatch_size 10, ER's lr: none); `list
+    --benchmark seq-fashion-mnist` the DER protocol's presets, per memory size, as real runs on it record them in
+    results.json."""
+    generic = cli("list").stdout
+    assert "memory_size=200, minibatch_size=10, alpha=0.2, beta=1.0" in generic
+    proc = cli("list", "--benchmark", "seq-fashion-mnist")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    derpp = _listed(next(ln for ln in lines if ln.startswith("  derpp ")).split(None, 1)[1])
+    er_ace = next(i for i, ln in enumerate(lines) if ln.startswith("  er_ace "))
+    er_ace_500 = lines[er_ace + 1].strip()
+    assert er_ace_500.startswith("--set memory_size=500: ")
+    assert derpp["minibatch_size"] == 128 and "minibatch_size=128*" in proc.stdout  # the preset, marked
+    for strategy, sets, shown in (("derpp", [], derpp), ("er_ace", ["--set", "memory_size=500"], _listed(er_ace_500))):
+        out = tmp_path / strategy
+        run = cli("run", "--strategy", strategy, *sets, "--benchmark", "seq-fashion-mnist", "--option",
+                  "train_per_class=20", "--tasks", "1", "--quiet", "--plots", "none", "--out", str(out))
+        assert run.returncode == 0, run.stderr
+        res = json.loads((out / "results.json").read_text())
+        recorded = {**res["hparams"], **res["config"]}
+        assert shown and all(recorded[k] == v for k, v in shown.items()), (shown, recorded)
+    assert _listed(er_ace_500)["lr"] != json.loads((tmp_path / "derpp" / "results.json").read_text())["config"]["lr"]
+
+
+def test_list_benchmark_refuses_an_unknown_name(cli):
+    proc = cli("list", "--benchmark", "seq-cifar")
+    assert proc.returncode == 2 and "unknown benchmark 'seq-cifar'; did you mean 'seq-cifar10'?" in proc.stderr

@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     lp = sub.add_parser("list", help="registered strategies (with hyperparameters) and benchmarks")
     lp.add_argument("--plugin", action="append", default=[], metavar="MODULE", help=PLUGIN_HELP)
+    lp.add_argument("--benchmark", metavar="NAME",
+                    help="the values a run on NAME uses: its training protocol and each strategy's hyperparameters "
+                         "with the benchmark's presets applied (per memory size where the paper has several)")
     rp = sub.add_parser("run", help="train one strategy on one benchmark and write results.json")
     rp.add_argument("--strategy", required=True, help="registered strategy, e.g. si, ewc, naive (clframework list)")
     rp.add_argument("--seed", type=int, default=0, help="random seed of the weights and batch order (default 0)")
@@ -466,6 +469,8 @@ def _model_entries(args) -> List[dict]:
 def cmd_list(args) -> int:
     from clframework.benchmarks.registry import BENCHMARKS
 
+    if args.benchmark is not None:
+        return _list_on_benchmark(args.benchmark)
     print("strategies:")
     for e in _strategy_entries(args):
         params = ", ".join(f"{k}={v!r}" for k, v in e["params"].items()) or "(no hyperparameters)"
@@ -481,6 +486,41 @@ def cmd_list(args) -> int:
         options = ", ".join(f"{k}={v!r}" for k, v in e.defaults.items()) or "(none)"
         print(f"  {name:<24} {e.description}\n  {'':<24} source: {e.extra['source']} [{here}]\n  {'':<24} "
               f"options (--option KEY=VALUE): {options}")
+    return 0
+
+
+def _list_on_benchmark(name: str) -> int:
+    """`list --benchmark NAME`: the training protocol and every strategy's hyperparameters as a run on NAME resolves
+    them (RunConfig.resolved: the benchmark's presets over the generic defaults), not the generic defaults alone."""
+    from dataclasses import replace as with_fields
+
+    from clframework.benchmarks.registry import BENCHMARKS, benchmark_protocol
+
+    from ..experiment import RunConfig
+    from ..plugin import STRATEGIES
+
+    print(f"benchmark {name}: {BENCHMARKS.get(name).description}")
+    protocol = benchmark_protocol(name)
+    bare = with_fields(protocol, strategy_hparams={}, method_settings={})  # the training every strategy starts from
+    base = RunConfig(strategy="naive", protocol=bare).resolved()["train"]
+    print("training (--epochs, --lr, --optimizer ... override it): "
+          + ", ".join(f"{k} {v}" for k, v in base.items() if v is not None))
+    print("strategies (--set KEY=VALUE overrides; * not the strategy's generic default: set by this benchmark's "
+          "protocol):")
+    for strategy in STRATEGIES.names():
+        defaults = STRATEGIES.get(strategy).defaults
+        cfg = RunConfig(strategy=strategy, benchmark=name).resolved()
+        hparams = ", ".join(f"{k}={v!r}{'*' if defaults[k] != v else ''}" for k, v in cfg["hparams"].items())
+        train = ", ".join(f"{k} {v}*" for k, v in cfg["train"].items() if v != base[k])
+        print(f"  {strategy:<10} {hparams or '(no hyperparameters)'}" + (f"; training: {train}" if train else ""))
+        for size in sorted(s for s in protocol.method_settings.get(strategy, {}) if s not in (-1, cfg["hparams"].get(
+                "memory_size"))):
+            other = RunConfig(strategy=strategy, benchmark=name, hparams={"memory_size": size}).resolved()
+            changed = [f"{k}={v!r}" for k, v in other["hparams"].items() if k != "memory_size"
+                       and v != cfg["hparams"][k]] + [f"{k} {v}" for k, v in other["train"].items()
+                                                      if v != cfg["train"][k]]
+            if changed:
+                print(f"  {'':<10} --set memory_size={size}: {', '.join(changed)}")
     return 0
 
 
