@@ -126,17 +126,19 @@ def scan_images(paths: Sequence, same_size: bool) -> None:
 
 
 def from_files(train_paths: Sequence, train_labels: Sequence[int], test_paths: Sequence, test_labels: Sequence[int],
-               name: str = "files", size: int = 0, decode=Normalize(255.0), source: Optional[dict] = None
-               ) -> LabeledData:
+               name: str = "files", size: int = 0, decode=Normalize(255.0), source: Optional[dict] = None,
+               class_names: Optional[Sequence[str]] = None) -> LabeledData:
     """Lists of image files with their class ids as a dataset read from disk (uint8 images decoded per minibatch:
-    `Normalize(255.0)` gives floats in [0, 1]); `split`, `permuted` and `holdout` accept it."""
+    `Normalize(255.0)` gives floats in [0, 1]); `split`, `permuted` and `holdout` accept it. class_names: the name of
+    each class id, if any."""
     parts = []
     for what, paths, labels in (("train", train_paths, train_labels), ("test", test_paths, test_labels)):
         if len(paths) != len(labels) or not len(paths):
             raise ValueError(f"{name}: {what} has {len(paths)} files and {len(labels)} labels; give the same, non-zero "
                              f"number")
         parts.append(DatasetExamples(ImageFiles(paths, size), torch.as_tensor(list(labels), dtype=torch.long)))
-    return LabeledData(name, source=source or {"files": name}, decode=decode, train=parts[0], test=parts[1])
+    return LabeledData(name, source=source or {"files": name}, decode=decode, train=parts[0], test=parts[1],
+                       class_names=class_names)
 
 
 def from_memmap(train_x, train_y, test_x, test_y, name: str = "memmap", decode=None) -> LabeledData:
@@ -244,7 +246,7 @@ def _class_folders(root: Path, expected: str, fix: str) -> Dict[str, List[Path]]
 def image_folder(root, size: int = 224, test_fraction: float = 0.2, split_seed: int = 0, normalize=Normalize(255.0),
                  name: str = "") -> LabeledData:
     """An ImageFolder tree: one folder per class of images (`root/<class>/*.jpg`, classes numbered in sorted folder
-    order), either with `train/` and `test/` (or `val/`) subtrees or without, then `test_fraction` of each class's
+    order and named by their folders), either with `train/` and `test/` (or `val/`) subtrees or without, then `test_fraction` of each class's
     images (drawn with `split_seed`) are held out for testing. Images are resized and center-cropped to `size`."""
     root = Path(root)
     expected = "one folder per class holding its images (root/<class>/*.jpg), or train/ and test/ (or val/) folders " \
@@ -276,7 +278,8 @@ def image_folder(root, size: int = 224, test_fraction: float = 0.2, split_seed: 
     return from_files([p for p, _ in paths["train"]], [i for _, i in paths["train"]],
                       [p for p, _ in paths["test"]], [i for _, i in paths["test"]], name or root.name, size,
                       normalize, {"image_folder": str(root), "classes": len(classes),
-                                  "train_images": len(paths["train"]), "test_images": len(paths["test"])})
+                                  "train_images": len(paths["train"]), "test_images": len(paths["test"])},
+                      class_names=classes)
 
 
 def split_image_folder(root, classes_per_task: int = 20, n_tasks: Optional[int] = None, setting: str = "class",

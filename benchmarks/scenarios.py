@@ -22,12 +22,14 @@ class LabeledData:
 
     `LabeledData(name, train_x, train_y, test_x, test_y, source, decode)` takes tensors; `train=` / `test=` take
     `Examples` directly (e.g. `DatasetExamples` over files on disk). `train_x` / `test_x` are the whole splits
-    decoded (small data only)."""
+    decoded (small data only). class_names: the name of each class id (class_names[c]), where the data has names:
+    `split` then names its tasks by them and results.json records them."""
 
     def __init__(self, name: str, train_x=None, train_y=None, test_x=None, test_y=None, source: Optional[dict] = None,
                  decode: Optional[Decode] = None, *, train: Optional[Examples] = None,
-                 test: Optional[Examples] = None):
+                 test: Optional[Examples] = None, class_names: Optional[Sequence[str]] = None):
         self.name, self.source, self.decode = name, dict(source or {}), decode
+        self.class_names = list(class_names) if class_names is not None else None
         self.train = train if train is not None else as_examples(train_x, train_y)
         self.test = test if test is not None else as_examples(test_x, test_y)
 
@@ -45,7 +47,12 @@ class LabeledData:
         return sorted(set(self.train.y.tolist()) | set(self.test.y.tolist()))
 
     def with_examples(self, train: Examples, test: Examples) -> "LabeledData":
-        return LabeledData(self.name, source=self.source, decode=self.decode, train=train, test=test)
+        return LabeledData(self.name, source=self.source, decode=self.decode, train=train, test=test,
+                           class_names=self.class_names)
+
+    def names_of(self, classes: Sequence[int]) -> Optional[List[str]]:
+        """The names of these class ids (None: the data has no names)."""
+        return None if self.class_names is None else [str(self.class_names[c]) for c in classes]
 
 
 def _check_setting(setting: str) -> None:
@@ -67,7 +74,7 @@ def _common_decode(parts: List[Tuple[str, LabeledData, Sequence[int]]]) -> List[
             raise ValueError(f"the tasks of one stream must decode their stored inputs the same way; task "
                              f"'{tname}' reads {data.name} from disk with a different decoding than the others")
         out.append((tname, LabeledData(data.name, data.train_x, data.train_y, data.test_x, data.test_y,
-                                       data.source), classes))
+                                       data.source, class_names=data.class_names), classes))
     return out
 
 
@@ -83,7 +90,7 @@ def _assemble(name: str, parts: List[Tuple[str, LabeledData, Sequence[int]]], se
         base = offset if setting == "class" else 0
         train, test = (ex.relabel(lookup[ex.y] + base) for ex in (data.train, data.test))
         tasks.append(Task(tname, train, None, test, None, tuple(int(c) for c in classes),
-                          head=i if setting == "task" else 0, decode=data.decode))
+                          head=i if setting == "task" else 0, decode=data.decode, class_names=data.names_of(classes)))
         offset += len(classes)
     heads = {"task": sizes, "domain": [max(sizes)], "class": [sum(sizes)]}[setting]
     info = {"class_order": [list(c) for _, _, c in parts]}
@@ -104,9 +111,10 @@ def _select(data: LabeledData, classes: Sequence[int]) -> LabeledData:
 
 def split(data: LabeledData, classes_per_task: int = 2, class_order: Optional[Sequence[int]] = None,
           n_tasks: Optional[int] = None, setting: str = "task", name: Optional[str] = None) -> Stream:
-    """Partition the classes into consecutive blocks of `classes_per_task` along `class_order` (default: sorted)."""
+    """Partition the classes into consecutive blocks of `classes_per_task` along `class_order` (default: sorted).
+    Each task is named by its classes: their names where the data has them (`cat-dog`), else their ids (`0-1`)."""
     blocks = class_blocks(data, classes_per_task, class_order, n_tasks)
-    parts = [("-".join(map(str, b)), _select(data, b), b) for b in blocks]
+    parts = [("-".join(data.names_of(b) or map(str, b)), _select(data, b), b) for b in blocks]
     return _assemble(name or f"split-{data.name}", parts, setting)
 
 
@@ -150,7 +158,8 @@ def permuted(data: LabeledData, n_tasks: int = 10, seed: int = 0, keep_first: bo
     if n_tasks < 1:
         raise ValueError(f"n_tasks must be at least 1, got {n_tasks}")
     if data.decode is not None and not (isinstance(data.decode, Normalize) and not data.decode.mean):
-        data = LabeledData(data.name, data.train_x, data.train_y, data.test_x, data.test_y, data.source)
+        data = LabeledData(data.name, data.train_x, data.train_y, data.test_x, data.test_y, data.source,
+                           class_names=data.class_names)
     n_features = math.prod(data.train.shape())
     classes = data.classes
     parts = []
@@ -216,10 +225,11 @@ def _as_labels(y, what: str) -> torch.Tensor:
     return y.long()
 
 
-def from_tensors(train_x, train_y, test_x, test_y, name: str = "custom",
-                 decode: Optional[Decode] = None) -> LabeledData:
+def from_tensors(train_x, train_y, test_x, test_y, name: str = "custom", decode: Optional[Decode] = None,
+                 class_names: Optional[Sequence[str]] = None) -> LabeledData:
     """Your tensors (or numpy arrays) as a dataset that `split`, `permuted` and `holdout` accept: normalized float
-    inputs, or any stored form with `decode` (e.g. uint8 pixels with `Normalize(255.0)`)."""
+    inputs, or any stored form with `decode` (e.g. uint8 pixels with `Normalize(255.0)`); class_names: the name of
+    each class id, if you have them (tasks are then named by them)."""
     xs = [_as_inputs(x, what, decode) for x, what in ((train_x, "train_x"), (test_x, "test_x"))]
     ys = [_as_labels(y, what) for y, what in ((train_y, "train_y"), (test_y, "test_y"))]
     for part, x, y in (("train", xs[0], ys[0]), ("test", xs[1], ys[1])):
@@ -228,7 +238,11 @@ def from_tensors(train_x, train_y, test_x, test_y, name: str = "custom",
     if xs[0].shape[1:] != xs[1].shape[1:]:
         raise ValueError(f"{name}: train inputs have shape {tuple(xs[0].shape[1:])} but test inputs "
                          f"{tuple(xs[1].shape[1:])}")
-    return LabeledData(name, xs[0], ys[0], xs[1], ys[1], {"in_memory": "from_tensors", "name": name}, decode)
+    if class_names is not None and len(class_names) <= int(max(ys[0].max(), ys[1].max())):
+        raise ValueError(f"{name}: {len(class_names)} class names for class ids up to "
+                         f"{int(max(ys[0].max(), ys[1].max()))}; give one name per class id")
+    return LabeledData(name, xs[0], ys[0], xs[1], ys[1], {"in_memory": "from_tensors", "name": name}, decode,
+                       class_names=class_names)
 
 
 def materialize(dataset, batch_size: int = 1024) -> Tuple[torch.Tensor, torch.Tensor]:

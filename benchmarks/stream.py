@@ -273,12 +273,17 @@ class Task:
 
     `Task(name, train_x, train_y, test_x, test_y, classes, head, valid_x, valid_y, decode=...)` takes tensors (the
     stored form: model inputs, or compact data that `decode` turns into model inputs) or, in place of each `*_x`,
-    an `Examples` whose labels are used (its `*_y` then None).
+    an `Examples` whose labels are used (its `*_y` then None). class_names: the names of `classes`, in their
+    order, where the data has them (an ImageFolder tree's folder names); recorded in results.json.
     """
 
     def __init__(self, name: str, train_x, train_y, test_x, test_y, classes: Sequence[int], head: int = 0,
-                 valid_x=None, valid_y=None, decode: Optional[Decode] = None):
+                 valid_x=None, valid_y=None, decode: Optional[Decode] = None,
+                 class_names: Optional[Sequence[str]] = None):
         self.name, self.classes, self.head, self.decode = name, tuple(classes), head, decode
+        self.class_names = tuple(class_names) if class_names is not None else None
+        if self.class_names is not None and len(self.class_names) != len(self.classes):
+            raise ValueError(f"task '{name}': {len(self.class_names)} class names for {len(self.classes)} classes")
         self.splits = {}
         for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y), ("valid", valid_x, valid_y)):
             try:
@@ -346,7 +351,7 @@ class Task:
         """The same task with some splits replaced (e.g. train=..., valid=... for a hold-out)."""
         s = {**self.splits, **splits}
         return Task(self.name, s["train"], None, s["test"], None, self.classes, self.head, s["valid"], None,
-                    self.decode)
+                    self.decode, self.class_names)
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items() if v is not None)

@@ -249,6 +249,14 @@ def stored_form(stream) -> dict:
             "decode": decode_record(first.decode)}
 
 
+def class_names(stream) -> dict:
+    """results.json's `class_names` (per task, in `classes`' order) where the stream's data name its classes (an
+    ImageFolder tree's folders); nothing otherwise."""
+    if not any(t.class_names for t in stream.tasks):
+        return {}
+    return {"class_names": [list(t.class_names) if t.class_names else None for t in stream.tasks]}
+
+
 def protocol_source(config: RunConfig) -> str:
     """Whose protocol supplied the training defaults: the registered benchmark's name, or "own" (RunConfig.protocol,
     e.g. a custom stream's)."""
@@ -469,7 +477,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
             "hparams": cfg["hparams"],
             "config": {**train, "protocol": protocol_source(config), "setting": stream.setting,
                        "head_sizes": stream.head_sizes, "input_shape": list(stream.input_shape), **stored_form(stream),
-                       "classes": [list(t.classes) for t in stream.tasks], "task_heads": [t.head for t in stream.tasks],
+                       "classes": [list(t.classes) for t in stream.tasks], **class_names(stream),
+                       "task_heads": [t.head for t in stream.tasks],
                        "benchmark_options": cfg["benchmark_options"], "device": str(trainer.device),
                        "evaluated_on": config.evaluate_on},
             "tasks": stream.task_names}

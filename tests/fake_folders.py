@@ -47,13 +47,14 @@ def tiny_imagenet(root: Path, n_classes: int = 4, train_per_class: int = 6, val_
 
 
 def image_folder(root: Path, n_classes: int = 4, per_class: int = 5, size: int = 16, seed: int = 0,
-                 suffix: str = ".png") -> Path:
-    """root/<class>/<i><suffix>: an ImageFolder tree (ImageNet-R's layout, with class folders named by wnid)."""
+                 suffix: str = ".png", names=None) -> Path:
+    """root/<class>/<i><suffix>: an ImageFolder tree (ImageNet-R's layout, with class folders named by wnid, or by
+    `names`)."""
     gen = torch.Generator().manual_seed(seed)
     root = Path(root)
     for c in range(n_classes):
         for i in range(per_class):
-            _write(_image(gen, size), root / f"n{2000 + c:08d}" / f"img_{i}{suffix}")
+            _write(_image(gen, size), root / (names[c] if names else f"n{2000 + c:08d}") / f"img_{i}{suffix}")
     return root
 
 

@@ -22,3 +22,9 @@ def test_custom_data_examples_run(tmp_path, docs_python):
     res = json.loads((tmp_path / "runs/my-digits/results.json").read_text())
     assert res["benchmark"] == "my-digits" and res["tasks"] == ["0-1", "2-3"] and res["config"]["hidden"] == [64]
     assert res["provenance"]["data_source"] == {"in_memory": "from_tensors", "name": "my-digits"}
+    # its split-imagefolder command: tasks named by the tree's class folders, as the guide states
+    tree = json.loads((tmp_path / "runs/tree/results.json").read_text())
+    assert tree["tasks"] == ["class0-class1", "class2-class3"]
+    assert tree["config"]["class_names"] == [["class0", "class1"], ["class2", "class3"]]
+    assert tree["config"]["classes"] == [[0, 1], [2, 3]]
+    assert (tmp_path / "runs/tree/matrix.csv").read_text().splitlines()[0] == "after_task,class0-class1,class2-class3"

@@ -84,6 +84,51 @@ def test_image_folder_holds_out_a_fraction_of_each_class(tmp_path):
     assert torch.equal(x[0], _pil(data.train.dataset.paths[0]).float() / 255.0)  # PNG: exact
 
 
+NAMES = ["cat", "dog", "fox", "owl"]  # folder names; sorted, as the classes are numbered
+
+
+def test_split_imagefolder_tasks_carry_their_class_names(tmp_path):
+    """Issue 31 item 8: a task of split-imagefolder is named by its classes' folders (`cat-dog`, not `0-1`), and each
+    of its labels is the folder its images were read from."""
+    root = fake_folders.image_folder(tmp_path / "tree", n_classes=4, per_class=5, size=8, names=NAMES)
+    stream = make_benchmark("split-imagefolder", data_root=str(root), setting="task", size=0)
+    assert stream.task_names == ["cat-dog", "fox-owl"]
+    assert [t.class_names for t in stream] == [("cat", "dog"), ("fox", "owl")]
+    for task in stream:
+        for split_name in ("train", "test"):
+            raw, y = task.examples(split_name).raw(), task.examples(split_name).y
+            for image, label in zip(raw, y.tolist()):  # task setting: label j is the task's j-th class
+                folder = root / task.class_names[label]
+                assert any(torch.equal(image, _pil(p)) for p in folder.iterdir())
+
+
+def test_from_tensors_names_and_a_bad_count_of_names():
+    from clframework.benchmarks import from_tensors
+
+    x, y = torch.rand(8, 1, 2, 2), torch.arange(8) % 4
+    numbered = split(from_tensors(x, y, x, y), 2)
+    assert numbered.task_names == ["0-1", "2-3"] and numbered[0].class_names is None  # data without names: ids
+    named = split(from_tensors(x, y, x, y, class_names=NAMES), 2, setting="class")
+    assert named.task_names == ["cat-dog", "fox-owl"] and named[1].class_names == ("fox", "owl")
+    with pytest.raises(ValueError, match="3 class names for class ids up to 3; give one name per class id"):
+        from_tensors(x, y, x, y, class_names=NAMES[:3])
+
+
+@pytest.mark.filterwarnings("ignore::clframework.evaluation.health.LearningHealthWarning")  # random pixels
+def test_split_imagefolder_run_records_class_names(tmp_path, cli):
+    """`clframework run` on a real image tree: results.json's config.class_names per task and the task labels of
+    results.json and matrix.csv are the folder names."""
+    root = fake_folders.image_folder(tmp_path / "tree", n_classes=4, per_class=5, size=8, names=NAMES)
+    out = tmp_path / "run"
+    proc = cli("run", "--strategy", "naive", "--benchmark", "split-imagefolder", "--data-root", str(root), "--option",
+               "size=8", "--epochs", "1", "--hidden", "8", "--quiet", "--plots", "none", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["class_names"] == [["cat", "dog"], ["fox", "owl"]]
+    assert res["config"]["classes"] == [[0, 1], [2, 3]] and res["tasks"] == ["cat-dog", "fox-owl"]
+    assert (out / "matrix.csv").read_text().splitlines()[0] == "after_task,cat-dog,fox-owl"
+
+
 def test_image_folder_with_train_and_test_subtrees_and_bad_trees(tmp_path):
     fake_folders.image_folder(tmp_path / "t" / "train", n_classes=2, per_class=3)
     fake_folders.image_folder(tmp_path / "t" / "test", n_classes=2, per_class=2)
