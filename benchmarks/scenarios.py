@@ -112,10 +112,21 @@ def _select(data: LabeledData, classes: Sequence[int]) -> LabeledData:
 def split(data: LabeledData, classes_per_task: int = 2, class_order: Optional[Sequence[int]] = None,
           n_tasks: Optional[int] = None, setting: str = "task", name: Optional[str] = None) -> Stream:
     """Partition the classes into consecutive blocks of `classes_per_task` along `class_order` (default: sorted).
-    Each task is named by its classes: their names where the data has them (`cat-dog`), else their ids (`0-1`)."""
+    Each task is named by its classes: their names where the data has them (`cat-dog`; more than NAMED_IN_FULL:
+    the first and last, `cat..owl`), else their ids (`0-1`)."""
     blocks = class_blocks(data, classes_per_task, class_order, n_tasks)
-    parts = [("-".join(data.names_of(b) or map(str, b)), _select(data, b), b) for b in blocks]
+    parts = [(_task_name(data, b), _select(data, b), b) for b in blocks]
     return _assemble(name or f"split-{data.name}", parts, setting)
+
+
+NAMED_IN_FULL = 3  # a task of more named classes is named by its first and last (ImageNet-R: 20 wnids a task)
+
+
+def _task_name(data: LabeledData, block: Sequence[int]) -> str:
+    names = data.names_of(block)
+    if names is None:
+        return "-".join(map(str, block))
+    return "-".join(names) if len(names) <= NAMED_IN_FULL else f"{names[0]}..{names[-1]}"
 
 
 def class_blocks(data: LabeledData, classes_per_task: int, class_order: Optional[Sequence[int]] = None,

@@ -110,6 +110,8 @@ def test_from_tensors_names_and_a_bad_count_of_names():
     assert numbered.task_names == ["0-1", "2-3"] and numbered[0].class_names is None  # data without names: ids
     named = split(from_tensors(x, y, x, y, class_names=NAMES), 2, setting="class")
     assert named.task_names == ["cat-dog", "fox-owl"] and named[1].class_names == ("fox", "owl")
+    wide = split(from_tensors(x, y, x, y, class_names=NAMES), 4)  # more than three names: the first and the last
+    assert wide.task_names == ["cat..owl"] and wide[0].class_names == tuple(NAMES)
     with pytest.raises(ValueError, match="3 class names for class ids up to 3; give one name per class id"):
         from_tensors(x, y, x, y, class_names=NAMES[:3])
 
