@@ -10,7 +10,8 @@ from clframework.apps import bench as B
 from clframework.apps.bench import ENTRIES, BenchConfig, resolve
 from clframework.apps.cli import main
 
-ROW = re.compile(r"^(\S+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+%|-)$")
+ROW = re.compile(r"^(\S+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+%|-)"
+                 r"\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([+-][\d.]+)$")
 
 
 @pytest.mark.slow
@@ -26,7 +27,7 @@ def test_bench_prints_every_entry(tmp_path, capsys):
     for line in capsys.readouterr().out.splitlines():
         m = ROW.match(line.strip())
         if m:
-            rows[m.group(1)] = [float(v) for v in m.groups()[1:-1]]
+            rows[m.group(1)] = [float(v) for v in m.groups()[1:7]]
     assert sorted(rows) == sorted(ENTRIES)
     for entry, (seconds, ratio, acc, peak_mb, cpu, cpu_ratio) in rows.items():
         assert seconds > 0 and ratio > 0 and cpu > 0 and cpu_ratio > 0 and peak_mb >= 0, entry  # peak: growth
@@ -166,3 +167,75 @@ def test_bad_study_bench_modes_fail_before_training():
 
     with pytest.raises(ValueError, match="--modes takes jobs1"):
         run_study_bench(StudyBenchConfig(modes=["jobs2"]))
+
+
+def test_matrix_products_counts_a_linear_layers_flops_forward_and_backward():
+    """2 x rows x inputs x outputs per product: the forward, the gradient of the input and of the weight."""
+    layer = torch.nn.Linear(5, 3)
+    x = torch.randn(7, 5, requires_grad=True)
+    with B.MatrixProducts(torch.device("cpu")) as products:
+        layer(x).sum().backward()
+    assert products.flops == 3 * 2 * 7 * 5 * 3 and products.seconds > 0
+    with B.MatrixProducts(torch.device("cpu")) as products:
+        (x * 2).sum().backward()  # no product
+    assert products.flops == 0
+
+
+@pytest.mark.slow
+def test_bench_tells_the_end_of_task_work_and_the_fishers_arithmetic_from_the_steps():
+    """EWC's row: its end-of-task seconds (the Fisher) timed apart inside each task's section, the steps' ratio
+    without them, and its matrix-product FLOPs beyond naive's those of the exact Fisher's closed form, counted by hand
+    from the layers' widths: per task one forward pass and one product per layer over its n examples, a backward
+    pass to the outputs of every layer but the first, and a one-example forward that decides the closed form."""
+    config = BenchConfig(benchmark="split-mnist-5k", tasks=2, max_train=96, epochs=1, batch_size=32, repeats=2,
+                         entries=["floor", "naive", "ewc"])
+    result = B.run_bench(config)
+    rows = {r["entry"]: r for r in result["rows"]}
+    widths = [784, 256, 256, 2]
+    layers = [2 * a * b for a, b in zip(widths, widths[1:])]  # FLOPs per example of each layer's product
+    forward, backward = sum(layers), sum(layers[1:])
+    n = 96
+    fisher = 2 * (n * (2 * forward + backward) + forward)  # two tasks
+    assert rows["naive"]["flops"] == rows["floor"]["flops"] and rows["naive"]["flops_ratio"] == 1
+    assert rows["ewc"]["flops"] - rows["naive"]["flops"] == fisher
+    assert rows["ewc"]["flops_ratio"] == pytest.approx(1 + fisher / rows["floor"]["flops"])
+    assert rows["naive"]["extra_products"] == 0 and rows["ewc"]["extra_products"] > 0
+    assert result["floor_products_share"] > 0  # (an estimate across passes: on a busy machine it can pass 1)
+    for entry in ("floor", "naive"):  # no end-of-task work
+        assert all(e == 0 for ends in rows[entry]["task_end_seconds"] for e in ends)
+        assert rows[entry]["steps_ratio"] == pytest.approx(rows[entry]["ratio"])
+    ewc = rows["ewc"]
+    for walls, ends in zip(ewc["task_seconds"], ewc["task_end_seconds"]):
+        assert all(0 < e < w for w, e in zip(walls, ends))
+    assert 0 < ewc["steps_ratio"] < ewc["ratio"] and ewc["task_end_ratio"] > 0
+    table = B.format_table(result)
+    assert "steps x" in table and "products +" in table
+
+
+@pytest.mark.slow
+def test_bench_rehearsal_entries_run_in_the_class_incremental_setting(tmp_path, capsys):
+    """The class-incremental rehearsal family (the lead's `--setting class --entries rehearsal` invocation, here
+    without Avalanche's entries) trains and prints a row each; without --setting class it is refused before training."""
+    ours = "floor,naive,er,der,derpp,er_ace"
+    code = main(["bench", "--benchmark", "split-fashion-mnist", "--setting", "class", "--entries", ours, "--tasks",
+                 "2", "--max-train", "96", "--batch-size", "32", "--epochs", "1", "--threads", "1", "--repeats", "2",
+                 "--targets", "--out", str(tmp_path)])
+    assert code == 0
+    printed = {m.group(1) for m in map(ROW.match, capsys.readouterr().out.splitlines()) if m}
+    assert printed == set(ours.split(","))
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert all(r["ratio"] > 0 and 0 <= r["acc"] <= 1 for r in saved["rows"])
+    with pytest.raises(ValueError, match="add --setting class"):
+        resolve(BenchConfig(benchmark="split-fashion-mnist", entries=["floor", "er"]))
+
+
+@pytest.mark.slow
+def test_bench_rehearsal_group_with_avalanches_entries(capsys):
+    """`--entries rehearsal` as the lead runs it, at a tiny size: our rehearsal methods and Avalanche's."""
+    pytest.importorskip("avalanche")
+    code = main(["bench", "--benchmark", "split-fashion-mnist", "--setting", "class", "--entries", "rehearsal",
+                 "--tasks", "2", "--max-train", "96", "--batch-size", "32", "--epochs", "1", "--threads", "1",
+                 "--repeats", "2", "--targets", "--set", "gdumb.fit_epochs=1"])  # (256 epochs on its memory)
+    assert code == 0
+    printed = {m.group(1) for m in map(ROW.match, capsys.readouterr().out.splitlines()) if m}
+    assert printed == set(B.REHEARSAL_ENTRIES)
