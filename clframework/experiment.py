@@ -288,15 +288,18 @@ def check_fits_stream(cfg: dict, stream, checkpoint_every: int) -> None:
         raise ValueError(f"--checkpoint-every must be an integer >= 0 (0: after every task only), got "
                          f"{checkpoint_every!r}")
     check_augment_fits(cfg["train"]["augment"], stream)
-    check_memory_size(cfg["hparams"], stream)
+    for notice in run_notices(cfg, stream):
+        warnings.warn(notice)
 
 
-def check_memory_size(hparams: dict, stream) -> None:
-    """A memory larger than the data is allowed (it costs no more: nothing is allocated by its size) and said."""
-    size, total = hparams.get("memory_size"), sum(t.n("train") for t in stream.tasks)
-    if isinstance(size, int) and size > total:
-        warnings.warn(f"memory_size {size} is more than the stream's {total} training examples: at most {total} are "
-                      f"ever stored")
+def run_notices(cfg: dict, stream) -> List[str]:
+    """What a run is told before training and keeps in results.json (`notices`): a memory larger than the data, which
+    is allowed (a memory holds only what it stored, so it costs no more) and stores at most the stream's examples."""
+    size, total = cfg["hparams"].get("memory_size"), sum(t.n("train") for t in stream.tasks)
+    if isinstance(size, int) and not isinstance(size, bool) and size > total:
+        return [f"memory_size {size} is more than the stream's {total} training examples: at most {total} are ever "
+                f"stored"]
+    return []
 
 
 def refuse_changed_data(saved: Optional[dict], now: dict, checkpoint: Path) -> None:
@@ -341,6 +344,7 @@ class RunResult:
     losses: List[dict] = field(default_factory=list)  # training loss every k steps: {task, step, loss} (trainer.py)
     omega_correlation: Optional[Dict[str, list]] = None
     resumed_from: Optional[dict] = None
+    notices: Optional[List[str]] = None  # what the run was told before training (run_notices)
     model: Optional[torch.nn.Module] = field(default=None, repr=False, compare=False)
     trained_strategy: Optional[Strategy] = field(default=None, repr=False, compare=False)
 
@@ -348,7 +352,7 @@ class RunResult:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("model", "trained_strategy")}
         return {k: v for k, v in out.items()
                 if v is not None or k not in ("omega_correlation", "resumed_from", "task_il_accuracy_matrix",
-                                              "continual_eval")}
+                                              "continual_eval", "notices")}
 
     @classmethod
     def from_json(cls, data: dict) -> "RunResult":
@@ -481,7 +485,7 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
                        "task_heads": [t.head for t in stream.tasks],
                        "benchmark_options": cfg["benchmark_options"], "device": str(trainer.device),
                        "evaluated_on": config.evaluate_on},
-            "tasks": stream.task_names}
+            "tasks": stream.task_names, **({"notices": notices} if (notices := run_notices(cfg, stream)) else {})}
     if out_dir is not None:
         (out_dir / FAILED).unlink(missing_ok=True)  # a failed run continued with --resume trains again
     try:

@@ -1198,13 +1198,17 @@ def test_resume_refuses_an_image_tree_changed_since_the_checkpoint(tmp_path, pyt
 
 def test_a_memory_larger_than_the_data_trains_and_is_said(tmp_path, cli, mnist_stream):
     """Issue 30, item 5: --set memory_size=1000000000 for er grew to 8.2 GB with no output; now it trains as a
-    memory of the data's size would, with one warning line."""
+    memory of the data's size would, with one warning line, kept in results.json's `notices`."""
     n = sum(len(task.train_y) for task in mnist_stream)  # the first two tasks
-    with pytest.warns(UserWarning, match=f"^memory_size 1000000000000 is more than the stream's {n} training "
-                                         f"examples: at most {n} are ever stored$"):
+    line = f"memory_size 1000000000000 is more than the stream's {n} training examples: at most {n} are ever stored"
+    with pytest.warns(UserWarning, match=f"^{line}$"):
         proc = cli("run", "--strategy", "er", "--tasks", "2", "--set", "memory_size=1000000000000", "--out",
                    str(tmp_path / "r"), *TINY)
     assert proc.returncode == 0, proc.stderr
+    assert _strict_json(tmp_path / "r" / "results.json")["notices"] == [line]
+    proc = cli("run", "--strategy", "er", "--tasks", "2", "--set", f"memory_size={n}", "--out", str(tmp_path / "s"),
+               *TINY)
+    assert "notices" not in _strict_json(tmp_path / "s" / "results.json")  # a memory the data fills: nothing said
 
 
 # ---- issue 30, item 6: a --jobs worker dying while it starts ------------------------------------------------------

@@ -1,11 +1,16 @@
 """Replay's memory: reservoir sampling keeps every seen example with equal probability (chi-square, fixed seed), the
 vectorized draw equals the sequential algorithm, class-balanced shares, and minibatches joined by memory samples."""
+import pytest
 import torch
+from conformance.harness import make_model, make_stream
 from scipy.stats import chisquare
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from clframework import make_strategy, mlp
 from clframework.plugin import Batch
 from clframework.strategies.memory import ReplayMemory, reservoir_slots
+from clframework.trainer import Trainer
 
 
 def _stream_into(memory, n, batch):
@@ -61,6 +66,44 @@ def test_a_huge_reservoir_allocates_nothing_of_its_size_and_keeps_algorithm_r():
     memory = ReplayMemory(10 ** 12, "reservoir", seed=0)
     _stream_into(memory, 50, batch=7)
     assert len(memory) == 50 and sorted(memory.contents()[1].tolist()) == list(range(50))
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the most elements of any tensor an operator returns while it is active (what RSS cannot tell apart:
+    one capacity-sized tensor allocated per step)."""
+
+    def __init__(self):
+        super().__init__()
+        self.most = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.most = max([self.most] + [t.numel() for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)])
+        return out
+
+
+REHEARSAL = ("er", "der", "derpp", "er_ace", "agem", "replay", "mir", "gdumb", "icarl")
+
+
+@pytest.mark.parametrize("name", REHEARSAL)
+def test_a_memory_of_10_to_the_12_costs_what_one_of_the_datas_size_does(name):
+    """Issue 30, item 5, for every rehearsal method through the Trainer: with memory_size=10^12 no tensor is larger
+    than with a memory that holds exactly the stream's training examples, and the run is the same (every example is
+    stored either way: the classes are balanced, so no per-class share is below a class's examples)."""
+    stream = make_stream("class", n_tasks=2)  # 2 tasks of 2 classes, 8 training examples each
+    total = sum(t.n("train") for t in stream.tasks)
+    runs = []
+    for size in (total, 10 ** 12):
+        largest, model = _LargestTensor(), make_model("mlp", stream)  # seeds the memory's generator too
+        strategy = make_strategy(name, memory_size=size, **({"fit_epochs": 2} if name == "gdumb" else {}))
+        trainer = Trainer(model, strategy, epochs=1, batch_size=4, lr=0.1, optimizer="sgd",
+                          device="cpu", seed=0, quiet=True)
+        with largest:
+            result = trainer.fit(stream)
+        runs.append((largest.most, result.accuracy_matrix, [p.detach() for p in trainer.model.parameters()]))
+    (most, matrix, params), (huge_most, huge_matrix, huge_params) = runs
+    assert huge_most == most <= 64 * total  # a few copies of the data's rows (10 features) at most
+    assert huge_matrix == matrix and all(torch.equal(a, b) for a, b in zip(params, huge_params))
 
 
 def test_class_balanced_shares_and_uniform_within_a_class():
