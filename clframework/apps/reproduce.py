@@ -302,25 +302,24 @@ def _reproduce(exp: "Experiment", p: dict, out_dir: Path, quiet: bool, log, resu
     return result
 
 
-def first_task_gap(curve: dict) -> Optional[dict]:
-    """The first task's accuracy at the end of its training, its lowest while the second task trains (and how many
-    steps after the boundary), and at the end of the second task: the stability gap is the drop, then the recovery.
-    None for a curve with fewer than two tasks."""
+def task_gaps(curve: dict) -> List[dict]:
+    """For every task but the last: its accuracy at the end of its training, its lowest while the next task trains
+    (and how many steps after the boundary it first gets there), and at the end of the next task: the stability
+    gap is the drop, then the recovery. Empty for a curve with fewer than two tasks."""
     ends = curve["boundaries"]
-    if len(ends) < 2:
-        return None
-    first = [(pt["step"], pt["accuracy"][0]) for pt in curve["points"]]
-    at_end = [a for s, a in first if s <= ends[0]][-1]
-    during = [(a, s) for s, a in first if ends[0] < s <= ends[1]]
-    low, low_step = min(during)
-    return {"at_end": at_end, "min_next": low, "steps_to_min": low_step - ends[0],
-            "end_next": [a for s, a in first if s <= ends[1]][-1]}
+    gaps = []
+    for j in range(len(ends) - 1):
+        acc = [(pt["step"], pt["accuracy"][j]) for pt in curve["points"] if len(pt["accuracy"]) > j]
+        low, low_step = min((a, s) for s, a in acc if ends[j] < s <= ends[j + 1])
+        gaps.append({"task": j + 1, "at_end": [a for s, a in acc if s <= ends[j]][-1], "min_next": low,
+                     "steps_to_min": low_step - ends[j], "end_next": [a for s, a in acc if s <= ends[j + 1]][-1]})
+    return gaps
 
 
 def summarize(exp: Experiment, p: dict, runs: Dict[str, List[dict]], tasks: List[str], device: str,
               diverged: Optional[List[dict]] = None, curves: Optional[Dict[str, List[dict]]] = None) -> dict:
     """Per arm: final average accuracy with the paper's error bars (SEM or SD over seeds), per-task final accuracy;
-    with continual evaluation, min-ACC and WC-ACC likewise, and the first task's stability gap (`first_task_gap`,
+    with continual evaluation, min-ACC and WC-ACC likewise, and the stability gap at each boundary (`task_gaps`,
     averaged over the seeds) from `curves`, the runs' continual_eval records."""
     out = {"experiment": exp.name, "section": exp.section, "benchmark": p["benchmark"], "dataset": p["dataset"],
            "seeds": p["seeds"], "spread": exp.spread, "scaled": p["scaled"], "device": device, "arms": {},
@@ -352,9 +351,13 @@ def summarize(exp: Experiment, p: dict, runs: Dict[str, List[dict]], tasks: List
             if values:
                 out["arms"][label].update({f"{key}_mean": float(np.mean(values)),
                                            f"{key}_spread": spread(values, exp.spread)})
-        gaps = [g for c in (curves or {}).get(label, []) if (g := first_task_gap(c)) is not None]
-        if gaps:
-            out["arms"][label]["first_task_gap"] = {k: float(np.mean([g[k] for g in gaps])) for k in gaps[0]}
+        per_seed = [g for c in (curves or {}).get(label, []) if (g := task_gaps(c))]
+        if per_seed:
+            out["arms"][label]["gaps"] = [
+                {"task": seeds[0]["task"], **{k: float(np.mean([g[k] for g in seeds]))
+                                              for k in ("at_end", "min_next", "steps_to_min", "end_next")},
+                 "min_next_spread": spread([g["min_next"] for g in seeds], exp.spread)}
+                for seeds in zip(*per_seed)]
     out["tasks"] = tasks
     return out
 
@@ -387,15 +390,20 @@ def table(summary: dict) -> str:
                      + (f" {summary.get('scratch_published') or '-'} |" if paper_head else ""))
     continual = {label: a for label, a in summary["arms"].items() if "min_acc_mean" in a}
     if continual:
-        lines += ["", f"| arm | min-ACC (mean +- {pm}) | WC-ACC (mean +- {pm}) | task 1 at its end | task 1 lowest "
-                      f"during task 2 (steps after the boundary) | task 1 at the end of task 2 |",
-                  "|---|---|---|---|---|---|"]
-        for label, a in continual.items():
-            g = a.get("first_task_gap")
-            gap = (f"{g['at_end']:.4f} | {g['min_next']:.4f} ({g['steps_to_min']:.1f}) | {g['end_next']:.4f}"
-                   if g else "- | - | -")
-            lines.append(f"| {label} | {a['min_acc_mean']:.4f} +- {a['min_acc_spread']:.4f} | "
-                         f"{a['wc_acc_mean']:.4f} +- {a['wc_acc_spread']:.4f} | {gap} |")
+        lines += ["", f"| arm | min-ACC (mean +- {pm}) | WC-ACC (mean +- {pm}) |", "|---|---|---|"]
+        lines += [f"| {label} | {a['min_acc_mean']:.4f} +- {a['min_acc_spread']:.4f} | "
+                  f"{a['wc_acc_mean']:.4f} +- {a['wc_acc_spread']:.4f} |" for label, a in continual.items()]
+        gapped = {label: a["gaps"] for label, a in continual.items() if a.get("gaps")}
+        if gapped:
+            n = max(len(g) for g in gapped.values())
+            lines += ["", "The stability gap at each boundary (mean over seeds): task j's accuracy at the end of its "
+                          "training -> its lowest while task j+1 trains (+- " + pm + "; steps after the boundary) -> "
+                          "at the end of task j+1", "",
+                      "| arm | " + " | ".join(f"task {j + 1} during task {j + 2}" for j in range(n)) + " |",
+                      "|---|" + "---|" * n]
+            lines += [f"| {label} | " + " | ".join(
+                f"{g['at_end']:.3f} -> {g['min_next']:.3f} +- {g['min_next_spread']:.3f} ({g['steps_to_min']:.1f}) "
+                f"-> {g['end_next']:.3f}" for g in gaps) + " |" for label, gaps in gapped.items()]
     if source:
         lines += ["", f"paper: {source['source']}."]
         if summary.get("dataset") != source["dataset"] or summary["scaled"]:
