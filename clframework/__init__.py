@@ -2,7 +2,8 @@
 
 Layers, bottom to top (each imports only from those below it):
   registry, recipe, benchmarks.stream, plugin (strategy interface), callbacks (observer interface)  ->  models,
-  evaluation, trainer, strategies, benchmarks  ->  experiment (run / compare)  ->  apps (cli, bench, reproduce, tune, runs).
+  evaluation, trainer, strategies, benchmarks  ->  config (RunConfig resolved and checked)  ->  runner (one run and its
+  folder)  ->  study (compare: many runs, aggregated)  ->  apps (cli, bench, reproduce, tune, runs).
 The public names below are resolved on first use (PEP 562), so `import clframework` and `clframework --help` do not
 pay for importing torch.
 """
@@ -23,8 +24,8 @@ _PUBLIC = {
     "Stream": "clframework.benchmarks", "Task": "clframework.benchmarks",
     "available_benchmarks": "clframework.benchmarks", "make_benchmark": "clframework.benchmarks",
     "register_benchmark": "clframework.benchmarks",
-    "RunConfig": "clframework.experiment", "RunResult": "clframework.experiment", "run": "clframework.experiment",
-    "compare": "clframework.experiment",
+    "RunConfig": "clframework.config", "RunResult": "clframework.runner", "run": "clframework.runner",
+    "compare": "clframework.study",
     "Backend": "clframework.parallel",
 }
 

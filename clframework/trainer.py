@@ -97,7 +97,7 @@ class TrainingDiverged(RuntimeError):
 
     def __init__(self, where: dict, loss: float, scorer: bool = False):
         self.where, self.loss, self.run, self.scorer = dict(where), loss, "", scorer
-        self.result: Optional[dict] = None  # the partial results the run recorded (set by experiment.run)
+        self.result: Optional[dict] = None  # the partial results the run recorded (set by runner.run)
         super().__init__()
 
     def __str__(self) -> str:

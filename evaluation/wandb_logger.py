@@ -125,7 +125,7 @@ def run_name(config: dict, prefix: Optional[str] = None) -> str:
 def _preset(config: dict) -> dict:
     """The hyperparameters a run of this strategy gets without any --set: its defaults and the benchmark's preset
     (at the run's memory size, whose row the DER-line presets depend on)."""
-    from clframework.experiment import RunConfig
+    from clframework.config import RunConfig
     from clframework.plugin import STRATEGIES
 
     defaults = STRATEGIES.get(config["strategy"]).defaults

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from clframework.benchmarks import make_benchmark
-from clframework.experiment import RunConfig, run
+from clframework import RunConfig, run
 from clframework.trainer import select_device
 
 

@@ -91,7 +91,7 @@ def python():
     a fresh import of torch."""
     from forkserver import ForkServer
 
-    with ForkServer(["torch", "clframework.experiment", "clframework.strategies", "clframework.apps.cli",
+    with ForkServer(["torch", "clframework.study", "clframework.strategies", "clframework.apps.cli",
                      "clframework.evaluation.plots"]) as server:  # most runs write their figures: matplotlib here once
         yield server
 

@@ -141,7 +141,7 @@ def serve(preload: list) -> None:
 
 
 class ForkServer:
-    """Client: `with ForkServer(["torch", "clframework.experiment"]) as fs: pid = fs.start([...]); fs.wait(pid)`.
+    """Client: `with ForkServer(["torch", "clframework.study"]) as fs: pid = fs.start([...]); fs.wait(pid)`.
     A preload entry `module:function` also calls that argument-less loader once for all children (see _load_once)."""
 
     def __init__(self, preload=(), cwd=None, env=None):

@@ -15,7 +15,7 @@ import torch
 
 import clframework.strategies.ewc as ewc
 from clframework.benchmarks import make_benchmark
-from clframework.experiment import RunConfig, run
+from clframework import RunConfig, run
 from clframework.plugin import STRATEGIES
 
 torch.set_num_threads(1)

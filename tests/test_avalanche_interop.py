@@ -7,7 +7,7 @@ avalanche_generators = pytest.importorskip("avalanche.benchmarks.scenarios.depre
                                            reason="avalanche-lib (optional extra) is not installed")
 
 from clframework.benchmarks.avalanche_interop import from_avalanche, infer_setting  # noqa: E402
-from clframework.experiment import RunConfig, run  # noqa: E402
+from clframework import RunConfig, run  # noqa: E402
 
 pytestmark = pytest.mark.slow  # imports Avalanche and trains through it
 

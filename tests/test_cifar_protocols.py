@@ -8,7 +8,7 @@ import torch
 from clframework import load, make_benchmark
 from clframework.apps.cli import main
 from clframework.benchmarks.der import BEST, PUBLISHED, best_row
-from clframework.experiment import RunConfig
+from clframework import RunConfig
 from fake_datasets import cifar_arrays, write_cifar10, write_cifar100
 
 

@@ -86,7 +86,7 @@ def test_misspelled_strategy_or_benchmark_suggests_the_name(capsys):
 
 def test_tasks_runs_the_first_n_tasks_with_only_their_outputs(tmp_path):
     from clframework.benchmarks import make_benchmark
-    from clframework.experiment import RunConfig, build_stream
+    from clframework.config import RunConfig, build_stream
 
     assert main(["run", "--strategy", "naive", "--tasks", "2", "--epochs", "1", "--hidden", "16", "--quiet",
                  "--out", str(tmp_path / "r")]) == 0
@@ -150,7 +150,7 @@ def test_results_record_their_provenance(tmp_path, python):
 def test_api_compare_on_a_custom_stream_records_its_name_and_call(tmp_path, mnist_stream):
     from dataclasses import replace
 
-    from clframework.experiment import RunConfig, compare
+    from clframework import RunConfig, compare
 
     stream = replace(mnist_stream, name="my-digits")
     summary = compare(["naive"], "split-mnist-5k", seeds=1, out_dir=tmp_path / "c", quiet=True,

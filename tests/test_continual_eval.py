@@ -10,7 +10,7 @@ from torch import nn
 from clframework import Trainer, make_strategy, mlp
 from clframework.benchmarks import make_benchmark
 from clframework.evaluation.continual import ContinualEvaluator
-from clframework.experiment import RunConfig, run
+from clframework import RunConfig, run
 
 
 def _small(stream, train=192, test=100):

@@ -7,7 +7,7 @@ import torch
 
 from clframework import Strategy, Trainer, make_strategy, mlp
 from clframework.apps.bench import shrink
-from clframework.experiment import RunConfig, run
+from clframework import RunConfig, run
 
 # bf16 keeps 8 bits of mantissa: a few test examples near the decision boundary may flip (2 tasks x 2,000 test
 # examples here); every cell of the matrix must stay within this of the float32 run's

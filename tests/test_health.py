@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from clframework.evaluation import health as H
-from clframework.experiment import RunConfig, run
+from clframework import RunConfig, run
 
 
 def test_a_learned_task_passes_and_each_failure_names_task_accuracy_and_two_things_to_try():

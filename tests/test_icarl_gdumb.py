@@ -17,7 +17,7 @@ from clframework.apps.bench import shrink
 from clframework.augment import CropFlip
 from clframework.benchmarks import make_benchmark
 from clframework.benchmarks.registry import benchmark_protocol
-from clframework.experiment import RunConfig
+from clframework import RunConfig
 from clframework.models import MultiHeadNet, build_model, penultimate, reduced_resnet18
 from clframework.registry import RegistryError
 from clframework.strategies.gdumb import cutmix, greedy_balanced, sgdr_lr

@@ -10,7 +10,7 @@ from clframework import load
 from clframework.benchmarks import split
 from clframework.benchmarks.scenarios import from_tensors
 from clframework.evaluation.plots import Figures
-from clframework.experiment import RunConfig, run
+from clframework import RunConfig, run
 
 NO_FIGURES = Figures(runs=False, study=False)
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from clframework import RegistryError, Trainer, make_strategy
 from clframework.benchmarks import Stream, Task
-from clframework.experiment import RunConfig
+from clframework import RunConfig
 from clframework.models import (MODELS, MultiHeadNet, available_models, build_model, model_name, register_model,
                                 resnet_trunk)
 from clframework.strategies.ewc import fisher_diagonal

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from clframework.benchmarks import Protocol
-from clframework.experiment import RunConfig, compare, run
+from clframework import RunConfig, compare, run
 
 CLI = ["-m", "clframework"]  # `python -m clframework`, run by the `python` fixture
 

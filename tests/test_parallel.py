@@ -8,7 +8,7 @@ import time
 import pytest
 
 from clframework.apps.cli import main
-from clframework.experiment import RunConfig, compare
+from clframework import RunConfig, compare
 from clframework.parallel import Backend, parse_jobs
 from clframework.registry import import_plugin
 

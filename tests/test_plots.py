@@ -236,7 +236,7 @@ def test_chance_levels_follow_the_heads():
 
 def test_si_with_c0_trains_like_naive(mnist_stream):
     """Fig. 5's fine-tuning row comes from SI with c=0: same training as naive, plus the recorded omega."""
-    from clframework.experiment import RunConfig, run
+    from clframework import RunConfig, run
 
     def go(strategy, hparams):
         cfg = RunConfig(strategy=strategy, benchmark="split-mnist-5k", hparams=hparams, epochs=1, hidden=[16], seed=5)
@@ -288,7 +288,7 @@ def test_the_training_loss_every_k_steps_averages_to_the_epochs_loss(mnist_strea
     """800 examples a task in minibatches of 64: 13 steps, under trainer.LOSS_POINTS, so a point every step; the
     points weighted by their rows (12 x 64, then 32) average to the epoch's loss. The training figure draws them
     against the step: a curve for a one-epoch task, not a dot."""
-    from clframework.experiment import RunConfig, run
+    from clframework import RunConfig, run
 
     result = run(RunConfig("naive", "split-mnist-5k", epochs=1, hidden=[16], batch_size=64), quiet=True,
                  stream=mnist_stream)

@@ -7,7 +7,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from clframework.experiment import RunConfig, compare  # noqa: E402
+from clframework import RunConfig, compare  # noqa: E402
 from clframework.parallel import Backend  # noqa: E402
 from clframework.registry import import_plugin  # noqa: E402
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clframework import Strategy, Trainer, TrainerCallback, make_strategy, mlp
-from clframework.experiment import RunConfig, run
+from clframework import RunConfig, run
 from clframework.evaluation.plots import Figures
 from clframework.recipe import RECIPE_FIELDS, Recipe, cosine_lr, step_lr
 

@@ -27,7 +27,7 @@ from clframework.apps.cli import main
 from clframework.benchmarks import Stream, Task, make_benchmark
 from clframework.checkpoint import LOCK, OutputFolder, load_checkpoint
 from clframework.evaluation.results import OutputError, write_json
-from clframework.experiment import compare
+from clframework import compare
 from clframework.models import forward_heads
 from clframework.plugin import STRATEGIES, Batch, available_strategies
 from clframework.trainer import Trainer, TrainerCallback, TrainingDiverged, TrainingFailed
@@ -1119,7 +1119,7 @@ WANDB_API_STUDY = textwrap.dedent('''
     from dataclasses import replace
     from clframework import RunConfig
     from clframework.evaluation.wandb_logger import WandbLogger
-    from clframework.experiment import compare
+    from clframework import compare
     from clframework.parallel import Backend
 
     warnings.simplefilter("always")  # every warning printed, so none hides another

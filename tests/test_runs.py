@@ -7,7 +7,7 @@ import pytest
 from clframework.apps.cli import main
 from clframework.apps.runs import find
 from clframework.checkpoint import OutputFolder
-from clframework.experiment import RunConfig, run
+from clframework import RunConfig, run
 from clframework.plugin import Strategy, register_strategy
 from clframework.trainer import TrainerCallback, TrainingDiverged, TrainingFailed
 
@@ -86,7 +86,7 @@ def test_run_statuses_with_tasks_epochs_and_seeds(tmp_path, scratch_registry, ca
 @pytest.mark.slow
 def test_partial_reproduce_and_interrupted_compare_are_not_finished(tmp_path):
     from clframework.apps.reproduce import reproduce
-    from clframework.experiment import compare
+    from clframework import compare
 
     out = tmp_path / "runs" / "repro"
     starts = []

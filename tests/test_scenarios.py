@@ -9,7 +9,7 @@ from torchvision.datasets import FakeData
 
 from clframework.benchmarks import (BENCHMARKS, LabeledData, benchmark_protocol, from_dataset, from_task_data, from_tensors,
                         holdout, make_benchmark, permutations, permuted, split, split_cifar10_100)
-from clframework.experiment import RunConfig, run
+from clframework import RunConfig, run
 from fake_datasets import cifar_arrays, mnist_arrays, write_cifar10, write_cifar100, write_idx_set
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from clframework.apps.cli import main
 from clframework.benchmarks import make_benchmark
-from clframework.experiment import RunConfig
+from clframework import RunConfig
 from fake_datasets import mnist_arrays, write_idx_set
 
 

@@ -52,7 +52,7 @@ def test_cpu_seconds_count_this_process_working_not_waiting(mnist_stream, tmp_pa
     import time
 
     from clframework import TrainerCallback
-    from clframework.experiment import RunConfig, run
+    from clframework import RunConfig, run
 
     class Sleeper(TrainerCallback):
         def on_epoch_end(self, *args):

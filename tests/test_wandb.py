@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from clframework.apps.cli import main
-from clframework.experiment import RunConfig, run
+from clframework import RunConfig, run
 from clframework.evaluation.wandb_logger import WandbLogger, check_mode, read_offline_run
 from test_runs import CtrlC
 

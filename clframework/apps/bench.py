@@ -774,8 +774,9 @@ def run_study_bench(config: StudyBenchConfig, progress: Callable[[str], None] = 
     matrices equal jobs1's (one thread each: they must), the machine's capacity and the load average around each."""
     from dataclasses import replace
 
-    from ..experiment import RunConfig, compare
+    from ..config import RunConfig
     from ..parallel import cores
+    from ..study import compare
 
     config.check()
     base = RunConfig(config.strategies[0], config.benchmark, epochs=config.epochs, tasks=config.tasks, device="cpu")

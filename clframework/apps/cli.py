@@ -415,7 +415,7 @@ def _strategy_registry(args):
 
 
 def _base_config(args, strategy: str):
-    from ..experiment import RunConfig
+    from ..config import RunConfig
 
     hidden, options = _hidden(args), _benchmark_options(args)
     return RunConfig(strategy=strategy, benchmark=args.benchmark, seed=getattr(args, "seed", 0), epochs=args.epochs,
@@ -496,7 +496,7 @@ def _list_on_benchmark(name: str) -> int:
 
     from clframework.benchmarks.registry import BENCHMARKS, benchmark_protocol
 
-    from ..experiment import RunConfig
+    from ..config import RunConfig
     from ..plugin import STRATEGIES
 
     print(f"benchmark {name}: {BENCHMARKS.get(name).description}")
@@ -526,7 +526,7 @@ def _list_on_benchmark(name: str) -> int:
 
 def cmd_run(args) -> int:
     _check_before_torch(args, [args.strategy])
-    from ..experiment import run
+    from ..runner import run
 
     cfg = _base_config(args, args.strategy)
     cfg.hparams = _parse_sets(args.set)
@@ -554,7 +554,9 @@ def cmd_compare(args) -> int:
         _check_before_torch(args, strategies)
         backend = _backend(args)
         figures = _figures(args)
-        from ..experiment import compare, format_table
+        from clframework.evaluation.aggregate import format_console
+
+        from ..study import compare
 
         hparams = _parse_strategy_sets(args.set, strategies)
         out = args.out or Path("runs") / f"compare-{args.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -566,7 +568,7 @@ def cmd_compare(args) -> int:
                           callbacks_for=callbacks_for, summary_callbacks=[summary_logger] if summary_logger else (),
                           **_folder_options(args), backend=backend, progress=progress,
                           checkpoint_dir=args.checkpoint_dir, figures=figures)
-    print(format_table(summary))
+    print(format_console(summary))
     print(f"summary: {out / 'summary.json'}")
     if summary["failed"]:
         names = ", ".join(f"{f['strategy']} seed {f['seed']}" for f in summary["failed"])

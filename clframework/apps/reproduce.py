@@ -29,13 +29,14 @@ from clframework.evaluation.results import write_json, write_text
 from .. import provenance
 from ..checkpoint import OutputFolder
 from ..augment import make_augment
-from ..experiment import (DEFAULT_CHECKPOINT_EVERY, STUDY_FIGURES, RunConfig, augment_seed, compare_configs, model_for,
-                          recipe_of, study_plugins, write_plan)
+from ..config import RunConfig, augment_seed, model_for, recipe_of
 from ..models import model_name
 from ..recipe import RECIPE_FIELDS
 from ..parallel import Backend, Executor, open_executor
 from ..plugin import STRATEGIES, make_strategy
 from ..progress import StudyProgress
+from ..runner import DEFAULT_CHECKPOINT_EVERY
+from ..study import STUDY_FIGURES, compare_configs, study_plugins, write_plan
 from ..trainer import Trainer, seed_everything, select_device
 from .paper import (DER_ORDER, EXPERIMENTS, NOT_IN_PAPER, PAPER_SOURCE, Arm, Experiment,  # noqa: F401 (re-exported)
                     _published, check_request, der_table_arms, select_arms)

@@ -12,11 +12,12 @@ import numpy as np
 from clframework.benchmarks.scenarios import holdout
 from clframework.evaluation.results import write_json
 
-from ..experiment import (DEFAULT_CHECKPOINT_EVERY, STUDY_FIGURES, RunConfig, RunJob, build_stream, check_study,
-                          in_study_folders, run_study, slug, study_plugins, with_stream_protocol, write_plan)
+from ..config import RunConfig, build_stream, check_study, with_stream_protocol
 from ..parallel import Backend, open_executor
 from ..progress import StudyProgress
 from ..registry import RegistryError
+from ..runner import DEFAULT_CHECKPOINT_EVERY
+from ..study import STUDY_FIGURES, RunJob, in_study_folders, run_study, slug, study_plugins, write_plan
 
 
 def parse_grid(items: Sequence[str]) -> Dict[str, List[str]]:
