@@ -246,8 +246,9 @@ def _class_folders(root: Path, expected: str, fix: str) -> Dict[str, List[Path]]
 def image_folder(root, size: int = 224, test_fraction: float = 0.2, split_seed: int = 0, normalize=Normalize(255.0),
                  name: str = "") -> LabeledData:
     """An ImageFolder tree: one folder per class of images (`root/<class>/*.jpg`, classes numbered in sorted folder
-    order and named by their folders), either with `train/` and `test/` (or `val/`) subtrees or without, then `test_fraction` of each class's
-    images (drawn with `split_seed`) are held out for testing. Images are resized and center-cropped to `size`."""
+    order and named by their folders), either with `train/` and `test/` (or `val/`) subtrees or without, then
+    `test_fraction` of each class's images (drawn with `split_seed`) are held out for testing. Images are resized and
+    center-cropped to `size`."""
     root = Path(root)
     expected = "one folder per class holding its images (root/<class>/*.jpg), or train/ and test/ (or val/) folders " \
                "laid out that way"

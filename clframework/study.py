@@ -1,5 +1,5 @@
-"""A study: several labelled configurations, each for seeds 0..N-1, run on one shared stream (in turn, in worker
-processes or on Ray), each run written to its own folder, aggregated head to head into summary.json."""
+"""A study: several labelled configurations, each for the same seeds (0..N-1, or named), run on one shared stream (in
+turn, in worker processes or on Ray), each run written to its own folder, aggregated head to head into summary.json."""
 from __future__ import annotations
 
 import traceback
@@ -23,19 +23,30 @@ from .plugin import STRATEGIES
 from .progress import StudyProgress
 from .registry import RegistryError
 from .runner import DEFAULT_CHECKPOINT_EVERY, data_source, run_in_study_folder, write_run
+from .seeds import Seeds, seed_list
 from .trainer import TrainerCallback, TrainingDiverged, TrainingFailed, select_device
 
 
 STUDY_FIGURES = Figures(runs=False)  # a study's default: its own figures, not one set per run
 
 
-def slug(label: str) -> str:
-    """A folder name for a label such as "SI (c=0.1)" -> "si-c-0-1"."""
-    return "-".join("".join(ch if ch.isalnum() else " " for ch in label.lower()).split())
+def slug(label: str, keep: str = "_") -> str:
+    """A folder name for a label such as "SI (c=0.1)" -> "si-c-0-1"; a strategy id keeps its underscores (er_ace)."""
+    return "-".join("".join(ch if ch.isalnum() or ch in keep else " " for ch in label.lower()).split())
 
 
-def compare(strategies: Sequence[str], benchmark: Optional[str] = None, seeds: int = 3, out_dir: Optional[Path] = None,
-            quiet: bool = False, base: Optional[RunConfig] = None, hparams: Optional[Dict[str, dict]] = None,
+def run_folder(label: str, seed: int, *roots: Optional[Path]) -> str:
+    """A study's run folder, `<slug(label)>-seed<k>` (`er_ace-seed0`). A study made before ids kept their
+    underscores has `er-ace-seed0`: where one of `roots` holds that folder and not the new one, it is used (resumed
+    and read in place)."""
+    new, old = f"{slug(label)}-seed{seed}", f"{slug(label, keep='')}-seed{seed}"
+    if old != new and any(r is not None and (r / old).is_dir() and not (r / new).exists() for r in roots):
+        return old
+    return new
+
+
+def compare(strategies: Sequence[str], benchmark: Optional[str] = None, seeds: Seeds = 3,
+            out_dir: Optional[Path] = None, quiet: bool = False, base: Optional[RunConfig] = None, hparams: Optional[Dict[str, dict]] = None,
             callbacks_for=None, *, resume: bool = False, overwrite: bool = False,
             checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, stream=None, summary_callbacks: Sequence = (),
             backend: Optional[Backend] = None, progress: Optional[StudyProgress] = None,
@@ -71,7 +82,7 @@ def compare(strategies: Sequence[str], benchmark: Optional[str] = None, seeds: i
                            backend=backend, progress=progress, checkpoint_dir=checkpoint_dir, figures=figures)
 
 
-def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional[Path] = None, quiet: bool = False,
+def compare_configs(configs: Dict[str, RunConfig], seeds: Seeds, out_dir: Optional[Path] = None, quiet: bool = False,
                     callbacks_for=None, *, resume: bool = False, overwrite: bool = False,
                     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, stream=None,
                     summary_callbacks: Sequence = (), backend: Optional[Backend] = None,
@@ -79,7 +90,8 @@ def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional
                     executor: Optional[Executor] = None,
                     on_run: Optional[Callable[[str, int, dict], None]] = None,
                     figures: Figures = STUDY_FIGURES) -> dict:
-    """Run each labelled configuration (all on one benchmark) for seeds 0..seeds-1 and aggregate them head to head.
+    """Run each labelled configuration (all on one benchmark) for each seed (seeds: a count N, 0..N-1, or the seeds
+    themselves, e.g. [0, 3, 7]) and aggregate them head to head.
 
     Every configuration is checked before the first run starts; the stream is built once (unless given) and shared.
     A run that diverges is recorded (summary["diverged"]) and left out of the statistics; the others go on.
@@ -93,8 +105,8 @@ def compare_configs(configs: Dict[str, RunConfig], seeds: int, out_dir: Optional
     started = provenance.now()
     if not configs:
         raise ValueError("give at least one configuration to compare")
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"--seeds must be an integer >= 1, got {seeds!r}")
+    seed_list(seeds)  # a count >= 1 or the seeds named: ValueError before anything is built
+    seeds = seeds if isinstance(seeds, int) else list(seeds)
     configs = {label: with_stream_protocol(cfg, stream) for label, cfg in configs.items()}
     for cfg in configs.values():
         cfg.resolved()
@@ -245,7 +257,7 @@ def run_study(executor: Executor, jobs: Sequence[RunJob], progress: StudyProgres
     return executor.map(run_job, jobs, done, lost)
 
 
-def write_plan(out_dir: Path, kind: str, benchmark: str, configs: Sequence[RunConfig], seeds: int, tasks: int,
+def write_plan(out_dir: Path, kind: str, benchmark: str, configs: Sequence[RunConfig], seeds: Seeds, tasks: int,
                runs: int) -> Path:
     """study.json, before the first run: what the study will hold, so that `clframework runs` can tell a study
     stopped part-way (k of `runs` run folders finished) from a finished one."""
@@ -273,23 +285,24 @@ def _compare(configs, seeds, quiet, callbacks_for, checkpoint_every, stream, sta
     first = next(iter(configs.values()))
     summary = {"benchmark": benchmark, "protocol": protocol_source(first), "tasks": stream.task_names,
                "setting": stream.setting, "benchmark_options": first.resolved()["benchmark_options"],
-               "seeds": list(range(seeds)), "strategies": {}, "diverged": [], "failed": []}
+               "seeds": seed_list(seeds), "strategies": {}, "diverged": [], "failed": []}
     api_call = {"function": "clframework.compare", "seeds": seeds,
                 "configs": {label: cfg.as_record() for label, cfg in configs.items()}}
     record = provenance.collect(api_call, {label: overrides(cfg) for label, cfg in configs.items()},
                                 str(select_device(first.device)), started, data_source(stream))
-    pairs = [(name, seed) for name in configs for seed in range(seeds)]
+    pairs = [(name, seed) for name in configs for seed in seed_list(seeds)]
+    folders = [run_folder(name, seed, out_dir, runs_root) for name, seed in pairs]
     if resume and runs_root is not None:
-        _refuse_a_subset(out_dir, runs_root, {f"{slug(name)}-seed{seed}" for name, seed in pairs})
+        _refuse_a_subset(out_dir, runs_root, set(folders))
     if out_dir is not None and not (out_dir / STUDY).exists():  # reproduce wrote its own plan
         write_plan(out_dir, "compare", benchmark, list(configs.values()), seeds, len(stream), len(pairs))
     jobs = [RunJob(f"{name} seed {seed}", replace(configs[name], seed=seed),
-                   runs_root / f"{slug(name)}-seed{seed}" if runs_root is not None else None,
+                   runs_root / folder if runs_root is not None else None,
                    tuple(callbacks_for(name, seed)) if callbacks_for else (), quiet or backend.parallel,
                    # a run retried after its worker died finds its own checkpoint: it must continue from it
                    resume or backend.parallel, checkpoint_every, benchmark, figures, backend.threads)
-            for name, seed in pairs]
-    result_dirs = [out_dir / f"{slug(name)}-seed{seed}" if out_dir is not None else None for name, seed in pairs]
+            for (name, seed), folder in zip(pairs, folders)]
+    result_dirs = [out_dir / folder if out_dir is not None else None for folder in folders]
     progress.add(len(jobs))
     on_result = (lambda i, result: on_run(*pairs[i], result)) if on_run is not None else None
     if executor is None:

@@ -314,3 +314,77 @@ def test_list_benchmark_shows_the_values_a_run_on_it_uses(tmp_path, cli):
 def test_list_benchmark_refuses_an_unknown_name(cli):
     proc = cli("list", "--benchmark", "seq-cifar")
     assert proc.returncode == 2 and "unknown benchmark 'seq-cifar'; did you mean 'seq-cifar10'?" in proc.stderr
+
+
+def test_seeds_a_count_or_named_with_commas_and_ranges():
+    from clframework.seeds import parse_seeds, seed_list
+
+    assert parse_seeds("3") == 3 and seed_list(3) == [0, 1, 2]
+    assert parse_seeds("0,3,7") == [0, 3, 7] and parse_seeds("10-12") == [10, 11, 12] and parse_seeds("7,") == [7]
+    assert parse_seeds(" 5, 0-1 ") == [5, 0, 1] and seed_list((4, 2)) == [4, 2]  # in the order named
+    for text, message in (("0", "--seeds must be an integer >= 1, got 0"), ("x", "got 'x'"), ("3-1", "got '3-1'"),
+                          ("1,2-3,2", r"seed\(s\) 2 named more than once"), (",", "names no seed"), ("-1", "got '-1'")):
+        with pytest.raises(ValueError, match=message):
+            parse_seeds(text)
+    for bad in ([], [1, -1], [True], "0,1", 2.0):
+        with pytest.raises(ValueError):
+            seed_list(bad)
+
+
+TINY_STUDY = ("--tasks", "2", "--epochs", "1", "--hidden", "16", "--plots", "none", "--quiet")
+
+
+@pytest.mark.slow  # a study, a run, its resume: 7 s
+def test_compare_named_seeds_their_folders_plan_summary_and_resume(tmp_path, cli):
+    """Issue 31 item 8: `--seeds 1,3` runs seeds 1 and 3 (each as `run --seed k` trains it), named so in the run
+    folders, study.json and summary.json; --resume with fewer seeds is refused naming the runs it would drop; a bad
+    value is one line before anything is written."""
+    out = tmp_path / "c"
+    proc = cli("compare", "--strategies", "naive,er_ace", "--seeds", "1,3", *TINY_STUDY, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["er_ace-seed1", "er_ace-seed3", "naive-seed1",
+                                                                   "naive-seed3"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [1, 3] and json.loads((out / "study.json").read_text())["seeds"] == [1, 3]
+    assert [r["seed"] for r in summary["strategies"]["er_ace"]["runs"]] == [1, 3]
+    single = cli("run", "--strategy", "naive", "--seed", "3", *TINY_STUDY, "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    assert json.loads((out / "naive-seed3" / "results.json").read_text())["accuracy_matrix"] == \
+        json.loads((tmp_path / "one" / "results.json").read_text())["accuracy_matrix"]
+    before = (out / "naive-seed1" / "results.json").read_text()
+    again = cli("compare", "--strategies", "naive,er_ace", "--seeds", "1,3", *TINY_STUDY, "--out", str(out), "--resume")
+    assert again.returncode == 0 and (out / "naive-seed1" / "results.json").read_text() == before  # not trained again
+    fewer = cli("compare", "--strategies", "naive,er_ace", "--seeds", "3,", *TINY_STUDY, "--out", str(out), "--resume")
+    assert fewer.returncode == 2 and "also holds the runs er_ace-seed1, naive-seed1 of this study" in fewer.stderr
+    bad = cli("compare", "--seeds", "1,x", *TINY_STUDY, "--out", str(tmp_path / "never"))
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "clframework: error: --seeds takes a count or seeds named with commas and ranges (N: seeds 0..N-1; 0,3,7; "
+        "10-14; one seed alone: 7,), got '1,x'"]
+    assert not (tmp_path / "never").exists()
+
+
+def test_run_folders_are_strategy_ids_and_a_study_with_the_old_names_resumes(tmp_path, cli):
+    """Run folders carry the strategy id (`er_ace-seed0`, no longer `er-ace-seed0`); a study made with the old names
+    resumes in its folders: nothing trained again, no second folder, its summary whole."""
+    out = tmp_path / "c"
+    args = ("compare", "--strategies", "er_ace", "--seeds", "1", *TINY_STUDY, "--out", str(out))
+    assert cli(*args).returncode == 0
+    assert (out / "er_ace-seed0" / "results.json").is_file()
+    (out / "er_ace-seed0").rename(out / "er-ace-seed0")  # as a study made before this change named it
+    (out / "summary.json").unlink()
+    finished = (out / "er-ace-seed0" / "results.json").read_text()
+    proc = cli(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "er-ace-seed0" / "results.json").read_text() == finished and not (out / "er_ace-seed0").exists()
+    run = json.loads(finished)
+    assert json.loads((out / "summary.json").read_text())["strategies"]["er_ace"]["runs"][0]["accuracy_matrix"] == \
+        run["accuracy_matrix"]
+
+
+def test_tune_named_seeds(tmp_path, cli):
+    out = tmp_path / "t"
+    proc = cli("tune", "--strategy", "si", "--grid", "c=0.1", "--seeds", "2,", *TINY_STUDY, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["test-c-0-1-seed2", "valid-c-0-1-seed2"]
+    assert json.loads((out / "tune.json").read_text())["seeds"] == [2]
+    assert json.loads((out / "test-c-0-1-seed2" / "results.json").read_text())["seed"] == 2

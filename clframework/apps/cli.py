@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 from .. import __version__, provenance
 from ..recipe import RECIPE_FIELDS
 from ..registry import RegistryError, import_plugin
+from ..seeds import HELP as SEEDS_HELP, parse_seeds
 from .interrupt import deferred_in_imports
 
 DEFAULT_STRATEGIES = "naive,ewc,si"
@@ -256,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     _wandb_args(rp)
     cp = sub.add_parser("compare", help="run strategies x seeds on one benchmark and write summary.json")
     cp.add_argument("--strategies", default=DEFAULT_STRATEGIES, help=f"comma-separated (default {DEFAULT_STRATEGIES})")
-    cp.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default 3)")
+    cp.add_argument("--seeds", default="3", help=f"{SEEDS_HELP} (default 3)")
     _common(cp)
     _plot_args(cp, "study")
     _wandb_args(cp)
@@ -291,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--strategy", required=True, help="registered strategy whose hyperparameters are searched")
     tp.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="values to try")
     tp.add_argument("--validation", type=float, default=0.1, help="fraction of training data held out (default 0.1)")
-    tp.add_argument("--seeds", type=int, default=1, help="seeds per grid point (default 1)")
+    tp.add_argument("--seeds", default="1", help=f"per grid point: {SEEDS_HELP} (default 1)")
     _common(tp)
     _plot_args(tp, "study")
     _wandb_args(tp)
@@ -390,7 +391,9 @@ def _check_before_torch(args, strategies: List[str]) -> None:
 
     BENCHMARKS.check_hparams(args.benchmark, _benchmark_options(args))
     _hidden(args)
-    if getattr(args, "seeds", 1) < 1:
+    if isinstance(getattr(args, "seeds", 1), str):  # compare's: a count or the seeds named
+        args.seeds = parse_seeds(args.seeds)
+    elif getattr(args, "seeds", 1) < 1:
         raise ValueError(f"--seeds must be an integer >= 1, got {args.seeds!r}")
     _backend(args)
     _figures(args)

@@ -17,7 +17,8 @@ from ..parallel import Backend, open_executor
 from ..progress import StudyProgress
 from ..registry import RegistryError
 from ..runner import DEFAULT_CHECKPOINT_EVERY
-from ..study import STUDY_FIGURES, RunJob, in_study_folders, run_study, slug, study_plugins, write_plan
+from ..seeds import Seeds, seed_list
+from ..study import STUDY_FIGURES, RunJob, in_study_folders, run_folder, run_study, study_plugins, write_plan
 
 
 def parse_grid(items: Sequence[str]) -> Dict[str, List[str]]:
@@ -34,7 +35,7 @@ def parse_grid(items: Sequence[str]) -> Dict[str, List[str]]:
     return grid
 
 
-def tune(base: RunConfig, grid: Dict[str, List[str]], validation: float = 0.1, seeds: int = 1,
+def tune(base: RunConfig, grid: Dict[str, List[str]], validation: float = 0.1, seeds: Seeds = 1,
          out_dir: Optional[Path] = None, quiet: bool = False, log=print, *, resume: bool = False,
          overwrite: bool = False, checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, backend: Optional[Backend] = None,
          progress: Optional[StudyProgress] = None, checkpoint_dir: Optional[Path] = None, callbacks_for=None,
@@ -44,9 +45,10 @@ def tune(base: RunConfig, grid: Dict[str, List[str]], validation: float = 0.1, s
     accuracy and cannot be chosen (tune["diverged"] lists it). `callbacks_for(config)` gives each run its
     callbacks (W&B loggers). backend: where the runs execute (parallel.py). figures: a search has no study figures;
     each run's own are written only if asked (`Figures(runs=True)`). stream: a stream of your own (trained by the
-    base's benchmark protocol if it names one, else by the stream's own)."""
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"--seeds must be an integer >= 1, got {seeds!r}")
+    base's benchmark protocol if it names one, else by the stream's own). seeds: per grid point, a count N (0..N-1)
+    or the seeds themselves."""
+    seed_list(seeds)  # a count >= 1 or the seeds named: ValueError now
+    seeds = seeds if isinstance(seeds, int) else list(seeds)
     if not 0 < validation < 1:
         raise ValueError(f"--validation must be a fraction in (0, 1), got {validation}")
     base = with_stream_protocol(base, stream)
@@ -70,21 +72,22 @@ def tune(base: RunConfig, grid: Dict[str, List[str]], validation: float = 0.1, s
 def _tune(base, keys, configs, resolved, stream, seeds, quiet, log, checkpoint_every, backend, plugins, progress,
           callbacks_for, figures, out_dir, runs_root, resume) -> dict:
     validation = stream.info["validation"]["fraction"]
-    diverged = []
+    diverged, named = [], seed_list(seeds)
+    n = len(named)
 
     def jobs(split: str, cfg: RunConfig, point: dict):
         """The seeds of one grid point on one split, with their folders in the runs root and in out_dir."""
-        name = slug("-".join(f"{k}-{v}" for k, v in point.items()))
-        folder = [f"{split}-{name}-seed{s}" for s in range(seeds)]
+        label = "-".join([split] + [f"{k}-{v}" for k, v in point.items()])
+        folder = [run_folder(label, s, out_dir, runs_root) for s in named]
         return ([RunJob(f"{base.strategy} {point} seed {s} ({split})", replace(cfg, seed=s),
-                        runs_root / folder[s] if runs_root is not None else None,
+                        runs_root / f if runs_root is not None else None,
                         tuple(callbacks_for(replace(cfg, seed=s))) if callbacks_for else (), quiet or backend.parallel,
                         resume or backend.parallel, checkpoint_every, figures=figures, threads=backend.threads)
-                 for s in range(seeds)],
+                 for s, f in zip(named, folder)],
                 [out_dir / f if out_dir is not None else None for f in folder])
 
     def accuracies(split: str, point: dict, results: List[dict]) -> List[Optional[float]]:
-        for seed, res in enumerate(results):
+        for seed, res in zip(named, results):
             if "_diverged" in res:
                 diverged.append({"point": point, "seed": seed, "split": split,
                                  "diverged_at": res["_diverged"]["diverged_at"]})
@@ -92,15 +95,14 @@ def _tune(base, keys, configs, resolved, stream, seeds, quiet, log, checkpoint_e
 
     points = [{k: hp[k] for k in keys} for hp in resolved]
     valid = [jobs("valid", cfg, point) for cfg, point in zip(configs, points)]
-    progress.add(len(points) * seeds + seeds)  # the chosen value's test runs included
+    progress.add(len(points) * n + n)  # the chosen value's test runs included
     if out_dir is not None:
-        write_plan(out_dir, "tune", base.benchmark or stream.name, configs, seeds, len(stream),
-                   len(points) * seeds + seeds)
+        write_plan(out_dir, "tune", base.benchmark or stream.name, configs, seeds, len(stream), len(points) * n + n)
     with open_executor(backend, stream, plugins, base.device) as ex:
         done = run_study(ex, [j for js, _ in valid for j in js], progress, [d for _, ds in valid for d in ds])
         results = []
         for i, point in enumerate(points):
-            accs = accuracies("valid", point, done[i * seeds:(i + 1) * seeds])
+            accs = accuracies("valid", point, done[i * n:(i + 1) * n])
             ok = [a for a in accs if a is not None]
             results.append({"point": point, "valid_acc_mean": float(np.mean(ok)) if len(ok) == len(accs) else None,
                             "valid_accs": accs})
