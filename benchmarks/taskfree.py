@@ -4,7 +4,8 @@ A task-free stream is a `Stream` with `info["task_free"] = True`. Its tasks are 
 stream: each stretch's training split is in stream order (the trainer keeps that order, trains it once, keeps one
 optimizer, and calls `on_task_start` before the first stretch and `on_task_end` after the last only); its test split
 is the test data of one underlying task, scored after every stretch (and at every --eval-every step). Strategies that
-need boundaries refuse such a stream before training (`plugin.check_boundaries`). Class-incremental, one head.
+need boundaries (a "boundaries" need) refuse such a stream before training (`plugin.check_needs`). Class-incremental,
+one head.
 
 - `iblurry`: i-Blurry-N-M (Koh et al., ICLR 2022, "Online continual learning on class incremental blurry task
   configuration with anytime inference", Sec. 3): N% of the classes are disjoint (each seen in one task only), the

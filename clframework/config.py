@@ -14,7 +14,7 @@ from clframework.evaluation.continual import check_settings as check_eval
 from .augment import check_augment, check_augment_fits
 from .checkpoint import as_json
 from .models import ModelSpec, build_model, model_factory, model_name
-from .plugin import STRATEGIES, check_boundaries, check_needs, make_strategy
+from .plugin import STRATEGIES, check_needs, make_strategy
 from .recipe import RECIPE_FIELDS, Recipe
 from .trainer import check_fast_step, select_device
 
@@ -201,13 +201,10 @@ def overrides(config: RunConfig) -> dict:
     return out
 
 
-def check_task_free(config: RunConfig, cfg: dict, stream) -> None:
-    """A task-free stream takes only strategies that need no task boundaries, seen once (epochs 1): ValueError."""
-    if not stream.task_free:
-        return
-    check_boundaries(make_strategy(config.strategy, **cfg["hparams"]), stream, config.strategy)  # by its settings
+def check_task_free(cfg: dict, stream) -> None:
+    """A task-free stream is seen once (epochs 1): ValueError. (Its strategies need no task boundaries: a need.)"""
     epochs = cfg["train"]["epochs"]
-    if epochs != 1:
+    if stream.task_free and epochs != 1:
         raise ValueError(f"the task-free stream '{stream.name}' is seen once (online): epochs must be 1, got "
                          f"{epochs}; drop --epochs")
 
@@ -226,13 +223,15 @@ def protocol_source(config: RunConfig) -> str:
 
 
 def check_study(configs: Sequence[RunConfig], stream, checkpoint_every: int) -> None:
-    """Before the first run of a study trains: each configuration against the stream (check_fits_stream) and each
-    strategy's needs against a model built as its runs' are."""
+    """Before the first run of a study (or a lone run) trains: each configuration against the stream
+    (check_fits_stream, check_task_free) and each strategy's needs, by its settings, against a model built as its
+    runs' are."""
     for cfg in configs:
         resolved = cfg.resolved()
         check_fits_stream(resolved, stream, checkpoint_every)
-        check_needs(STRATEGIES.get(cfg.strategy).factory, cfg.strategy, model_for(cfg, resolved["train"], stream),
-                    stream)
+        check_task_free(resolved, stream)
+        check_needs(make_strategy(cfg.strategy, **resolved["hparams"]), cfg.strategy,
+                    model_for(cfg, resolved["train"], stream), stream)
 
 
 def check_fits_stream(cfg: dict, stream, checkpoint_every: int) -> None:

@@ -98,14 +98,14 @@ def join(batch: Batch, x: torch.Tensor, y: torch.Tensor, head: Union[int, torch.
 class Strategy:
     """Base class of every continual-learning strategy; every hook defaults to doing nothing (fine-tuning).
 
-    needs: what the strategy requires of the model and the stream, by name (NEEDS: "class-setting", "single-head",
-    "head-argument", "features", or one added with `register_need`); checked before any training (`check_needs`)."""
+    needs: what the strategy requires of the model and the stream, checked before any training (`check_needs`): each
+    a need's name (NEEDS: "class-setting", "single-head", "head-argument", "features", "boundaries", or one added with
+    `register_need`) or a (name, detail) pair, the detail saying why, e.g. ("boundaries", "a Fisher computed at each
+    task's end"): without "boundaries" a strategy runs on task-free streams. A property where the strategy's
+    settings decide (ER-ACE's task_free)."""
 
     registered_name = "custom"
-    needs: Tuple[str, ...] = ()
-    # what the strategy does at task boundaries that a task-free stream does not show it (e.g. "a Fisher computed at
-    # each task's end"); empty: it trains without boundaries and runs on task-free streams (stream.task_free)
-    needs_boundaries = ""
+    needs: Tuple[Union[str, Tuple[str, str]], ...] = ()
 
     def on_task_start(self, model: nn.Module, task_index: int) -> None:
         """Before the first step of a task."""
@@ -174,18 +174,6 @@ def overrides(strategy, hook: str) -> bool:
     return getattr(type(strategy), hook, None) is not getattr(Strategy, hook)
 
 
-def check_boundaries(strategy, stream, name: str = "") -> None:
-    """A strategy that needs task boundaries refuses a task-free stream: ValueError, one line, naming what it needs
-    and what runs instead; called before training. `needs_boundaries` may depend on the strategy's settings (ER-ACE's
-    task_free): give the instance."""
-    need = getattr(strategy, "needs_boundaries", "")
-    if need and getattr(stream, "task_free", False):
-        name = name or getattr(strategy, "registered_name", type(strategy).__name__)
-        raise ValueError(f"strategy '{name}' needs task boundaries ({need}), which the task-free stream "
-                         f"'{stream.name}' does not show; use a strategy that trains without them (naive, er, der, "
-                         f"derpp, er_ace with task_free=true, mir) or a stream with tasks")
-
-
 def check_state_keys(strategy: Strategy, state: Dict[str, Any], expected) -> None:
     """Raise ValueError naming the missing and unexpected keys of a strategy state (e.g. another strategy's)."""
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
@@ -223,24 +211,24 @@ def make_strategy(name: str, **hparams) -> Strategy:
 
 # ---- what a strategy needs, checked before the first step of a run or of a study ----------------------------------
 
-NeedCheck = Callable[[nn.Module, Any], Optional[str]]
+NeedCheck = Callable[[nn.Module, Any, str], Optional[str]]
 
 
-def _class_setting(model: nn.Module, stream) -> Optional[str]:
+def _class_setting(model: nn.Module, stream, detail: str) -> Optional[str]:
     if stream.setting != "class":
         return (f"the class-incremental setting (one head over every class: --setting class); the stream is "
                 f"{stream.setting}-incremental")
     return None
 
 
-def _single_head(model: nn.Module, stream) -> Optional[str]:
+def _single_head(model: nn.Module, stream, detail: str) -> Optional[str]:
     if len(stream.head_sizes) != 1:
         return (f"a single-head stream (it trains a union of tasks as one task: --setting class or domain); the "
                 f"stream has {len(stream.head_sizes)} heads ({stream.setting}-incremental)")
     return None
 
 
-def _head_argument(model: nn.Module, stream) -> Optional[str]:
+def _head_argument(model: nn.Module, stream, detail: str) -> Optional[str]:
     from .models import takes_head
 
     if not takes_head(model):
@@ -249,7 +237,7 @@ def _head_argument(model: nn.Module, stream) -> Optional[str]:
     return None
 
 
-def _features(model: nn.Module, stream) -> Optional[str]:
+def _features(model: nn.Module, stream, detail: str) -> Optional[str]:
     from .models import penultimate
 
     task = stream.tasks[0]
@@ -266,22 +254,34 @@ def _features(model: nn.Module, stream) -> Optional[str]:
     return None
 
 
+def _boundaries(model: nn.Module, stream, detail: str) -> Optional[str]:
+    if getattr(stream, "task_free", False):
+        return (f"task boundaries{f' ({detail})' if detail else ''}, which the task-free stream '{stream.name}' does "
+                f"not show; use a strategy that trains without them (naive, er, der, derpp, er_ace with "
+                f"task_free=true, mir) or a stream with tasks")
+    return None
+
+
 NEEDS: Dict[str, NeedCheck] = {"class-setting": _class_setting, "single-head": _single_head,
-                               "head-argument": _head_argument, "features": _features}
+                               "head-argument": _head_argument, "features": _features, "boundaries": _boundaries}
 
 
 def register_need(name: str, check: NeedCheck) -> None:
-    """A need strategies may declare (`needs = (name, ...)`): check(model, stream) gives None when met, else what
-    is needed and what was found (a phrase completing "strategy 'x' needs ...")."""
+    """A need strategies may declare (`needs = (name, ...)` or `(name, detail)`): check(model, stream, detail) gives
+    None when met, else what is needed and what was found (a phrase completing "strategy 'x' needs ...")."""
     NEEDS[name] = check
 
 
-def check_needs(strategy: Union[Strategy, type], name: str, model: nn.Module, stream) -> None:
-    """Raise a ValueError naming the first need of the strategy that the model or stream does not meet."""
-    for need in getattr(strategy, "needs", ()):
-        if need not in NEEDS:
-            raise ValueError(f"strategy '{name}' declares an unknown need {need!r}; known: {', '.join(NEEDS)}")
-        why = NEEDS[need](model, stream)
+def check_needs(strategy: Strategy, name: str, model: nn.Module, stream) -> None:
+    """Raise a ValueError naming the first need of the strategy (an instance: its settings may decide) that the
+    model or stream does not meet."""
+    for need in strategy.needs:
+        key, detail = (need, "") if isinstance(need, str) else need if isinstance(need, tuple) and len(need) == 2 \
+            else (None, "")
+        if key not in NEEDS:
+            raise ValueError(f"strategy '{name}' declares an unknown need {need!r}; give a name or a (name, detail) "
+                             f"pair, the name one of {', '.join(NEEDS)} or registered with register_need")
+        why = NEEDS[key](model, stream, detail)
         if why:
             raise ValueError(f"strategy '{name}' needs {why}")
 

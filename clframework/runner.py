@@ -24,7 +24,7 @@ from .callbacks import prepare_study
 from .checkpoint import (CHECKPOINT, CONFIG, FAILED, MODEL, RESULTS, SCORER, STRATEGY_STATE, OutputFolder,
                          check_free_space, check_same_config, checkpoint_bytes, load_checkpoint, refuse_other_config,
                          save_checkpoint, save_torch)
-from .config import (RunConfig, as_now, augment_seed, build_stream, check_fits_stream, check_task_free, identity,
+from .config import (RunConfig, as_now, augment_seed, build_stream, check_study, identity,
                      model_for, overrides, protocol_source, recipe_of, run_notices, with_stream_protocol)
 from .inference import scorer_record
 from .parallel import run_threads
@@ -138,8 +138,7 @@ def run(config: RunConfig, out_dir: Optional[Path] = None, quiet: bool = False,
     stream = build_stream(config, stream)  # data errors (missing files, bad labels) before the folder is touched
     stream.validate()
     check_subset(stream, config.eval_subset, config.evaluate_on)
-    check_fits_stream(cfg, stream, checkpoint_every)
-    check_task_free(config, cfg, stream)
+    check_study([config], stream, checkpoint_every)
     prepare_study(callbacks)
     if out_dir is None:
         return _run(config, cfg, None, quiet, callbacks, stream, False, checkpoint_every, label, benchmark,

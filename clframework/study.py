@@ -16,7 +16,7 @@ from clframework.evaluation.results import read_json, write_json, write_text
 from . import provenance
 from .callbacks import prepare_study
 from .checkpoint import CHECKPOINT, CONFIG, RESULTS, STUDY, OutputFolder, load_checkpoint
-from .config import (RunConfig, build_stream, check_study, check_task_free, overrides, protocol_source,
+from .config import (RunConfig, build_stream, check_study, overrides, protocol_source,
                      with_stream_protocol)
 from .parallel import Backend, Executor, open_executor, plugin_modules
 from .plugin import STRATEGIES
@@ -124,8 +124,6 @@ def compare_configs(configs: Dict[str, RunConfig], seeds: Seeds, out_dir: Option
     for cfg in configs.values():  # a strategy that cannot run on the stream: before the first run
         check_subset(stream, cfg.eval_subset, cfg.evaluate_on)
     check_study(list(configs.values()), stream, checkpoint_every)
-    for cfg in configs.values():
-        check_task_free(cfg, cfg.resolved(), stream)
     own_progress = progress is None
     progress = progress or StudyProgress("compare", quiet)
     args = (configs, seeds, quiet, callbacks_for, checkpoint_every, stream, started, summary_callbacks, label,

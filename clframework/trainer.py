@@ -31,7 +31,7 @@ from clframework.benchmarks.stream import compose
 from .callbacks import TrainerCallback  # also importable from here, its home before callbacks.py
 from .checkpoint import to_device
 from .models import forward_heads, takes_head
-from .plugin import Batch, Strategy, check_boundaries, check_needs, overrides
+from .plugin import Batch, Strategy, check_needs, overrides
 from .recipe import Recipe
 
 
@@ -557,8 +557,7 @@ class Trainer:
         by a strategy or model during training comes out as TrainingFailed, saying where it happened."""
         self.check_fits(stream)
         self._task_free = None
-        if stream.task_free:
-            check_boundaries(self.strategy, stream)
+        if stream.task_free:  # a strategy that needs task boundaries was refused by check_fits (its needs)
             if self.epochs != 1:
                 raise ValueError(f"the task-free stream '{stream.name}' is seen once (online): epochs must be 1, got "
                                  f"{self.epochs}")

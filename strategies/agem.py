@@ -92,7 +92,7 @@ class AGEM(Strategy):
     finished task offered to the memory, a uniform random subset (0: all; memory_size // n_tasks: Mammoth's variant).
     """
 
-    needs_boundaries = "a memory filled with each task's examples at its end"
+    needs = (("boundaries", "a memory filled with each task's examples at its end"),)
 
     def __init__(self, memory_size: int = 200, sample_size: int = 256, selection: str = "reservoir",
                  per_task: int = 0):

@@ -38,8 +38,7 @@ def union_data(task: Task, x: torch.Tensor, y: torch.Tensor) -> Task:
 class Cumulative(Strategy):
     """Each task trains on the union of all tasks so far (a reference point, shown as a bound)."""
 
-    needs = ("single-head",)
-    needs_boundaries = "each task's data, joined to the earlier tasks' at its start"
+    needs = ("single-head", ("boundaries", "each task's data, joined to the earlier tasks' at its start"))
 
     bound = "cumulative"
 
@@ -51,8 +50,7 @@ class Cumulative(Strategy):
 class Joint(Strategy):
     """Joint training on every task's data at once, at the last task (the upper bound, shown as a bound)."""
 
-    needs = ("single-head",)
-    needs_boundaries = "every task's data, trained at the last task"
+    needs = ("single-head", ("boundaries", "every task's data, trained at the last task"))
 
     bound = "upper"
 

@@ -55,10 +55,10 @@ class ERACE(SeparatePasses):
         self.seen: Optional[torch.Tensor] = None  # bool per output: classes seen so far
 
     @property
-    def needs_boundaries(self) -> str:
+    def needs(self) -> tuple:
         """Mammoth's form tells the first task apart (no mask, no replay); the task-free form needs no boundary."""
-        return "" if self.task_free else "its first task told apart, trained without the mask and replay; set " \
-                                         "task_free=true for its task-free form"
+        return () if self.task_free else (("boundaries", "its first task told apart, trained without the mask and "
+                                                         "replay; set task_free=true for its task-free form"),)
 
     def _asymmetric(self) -> bool:
         return self.task_free or self.task_index > 0

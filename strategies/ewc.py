@@ -247,7 +247,7 @@ class EWC(Strategy):
     closed form's matrix products long enough that per-operation overhead does not dominate on a CPU.
     """
 
-    needs_boundaries = "a Fisher and an anchor computed at each task's end"
+    needs = (("boundaries", "a Fisher and an anchor computed at each task's end"),)
 
     def __init__(self, ewc_lambda: float = 100.0, fisher: str = "exact", fisher_samples: int = 0,
                  online: bool = False, gamma: float = 1.0, fisher_batch_size: int = 1024,

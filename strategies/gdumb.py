@@ -154,7 +154,7 @@ class GDumb(Strategy):
     """GDumb. memory_size: examples kept; the fit_* values, cutmix_alpha and cutmix_prob: the training on the memory
     (module docstring); fit_after: "every" task or only after the "last"."""
 
-    needs_boundaries = "a network fitted on the memory at each task's end"
+    needs = (("boundaries", "a network fitted on the memory at each task's end"),)
 
     def __init__(self, memory_size: int = 200, fit_epochs: int = 256, fit_lr: float = 0.05, fit_min_lr: float = 5e-4,
                  fit_batch_size: int = 16, fit_momentum: float = 0.9, fit_weight_decay: float = 1e-6,

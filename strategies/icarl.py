@@ -105,8 +105,8 @@ class ICaRL(Strategy):
     """iCaRL. memory_size: exemplars in all, re-divided equally over the classes seen; wd_reg: the weight penalty's
     factor (Mammoth's `opt_wd`, default 1e-5); flip_means: class means averaged with the exemplars' flips."""
 
-    needs = ("class-setting", "head-argument", "features")
-    needs_boundaries = "exemplars chosen and the old model frozen at each task's end"
+    needs = ("class-setting", "head-argument", "features",
+             ("boundaries", "exemplars chosen and the old model frozen at each task's end"))
 
     def __init__(self, memory_size: int = 200, minibatch_size: int = 10, wd_reg: float = 1e-5,
                  flip_means: bool = False):

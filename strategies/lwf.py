@@ -85,7 +85,7 @@ class LwF(Strategy):
     Loss term alpha * sum over earlier heads of KL(softmax(z_old / T) || softmax(z / T)) on the current inputs.
     """
 
-    needs_boundaries = "the old model frozen at each task's end"
+    needs = (("boundaries", "the old model frozen at each task's end"),)
 
     def __init__(self, alpha: float = 1.0, temperature: float = 2.0):
         if alpha < 0 or temperature <= 0:

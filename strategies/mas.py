@@ -89,7 +89,7 @@ class MAS(Strategy):
     form's matrix products long enough that per-operation overhead does not dominate on a CPU.
     """
 
-    needs_boundaries = "importances computed at each task's end"
+    needs = (("boundaries", "importances computed at each task's end"),)
 
     def __init__(self, mas_lambda: float = 1.0, importance_samples: int = 0, importance_batch_size: int = 1024):
         if mas_lambda < 0:

@@ -24,7 +24,7 @@ class Replay(Strategy):
     memory_size: examples kept in all (default 200); selection: 'reservoir' or 'class-balanced'.
     """
 
-    needs_boundaries = "a memory filled with each task's examples at its end"
+    needs = (("boundaries", "a memory filled with each task's examples at its end"),)
 
     def __init__(self, memory_size: int = 200, selection: str = "reservoir"):
         if memory_size < 1:

@@ -64,7 +64,7 @@ class SI(Strategy):
     of the task loss's (the paper's Eq. 3).
     """
 
-    needs_boundaries = "importances consolidated at each task's end"
+    needs = (("boundaries", "importances consolidated at each task's end"),)
 
     def __init__(self, c: float = 1.0, xi: float = 1e-3, clamp: bool = True, omega_from_total_loss: bool = False):
         if c < 0 or xi < 0:

@@ -1345,8 +1345,54 @@ def test_the_needs_of_cumulative_and_a_features_method_are_checked_before_traini
     model = __import__("own_models").no_features((1, 28, 28), [4])
     with pytest.raises(ValueError, match=r"^strategy 'icarl' needs the model's penultimate features: HeadNoFeatures "
                                          r"does not expose its penultimate features: give it a method features\(x\)"):
-        check_needs(STRATEGIES.get("icarl").factory, "icarl", model, make_benchmark("split-mnist-5k",
-                                                                                      setting="class"))
+        check_needs(make_strategy("icarl"), "icarl", model, make_benchmark("split-mnist-5k", setting="class"))
+
+
+def test_a_lone_run_checks_its_strategys_needs_before_its_folder_is_made(tmp_path):
+    """run() from Python: icarl on a task-incremental stream is refused before the folder is made (before: by the
+    Trainer, after the folder and its config.json were written)."""
+    out = tmp_path / "r"
+    with pytest.raises(ValueError, match=r"^strategy 'icarl' needs the class-incremental setting"):
+        run(RunConfig("icarl", benchmark="split-mnist-5k", tasks=2, epochs=1, device="cpu"), out, quiet=True)
+    assert not out.exists()
+
+
+def test_one_way_to_declare_needs_a_registered_need_and_boundaries_each_with_a_detail(monkeypatch, scratch_registry):
+    """A strategy declares every need in `needs`, by name or as (name, detail): a need of its own registered with
+    register_need (its check gets the detail) and task boundaries, checked in order before a study's first run."""
+    from clframework import plugin
+    from clframework.benchmarks import from_tensors, iblurry
+    from clframework.plugin import register_need
+
+    monkeypatch.setattr(plugin, "NEEDS", dict(plugin.NEEDS))
+
+    def even_tasks(model, stream, detail):
+        n = len(stream.tasks)
+        return None if n % 2 == 0 else f"an even number of tasks ({detail}); the stream has {n}"
+
+    register_need("even-tasks", even_tasks)
+
+    @register_strategy("paired")
+    class Paired(Strategy):
+        needs = ("head-argument", ("even-tasks", "it trains tasks in pairs"),
+                 ("boundaries", "a penalty consolidated after each pair"))
+
+    def refusal(stream):
+        with pytest.raises(ValueError) as err:
+            compare({"paired": RunConfig("paired", device="cpu", epochs=1)}, seeds=1, stream=stream, quiet=True)
+        return str(err.value)
+
+    x, y = torch.rand(40, 1, 4, 4), torch.arange(4).repeat_interleave(10)
+    data = from_tensors(x, y, x, y, name="four")
+    assert refusal(iblurry(data, n_tasks=2, disjoint=100, blurry=0, name="free")) == (
+        "strategy 'paired' needs task boundaries (a penalty consolidated after each pair), which the task-free stream "
+        "'free' does not show; use a strategy that trains without them (naive, er, der, derpp, er_ace with "
+        "task_free=true, mir) or a stream with tasks")
+    assert refusal(make_benchmark("split-mnist-5k", setting="class")) == (
+        "strategy 'paired' needs an even number of tasks (it trains tasks in pairs); the stream has 5")
+    Paired.needs = (("boundaries",),)
+    assert refusal(make_benchmark("split-mnist-5k", setting="class")).startswith(
+        "strategy 'paired' declares an unknown need ('boundaries',); give a name or a (name, detail) pair")
 
 
 def _tree(tmp_path):

@@ -10,6 +10,7 @@ import torch
 
 from clframework import RunConfig, Trainer, compare, make_strategy, mlp, run
 from clframework.benchmarks import from_tensors, gaussian_schedule, iblurry, make_benchmark, rotating_pairs
+from clframework.apps.tune import tune
 from clframework.benchmarks.taskfree import gaussian_order, rotate
 from clframework.plugin import Strategy
 from clframework.registry import RegistryError
@@ -227,6 +228,17 @@ def test_compare_refuses_before_its_first_run(tmp_path):
     with pytest.raises(ValueError, match="strategy 'lwf' needs task boundaries"):
         compare({"er": RunConfig("er", device="cpu"), "lwf": RunConfig("lwf", device="cpu")}, seeds=1, out_dir=out,
                 stream=s, quiet=True)
+    assert not out.exists()
+
+
+def test_tune_refuses_a_grid_point_that_needs_boundaries_before_its_first_run(tmp_path):
+    """ER-ACE needs task boundaries by its setting (task_free): a search over it on a task-free stream is refused
+    before any run, naming that point's need (before: tune checked no boundaries, so the task_free=true runs trained
+    and the other point's run failed)."""
+    out = tmp_path / "search"
+    with pytest.raises(ValueError, match=r"^strategy 'er_ace' needs task boundaries \(its first task told apart"):
+        tune(RunConfig("er_ace", device="cpu", hparams={"memory_size": 20}), {"task_free": ["true", "false"]},
+             out_dir=out, quiet=True, stream=iblurry(_data()))
     assert not out.exists()
 
 
