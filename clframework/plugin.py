@@ -275,7 +275,7 @@ def register_need(name: str, check: NeedCheck) -> None:
 def check_needs(strategy: Strategy, name: str, model: nn.Module, stream) -> None:
     """Raise a ValueError naming the first need of the strategy (an instance: its settings may decide) that the
     model or stream does not meet."""
-    for need in strategy.needs:
+    for need in getattr(strategy, "needs", ()):
         key, detail = (need, "") if isinstance(need, str) else need if isinstance(need, tuple) and len(need) == 2 \
             else (None, "")
         if key not in NEEDS:
