@@ -24,8 +24,8 @@ from .callbacks import prepare_study
 from .checkpoint import (CHECKPOINT, CONFIG, FAILED, MODEL, RESULTS, SCORER, STRATEGY_STATE, OutputFolder,
                          check_free_space, check_same_config, checkpoint_bytes, load_checkpoint, refuse_other_config,
                          save_checkpoint, save_torch)
-from .config import (RunConfig, as_now, augment_seed, build_stream, check_study, identity,
-                     model_for, overrides, protocol_source, recipe_of, run_notices, with_stream_protocol)
+from .config import (RunConfig, as_now, augment_seed, build_stream, check_study, identity, model_for, overrides,
+                     protocol_source, recipe_of, run_notices, with_stream_protocol)
 from .inference import scorer_record
 from .parallel import run_threads
 from .plugin import Strategy, make_strategy

@@ -16,8 +16,7 @@ from clframework.evaluation.results import read_json, write_json, write_text
 from . import provenance
 from .callbacks import prepare_study
 from .checkpoint import CHECKPOINT, CONFIG, RESULTS, STUDY, OutputFolder, load_checkpoint
-from .config import (RunConfig, build_stream, check_study, overrides, protocol_source,
-                     with_stream_protocol)
+from .config import RunConfig, build_stream, check_study, overrides, protocol_source, with_stream_protocol
 from .parallel import Backend, Executor, open_executor, plugin_modules
 from .plugin import STRATEGIES
 from .progress import StudyProgress
