@@ -52,7 +52,7 @@ class RunConfig(RecipeOverrides):
     device: str = "auto"
     benchmark_options: Dict[str, object] = field(default_factory=dict)
     evaluate_on: str = "test"  # "valid" scores the validation hold-out (hyperparameter search)
-    tasks: Optional[int] = None  # the first N tasks of the stream only
+    tasks: Optional[int] = None  # the first N tasks of the stream only, with the full stream's class-incremental head
     model: Optional[ModelSpec] = None  # a registered model, "module:factory", or a callable (input_shape, head_sizes)
     augment: Optional[str] = None  # the training augmentation (augment.py): "none" or "crop-flip"
     precision: Optional[str] = None  # opt-in fast step: "bf16" autocast (default fp32, recorded only when set)
@@ -61,6 +61,7 @@ class RunConfig(RecipeOverrides):
     workers: int = 0  # DataLoader worker processes for tasks read from disk (no effect on results)
     eval_every: Optional[int] = None  # continual evaluation: every N optimizer steps (docs/continual-evaluation.md)
     eval_subset: Optional[int] = None  # ... on N seeded examples of each task's split (None: all of it)
+    small_head: bool = False  # with tasks: a class-incremental head of those tasks' classes only (a smaller model)
 
     def training_protocol(self) -> Protocol:
         """`protocol`, else the named benchmark's; neither is an error saying what to give."""
@@ -122,6 +123,11 @@ class RunConfig(RecipeOverrides):
         if self.tasks is not None and (isinstance(self.tasks, bool) or not isinstance(self.tasks, int)
                                        or self.tasks < 1):
             raise ValueError(f"the number of tasks must be an integer >= 1, got {self.tasks!r}")
+        if not isinstance(self.small_head, bool):
+            raise ValueError(f"small_head must be true or false, got {self.small_head!r}")
+        if self.small_head and self.tasks is None:
+            raise ValueError("small_head cuts the head to the classes of the first N tasks: give tasks (--tasks N) "
+                             "with it, or drop it")
         if not _is_int(self.workers) or self.workers < 0:
             raise ValueError(f"workers must be an integer >= 0 (0: read files in the training process), got "
                              f"{self.workers!r}")
@@ -133,6 +139,8 @@ class RunConfig(RecipeOverrides):
                "tasks": self.tasks, "evaluate_on": self.evaluate_on}
         if self.eval_every is not None:  # recorded only when asked: folders of runs without it resume as before
             out["continual_eval"] = {"every": self.eval_every, "subset": self.eval_subset}
+        if self.small_head:  # the same
+            out["small_head"] = True
         return out
 
 
@@ -172,15 +180,29 @@ def with_stream_protocol(config: RunConfig, stream) -> RunConfig:
 
 
 def build_stream(config: RunConfig, stream=None):
-    """The configuration's stream (or `stream`), cut to its first `config.tasks` tasks. A builder that takes
-    `n_tasks` is asked for them directly, so the unused tasks are never built."""
+    """The configuration's stream (or `stream`), cut to its first `config.tasks` tasks. A class-incremental cut keeps
+    the full stream's head (an output for every class: the model of the full run; small_head: those tasks' classes
+    only). A builder that takes `n_tasks` is asked for them directly, so the unused tasks are never built, unless
+    its stream is class-incremental and the full head is kept, which only the full stream knows."""
     if stream is None:
         config.training_protocol()  # no benchmark named and no stream given: say so
         options = dict(config.benchmark_options)
         if config.tasks and "n_tasks" in BENCHMARKS.get(config.benchmark).params and "n_tasks" not in options:
-            options["n_tasks"] = config.tasks
+            stream = BENCHMARKS.create(config.benchmark, **options, n_tasks=config.tasks)
+            if config.small_head or not _class_incremental(stream):
+                return stream
         stream = BENCHMARKS.create(config.benchmark, **options)
-    return stream.first(config.tasks) if config.tasks and config.tasks != len(stream) else stream
+    if not config.tasks or config.tasks == len(stream):
+        return stream
+    if _class_incremental(stream) and not config.small_head:
+        return stream.subset(range(config.tasks))
+    return stream.first(config.tasks)
+
+
+def _class_incremental(stream) -> bool:
+    """A class-incremental stream with task boundaries: the one whose cut keeps the full head unless small_head (a
+    task-free stream's cut keeps every output anyway, a task- or domain-incremental cut the heads its tasks use)."""
+    return stream.setting == "class" and not stream.task_free
 
 
 def overrides(config: RunConfig) -> dict:
@@ -195,6 +217,8 @@ def overrides(config: RunConfig) -> dict:
         out["device"] = config.device
     if config.tasks:
         out["tasks"] = config.tasks
+    if config.small_head:
+        out["small_head"] = True
     for key in ("eval_every", "eval_subset"):
         if getattr(config, key) is not None:
             out[key] = getattr(config, key)

@@ -84,24 +84,54 @@ def test_misspelled_strategy_or_benchmark_suggests_the_name(capsys):
     assert "did you mean 'split-mnist-5k'?" in capsys.readouterr().err
 
 
-def test_tasks_runs_the_first_n_tasks_with_only_their_outputs(tmp_path):
+def test_tasks_runs_the_first_n_tasks_with_the_full_benchmarks_head(tmp_path):
+    """--tasks N: the first N tasks; a class-incremental head keeps every class's output (issue 31 item 6), unless
+    small_head; a task-incremental run keeps the heads its tasks use."""
     from clframework.benchmarks import make_benchmark
     from clframework.config import RunConfig, build_stream
 
     assert main(["run", "--strategy", "naive", "--tasks", "2", "--epochs", "1", "--hidden", "16", "--quiet",
                  "--out", str(tmp_path / "r")]) == 0
     res = json.loads((tmp_path / "r" / "results.json").read_text())
-    assert res["tasks"] == ["0-1", "2-3"] and res["config"]["head_sizes"] == [2, 2]
+    assert res["tasks"] == ["0-1", "2-3"] and res["config"]["head_sizes"] == [2, 2]  # task-IL: the two tasks' heads
     assert res["provenance"]["overrides"]["tasks"] == 2
     full = make_benchmark("split-mnist-5k", setting="class")
     cut = build_stream(RunConfig("naive", "split-mnist-5k", tasks=3, benchmark_options={"setting": "class"}))
-    assert cut.head_sizes == [6] and [t.classes for t in cut] == [t.classes for t in full][:3]
+    assert cut.head_sizes == full.head_sizes == [10] and [t.classes for t in cut] == [t.classes for t in full][:3]
     assert all(bool((t.train_y == f.train_y).all()) for t, f in zip(cut, full))
-    # a builder that takes n_tasks is asked directly; the result equals cutting the full stream
+    small = build_stream(RunConfig("naive", "split-mnist-5k", tasks=3, benchmark_options={"setting": "class"},
+                                   small_head=True))
+    assert small.head_sizes == [6] and [t.classes for t in small] == [t.classes for t in full][:3]
+    # a builder that takes n_tasks is asked directly; the result equals cutting the full stream (its full head in
+    # the class setting: 10 permutations x 10 digits)
     perm = build_stream(RunConfig("naive", "permuted-mnist-5k", tasks=2))
     perm_full = make_benchmark("permuted-mnist-5k").first(2)
     assert len(perm) == 2 and all(bool((a.train_x == b.train_x).all()) for a, b in zip(perm, perm_full))
+    for small_head, heads in ((False, [100]), (True, [20])):
+        cut = build_stream(RunConfig("naive", "permuted-mnist-5k", tasks=2, benchmark_options={"setting": "class"},
+                                     small_head=small_head))
+        assert len(cut) == 2 and cut.head_sizes == heads and cut[1].train_y.min() == 10
     assert main(["run", "--strategy", "naive", "--tasks", "9", "--epochs", "1"]) == 2
+
+
+def test_a_class_incremental_tasks_run_is_the_full_runs_first_rows(tmp_path, capsys):
+    """Issue 31 item 6: `--tasks 2` of class-incremental split MNIST trains the full run's model (10 outputs, not
+    2 x 2), so its accuracy matrix is the full run's first two rows and columns; `--small-head` is the smaller model,
+    recorded as an override; without --tasks it is refused before training."""
+    common = ["run", "--strategy", "er", "--set", "memory_size=100", "--setting", "class", "--epochs", "1",
+              "--hidden", "16", "--device", "cpu", "--quiet", "--plots", "none"]
+    for name, extra in (("cut", ["--tasks", "2"]), ("full", []), ("small", ["--tasks", "2", "--small-head"])):
+        assert main(common + extra + ["--out", str(tmp_path / name)]) == 0
+    cut, full, small = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("cut", "full", "small"))
+    assert cut["config"]["head_sizes"] == full["config"]["head_sizes"] == [10] and len(full["tasks"]) == 5
+    assert cut["accuracy_matrix"] == [row[:2] for row in full["accuracy_matrix"][:2]]
+    assert small["config"]["head_sizes"] == [4] and small["provenance"]["overrides"]["small_head"] is True
+    assert "small_head" not in cut["provenance"]["overrides"]
+    assert json.loads((tmp_path / "small" / "config.json").read_text())["small_head"] is True
+    assert "small_head" not in json.loads((tmp_path / "cut" / "config.json").read_text())  # old folders resume
+    capsys.readouterr()
+    assert main(common + ["--small-head"]) == 2
+    assert "give tasks (--tasks N) with it" in capsys.readouterr().err
 
 
 def test_single_seed_table_shows_no_sem(tmp_path, capsys):

@@ -64,7 +64,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     _recipe_args(p)
     p.add_argument("--hidden", help="MLP hidden sizes, comma-separated, e.g. 256,256")
     p.add_argument("--dropout", type=float, help="dropout on hidden layers")
-    p.add_argument("--tasks", type=int, metavar="N", help="train and score the first N tasks only (default: all)")
+    p.add_argument("--tasks", type=int, metavar="N",
+                   help="train and score the first N tasks only (default: all), with the full benchmark's model: a "
+                        "class-incremental head keeps every class's output")
+    p.add_argument("--small-head", action="store_true",
+                   help="with --tasks N on a class-incremental benchmark: a head of those N tasks' classes only (a "
+                        "smaller model than the full run's; default: the full benchmark's head)")
     p.add_argument("--setting", choices=["task", "domain", "class"],
                    help="task-, domain- or class-incremental (default: the benchmark's, as in the paper)")
     p.add_argument("--data-root", help="folder holding the dataset files (else $CLFRAMEWORK_DATA or the defaults)")
@@ -425,7 +430,8 @@ def _base_config(args, strategy: str):
                      batch_size=args.batch_size, lr=args.lr, hidden=hidden, dropout=args.dropout, device=args.device,
                      benchmark_options=options, tasks=args.tasks, model=args.model, augment=args.augment,
                      precision=args.precision, compile=args.compile, workers=args.workers,
-                     eval_every=args.eval_every, eval_subset=args.eval_subset, **_recipe(args))
+                     eval_every=args.eval_every, eval_subset=args.eval_subset, small_head=args.small_head,
+                     **_recipe(args))
 
 
 def _folder_options(args) -> dict:
