@@ -49,6 +49,18 @@ def refuse_changed_data(saved: Optional[dict], now: dict, checkpoint: Path) -> N
                          f"them to continue, or start the run over on the data as they are now (--overwrite)")
 
 
+def refuse_other_model(saved: dict, model: torch.nn.Module, checkpoint: Path) -> None:
+    """--resume into a model of other shapes than the checkpoint's would fail inside torch: refuse, naming the tensor
+    (a class-incremental --tasks run interrupted under a version whose --tasks cut the head has the smaller one)."""
+    now = model.state_dict()
+    for name, tensor in saved.items():
+        if name in now and tuple(tensor.shape) != tuple(now[name].shape):
+            raise ValueError(f"--resume: {checkpoint} holds a model of other shapes than this configuration builds "
+                             f"({name}: {list(tensor.shape)} there, {list(now[name].shape)} now; a class-incremental "
+                             f"--tasks run from a version whose --tasks cut the head to those tasks' classes); start "
+                             f"it over with --overwrite")
+
+
 def stored_form(stream) -> dict:
     """What results.json records of the stream's stored examples, for `clframework.load(...).predict` to take them:
     their dtype and how they are decoded into model inputs."""
@@ -172,6 +184,8 @@ def _run(config: RunConfig, cfg: dict, out_dir: Optional[Path], quiet: bool, cal
     stream.validate()  # once per stream (cached): data errors before anything is written
     seed_everything(config.seed)
     model = model_for(config, train, stream)
+    if state is not None:
+        refuse_other_model(state["trainer"]["model"], model, out_dir / CHECKPOINT)
     if out_dir is not None:
         check_free_space(out_dir, checkpoint_bytes(model))
     strategy = make_strategy(config.strategy, **cfg["hparams"])

@@ -134,6 +134,42 @@ def test_a_class_incremental_tasks_run_is_the_full_runs_first_rows(tmp_path, cap
     assert "give tasks (--tasks N) with it" in capsys.readouterr().err
 
 
+def test_a_checkpoint_of_the_cut_head_is_refused_by_name_on_resume(tmp_path, monkeypatch, capsys):
+    """A class-incremental --tasks run interrupted under a version whose --tasks cut the head (its checkpoint holds 4
+    outputs, its config.json no small_head) is refused in one line naming the tensor and --overwrite, before anything
+    is written, not with torch's size-mismatch error."""
+    import torch
+
+    import clframework.runner as runner
+
+    class Interrupted(BaseException):  # as a kill: nothing catches it
+        pass
+
+    def save_then_stop(path, state):
+        saved(path, state)
+        raise Interrupted
+
+    saved, out = runner.save_checkpoint, tmp_path / "r"
+    args = ["run", "--strategy", "naive", "--setting", "class", "--tasks", "2", "--epochs", "1", "--hidden", "16",
+            "--device", "cpu", "--quiet", "--plots", "none", "--checkpoint-every", "5", "--out", str(out)]
+    monkeypatch.setattr(runner, "save_checkpoint", save_then_stop)
+    with pytest.raises(Interrupted):
+        main(args + ["--small-head"])
+    monkeypatch.undo()
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    del checkpoint["config"]["small_head"]  # as the version that cut the head wrote it
+    torch.save(checkpoint, out / "checkpoint.pt")
+    config = json.loads((out / "config.json").read_text())
+    del config["small_head"]
+    (out / "config.json").write_text(json.dumps(config))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(args + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "heads.0.weight: [4, 16] there, [10, 16] now" in err and "--overwrite" in err and "size mismatch" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
 def test_single_seed_table_shows_no_sem(tmp_path, capsys):
     assert main(["compare", "--strategies", "naive", "--seeds", "1", "--epochs", "1", "--hidden", "16", "--tasks",
                  "2", "--quiet", "--out", str(tmp_path / "c")]) == 0
