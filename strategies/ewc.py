@@ -270,27 +270,27 @@ class EWC(Strategy):
         self._plans = {}
 
     def _plan(self, model: nn.Module) -> tuple:
-        """(parameters, F sums, (F theta*) sums, scratch buffers) for the penalized parameters that have gradients;
-        built once per task and set of parameters with gradients (a per-step allocation costs page faults on CPU)."""
+        """(parameters, F sums, (F theta*) sums) for the penalized parameters that have gradients; built once per
+        task and set of parameters with gradients."""
         params = self._params or trainable(model)
         key = tuple(p.grad is not None for p in params.values())
         plan = self._plans.get(key)
         if plan is None:
             names = [n for (n, p), has in zip(params.items(), key) if has and n in self.fisher_sum]
             plan = self._plans[key] = ([params[n] for n in names], [self.fisher_sum[n] for n in names],
-                                       [self.fisher_anchor_sum[n] for n in names],
-                                       [torch.empty_like(params[n]) for n in names])
+                                       [self.fisher_anchor_sum[n] for n in names])
         return plan
 
     @torch.no_grad()
     def on_before_step(self, model: nn.Module) -> None:
         if not self.fisher_sum or self.ewc_lambda == 0:
             return
-        ps, fisher_sum, fisher_anchor_sum, pen = self._plan(model)
+        ps, fisher_sum, fisher_anchor_sum = self._plan(model)
         if ps:  # grad += lambda * (sum_t F_t * theta - sum_t F_t theta*_t); exactly 0 added where theta = theta*,
-            # so Adam never turns round-off into steps on weights with no gradient (e.g. always-black pixels)
-            torch._foreach_copy_(pen, ps)
-            torch._foreach_mul_(pen, fisher_sum)
+            # so Adam never turns round-off into steps on weights with no gradient (e.g. always-black pixels).
+            # Three passes: the product is a new tensor (the allocator reuses last step's block) rather than a copy
+            # multiplied in place; no fused multiply-add (addcmul), whose unrounded product would break that 0.
+            pen = torch._foreach_mul(ps, fisher_sum)
             torch._foreach_sub_(pen, fisher_anchor_sum)
             torch._foreach_add_([p.grad for p in ps], pen, alpha=self.ewc_lambda)
 

@@ -106,24 +106,24 @@ class MAS(Strategy):
         self._params, self._plans = trainable(model), {}
 
     def _plan(self, model: nn.Module) -> tuple:
-        """(parameters, Omega, theta*, scratch) for the penalized parameters that have gradients, built once per task
-        and set of parameters with gradients (no per-step allocation)."""
+        """(parameters, Omega, theta*) for the penalized parameters that have gradients, built once per task and set
+        of parameters with gradients."""
         params = self._params or trainable(model)
         key = tuple(p.grad is not None for p in params.values())
         if key not in self._plans:
             names = [n for (n, p), has in zip(params.items(), key) if has and n in self.omega]
             self._plans[key] = ([params[n] for n in names], [self.omega[n] for n in names],
-                                [self.anchor[n] for n in names], [torch.empty_like(params[n]) for n in names])
+                                [self.anchor[n] for n in names])
         return self._plans[key]
 
     @torch.no_grad()
     def on_before_step(self, model: nn.Module) -> None:
         if not self.omega or self.mas_lambda == 0:
             return
-        ps, omega, anchor, diff = self._plan(model)
-        if ps:  # grad += 2 lambda Omega (theta - theta*)
-            torch._foreach_copy_(diff, ps)
-            torch._foreach_sub_(diff, anchor)
+        ps, omega, anchor = self._plan(model)
+        if ps:  # grad += 2 lambda Omega (theta - theta*): two passes (the difference a new tensor, not a copy
+            # subtracted in place; the allocator reuses last step's block)
+            diff = torch._foreach_sub(ps, anchor)
             torch._foreach_addcmul_([p.grad for p in ps], diff, omega, value=2.0 * self.mas_lambda)
 
     def on_task_end(self, model: nn.Module, data, head: int = 0) -> None:

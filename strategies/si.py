@@ -38,8 +38,7 @@ def surrogate_penalty_grad(theta: torch.Tensor, reference: torch.Tensor, strengt
 @dataclass
 class _StepPlan:
     """Aligned lists for one step: parameters with gradients, their omega and snapshot buffers, and the penalized
-    subset with its strengths, Omega * theta_ref and a scratch buffer. Every buffer is allocated once per task: on
-    CPU a fresh parameter-sized tensor per step costs page faults, several times an in-place op's time."""
+    subset with its strengths and Omega * theta_ref. The snapshot buffers are allocated once per task."""
 
     params: List[torch.Tensor]
     omega: List[torch.Tensor]
@@ -48,7 +47,6 @@ class _StepPlan:
     pen_index: List[int]           # their positions in `params`
     pen_Omega: List[torch.Tensor]
     pen_Omega_ref: List[torch.Tensor]  # Omega * theta_ref, fixed during a task: the penalty's gradient in two passes
-    pen_task_grad: List[torch.Tensor]  # the task loss's gradient, kept for omega while .grad gets the penalty's
 
 
 _nonneg = (lambda v: v >= 0, "a number >= 0")
@@ -108,8 +106,7 @@ class SI(Strategy):
                 before=[torch.empty_like(self._params[n]) for n in names],
                 pen_params=[self._params[n] for n in pen], pen_index=[names.index(n) for n in pen],
                 pen_Omega=[self.Omega[n] for n in pen],
-                pen_Omega_ref=[self.Omega[n] * self.reference[n] for n in pen],
-                pen_task_grad=[torch.empty_like(self._params[n]) for n in pen])
+                pen_Omega_ref=[self.Omega[n] * self.reference[n] for n in pen])
         return plan
 
     @torch.no_grad()
@@ -122,13 +119,15 @@ class SI(Strategy):
         task_grads = [p.grad for p in plan.params]
         if plan.pen_params:
             pen_grads = [p.grad for p in plan.pen_params]
-            if not self.omega_from_total_loss:  # omega integrates the task loss's gradient only (Eq. 3)
-                torch._foreach_copy_(plan.pen_task_grad, pen_grads)
-                for i, kept in zip(plan.pen_index, plan.pen_task_grad):
-                    task_grads[i] = kept
-            # in place: g += 2c (Omega theta - Omega theta_ref), Eq. 4's gradient without forming theta - theta_ref
-            torch._foreach_addcmul_(pen_grads, plan.pen_Omega, plan.pen_params, value=2.0 * self.c)
-            torch._foreach_add_(pen_grads, plan.pen_Omega_ref, alpha=-2.0 * self.c)
+            # g + 2c (Omega theta - Omega theta_ref), Eq. 4's gradient without forming theta - theta_ref
+            if self.omega_from_total_loss:  # in place: omega integrates the gradient the optimizer uses
+                total = pen_grads
+                torch._foreach_addcmul_(total, plan.pen_Omega, plan.pen_params, value=2.0 * self.c)
+            else:  # a new tensor becomes .grad and task_grads keep the task loss's (Eq. 3), with no copy of it
+                total = torch._foreach_addcmul(pen_grads, plan.pen_Omega, plan.pen_params, value=2.0 * self.c)
+                for p, g in zip(plan.pen_params, total):
+                    p.grad = g
+            torch._foreach_add_(total, plan.pen_Omega_ref, alpha=-2.0 * self.c)
         self._step = (plan, task_grads)
 
     @torch.no_grad()
