@@ -71,12 +71,18 @@ def grouped_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, groups: Seq
                  ) -> torch.Tensor:
     """Mean cross-entropy of the rows [a, b) of x through head h, for each (h, a, b) of `groups` (contiguous rows
     covering x): what `forward_heads` with one head per row gives, but the trunk of a MultiHeadNet runs once and
-    each head on a slice, with no per-step search for each head's rows (a host sync)."""
+    each head on its part, with no per-step search for each head's rows (a host sync). The parts come from one
+    `split`, whose backward is one concatenation (a slice per head would pad each head's gradient with zeros to the
+    whole batch and add them up)."""
     if len(groups) == 1:
         return F.cross_entropy(forward_head(model, x, groups[0][0]), y)
-    features = model.trunk(x) if isinstance(model, MultiHeadNet) else None
-    total = sum(F.cross_entropy(model.heads[h](features[a:b]) if features is not None else
-                                forward_head(model, x[a:b], h), y[a:b], reduction="sum") for h, a, b in groups)
+    sizes = [b - a for _, a, b in groups]
+    if isinstance(model, MultiHeadNet):
+        parts = zip(model.trunk(x).split(sizes), (model.heads[h] for h, _, _ in groups))
+        logits = [head(part) for part, head in parts]
+    else:
+        logits = [forward_head(model, part, h) for part, (h, _, _) in zip(x.split(sizes), groups)]
+    total = sum(F.cross_entropy(out, part, reduction="sum") for out, part in zip(logits, y.split(sizes)))
     return total / len(y)
 
 
