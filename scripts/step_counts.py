@@ -32,6 +32,7 @@ def strategy_at(name: str, commit: str):
     src = src.replace("from .ewc import", "from clframework.strategies.ewc import")
     src = src.replace("from .memory import", "from clframework.strategies.memory import")
     module = type(sys)(f"{name}_at_{commit}")
+    sys.modules[module.__name__] = module  # (dataclasses look their module up there)
     exec(compile(src, f"{commit}:strategies/{name}.py", "exec"), module.__dict__)
     return getattr(module, {"lwf": "LwF", "si": "SI", "ewc": "EWC", "mas": "MAS", "agem": "AGEM"}[name])()
 
