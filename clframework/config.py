@@ -2,6 +2,7 @@
 (the one place a configuration is validated), and what a run builds from it (its stream, its model)."""
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
 from typing import Dict, List, Optional, Sequence
@@ -16,7 +17,7 @@ from .checkpoint import as_json
 from .models import ModelSpec, build_model, model_factory, model_name
 from .plugin import STRATEGIES, check_needs, make_strategy
 from .recipe import RECIPE_FIELDS, Recipe
-from .trainer import check_fast_step, select_device
+from .trainer import check_fast_step, check_model_fits, select_device
 
 
 PRESETS = ("strategy_hparams", "method_settings")  # the Protocol's strategy settings, apart from its training fields
@@ -247,15 +248,31 @@ def protocol_source(config: RunConfig) -> str:
 
 
 def check_study(configs: Sequence[RunConfig], stream, checkpoint_every: int) -> None:
-    """Before the first run of a study (or a lone run) trains: each configuration against the stream
-    (check_fits_stream, check_task_free) and each strategy's needs, by its settings, against a model built as its
-    runs' are."""
+    """Before the first run of a study (or a lone run, before its folder is made) trains: each configuration against
+    the stream (check_fits_stream, check_task_free), and a model built as its runs' are against each strategy's
+    needs, by its settings, and against the stream (check_model_fits)."""
     for cfg in configs:
         resolved = cfg.resolved()
         check_fits_stream(resolved, stream, checkpoint_every)
         check_task_free(resolved, stream)
-        check_needs(make_strategy(cfg.strategy, **resolved["hparams"]), cfg.strategy,
-                    model_for(cfg, resolved["train"], stream), stream)
+        model = model_for(cfg, resolved["train"], stream)
+        unused = unused_model_options(cfg, resolved["train"])
+        if unused:
+            warnings.warn(unused)
+        check_needs(make_strategy(cfg.strategy, **resolved["hparams"]), cfg.strategy, model, stream)
+        check_model_fits(model, stream, torch.device("cpu"),
+                         model_name(cfg.model if callable(cfg.model) else resolved["train"]["model"]))
+
+
+def unused_model_options(config: RunConfig, train: dict) -> str:
+    """A warning when --hidden or --dropout was given for a model whose factory takes neither (build_model passes
+    them only to factories that do, e.g. the MLP's): the run would ignore them silently; else ''."""
+    takes = inspect.signature(model_factory(config.model if config.model is not None else train["model"])).parameters
+    given = [k for k in ("hidden", "dropout") if getattr(config, k) is not None and k not in takes]
+    if not given:
+        return ""
+    flags = " and ".join(f"--{k}" for k in given)
+    return f"{flags} given, but model {train['model']} takes no {' or '.join(given)}: ignored (they shape the mlp)"
 
 
 def check_fits_stream(cfg: dict, stream, checkpoint_every: int) -> None:
@@ -266,8 +283,44 @@ def check_fits_stream(cfg: dict, stream, checkpoint_every: int) -> None:
         raise ValueError(f"--checkpoint-every must be an integer >= 0 (0: after every task only), got "
                          f"{checkpoint_every!r}")
     check_augment_fits(cfg["train"]["augment"], stream)
+    check_drop_last(cfg["train"], stream)
     for notice in run_notices(cfg, stream):
         warnings.warn(notice)
+    schedule = unreached_schedule(cfg["train"])
+    if schedule:
+        warnings.warn(schedule)
+
+
+def check_drop_last(train: dict, stream) -> None:
+    """--drop-last with a minibatch larger than a task's training data would train that task no step: refused."""
+    if not train.get("drop_last"):
+        return
+    batch = train["batch_size"]
+    for t in stream.tasks:
+        if t.n("train") < batch:
+            raise ValueError(f"--drop-last with batch size {batch}: task '{t.name}' has {t.n('train')} training "
+                             f"examples, less than one minibatch, so it would train no step; lower --batch-size or "
+                             f"drop --drop-last")
+
+
+def unreached_schedule(train: dict) -> str:
+    """A warning when the lr schedule decays at no epoch a task trains (epochs 0..epochs-1 of recipe.py's
+    schedules): a milestone or step at or beyond --epochs (e.g. X-DER's 35,45 with --epochs 5); else ''."""
+    epochs, schedule = train["epochs"], train.get("lr_schedule")
+    if schedule == "multistep":
+        given = list(train["lr_milestones"])
+        late, flag = [m for m in given if m >= epochs], f"--lr-milestones {', '.join(map(str, given))}"
+    elif schedule == "step":
+        given = [train["lr_step_epochs"]]
+        late, flag = [m for m in given if m >= epochs], f"--lr-step-epochs {given[0]}"
+    else:
+        return ""
+    if not late:
+        return ""
+    never = ("the learning rate never decays there" if len(late) == len(given)
+             else f"{', '.join(map(str, late))} never take effect")
+    return (f"{flag}: a task trains {epochs} epoch{'s' if epochs != 1 else ''} (epochs 0..{epochs - 1} of the "
+            f"schedule), so {never}; lower them below --epochs")
 
 
 def run_notices(cfg: dict, stream) -> List[str]:

@@ -168,6 +168,15 @@ def load(run_dir: Union[str, Path], model=None, device: str = "cpu") -> TrainedM
     the run's was a callable that cannot be imported again (results.json names it)."""
     run_dir = Path(run_dir)
     results, weights = run_dir / RESULTS, run_dir / MODEL
+    if not results.is_file() and (run_dir / "summary.json").is_file():
+        runs = sorted(p.parent for p in run_dir.glob(f"*/{RESULTS}"))
+        raise FileNotFoundError(f"{run_dir} is a study's folder (summary.json); load one of its runs: "
+                                f"{', '.join(map(str, runs))}")
+    if results.is_file() and not weights.is_file() and read_json(results).get("status") == "diverged":
+        at = read_json(results).get("diverged_at") or {}
+        raise ValueError(f"{run_dir} holds a run that diverged (task {at.get('task', -1) + 1} ({at.get('task_name')}), "
+                         f"epoch {at.get('epoch')}, step {at.get('step')}): it kept no trained model; run it again "
+                         f"with a lower learning rate (--lr)")
     if not results.is_file() or not weights.is_file():
         raise FileNotFoundError(f"{run_dir} holds no finished run (needs {RESULTS} and {MODEL}); a run still training "
                                 f"or interrupted has only a checkpoint: finish it with --resume")
@@ -177,9 +186,17 @@ def load(run_dir: Union[str, Path], model=None, device: str = "cpu") -> TrainedM
     if missing:
         raise ValueError(f"{results} does not record {', '.join(missing)} (written by an older clframework); "
                          f"rebuild the model by hand and load {weights} into it")
-    net = build_model(model or config["model"], config["input_shape"], config["head_sizes"], config.get("hidden"),
-                      config.get("dropout"))
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    try:
+        net = build_model(model or config["model"], config["input_shape"], config["head_sizes"], config.get("hidden"),
+                          config.get("dropout"))
+    except ValueError as exc:  # e.g. the run's module:factory not importable from here
+        raise ValueError(f"{exc}; or pass the factory itself: load({str(run_dir)!r}, model=factory)") from exc
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or overwritten file: torch's zip reader names no file
+        raise ValueError(f"cannot read {weights} ({type(exc).__name__}: {str(exc).splitlines()[0]}); it is damaged: "
+                         f"run the command that wrote it again") from exc
+    net.load_state_dict(state)
     if (run_dir / SCORER).is_file():
         net = _rebuild_scorer(net, run_dir, saved)
     return TrainedModel(net, config, saved["tasks"]).to(device)

@@ -31,6 +31,7 @@ from clframework.benchmarks.stream import compose
 from .callbacks import TrainerCallback  # also importable from here, its home before callbacks.py
 from .checkpoint import to_device
 from .models import forward_heads, takes_head
+from .parallel import cores
 from .plugin import Batch, Strategy, check_needs, overrides
 from .recipe import Recipe
 
@@ -128,7 +129,42 @@ class TrainingFailed(Exception):
                 f"epoch {w['epoch']}, step {w['step']})")
 
 
+class DataWorkerDied(RuntimeError):
+    """A DataLoader worker process was killed while it read the training data: one line naming --resume."""
+
+
 TINY_LAST = 8  # a final minibatch smaller than this, under BatchNorm, is warned of (_warn_tiny_last_minibatch)
+
+
+def check_model_fits(model: nn.Module, stream, device: torch.device, name: str = "") -> None:
+    """The model has something to train and serves every task: one probe forward per task (eval mode, no gradient,
+    no random numbers drawn) must accept its inputs and give enough outputs. ValueError names what does not fit."""
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"model {name or type(model).__name__} has no trainable parameters: there is nothing to "
+                         f"train; give a model with parameters that require gradients")
+    model_ = f"model {name}" if name else "model"
+    was_training = model.training
+    model.eval()
+    try:
+        for t in stream.tasks:
+            try:
+                with torch.no_grad():
+                    first = t.inputs(t.examples("train").raw(slice(0, 1)))
+                    out = forward_heads(model, first.to(device), t.head)
+            except (RuntimeError, IndexError) as exc:
+                heads = getattr(model, "heads", None)
+                what = (f"the model has {len(heads)} head(s) but task '{t.name}' uses head {t.head}"
+                        if heads is not None and t.head >= len(heads) else
+                        f"the model cannot take task '{t.name}''s inputs of shape {t.input_shape} "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0]})")
+                raise ValueError(f"{model_} and stream do not fit: {what}; build the model from the stream "
+                                 f"(input size, head_sizes)") from None
+            if out.shape[-1] < stream.head_sizes[t.head]:
+                raise ValueError(f"{model_} and stream do not fit: task '{t.name}' needs "
+                                 f"{stream.head_sizes[t.head]} outputs on head {t.head}, the model gives "
+                                 f"{out.shape[-1]}")
+    finally:
+        model.train(was_training)
 
 
 class Trainer:
@@ -164,6 +200,10 @@ class Trainer:
                              grad_clip, lr_milestones, drop_last).resolved()
         if workers < 0:
             raise ValueError(f"workers must be >= 0 (0: read data-backed tasks in this process), got {workers}")
+        if workers > cores():  # a worker decodes on a core of its own: more only crowd them (1000 swamped the machine)
+            warnings.warn(f"--workers {workers} is more than the {cores()} cores this process may use: {cores()} "
+                          f"DataLoader workers are started")
+            workers = cores()
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0 (0: after every task only), got {checkpoint_every}")
         self.scorer, self._loss_warned = None, False
@@ -513,28 +553,7 @@ class Trainer:
         stream.validate()
         check_needs(self.strategy, getattr(self.strategy, "registered_name", type(self.strategy).__name__),
                     self.model, stream)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for t in stream.tasks:
-                try:
-                    with torch.no_grad():
-                        first = t.inputs(t.examples("train").raw(slice(0, 1)))
-                        out = forward_heads(self.model, first.to(self.device), t.head)
-                except (RuntimeError, IndexError) as exc:
-                    heads = getattr(self.model, "heads", None)
-                    what = (f"the model has {len(heads)} head(s) but task '{t.name}' uses head {t.head}"
-                            if heads is not None and t.head >= len(heads) else
-                            f"the model cannot take task '{t.name}''s inputs of shape {t.input_shape} "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0]})")
-                    raise ValueError(f"model and stream do not fit: {what}; build the model from the stream "
-                                     f"(input size, head_sizes)") from None
-                if out.shape[-1] < stream.head_sizes[t.head]:
-                    raise ValueError(f"model and stream do not fit: task '{t.name}' needs "
-                                     f"{stream.head_sizes[t.head]} outputs on head {t.head}, the model gives "
-                                     f"{out.shape[-1]}")
-        finally:
-            self.model.train(was_training)
+        check_model_fits(self.model, stream, self.device)
         self._warn_tiny_last_minibatch(stream)
 
     def _warn_tiny_last_minibatch(self, stream) -> None:
@@ -595,6 +614,12 @@ class Trainer:
             except (TrainingDiverged, OutputError):
                 raise
             except Exception as exc:
+                if str(exc).startswith("DataLoader worker (pid"):  # killed (e.g. out of memory), not a bug of ours
+                    w = self.position
+                    raise DataWorkerDied(f"a DataLoader worker process died at task {w['task'] + 1} "
+                                         f"({w['task_name']}), epoch {w['epoch']}, step {w['step']} ({exc}): kill -9 or "
+                                         f"the out-of-memory killer (fewer --workers use less memory); the checkpoints "
+                                         f"are kept: continue with the same command plus --resume") from exc
                 raise TrainingFailed(self.position) from exc
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
@@ -615,8 +640,8 @@ class Trainer:
                                            workers=self.workers)
             progress["accuracy_matrix"].append(row)
             progress["task_il_matrix"].append(task_il)
-            if task is not None:  # a task the strategy trained on (joint trains nothing before the last)
-                self._check_health(scorer, stream, i, task_il[i])
+            if task is not None or scorer is not self.model:  # a task trained on, by the stream network or the
+                self._check_health(scorer, stream, i, task_il[i])  # strategy's scorer (joint: nothing before the last)
             self._callback("on_task_evaluated", i, row)
             self.position = {"task": i + 1, "task_name": "", "epoch": 0, "step": 0}
             self._checkpoint()
@@ -643,7 +668,8 @@ class Trainer:
         classes = task_classes(stream)[i] if stream.setting == "class" else None  # the task-IL view
         counts = H.predicted_counts(scorer, task, self.evaluate_on, self.device, workers=self.workers,
                                     classes=classes)
-        problem = H.check(i, task.name, accuracy, len(task.classes), counts)
+        tips = H.TRY if scorer is self.model else H.TRY_SCORER
+        problem = H.check(i, task.name, accuracy, len(task.classes), counts, tips)
         if problem is not None:
             problem["warning"] = (f"{self.label}: " if self.label else "") + problem["warning"]
             self._progress["health"].append(problem)

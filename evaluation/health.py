@@ -13,18 +13,23 @@ from clframework.models import forward_head
 CHANCE_MARGIN = 0.05  # an accuracy within this of chance is at chance
 ONE_CLASS_SHARE = 0.9  # one class predicted for at least this share of a task's test data
 TRY = ("a learning rate 10x larger or smaller (--lr)", "more epochs (--epochs)")
+# for a strategy that scores with a module it trains itself (eval_model): that training's own hyperparameters
+TRY_SCORER = ("other hyperparameters for the strategy's own training (eval_model: e.g. GDumb's fit_lr, fit_epochs)",
+              "a learning rate 10x larger or smaller for the stream network (--lr)")
 
 
 class LearningHealthWarning(UserWarning):
     """A task learned nothing (clframework run and compare print it as one line)."""
 
 
-def check(task_index: int, task_name: str, accuracy: float, n_classes: int, counts: Sequence[int]) -> Optional[dict]:
+def check(task_index: int, task_name: str, accuracy: float, n_classes: int, counts: Sequence[int],
+          tips: Sequence[str] = TRY) -> Optional[dict]:
     """None when the task learned something; else what is wrong, as a record with its one-line `warning`.
 
     accuracy: the task's test accuracy right after training it, told which task it is (task-IL: in class-IL, an
     answer among its own classes, so that old classes taking some of its answers do not count as learning nothing);
-    n_classes: its classes (chance = 1 / n_classes); counts: how often each class was predicted on its test data."""
+    n_classes: its classes (chance = 1 / n_classes); counts: how often each class was predicted on its test data;
+    tips: the two things the warning suggests trying (TRY_SCORER for a strategy's own scorer)."""
     if n_classes < 2:  # one class: no chance level to fall to, and its answers are all one class by design
         return None
     chance = 1.0 / n_classes
@@ -38,7 +43,7 @@ def check(task_index: int, task_name: str, accuracy: float, n_classes: int, coun
     what = [f"accuracy {accuracy:.2f}, not above chance ({chance:.2f})" if at_chance else f"accuracy {accuracy:.2f}"]
     if one_class:
         what.append(f"the model predicts class {top} for {share:.0%} of its test data")
-    warning = (f"task {task_index + 1} ({task_name}) learned nothing: {', '.join(what)}; try {TRY[0]} or {TRY[1]}, "
+    warning = (f"task {task_index + 1} ({task_name}) learned nothing: {', '.join(what)}; try {tips[0]} or {tips[1]}, "
                f"and check that the model learns this data in a plain loop")
     return {"task": task_index, "task_name": task_name, "accuracy": accuracy, "chance": chance,
             "top_class": top, "top_share": share, "warning": warning}

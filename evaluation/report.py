@@ -88,14 +88,19 @@ def comparison(summary: dict, baseline: Optional[str] = None, alpha: float = 0.0
 
 
 def combine(tables: Sequence[dict]) -> List[dict]:
-    """Tables of several studies for one table: the same benchmark, setting and columns; a method without a
-    memory trained the same way in two studies (the same runs) is shown once."""
+    """Tables of several studies for one table: the same benchmark, setting, columns and protocol (the caption's:
+    options, epochs, batch); a method without a memory trained the same way in two studies (the same runs) is shown
+    once."""
     first = tables[0]
     for t in tables[1:]:
         for key in ("benchmark", "setting", "metrics", "tasks"):
             if t[key] != first[key]:
                 raise ValueError(f"report: studies {first['study']} and {t['study']} differ in {key} "
                                  f"({first[key]} vs {t[key]}); one table compares studies of one protocol")
+        if _protocol(t) != _protocol(first):  # e.g. epochs: their rows would read alike, their caption run together
+            raise ValueError(f"report: studies {first['study']} and {t['study']} were run under different protocols "
+                             f"({_protocol(first)} vs {_protocol(t)}); one table compares studies of one protocol: "
+                             f"report them apart")
     shown = []
     out = []
     for t in tables:

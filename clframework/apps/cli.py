@@ -45,7 +45,8 @@ def _parse_strategy_sets(items: List[str], strategies: List[str], registry=None)
         name, dot, param = key.rpartition(".")
         targets = [name] if dot else [s for s in strategies if param in registry.get(s).params]
         if not targets:
-            raise RegistryError(f"--set {key}: none of {strategies} has a hyperparameter '{param}'")
+            owned = ", ".join(f"{s} has {', '.join(registry.get(s).params) or 'none'}" for s in strategies)
+            raise RegistryError(f"--set {key}: none of {strategies} has a hyperparameter '{param}'; {owned}")
         for t in targets:
             if t not in out:
                 raise RegistryError(f"--set {key}: '{t}' is not among the compared strategies {strategies}")
