@@ -130,7 +130,19 @@ class TrainingFailed(Exception):
 
 
 class DataWorkerDied(RuntimeError):
-    """A DataLoader worker process was killed while it read the training data: one line naming --resume."""
+    """A DataLoader worker process was killed (kill -9, the out-of-memory killer) while it read data: not a bug of a
+    strategy or model, so one line naming --resume. torch raises it in the main thread wherever that thread is
+    (its SIGCHLD handler), so the command line turns a bare one into this too (`worker_death`)."""
+
+    def __init__(self, cause: BaseException, where: str = ""):
+        super().__init__(f"a DataLoader worker process died{where} ({cause}): kill -9 or the out-of-memory killer "
+                         f"(fewer --workers use less memory); the checkpoints are kept: continue with the same "
+                         f"command plus --resume")
+
+
+def worker_death(exc: BaseException) -> bool:
+    """Whether `exc` is torch's report of a DataLoader worker that died."""
+    return isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader worker (pid")
 
 
 TINY_LAST = 8  # a final minibatch smaller than this, under BatchNorm, is warned of (_warn_tiny_last_minibatch)
@@ -614,12 +626,10 @@ class Trainer:
             except (TrainingDiverged, OutputError):
                 raise
             except Exception as exc:
-                if str(exc).startswith("DataLoader worker (pid"):  # killed (e.g. out of memory), not a bug of ours
+                if worker_death(exc):
                     w = self.position
-                    raise DataWorkerDied(f"a DataLoader worker process died at task {w['task'] + 1} "
-                                         f"({w['task_name']}), epoch {w['epoch']}, step {w['step']} ({exc}): kill -9 or "
-                                         f"the out-of-memory killer (fewer --workers use less memory); the checkpoints "
-                                         f"are kept: continue with the same command plus --resume") from exc
+                    raise DataWorkerDied(exc, f" at task {w['task'] + 1} ({w['task_name']}), epoch {w['epoch']}, "
+                                              f"step {w['step']}") from exc
                 raise TrainingFailed(self.position) from exc
             if self.device.type == "cuda":
                 torch.cuda.synchronize()

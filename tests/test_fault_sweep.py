@@ -280,9 +280,11 @@ def test_a_killed_dataloader_worker_is_one_line_naming_resume(tmp_path):
     env = {**os.environ, "FLAG": str(tmp_path / "killed"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert (tmp_path / "killed").exists()
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "error in a strategy or model" not in proc.stderr, proc.stderr
+    # no traceback of ours; multiprocessing's resource-sharer thread may print its own when the worker dies mid-send
+    assert all("multiprocessing" in block for block in proc.stderr.split("Traceback")[1:]), proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("clframework: error: a DataLoader worker process died at task 1 (") and line.endswith(
+    assert line.startswith("clframework: error: a DataLoader worker process died") and line.endswith(
         "kill -9 or the out-of-memory killer (fewer --workers use less memory); the checkpoints are kept: continue "
         "with the same command plus --resume"), line
     done = subprocess.run([*args, "--resume"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)

@@ -796,6 +796,9 @@ def _command(args) -> int:
     except (RegistryError, ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
         if args.debug:
             raise
+        if str(exc).startswith("DataLoader worker (pid"):  # torch imported already: raised outside the training loop
+            from ..trainer import DataWorkerDied, worker_death
+            exc = DataWorkerDied(exc) if worker_death(exc) else exc
         print(f"clframework: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     finally:
