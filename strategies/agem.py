@@ -34,7 +34,7 @@ REF_SCALE = 2.0 ** 64
 
 
 def agem_project(g: Grads, g_ref: Grads) -> Grads:
-    """Eq. 11: g when g . g_ref >= 0, else g - (g . g_ref / g_ref . g_ref) g_ref (no host sync: no branch).
+    """Eq. 11: g when g . g_ref >= 0, else g - (g . g_ref / g_ref . g_ref) g_ref (on a GPU no host sync: no branch).
 
     g, g_ref: one tensor each, or equally long lists of per-parameter tensors in which None stands for zeros (a
     parameter the minibatch or the memory sample did not reach); the result has g's form (None where both are).
@@ -56,12 +56,18 @@ def agem_project(g: Grads, g_ref: Grads) -> Grads:
     both = [j for j, i in enumerate(live) if gs[i] is not None]
     dot = torch.stack([torch.dot(gs[live[j]].reshape(-1), unit[j].reshape(-1)) for j in both]).sum() if both \
         else peak.new_zeros(())
+    out = list(gs)
+    if dot.device.type == "cpu" and dot.item() >= 0:  # no conflict: g stands. On the CPU reading the value is no
+        # device sync, and it spares the norm and two passes; zeros where only g_ref reached, as the projection gives
+        for i, r in zip(live, unit):
+            if out[i] is None:
+                out[i] = torch.zeros_like(r)
+        return out[0] if single else out
     norm2 = torch.stack(torch._foreach_powsum(unit, 2)).sum()
     scale = torch.where(dot < 0, dot / norm2, torch.zeros_like(dot))
     torch._foreach_mul_(unit, -scale)  # the component added to g
     if both:
         torch._foreach_add_([unit[j] for j in both], [gs[live[j]] for j in both])
-    out = list(gs)
     for i, new in zip(live, unit):
         out[i] = new
     return out[0] if single else out

@@ -208,3 +208,14 @@ def test_reference_gradient_of_a_multi_head_memory_decoded_once_per_task(mnist_s
                         p -= 0.5 * p.grad
         memory_decodes = len(calls) - 3  # less the three of the independent computation above
         assert memory_decodes == (1 if augment is None else 3), calls
+
+
+def test_without_a_conflict_g_stands_and_a_parameter_only_the_memory_reached_gets_zeros():
+    """g . g_ref >= 0 (on the CPU the projection is skipped then): g unchanged, zeros (not None) where only g_ref
+    reached, so Adam steps those parameters as it would on the projection's zeros."""
+    g = [torch.tensor([1.0, -2.0]), None, torch.tensor([0.5])]
+    r = [torch.tensor([3.0, 1.0]), torch.tensor([4.0, 5.0]), None]
+    out = agem_project(g, r)
+    assert torch.equal(out[0], g[0]) and torch.equal(out[1], torch.zeros(2)) and out[2] is g[2]
+    conflict = agem_project([torch.tensor([-1.0, 0.0])], [torch.tensor([1.0, 0.0])])
+    assert torch.equal(conflict[0], torch.zeros(2))  # g - (g . r / r . r) r
