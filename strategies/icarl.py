@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clframework.models import forward_head, penultimate
-from clframework.plugin import Batch, Strategy, check_state_keys, register_strategy
+from clframework.plugin import Batch, Strategy, check_state_keys, register_need, register_strategy
 
 from .cumulative import union_data
 
@@ -98,6 +98,19 @@ class NearestMeanOfExemplars(nn.Module):
         return out
 
 
+def exemplar_per_class(model: nn.Module, stream, memory_size: int) -> Optional[str]:
+    """iCaRL's need of at least one exemplar per class the stream holds, checked before training (task_data finds it
+    only when the task that passes the memory's size starts, after the earlier tasks trained)."""
+    n = sum(len(t.classes) for t in stream.tasks)
+    if memory_size >= n:
+        return None
+    return (f"at least one exemplar per class: memory_size ({memory_size}) must be >= the stream's {n} classes "
+            f"(--set memory_size={n} or more)")
+
+
+register_need("exemplar-per-class", exemplar_per_class)
+
+
 @register_strategy("icarl", checks={"memory_size": (lambda v: v >= 1, "an integer >= 1"),
                                     "wd_reg": (lambda v: v >= 0, "a number >= 0")},
                    description="iCaRL: herding exemplars, sigmoid distillation, nearest-mean-of-exemplars prediction")
@@ -113,6 +126,7 @@ class ICaRL(Strategy):
         if memory_size < 1:
             raise ValueError(f"iCaRL needs memory_size >= 1, got {memory_size}")
         self.memory_size = int(memory_size)
+        self.needs = (*ICaRL.needs, ("exemplar-per-class", self.memory_size))  # by its settings: check_needs
         self.wd_reg, self.flip_means = float(wd_reg), bool(flip_means)
         self.minibatch_size = int(minibatch_size)  # kept for the published settings' record; exemplars join the task
         self.exemplars: Dict[int, torch.Tensor] = {}  # class -> stored inputs, in herding order

@@ -289,3 +289,15 @@ def test_a_killed_dataloader_worker_is_one_line_naming_resume(tmp_path):
         "with the same command plus --resume"), line
     done = subprocess.run([*args, "--resume"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+def test_icarl_with_fewer_exemplars_than_classes_is_refused_before_training(tmp_path, cli):
+    """Sweep case r26: memory_size 2 on 4 classes was refused when task 2 started, its folder holding config.json
+    and a checkpoint of the task 1 that trained."""
+    out = tmp_path / "r"
+    proc = cli("run", "--strategy", "icarl", "--setting", "class", "--set", "memory_size=2", "--out", out, *TINY)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "clframework: error: strategy 'icarl' needs at least one exemplar per class: memory_size (2) must be >= the "
+        "stream's 4 classes (--set memory_size=4 or more)"]
+    assert not out.exists()
