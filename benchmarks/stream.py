@@ -188,18 +188,26 @@ class TensorExamples(Examples):
 
     on = to
 
+    def _stored(self, rows: Index) -> torch.Tensor:
+        """`raw` for rows known to be a slice or non-negative indices (minibatches, batches): `index_select`, on the
+        CPU over ten times faster than indexing a [N, C, H, W] tensor with a tensor (which also takes negative
+        indices)."""
+        return self._view(self.x[rows] if isinstance(rows, slice) else self.x.index_select(0, rows))
+
     def minibatches(self, order, start, batch_size, device, workers=0):
         src = self.to(device)
         order = order.to(device)
         for i in range(start * batch_size, len(order), batch_size):
             idx = order[i:i + batch_size]
-            yield src.raw(idx), src.y[idx]
+            rows = idx if src.rows is None else src.rows.index_select(0, idx)
+            yield src._stored(rows), src.y.index_select(0, idx)
 
     def batches(self, batch_size, device, limit=0, workers=0):
         n = len(self) if limit <= 0 else min(limit, len(self))
         for i in range(0, n, batch_size):  # slices: views of the stored tensor where no rows are selected
             part = slice(i, min(i + batch_size, n))
-            yield self.raw(part).to(device), self.y[part].to(device)
+            rows = part if self.rows is None else self.rows[part]
+            yield self._stored(rows).to(device), self.y[part].to(device)
 
 
 class _Rows(torch.utils.data.Dataset):

@@ -136,3 +136,22 @@ def test_the_file_jobs_workers_map_holds_one_uint8_copy(tmp_path):
     mapped = torch.load(tmp_path / "shared.pt", mmap=True, weights_only=False)
     assert mapped[3].examples("train").x.data_ptr() == mapped[7].examples("train").x.data_ptr()
     assert torch.equal(mapped[3].train_x, stream[3].train_x)
+
+
+def test_minibatches_and_batches_equal_raw_for_selected_rows_and_permuted_features():
+    """The trainer's and the end-of-task passes' fast fetch (`index_select`) gives what `raw` (tensor indexing)
+    gives: rows chosen from a larger store, features permuted, a random order and a last short batch."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (50, 1, 3, 4), dtype=torch.uint8, generator=gen)
+    y = torch.randint(0, 5, (50,), generator=gen)
+    for ex in (TensorExamples(x, y), TensorExamples(x, y[10:40], rows=torch.arange(10, 40).flip(0)),
+               TensorExamples(x, y, features=torch.randperm(12, generator=gen))):
+        order = torch.randperm(len(ex), generator=gen)
+        got = list(ex.minibatches(order, 1, 7, torch.device("cpu")))
+        want = order.split(7)[1:]
+        assert len(got) == len(want)
+        for (raw, labels), idx in zip(got, want):
+            assert torch.equal(raw, ex.raw(idx)) and torch.equal(labels, ex.y[idx])
+        for (raw, labels), start in zip(ex.batches(8, "cpu"), range(0, len(ex), 8)):
+            part = slice(start, start + 8)
+            assert torch.equal(raw, ex.raw(part)) and torch.equal(labels, ex.y[part])
