@@ -16,7 +16,9 @@ spread is how far the ratio moves between two independent halves of the repeats 
 invocation would be expected to move; an entry whose spread exceeds `max_spread` gets no verdict on its budget. The
 floor's own spread (of its seconds) shows how much the machine moved.
 Before the timed passes, one untimed pass trains every entry alone, one after the other: it pays imports, allocator
-and caches, and gives each entry's accuracy and peak memory.
+and caches, and gives each entry's accuracy, peak memory and matrix-product FLOPs (`MatrixProducts`). With the
+strategy's end-of-task work timed apart (`Clock.end_of_task`), each row also says how much of its ratio is its steps,
+its end-of-task work and its own extra arithmetic: why a budget is out of reach where it is.
 
 Peak memory: the growth of the process's peak resident set size while the entry trains (Linux: the kernel's
 high-water mark, reset before the entry through /proc/self/clear_refs, so nothing runs beside the timed loop;
