@@ -183,10 +183,10 @@ def test_two_buffers_make_one_class_il_latex_table(buffers, capsys):
         assert (name, buffer) == (CLASS_IL_NAMES[s], str(size) if memory else "-")
         for metric, cell in zip(("acc", "task_il_acc", "forgetting"), cells):
             runs = buffers / f"b{size}"
-            v = np.array([json.loads((runs / f"{s.replace('_', '-')}-seed{k}" / "results.json").read_text())
+            v = np.array([json.loads((runs / f"{s}-seed{k}" / "results.json").read_text())
                           ["metrics"][metric] for k in range(2)])
             text = rf"{100 * v.mean():.2f} \pm {100 * v.std(ddof=1) / np.sqrt(2):.2f}"
-            learners = [np.mean([json.loads((runs / f"{o.replace('_', '-')}-seed{k}" / "results.json").read_text())
+            learners = [np.mean([json.loads((runs / f"{o}-seed{k}" / "results.json").read_text())
                                  ["metrics"][metric] for k in range(2)]) for o in CLASS_IL if o != "joint"]
             best = (min if metric == "forgetting" else max)(learners)
             assert text in cell, (s, size, metric)
