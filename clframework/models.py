@@ -227,7 +227,8 @@ def build_model(model: ModelSpec, input_shape: Sequence[int], head_sizes: Sequen
     try:
         net = factory(tuple(int(d) for d in input_shape), list(head_sizes), **options)
     except Exception as exc:  # a user's factory may raise anything: name it (--debug shows its traceback)
-        called = " (a model factory is called as factory(input_shape, head_sizes))" if isinstance(exc, TypeError) else ""
+        called = (" (a model factory is called as factory(input_shape, head_sizes))" if isinstance(exc, TypeError)
+                  else "")
         raise ValueError(f"model {name} could not be built for inputs of shape {tuple(input_shape)} and heads "
                          f"{list(head_sizes)}: {type(exc).__name__}: {exc}{called}") from exc
     if not isinstance(net, nn.Module):

@@ -419,12 +419,14 @@ from pathlib import Path
 
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-where, mark, nth = os.environ.get("SWEEP_PAUSE", ""), os.environ.get("SWEEP_MARK", ""), int(os.environ.get("SWEEP_NTH", "1"))
+where, mark = os.environ.get("SWEEP_PAUSE", ""), os.environ.get("SWEEP_MARK", "")
+nth = int(os.environ.get("SWEEP_NTH", "1"))
 calls = {"n": 0}
 
 
 def hold(kind):
-    if where != kind or (os.environ.get("SWEEP_WORKER_ONLY") and multiprocessing.current_process().name == "MainProcess"):
+    worker_only = os.environ.get("SWEEP_WORKER_ONLY")
+    if where != kind or (worker_only and multiprocessing.current_process().name == "MainProcess"):
         return
     calls["n"] += 1
     if calls["n"] == nth and not Path(mark + ".done").exists():  # once per case, not again in a retried process
@@ -572,7 +574,7 @@ def kill_and_resume(c: Ctx, args: List[str], pause: str, nth: int = 1, wait: flo
         if held != proc.pid:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        deadline = time.time() + 10  # a DataLoader worker checks its parent every 5 s (torch's MP_STATUS_CHECK_INTERVAL)
+        deadline = time.time() + 10  # a DataLoader worker checks its parent every 5 s (MP_STATUS_CHECK_INTERVAL)
         while _group(proc.pid) and time.time() < deadline:
             time.sleep(0.2)
         left = _group(proc.pid)
@@ -1572,7 +1574,7 @@ def _(c):
                    "bogus", out=c.p("t"))
 
 
-# ---- kill -9, then the same command plus --resume ---------------------------------------------------------------------
+# ---- kill -9, then the same command plus --resume -----------------------------------------------------------------
 # split-mnist-5k's protocol: batch 64, 800 training examples a task: 13 optimizer steps a task.
 
 @case("k01", "kill", "er killed inside a reservoir memory update (task 2): --resume bit-identical", timeout=240)

@@ -113,7 +113,8 @@ def test_set_of_an_unknown_hyperparameter_lists_the_strategys_own(tmp_path, cli)
         "clframework: error: --set foo: none of ['er'] has a hyperparameter 'foo'; er has memory_size, minibatch_size"]
     proc = cli("compare", "--strategies", "naive,si", "--set", "foo=1", "--out", tmp_path / "c", *TINY)
     assert proc.stderr.strip().splitlines()[-1].endswith(
-        "none of ['naive', 'si'] has a hyperparameter 'foo'; naive has none, si has c, xi, clamp, omega_from_total_loss")
+        "none of ['naive', 'si'] has a hyperparameter 'foo'; naive has none, si has c, xi, clamp, "
+        "omega_from_total_loss")
 
 
 def test_drop_last_that_would_drop_every_minibatch_of_a_task_is_refused(tmp_path, cli, mnist_stream):
@@ -174,6 +175,22 @@ def test_load_of_a_diverged_run_says_it_diverged(tmp_path, cli):
     assert proc.returncode == 3, proc.stderr
     where = json.loads((out / "results.json").read_text())["diverged_at"]
     with pytest.raises(ValueError, match=rf"^{out} holds a run that diverged \(task {where['task'] + 1}"):
+        load(out)
+
+
+def test_load_of_a_run_whose_model_module_is_gone_names_the_way_out(tmp_path, cli, own_models, monkeypatch):
+    """Sweep case l13: the run's module:factory no longer importable named the module only, not load(model=...)."""
+    import sys
+
+    from clframework import load
+
+    out = tmp_path / "r"
+    proc = cli("run", "--strategy", "naive", "--model", "sweep_fix_models:flat", "--out", out, *BASE)
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "sweep_fix_models.py").unlink()
+    monkeypatch.delitem(sys.modules, "sweep_fix_models")
+    with pytest.raises(ValueError, match=r"cannot import module 'sweep_fix_models'.*; or pass the factory itself: "
+                                         rf"load\('{re.escape(str(out))}', model=factory\)$"):
         load(out)
 
 
