@@ -218,10 +218,17 @@ def ewc_penalty(theta: torch.Tensor, anchors: List[torch.Tensor], fishers: List[
     return 0.5 * ewc_lambda * sum((f * (theta - a).pow(2)).sum() for a, f in zip(anchors, fishers))
 
 
-def ewc_penalty_grad(theta: torch.Tensor, fisher_sum: torch.Tensor, fisher_anchor_sum: torch.Tensor,
+def weighted_anchor(fisher_sum: torch.Tensor, fisher_anchor_sum: torch.Tensor) -> torch.Tensor:
+    """The Fisher-weighted mean of the anchors, sum_t F_t theta*_t / sum_t F_t: the centre of the summed penalty,
+    sum_t F_t (theta - theta*_t) = (sum_t F_t) (theta - centre), so its gradient costs two passes whatever the number
+    of tasks. Where sum_t F_t is 0 or subnormal the penalty is flat or negligible, and the centre only kept finite."""
+    return fisher_anchor_sum / fisher_sum.clamp_min(torch.finfo(fisher_sum.dtype).tiny)
+
+
+def ewc_penalty_grad(theta: torch.Tensor, fisher_sum: torch.Tensor, centre: torch.Tensor,
                      ewc_lambda: float) -> torch.Tensor:
-    """Closed-form gradient of `ewc_penalty`: lambda * (sum_t F_t * theta - sum_t F_t theta*_t), cost independent of T."""
-    return ewc_lambda * (fisher_sum * theta - fisher_anchor_sum)
+    """Closed-form gradient of `ewc_penalty`: lambda * (sum_t F_t) (theta - centre), centre the `weighted_anchor`."""
+    return ewc_lambda * fisher_sum * (theta - centre)
 
 
 _nonneg = (lambda v: v >= 0, "a number >= 0")
@@ -261,7 +268,7 @@ class EWC(Strategy):
         self.fishers: List[Dict[str, torch.Tensor]] = []   # per past task (one decayed term when online)
         self.anchors: List[Dict[str, torch.Tensor]] = []   # theta*_t
         self.fisher_sum: Dict[str, torch.Tensor] = {}      # sum_t F_t
-        self.fisher_anchor_sum: Dict[str, torch.Tensor] = {}  # sum_t F_t theta*_t
+        self.centre: Dict[str, torch.Tensor] = {}          # sum_t F_t theta*_t / sum_t F_t (weighted_anchor)
         self._params: Dict[str, nn.Parameter] = {}  # this task's trainable parameters
         self._plans: Dict[tuple, tuple] = {}
 
@@ -270,29 +277,27 @@ class EWC(Strategy):
         self._plans = {}
 
     def _plan(self, model: nn.Module) -> tuple:
-        """(parameters, F sums, (F theta*) sums) for the penalized parameters that have gradients; built once per
-        task and set of parameters with gradients."""
+        """(parameters, F sums, centres) for the penalized parameters that have gradients; built once per task and
+        set of parameters with gradients."""
         params = self._params or trainable(model)
         key = tuple(p.grad is not None for p in params.values())
         plan = self._plans.get(key)
         if plan is None:
             names = [n for (n, p), has in zip(params.items(), key) if has and n in self.fisher_sum]
             plan = self._plans[key] = ([params[n] for n in names], [self.fisher_sum[n] for n in names],
-                                       [self.fisher_anchor_sum[n] for n in names])
+                                       [self.centre[n] for n in names])
         return plan
 
     @torch.no_grad()
     def on_before_step(self, model: nn.Module) -> None:
         if not self.fisher_sum or self.ewc_lambda == 0:
             return
-        ps, fisher_sum, fisher_anchor_sum = self._plan(model)
-        if ps:  # grad += lambda * (sum_t F_t * theta - sum_t F_t theta*_t); exactly 0 added where theta = theta*,
-            # so Adam never turns round-off into steps on weights with no gradient (e.g. always-black pixels).
-            # Three passes: the product is a new tensor (the allocator reuses last step's block) rather than a copy
-            # multiplied in place; no fused multiply-add (addcmul), whose unrounded product would break that 0.
-            pen = torch._foreach_mul(ps, fisher_sum)
-            torch._foreach_sub_(pen, fisher_anchor_sum)
-            torch._foreach_add_([p.grad for p in ps], pen, alpha=self.ewc_lambda)
+        ps, fisher_sum, centre = self._plan(model)
+        if ps:  # grad += lambda (sum_t F_t) (theta - centre), as MAS: two passes (the difference a new tensor, the
+            # allocator reusing last step's block). Exactly 0 is added where theta = centre (one task: theta*) or
+            # sum_t F_t = 0, so Adam never turns round-off into steps on weights with no gradient (always-black pixels)
+            diff = torch._foreach_sub(ps, centre)
+            torch._foreach_addcmul_([p.grad for p in ps], diff, fisher_sum, value=self.ewc_lambda)
 
     def on_task_end(self, model: nn.Module, data, head: int = 0) -> None:
         device = next(model.parameters()).device
@@ -309,12 +314,18 @@ class EWC(Strategy):
         self._rebuild_sums()
 
     def _rebuild_sums(self) -> None:
-        self.fisher_sum, self.fisher_anchor_sum = {}, {}
+        """sum_t F_t and the centres; with one term (one task, online EWC) the centre is theta* itself, bit for bit,
+        so the hook adds exactly 0 at theta = theta*."""
         self._plans = {}
+        if len(self.fishers) == 1:
+            self.fisher_sum, self.centre = dict(self.fishers[0]), dict(self.anchors[0])
+            return
+        self.fisher_sum, anchor_sum = {}, {}
         for fisher, anchor in zip(self.fishers, self.anchors):
             for n, f in fisher.items():
                 self.fisher_sum[n] = self.fisher_sum.get(n, 0) + f
-                self.fisher_anchor_sum[n] = self.fisher_anchor_sum.get(n, 0) + f * anchor[n]
+                anchor_sum[n] = anchor_sum.get(n, 0) + f * anchor[n]
+        self.centre = {n: weighted_anchor(f, anchor_sum[n]) for n, f in self.fisher_sum.items()}
 
     def penalty_value(self, model: nn.Module) -> torch.Tensor:
         """The EWC penalty at the current weights (for reporting; training adds its gradient directly)."""

@@ -5,7 +5,7 @@ import torch
 from clframework import Trainer, make_strategy, mlp
 from clframework.plugin import subset_rows
 from penalty_check import assert_hook_adds_autograd_penalty_gradient
-from clframework.strategies.ewc import EWC, ewc_penalty, fisher_diagonal
+from clframework.strategies.ewc import EWC, ewc_penalty, ewc_penalty_grad, fisher_diagonal, weighted_anchor
 
 
 def _brute_force_fisher(model, x, y, head, kind):
@@ -68,6 +68,41 @@ def test_penalty_gradient_equals_autograd():
                   for n, p in model.named_parameters())
     assert torch.allclose(penalty, by_hand)
     assert_hook_adds_autograd_penalty_gradient(ewc, model)
+
+
+def test_penalty_gradient_about_the_weighted_anchor_equals_autograd_over_tasks():
+    """sum_t F_t (theta - theta*_t) = (sum_t F_t)(theta - weighted anchor), in float64, with Fisher zeros (one
+    task's, every task's) where the penalty is flat."""
+    gen = torch.Generator().manual_seed(3)
+    theta = torch.randn(50, dtype=torch.float64, generator=gen, requires_grad=True)
+    fishers = [torch.rand(50, dtype=torch.float64, generator=gen) for _ in range(3)]
+    anchors = [torch.randn(50, dtype=torch.float64, generator=gen) for _ in range(3)]
+    fishers[0][:10] = 0
+    for f in fishers:
+        f[40:] = 0
+    (auto,) = torch.autograd.grad(ewc_penalty(theta, anchors, fishers, 2.5), theta)
+    total = sum(fishers)
+    centre = weighted_anchor(total, sum(f * a for f, a in zip(fishers, anchors)))
+    closed = ewc_penalty_grad(theta.detach(), total, centre, 2.5)
+    assert torch.allclose(closed, auto, rtol=1e-12, atol=1e-14) and torch.equal(closed[40:], torch.zeros(10))
+
+
+def test_hook_adds_exactly_zero_at_the_anchor_in_float32():
+    """One term (one task, online EWC): the centre is theta* itself, so at theta = theta* the hook leaves every
+    gradient as it is (Adam would turn any round-off into a full-size step on a weight with no gradient)."""
+    torch.manual_seed(4)
+    model = mlp(6, [3], hidden=(5,))
+    ewc = EWC(ewc_lambda=123.0)
+    ewc.fishers.append({n: torch.rand_like(p) * 10.0 ** torch.randint(-30, 3, p.shape) for n, p in
+                        model.named_parameters()})
+    ewc.anchors.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    ewc._rebuild_sums()
+    assert all(torch.equal(ewc.centre[n], a) for n, a in ewc.anchors[0].items())
+    grads = [torch.randn_like(p) for p in model.parameters()]
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g.clone()
+    ewc.on_before_step(model)
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
 
 
 def _copy(generator: torch.Generator) -> torch.Generator:
