@@ -14,6 +14,7 @@ task. The DER protocols (benchmarks/der.py) run the default.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -28,20 +29,82 @@ from .memory import SELECTIONS, ReplayMemory, add_task_data, stores_raw
 Grads = Union[torch.Tensor, Sequence[Optional[torch.Tensor]]]
 # g_ref is the gradient of REF_SCALE x the memory's loss: scaling by a power of two is exact and leaves Eq. 11 as it
 # is, but a learned memory's gradient (~1e-40, the loss as small) would otherwise be float32 denormals or zeros (75% of
-# its entries in a diverged run), its direction lost; gradients ~1e19 times larger than a cross-entropy's are still
-# far from float32's limit (3e38).
-REF_SCALE = 2.0 ** 64
+# its entries in a diverged run), its direction lost. 2^48 lifts it 3e14-fold while g_ref . g_ref stays finite in
+# float32 until the unscaled gradient's norm passes 65,536 (at 2^64 it overflowed once that norm passed 1: 391 of
+# the 1,504 steps of the bench's A-GEM run, each then taking the slower scaled path of `agem_project`).
+REF_SCALE = 2.0 ** 48
+
+
+def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """sum_j a_j . b_j over per-parameter tensors (0 when there are none)."""
+    if not a:
+        return like.new_zeros(())
+    return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)]).sum()
+
+
+def _standing(gs: List[Optional[torch.Tensor]], refs: List[torch.Tensor]) -> List[torch.Tensor]:
+    """Eq. 11 without a conflict: g stands, zeros where only g_ref reached (so Adam steps those parameters as it
+    would on the projection's zeros)."""
+    return [g if g is not None else torch.zeros_like(r) for g, r in zip(gs, refs)]
+
+
+def _project_unscaled(gs: List[torch.Tensor], refs: List[torch.Tensor], both: List[int]
+                      ) -> Optional[List[torch.Tensor]]:
+    """Eq. 11 on the CPU (reading a value is no device sync) from g . g_ref and g_ref . g_ref as they are, one
+    tensor per g_ref: g itself where the minibatch reached, zeros or the removed component where only g_ref did.
+    Without a conflict one pass (the dot product, reading g and g_ref), with one two more (g_ref . g_ref, then
+    g - c g_ref written anew); None when float32's range does not make the sign and the ratio trustworthy (a dot
+    product or squared norm not finite, or so small that products flushed below the normal range could matter):
+    then `_project_scaled`."""
+    info = torch.finfo(refs[0].dtype)
+    safe = sum(r.numel() for r in refs) * info.tiny / info.eps  # every flushed product together < eps of it
+    dot = _dot([gs[j] for j in both], [refs[j] for j in both], refs[0]).item()
+    if not math.isfinite(dot) or abs(dot) <= safe:
+        return None
+    if dot > 0:
+        return _standing(gs, refs)
+    norm2 = torch.stack(torch._foreach_powsum(refs, 2)).sum().item()
+    if not safe < norm2 < math.inf:
+        return None
+    scale = dot / norm2
+    only = [j for j, g in enumerate(gs) if g is None]
+    out = list(gs)
+    for j, new in zip(both, torch._foreach_add([gs[j] for j in both], [refs[j] for j in both], alpha=-scale)):
+        out[j] = new
+    if only:  # where only g_ref reached: the removed component alone
+        for j, new in zip(only, torch._foreach_mul([refs[j] for j in only], -scale)):
+            out[j] = new
+    return out
+
+
+def _project_scaled(gs: List[torch.Tensor], refs: List[torch.Tensor], both: List[int]) -> List[torch.Tensor]:
+    """Eq. 11 for any g_ref, with no host sync where the tensors live on a GPU (no branch). g_ref is first divided by
+    its largest |element|, which leaves the projection unchanged: once the memory is learned g_ref can be denormal
+    (|g_ref| ~ 1e-40), where g_ref . g_ref underflows to 0 in float32 and the ratio g . g_ref / g_ref . g_ref exceeds
+    float32's range even when formed in float64 (inf, and inf * 0 = NaN). Scaled, g_ref . g_ref >= 1 and the
+    removed component, of length |g . g_ref| / |g_ref| <= |g|, cannot overflow."""
+    # max |element| of g_ref, exact (an element); 10x faster on CPU than _foreach_norm's ord=inf
+    peak = torch.stack(torch._foreach_max(torch._foreach_abs(refs))).max()
+    unit = torch._foreach_div(refs, torch.where(peak > 0, peak, torch.ones_like(peak)))  # |elements| <= 1
+    dot = _dot([gs[j] for j in both], [unit[j] for j in both], peak)
+    if dot.device.type == "cpu" and dot.item() >= 0:  # spares the norm and two passes
+        return _standing(gs, refs)
+    norm2 = torch.stack(torch._foreach_powsum(unit, 2)).sum()
+    scale = torch.where(dot < 0, dot / norm2, torch.zeros_like(dot))
+    torch._foreach_mul_(unit, -scale)  # the component added to g
+    if both:
+        torch._foreach_add_([unit[j] for j in both], [gs[j] for j in both])
+    return unit
 
 
 def agem_project(g: Grads, g_ref: Grads) -> Grads:
-    """Eq. 11: g when g . g_ref >= 0, else g - (g . g_ref / g_ref . g_ref) g_ref (on a GPU no host sync: no branch).
+    """Eq. 11: g when g . g_ref >= 0, else g - (g . g_ref / g_ref . g_ref) g_ref.
 
     g, g_ref: one tensor each, or equally long lists of per-parameter tensors in which None stands for zeros (a
     parameter the minibatch or the memory sample did not reach); the result has g's form (None where both are).
-    g_ref is first divided by its largest |element|, which leaves the projection unchanged: once the memory is learned
-    g_ref can be denormal (|g_ref| ~ 1e-40), where g_ref . g_ref underflows to 0 in float32 and the ratio
-    g . g_ref / g_ref . g_ref exceeds float32's range even when formed in float64 (inf, and inf * 0 = NaN). Scaled,
-    g_ref . g_ref >= 1 and the removed component, of length |g . g_ref| / |g_ref| <= |g|, cannot overflow."""
+    On the CPU from the dot products as they are (`_project_unscaled`) where float32's range allows, which is every
+    step of a sane training; else, and on a GPU (no host sync), from g_ref divided by its largest |element|
+    (`_project_scaled`: finite even for a denormal g_ref)."""
     single = isinstance(g, torch.Tensor)
     gs, rs = ([g], [g_ref]) if single else (list(g), list(g_ref))
     if len(gs) != len(rs):
@@ -49,27 +112,14 @@ def agem_project(g: Grads, g_ref: Grads) -> Grads:
     live = [i for i, r in enumerate(rs) if r is not None]
     if not live:
         return g
-    refs = [rs[i] for i in live]
-    # max |element| of g_ref, exact (an element); 10x faster on CPU than _foreach_norm's ord=inf
-    peak = torch.stack(torch._foreach_max(torch._foreach_abs(refs))).max()
-    unit = torch._foreach_div(refs, torch.where(peak > 0, peak, torch.ones_like(peak)))  # |elements| <= 1
-    both = [j for j, i in enumerate(live) if gs[i] is not None]
-    dot = torch.stack([torch.dot(gs[live[j]].reshape(-1), unit[j].reshape(-1)) for j in both]).sum() if both \
-        else peak.new_zeros(())
+    refs, lives = [rs[i] for i in live], [gs[i] for i in live]
+    both = [j for j, t in enumerate(lives) if t is not None]
+    new = _project_unscaled(lives, refs, both) if refs[0].device.type == "cpu" else None
+    if new is None:
+        new = _project_scaled(lives, refs, both)
     out = list(gs)
-    if dot.device.type == "cpu" and dot.item() >= 0:  # no conflict: g stands. On the CPU reading the value is no
-        # device sync, and it spares the norm and two passes; zeros where only g_ref reached, as the projection gives
-        for i, r in zip(live, unit):
-            if out[i] is None:
-                out[i] = torch.zeros_like(r)
-        return out[0] if single else out
-    norm2 = torch.stack(torch._foreach_powsum(unit, 2)).sum()
-    scale = torch.where(dot < 0, dot / norm2, torch.zeros_like(dot))
-    torch._foreach_mul_(unit, -scale)  # the component added to g
-    if both:
-        torch._foreach_add_([unit[j] for j in both], [gs[live[j]] for j in both])
-    for i, new in zip(live, unit):
-        out[i] = new
+    for i, t in zip(live, new):
+        out[i] = t
     return out[0] if single else out
 
 
@@ -79,7 +129,8 @@ def grouped_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, groups: Seq
     covering x): what `forward_heads` with one head per row gives, but the trunk of a MultiHeadNet runs once and
     each head on its part, with no per-step search for each head's rows (a host sync). The parts come from one
     `split`, whose backward is one concatenation (a slice per head would pad each head's gradient with zeros to the
-    whole batch and add them up)."""
+    whole batch and add them up). Heads of one width: one cross-entropy over the parts' outputs concatenated (the
+    same gradient, bit for bit: -1/len(y) at each row's label either way, in fewer operations)."""
     if len(groups) == 1:
         return F.cross_entropy(forward_head(model, x, groups[0][0]), y)
     sizes = [b - a for _, a, b in groups]
@@ -88,8 +139,10 @@ def grouped_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, groups: Seq
         logits = [head(part) for part, head in parts]
     else:
         logits = [forward_head(model, part, h) for part, (h, _, _) in zip(x.split(sizes), groups)]
-    total = sum(F.cross_entropy(out, part, reduction="sum") for out, part in zip(logits, y.split(sizes)))
-    return total / len(y)
+    if len({out.shape[1:] for out in logits}) == 1:
+        return F.cross_entropy(torch.cat(logits), y)
+    losses = [F.cross_entropy(out, part, reduction="sum") for out, part in zip(logits, y.split(sizes))]
+    return sum(losses[1:], losses[0]) / len(y)
 
 
 @register_strategy("agem", checks={"memory_size": (lambda v: v >= 1, "an integer >= 1"),

@@ -219,3 +219,63 @@ def test_without_a_conflict_g_stands_and_a_parameter_only_the_memory_reached_get
     assert torch.equal(out[0], g[0]) and torch.equal(out[1], torch.zeros(2)) and out[2] is g[2]
     conflict = agem_project([torch.tensor([-1.0, 0.0])], [torch.tensor([1.0, 0.0])])
     assert torch.equal(conflict[0], torch.zeros(2))  # g - (g . r / r . r) r
+
+
+def test_both_ways_of_the_projection_give_the_float64_closed_form():
+    """On the CPU the projection comes from g . g_ref and g_ref . g_ref as they are; the scaled way (g_ref divided
+    by its largest |element|, a GPU's and the fallback) must give the same vectors, both the float64 closed form."""
+    from clframework.strategies.agem import _project_scaled, _project_unscaled
+
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(30, 20), (30,), (2, 30), (2,)]
+    conflicts = 0
+    for trial in range(40):
+        g = [torch.randn(s, generator=gen) for s in shapes[:2]] + [None, None]
+        r = [torch.randn(s, generator=gen) * 1e14 for s in shapes]  # REF_SCALE-sized, as the strategy gives
+        both = [0, 1]
+        unscaled, scaled = _project_unscaled(g, r, both), _project_scaled(g, r, both)
+        flat = lambda ts: torch.cat([t.reshape(-1) for t in ts])
+        flat_g = flat([t if t is not None else torch.zeros(s) for t, s in zip(g, shapes)])
+        expected = _closed_form(flat_g, flat(r))
+        conflicts += int(flat_g.double() @ flat(r).double() < 0)
+        for out in (unscaled, scaled):
+            assert torch.allclose(flat(out).double(), expected, rtol=1e-5, atol=1e-6 * flat_g.abs().max().item())
+    assert 5 < conflicts < 35
+
+
+def test_a_reference_gradient_whose_squared_norm_overflows_float32_takes_the_scaled_way():
+    """|g_ref| ~ 1e20 (g_ref . g_ref = inf in float32): the unscaled way declines, and the result is still the
+    float64 closed form."""
+    from clframework.strategies.agem import _project_unscaled
+
+    gen = torch.Generator().manual_seed(6)
+    g, r = torch.randn(1000, generator=gen), torch.randn(1000, generator=gen) * 1e20
+    g = g - 2 * (g @ r) / (r @ r) * r if g @ r > 0 else g  # a conflict
+    assert torch.isinf(r @ r) and torch.isfinite(g @ r) and g @ r < 0
+    assert _project_unscaled([g], [r], [0]) is None
+    p = agem_project(g, r)
+    assert torch.allclose(p.double(), _closed_form(g, r), rtol=1e-5, atol=1e-6)
+
+
+def test_grouped_loss_gives_the_gradient_of_the_parts_losses_bit_for_bit():
+    """Heads of one width: one cross-entropy over the concatenated outputs, whose gradient must equal, bit for bit,
+    that of the sum of each part's summed cross-entropy (the trunk run once on all rows, as both do); heads of other
+    widths: that sum itself. Both equal the mean loss of `forward_heads` (-inf padding) to rounding."""
+    from clframework.strategies.agem import grouped_loss
+
+    torch.manual_seed(7)
+    model = mlp(12, [2, 2, 3], hidden=(9,))
+    params = list(model.parameters())
+    x, y = torch.randn(20, 12), torch.randint(0, 2, (20,))
+    for groups in ([(0, 0, 8), (1, 8, 20)], [(0, 0, 8), (2, 8, 20)]):
+        got = torch.autograd.grad(grouped_loss(model, x, y, groups), params, allow_unused=True)
+        features = model.trunk(x)
+        parts = [F.cross_entropy(model.heads[h](features[a:b]), y[a:b], reduction="sum") for h, a, b in groups]
+        want = torch.autograd.grad((parts[0] + parts[1]) / len(y), params, allow_unused=True)
+        heads = torch.cat([torch.full((b - a,), h) for h, a, b in groups])
+        padded = torch.autograd.grad(F.cross_entropy(forward_heads(model, x, heads), y), params, allow_unused=True)
+        for g, w, p in zip(got, want, padded):
+            assert (g is None) == (w is None) == (p is None)
+            if g is not None:
+                assert torch.equal(g, w)
+                assert torch.allclose(g, p, rtol=1e-5, atol=1e-7)
