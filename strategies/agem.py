@@ -30,8 +30,8 @@ Grads = Union[torch.Tensor, Sequence[Optional[torch.Tensor]]]
 # g_ref is the gradient of REF_SCALE x the memory's loss: scaling by a power of two is exact and leaves Eq. 11 as it
 # is, but a learned memory's gradient (~1e-40, the loss as small) would otherwise be float32 denormals or zeros (75% of
 # its entries in a diverged run), its direction lost. 2^48 lifts it 3e14-fold while g_ref . g_ref stays finite in
-# float32 until the unscaled gradient's norm passes 65,536 (at 2^64 it overflowed once that norm passed 1: 391 of
-# the 1,504 steps of the bench's A-GEM run, each then taking the slower scaled path of `agem_project`).
+# float32 until the unscaled gradient's norm passes 65,536 (at 2^64 it overflowed once that norm passed 1: in 354 of
+# the 1,504 steps of the bench's A-GEM run, scripts/agem_paths.py, sending conflicts to the slower scaled way).
 REF_SCALE = 2.0 ** 48
 
 
