@@ -2,8 +2,9 @@
 (`--jobs N`), or as Ray tasks on a local instance or a cluster (`--ray [ADDRESS]`).
 
 A run is a picklable payload handed, with the study's shared stream, to a module-level function. `--jobs N` is this
-process and N - 1 workers (see Pool). The stream is prepared once: local workers memory-map one file of it (the pages are shared, so N workers do not hold N copies) and
-Ray tasks read one object from Ray's store. Each worker uses `threads` torch threads, so a run's results equal those
+process and N - 1 workers (see Pool). The stream is prepared once: forked workers share this process's pages of it,
+spawned ones memory-map one file of it (so N workers do not hold N copies) and Ray tasks read one object from Ray's
+store. Each worker uses `threads` torch threads, so a run's results equal those
 of the same run alone in one process with that thread count.
 
 torch is imported where a run needs it, not at import: `--jobs`, `--threads` and `--ray` are checked before it loads
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import queue
 import signal
 import sys
 import tempfile
 import threading
 import time
 import warnings
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -96,6 +99,8 @@ class Backend:
             raise ValueError(f"threads per run must be >= 1, got {self.threads}")
         if self.ray is not None and self.jobs != 1:
             raise ValueError("give either --jobs or --ray, not both (Ray schedules the runs on its own workers)")
+        if self.jobs > 1:
+            chosen_start_method()
 
     @property
     def parallel(self) -> bool:
@@ -203,12 +208,15 @@ def _die_with(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="clframework-parent-watch").start()
 
 
-def _init_worker(path: str, threads: int, plugins, parent: int) -> None:
+def _init_worker(path: Optional[str], threads: int, plugins, parent: int, shared=None) -> None:
+    """A worker's start: `shared` itself where it was forked (this process's copy-on-write pages of the parent's),
+    else the file at `path`, memory-mapped."""
     global _SHARED
     import torch
     from tqdm import tqdm
 
     _die_with(parent)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a forked worker's: not the parent's Ctrl-C handler
     # tqdm's default lock is a multiprocessing one, registered with the parent's resource tracker: a killed worker
     # would leave it behind, and the tracker warn of a "leaked semaphore" at exit; a worker's bars need no such lock
     tqdm.set_lock(threading.RLock())
@@ -219,7 +227,7 @@ def _init_worker(path: str, threads: int, plugins, parent: int) -> None:
     import torch._dynamo  # noqa: F401
 
     _import_plugins(plugins)
-    _SHARED = torch.load(path, mmap=True, weights_only=False)
+    _SHARED = shared if path is None else torch.load(path, mmap=True, weights_only=False)
 
 
 def _call(fn, payload, index: int, folder: str):
@@ -227,19 +235,6 @@ def _call(fn, payload, index: int, folder: str):
     tell whose run it was (the pool itself only says that some worker died)."""
     Path(folder, f"running-{os.getpid()}").write_text(str(index))
     return fn(_SHARED, payload)
-
-
-_BROKEN = object()  # a future the broken pool failed: run again
-
-
-def _take(future) -> bool:
-    """Cancel a queued future so that this process runs its payload. A pool that breaks meanwhile still holds it
-    and sets an exception on it, which Python 3.11 raises on in the pool's thread for a cancelled future
-    (InvalidStateError; 3.12 ignores it): a taken future ignores that."""
-    if not future.cancel():
-        return False
-    future.set_exception = lambda exc: None
-    return True
 
 
 class WorkersFailed(RuntimeError):
@@ -271,72 +266,149 @@ def _gather(submitted: dict, on_result, results: list, cancel: Callable[[], None
     return results
 
 
-def _ready() -> None:
-    """Queued ahead of the runs, one per worker: ProcessPoolExecutor hands a worker its next call before the worker
-    asks (one more than the workers), so without these the first runs would be taken before any worker has started."""
+START_METHOD = "CLFRAMEWORK_WORKER_START"  # `spawn` or `fork`: how --jobs workers start, instead of start_method's
+
+
+def chosen_start_method() -> Optional[str]:
+    """CLFRAMEWORK_WORKER_START's value, checked (Backend checks it before a study starts)."""
+    chosen = os.environ.get(START_METHOD, "").strip()
+    if chosen not in ("", "spawn", "fork"):
+        raise ValueError(f"{START_METHOD}={chosen!r}: use spawn or fork, or unset it for the default")
+    return chosen or None
+
+
+def start_method(threads: int, device: str) -> str:
+    """How --jobs workers start. `fork` copies this process, which has torch, clframework and the stream loaded: a
+    worker is ready at once, where a spawned one first imports all of that (seconds, a core's time that the study
+    loses). It is chosen only where it is safe: Linux (macOS's system libraries are not fork-safe, Windows has no
+    fork), a CPU study with CUDA not initialised here (a forked child cannot use CUDA), one torch thread per worker
+    (GNU OpenMP's thread pool does not survive a fork: a child that enters a parallel region after this process did
+    may hang; with one thread it never enters one) and no other thread here (a child would inherit the locks it
+    held: _main_thread_alone). Everywhere else `spawn`. The environment variable CLFRAMEWORK_WORKER_START chooses
+    one of them regardless."""
+    chosen = chosen_start_method()
+    if chosen:
+        return chosen
+    import torch
+
+    from .trainer import select_device
+
+    safe = (sys.platform == "linux" and threads == 1 and select_device(device).type == "cpu"
+            and not torch.cuda.is_initialized() and _main_thread_alone())
+    return "fork" if safe else "spawn"
+
+
+def _main_thread_alone() -> bool:
+    """No thread here but the main one, and tqdm's monitor (a bar starts it): the only lock it takes is tqdm's, which
+    a worker replaces (_init_worker)."""
+    from tqdm._monitor import TMonitor
+
+    return all(t is threading.main_thread() or isinstance(t, TMonitor) for t in threading.enumerate())
 
 
 class Pool(Executor):
-    """`jobs` runs side by side: this process, which trains too, and jobs - 1 spawned worker processes (safe with
-    CUDA and threads, unlike fork), each with `threads` torch threads.
+    """`jobs` runs side by side: this process, which trains too, and jobs - 1 worker processes (forked or spawned:
+    start_method), each with `threads` torch threads.
 
-    A spawned worker pays seconds of start-up (Python, torch, clframework) before its first run; meanwhile this
-    process, which has all of that loaded and the stream in memory, is already training: it takes runs from the end of
-    the queue that no worker has taken yet, the workers from its front."""
+    The runs wait in one queue here: a worker is sent its next run only when it has finished the last (the pool's
+    own read-ahead would hold a run that this process, already idle, could have taken), from the front of the
+    queue; this process takes its runs from the back. A spawned worker pays seconds of start-up before its first run;
+    meanwhile this process is already training."""
 
-    def __init__(self, shared, jobs: int, threads: int, plugins, folder: str):
+    def __init__(self, shared, jobs: int, threads: int, plugins, folder: str, device: str = "auto"):
         import torch
 
-        path = os.path.join(folder, "shared.pt")
-        torch.save(shared, path)  # once; every worker memory-maps it
+        self.method = start_method(threads, device)
+        if self.method == "fork":
+            path = None  # the workers inherit `shared`
+        else:
+            path = os.path.join(folder, "shared.pt")
+            torch.save(shared, path)  # once; every worker memory-maps it
         self.shared, self.threads, self.folder, self.workers = shared, threads, folder, jobs - 1
         self.start = lambda: ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=torch.multiprocessing.get_context("spawn"),
-            initializer=_init_worker, initargs=(path, threads, plugins, os.getpid()))
+            max_workers=self.workers, mp_context=torch.multiprocessing.get_context(self.method),
+            initializer=_init_worker, initargs=(path, threads, plugins, os.getpid(),
+                                                shared if self.method == "fork" else None))
         self.pool = self.start()
+
+    def _round(self, fn, payloads, todo: List[int], here: bool, on_result, results: list):
+        """Run `todo` once: the workers take from the queue's front, this process (if `here`) from its back. Returns
+        the runs left unfinished by a broken pool (a worker died) and the pool's worker processes; the other runs'
+        results are reported."""
+        # reentrant: a run that finishes before its callback is added has the callback called here, lock held
+        waiting, lock, finished = deque(todo), threading.RLock(), queue.Queue()
+        state = {"sent": 0, "broken": False}
+
+        def send(done=None) -> None:
+            """The next run to a worker: at the start, and (in the pool's thread) as each finishes."""
+            with lock:
+                if waiting and not state["broken"]:
+                    i = waiting.popleft()
+                    try:
+                        future = self.pool.submit(_call, fn, payloads[i], i, self.folder)
+                    except (BrokenProcessPool, RuntimeError):  # broken, or shut down by an error here
+                        waiting.appendleft(i)
+                        state["broken"] = True
+                    else:
+                        state["sent"] += 1
+                        future.index = i
+                        future.add_done_callback(send)
+            if done is not None:
+                finished.put(done)  # after the next run is sent: whoever reads it sees a settled queue
+
+        broken, received = [], 0
+
+        def receive(future) -> None:
+            nonlocal received
+            received += 1
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                broken.append(future.index)
+                return
+            results[future.index] = result
+            on_result(future.index, result)
+
+        try:
+            for _ in range(self.workers):
+                send()
+            from .checkpoint import lock_in_workers
+
+            workers = dict(self.pool._processes)  # started by the submits
+            lock_in_workers(list(workers))
+            if here:
+                with _threads(self.threads):
+                    while True:
+                        while not finished.empty():
+                            receive(finished.get())
+                        with lock:
+                            if not waiting:
+                                break
+                            i = waiting.pop()
+                        results[i] = fn(self.shared, payloads[i])
+                        on_result(i, results[i])
+            while True:
+                with lock:
+                    if received == state["sent"] and (not waiting or state["broken"]):
+                        break
+                receive(finished.get())
+        except BaseException:
+            with lock:
+                waiting.clear()  # nothing more is sent
+            raise
+        return broken + list(waiting), workers
 
     def map(self, fn, payloads, on_result=lambda i, r: None, on_lost=_worker_died):
         """A worker that dies breaks the whole ProcessPoolExecutor (its other workers are terminated too): the runs
         finished so far are kept, the dead worker's run is charged one death, and every unfinished run goes to a
         new pool (workers only), continuing from its checkpoint; a run charged twice is given up (on_lost's
         result)."""
-        from .checkpoint import lock_in_workers
-
         results, deaths, todo = [None] * len(payloads), [0] * len(payloads), list(range(len(payloads)))
         starts = 0  # pools whose workers died while starting
         here = True  # this process trains too (not the retries: a run that killed its worker stays in a worker)
         while todo:
-            if here:
-                for _ in range(self.workers):
-                    self.pool.submit(_ready)
-            submitted = {self.pool.submit(_call, fn, payloads[i], i, self.folder): i for i in todo}
-            workers = dict(self.pool._processes)  # started by the submits
-            lock_in_workers(list(workers))
-            broken = []
-
-            def get(future):
-                try:
-                    return future.result()
-                except BrokenProcessPool:
-                    return _BROKEN
-
-            def report(i, result):
-                if result is _BROKEN:
-                    broken.append(i)
-                else:
-                    on_result(i, result)
-
-            if here:
-                with _threads(self.threads):
-                    for future in reversed(list(submitted)):
-                        if not _take(future):  # a worker has it: so it has every run before it
-                            break
-                        i = submitted.pop(future)
-                        results[i] = fn(self.shared, payloads[i])
-                        on_result(i, results[i])
-                here = False
-            _gather(submitted, report, results, cancel=lambda: [f.cancel() for f in submitted], get=get,
-                    ready=lambda pending: wait(pending, return_when=FIRST_COMPLETED))
+            broken, workers = self._round(fn, payloads, todo, here, on_result, results)
+            here = False
             if not broken:
                 return results
             self.pool.shutdown(wait=True)  # the broken pool has terminated its other workers: wait for them
@@ -353,7 +425,7 @@ class Pool(Executor):
                                         f"finished so far are kept: once the cause is fixed (memory, a plugin's "
                                         f"import), continue with the same command plus --resume")
                 warnings.warn(f"a --jobs worker process died while starting ({why}); the workers are started again")
-                todo, self.pool = [i for i in broken], self.start()
+                todo, self.pool = broken, self.start()
                 continue
             dead = {int(f.read_text()): _death(died[pid]) for pid, f in running.items() if f.exists()}
             todo = []
@@ -454,7 +526,7 @@ def open_executor(backend: Backend, shared, plugins=(), device: str = "auto"):
             ex.close()
     elif backend.jobs > 1:
         with tempfile.TemporaryDirectory(prefix="clframework-study-") as folder:
-            ex = Pool(shared, backend.jobs, threads, list(plugins), folder)
+            ex = Pool(shared, backend.jobs, threads, list(plugins), folder, device)
             try:
                 yield ex
             except BaseException:

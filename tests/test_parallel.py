@@ -144,3 +144,134 @@ def test_a_runs_provenance_records_the_threads_it_trained_with(mnist_stream):
     cfg = RunConfig("naive", epochs=1, hidden=[8])
     assert run(cfg, stream=mnist_stream.subset([0]), quiet=True).provenance["threads"] == 1  # small: one thread
     assert run(cfg, stream=mnist_stream.subset([0]), quiet=True, threads=2).provenance["threads"] == 2
+
+
+# ---- how workers start (parallel.start_method) and which process takes which run ----------------------------------
+
+SAME_GRID = '''
+import json
+from clframework import RunConfig, compare, parallel
+from clframework.parallel import Backend
+
+used = []
+pick = parallel.start_method
+parallel.start_method = lambda *a: used.append(pick(*a)) or used[-1]
+base = RunConfig("naive", "split-mnist-5k", epochs=1, hidden=[16], tasks=2, device="cpu")
+matrices = [{n: [r["accuracy_matrix"] for r in s["runs"]] for n, s in compare(
+    ["naive", "si", "ewc"], "split-mnist-5k", seeds=2, base=base, quiet=True,
+    backend=Backend(jobs=jobs, threads=1))["strategies"].items()} for jobs in (1, 2)]
+print(json.dumps({"one": matrices[0], "two": matrices[1], "used": used}))
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env, method", [({}, "fork" if sys.platform == "linux" else "spawn"),
+                                         ({"CLFRAMEWORK_WORKER_START": "spawn"}, "spawn")])
+def test_forked_and_spawned_workers_give_the_matrices_of_jobs_1(python, env, method):
+    """A process of its own (no thread but its main one, as a command's): by default its workers are forked on Linux,
+    and they train the same numbers as the runs in turn, bit for bit, as spawned ones do."""
+    proc = python.run(["-c", SAME_GRID], env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["used"] == [method]
+    assert out["one"] == out["two"] and len(out["one"]) == 3 and all(len(m) == 2 for m in out["one"].values())
+    assert out["one"]["si"] != out["one"]["naive"] and out["one"]["naive"][0] != out["one"]["naive"][1]
+
+
+def test_workers_are_forked_only_where_it_is_safe(monkeypatch):
+    import threading
+
+    from tqdm._monitor import TMonitor
+
+    import clframework.parallel as P
+
+    alone = P._main_thread_alone
+    monitor = object.__new__(TMonitor)  # tqdm's monitor thread (a bar starts it): the one other thread allowed
+    other = threading.Thread(target=lambda: None)
+    for threads, expected in (([], True), ([monitor], True), ([other], False), ([monitor, other], False)):
+        monkeypatch.setattr(threading, "enumerate", lambda t=threads: [threading.main_thread(), *t])
+        assert alone() is expected
+    monkeypatch.undo()
+
+    monkeypatch.delenv(P.START_METHOD, raising=False)
+    monkeypatch.setattr(P, "_main_thread_alone", lambda: True)
+    assert P.start_method(1, "cpu") == ("fork" if sys.platform == "linux" else "spawn")
+    assert P.start_method(2, "cpu") == "spawn"  # GNU OpenMP's pool: only one thread per forked worker
+    monkeypatch.setattr(P, "_main_thread_alone", lambda: False)
+    assert P.start_method(1, "cpu") == "spawn"
+    monkeypatch.setenv(P.START_METHOD, "fork")
+    assert P.start_method(2, "cpu") == "fork"  # asked for
+    monkeypatch.setenv(P.START_METHOD, "forkserver")
+    with pytest.raises(ValueError, match="CLFRAMEWORK_WORKER_START='forkserver': use spawn or fork"):
+        Backend(jobs=2)
+    Backend(jobs=1)  # no workers: not read
+
+
+GATES = '''
+import os
+import time
+from pathlib import Path
+
+from clframework import register_strategy
+from clframework.strategies.naive import Naive
+
+GATE = Path(os.environ["GATE"])
+
+
+class Noted(Naive):
+    """Writes GATE/NAME (its process's pid) as its run starts."""
+
+    def on_task_start(self, model, task_index):
+        super().on_task_start(model, task_index)
+        if task_index == 0:
+            (GATE / type(self).__name__).write_text(str(os.getpid()))
+
+
+def wait_for(name: str) -> bool:
+    deadline = time.time() + 30
+    while not (GATE / name).exists() and time.time() < deadline:
+        time.sleep(0.01)
+    return (GATE / name).exists()
+
+
+@register_strategy("gate-a")
+class A(Noted):
+    """The first run (a worker's): it goes on once gate-b has started, wherever (GATE/seen: it had)."""
+
+    def on_task_start(self, model, task_index):
+        super().on_task_start(model, task_index)
+        if task_index == 0 and wait_for("B"):
+            (GATE / "seen").touch()
+
+
+@register_strategy("gate-b")
+class B(Noted):
+    pass
+
+
+@register_strategy("gate-c")
+class C(Noted):
+    """The main process's first run: it goes on once the worker has started gate-a."""
+
+    def on_task_start(self, model, task_index):
+        super().on_task_start(model, task_index)
+        if task_index == 0:
+            wait_for("A")
+'''
+
+
+@pytest.mark.slow
+def test_a_run_is_sent_to_a_worker_only_when_it_is_free(tmp_path, python):
+    """The worker takes gate-a from the queue's front and holds it until gate-b has started; the main process takes
+    gate-c from the back, waits until the worker is in gate-a, then takes gate-b itself: no run waits behind a busy
+    worker while the main process is free (the pool's own read-ahead held gate-b there, and the study's tail)."""
+    (tmp_path / "gates.py").write_text(GATES)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    proc = python.run(["-m", "clframework", "compare", "--strategies", "gate-a,gate-b,gate-c", "--seeds", "1",
+                       "--benchmark", "split-mnist-5k", "--tasks", "2", "--epochs", "1", "--hidden", "16", "--quiet",
+                       "--device", "cpu", "--jobs", "2", "--threads", "1", "--plugin", "gates",
+                       "--out", str(tmp_path / "cmp")], cwd=tmp_path, env={"GATE": str(gate)})
+    assert proc.returncode == 0, proc.stderr
+    pids = {name: int((gate / name).read_text()) for name in "ABC"}
+    assert pids["B"] == pids["C"] != pids["A"] and (gate / "seen").exists(), pids

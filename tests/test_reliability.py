@@ -920,7 +920,7 @@ def _gated_study(tmp_path, python):
     (gate / "hold").touch()
     out = tmp_path / "cmp"
     # gated-si first: the main process trains runs from the end of the queue, a worker those from its front.
-    # The main process is forked from the fork server (no import of torch); its --jobs worker is spawned as always.
+    # The main process is forked from the fork server (no import of torch); its --jobs worker is forked from it.
     proc = python.popen(["-m", "clframework", "compare", "--strategies", "gated-si,naive", "--benchmark",
                          "split-mnist-5k", "--tasks", "2", "--seeds", "1", "--jobs", "2", "--threads", "1",
                          "--checkpoint-every", "3", "--plugin", "gated_plugin", "--out", str(out), *TINY],
@@ -1253,7 +1253,9 @@ def test_a_worker_dying_while_it_starts_is_retried_once_then_stops_with_one_line
     out = tmp_path / "cmp"
     args = ["compare", "--strategies", "naive,si,waits-for-a-death", "--seeds", "1", "--jobs", "3", "--tasks", "2",
             "--plugin", "dies_starting", "--out", str(out), *TINY]
-    proc = _cli(*args, env={"GATE": str(gate), "DIE": die}, cwd=tmp_path, python=python)
+    # spawned workers, which import the plugin as they start (forked ones have it from the main process already)
+    spawn = {"CLFRAMEWORK_WORKER_START": "spawn"}
+    proc = _cli(*args, env={"GATE": str(gate), "DIE": die, **spawn}, cwd=tmp_path, python=python)
     assert "Traceback" not in proc.stderr and "Exception in thread" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
     again = ("clframework: warning: a --jobs worker process died while starting (killed by SIGKILL (kill -9 or the "
@@ -1267,7 +1269,8 @@ def test_a_worker_dying_while_it_starts_is_retried_once_then_stops_with_one_line
                  "plugin's import), continue with the same command plus --resume")
         assert lines == [again, twice], proc.stderr
         assert (out / "waits-for-a-death-seed0" / "results.json").is_file()  # the main process's run
-        done = _cli(*args, "--resume", env={"GATE": str(gate), "DIE": "never"}, cwd=tmp_path, python=python)
+        done = _cli(*args, "--resume", env={"GATE": str(gate), "DIE": "never", **spawn}, cwd=tmp_path,
+                    python=python)
         assert done.returncode == 0, done.stderr
     assert len(_strict_json(out / "summary.json")["strategies"]) == 3
 
