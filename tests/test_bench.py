@@ -153,6 +153,7 @@ def test_bench_study_times_jobs1_and_jobs2_on_one_grid_beside_the_machines_capac
         assert abs(r["outside_runs_core_seconds"] - (r["processes"] * r["seconds"] - r["run_seconds"])) < 1e-9
     assert abs(rows["jobs2"]["run_growth"] - rows["jobs2"]["run_seconds"] / rows["jobs1"]["run_seconds"]) < 1e-12
     assert rows["jobs2"]["same_matrices_as_jobs1"] is True  # one thread each: the same arithmetic
+    assert rows["jobs1"]["workers"] is None and rows["jobs2"]["workers"] in ("fork", "spawn")
     assert len(rows["jobs2"]["matrices"]["si"]) == 2 and len(rows["jobs2"]["matrices"]["si"][0]) == 2  # 2 tasks
     cap = saved["capacity"]
     assert len(cap["alone_seconds"]) == 2 and len(cap["pair_seconds"]) == 2 and cap["widths"] == [784, 256, 256, 2]

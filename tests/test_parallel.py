@@ -1,5 +1,6 @@
-"""--jobs: runs in a pool of spawned worker processes give the same results as the same runs one after another in
-this process with the same per-run thread count; bad settings fail before training; the progress view."""
+"""--jobs: runs in a pool of forked or spawned worker processes give the same results as the same runs one after
+another in this process with the same per-run thread count; bad settings fail before training; the progress view;
+which process takes which run."""
 import json
 import subprocess
 import sys
@@ -150,9 +151,16 @@ def test_a_runs_provenance_records_the_threads_it_trained_with(mnist_stream):
 
 SAME_GRID = '''
 import json
+import os
+
+import torch
+
 from clframework import RunConfig, compare, parallel
 from clframework.parallel import Backend
 
+torch.set_num_threads(2)  # this process has used OpenMP's thread pool before it forks: its workers must not hang
+torch.rand(1000, 1000).mul_(2).sum()
+openmp_threads = len(os.listdir("/proc/self/task")) - 1 if os.path.isdir("/proc/self/task") else 0
 used = []
 pick = parallel.start_method
 parallel.start_method = lambda *a: used.append(pick(*a)) or used[-1]
@@ -160,7 +168,7 @@ base = RunConfig("naive", "split-mnist-5k", epochs=1, hidden=[16], tasks=2, devi
 matrices = [{n: [r["accuracy_matrix"] for r in s["runs"]] for n, s in compare(
     ["naive", "si", "ewc"], "split-mnist-5k", seeds=2, base=base, quiet=True,
     backend=Backend(jobs=jobs, threads=1))["strategies"].items()} for jobs in (1, 2)]
-print(json.dumps({"one": matrices[0], "two": matrices[1], "used": used}))
+print(json.dumps({"one": matrices[0], "two": matrices[1], "used": used, "openmp_threads": openmp_threads}))
 '''
 
 
@@ -168,12 +176,13 @@ print(json.dumps({"one": matrices[0], "two": matrices[1], "used": used}))
 @pytest.mark.parametrize("env, method", [({}, "fork" if sys.platform == "linux" else "spawn"),
                                          ({"CLFRAMEWORK_WORKER_START": "spawn"}, "spawn")])
 def test_forked_and_spawned_workers_give_the_matrices_of_jobs_1(python, env, method):
-    """A process of its own (no thread but its main one, as a command's): by default its workers are forked on Linux,
-    and they train the same numbers as the runs in turn, bit for bit, as spawned ones do."""
+    """A process of its own (no Python thread but its main one, as a command's): by default its workers are forked on
+    Linux, even after this process ran torch on two OpenMP threads, and train the same numbers as the runs in turn,
+    bit for bit, as spawned ones do."""
     proc = python.run(["-c", SAME_GRID], env=env)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert out["used"] == [method]
+    assert out["used"] == [method] and (out["openmp_threads"] >= 1 or sys.platform != "linux")
     assert out["one"] == out["two"] and len(out["one"]) == 3 and all(len(m) == 2 for m in out["one"].values())
     assert out["one"]["si"] != out["one"]["naive"] and out["one"]["naive"][0] != out["one"]["naive"][1]
 

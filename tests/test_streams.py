@@ -128,7 +128,7 @@ def test_tensor_examples_check_lengths():
 
 
 def test_the_file_jobs_workers_map_holds_one_uint8_copy(tmp_path):
-    """--jobs N saves the stream once and every worker memory-maps it: ten permuted tasks take one copy's space."""
+    """Spawned --jobs workers: the stream saved once, every worker memory-maps it; ten permuted tasks, one copy."""
     stream = make_benchmark("permuted-mnist-5k")
     base = stream[0].examples("train").x.nbytes + stream[0].examples("test").x.nbytes
     torch.save(stream, tmp_path / "shared.pt")

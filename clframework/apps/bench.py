@@ -777,7 +777,7 @@ def run_study_bench(config: StudyBenchConfig, progress: Callable[[str], None] = 
     from dataclasses import replace
 
     from ..config import RunConfig
-    from ..parallel import cores
+    from ..parallel import cores, start_method
     from ..study import compare
 
     config.check()
@@ -796,6 +796,8 @@ def run_study_bench(config: StudyBenchConfig, progress: Callable[[str], None] = 
     rows = []
     for mode in config.modes:
         backend, ray_start, load_before = _backend(mode), None, _load()
+        # how jobs2's worker starts: the Pool's own choice, made here the same way (forked, or spawned: importing torch)
+        workers = start_method(backend.threads_per_run(), "cpu") if backend.jobs > 1 else "ray" if backend.ray else None
         if mode == "ray":
             import ray
 
@@ -816,7 +818,8 @@ def run_study_bench(config: StudyBenchConfig, progress: Callable[[str], None] = 
         width = cores() if mode == "ray" else backend.jobs  # the processes that train side by side
         run_seconds = sum(r["wall_seconds"] for r in runs)
         rows.append({"mode": mode, "jobs": backend.jobs, "threads_per_run": backend.threads_per_run(),
-                     "processes": width, "seconds": seconds, "ray_start_seconds": ray_start, "matrices": matrices,
+                     "processes": width, "workers": workers, "seconds": seconds, "ray_start_seconds": ray_start,
+                     "matrices": matrices,
                      "run_seconds": run_seconds, "train_seconds": sum(r["train_seconds"] for r in runs),
                      "outside_runs_core_seconds": width * seconds - run_seconds,
                      "load_before": load_before, "load_after": _load(),
@@ -851,7 +854,7 @@ def format_study(result: dict, show_targets: bool = False) -> str:
                      f"slower): {cap['capacity']:.2f}x (load {cap['load_before']})")
     lines.append(f"{'mode':<6} {'jobs':>4} {'thr/run':>7} {'study s':>8} {'speed-up':>8} {'of capacity':>11} "
                  f"{'runs s':>8} {'run growth':>10} {'core-s outside runs':>19} {'ray start s':>11} "
-                 f"{'same matrices':>13} {'load before/after':>17}")
+                 f"{'same matrices':>13} {'load before/after':>17} {'workers':>7}")
     for r in result["rows"]:
         start = f"{r['ray_start_seconds']:.1f}" if r["ray_start_seconds"] is not None else "-"
         of_cap = f"{r['speedup'] / cap['capacity']:.0%}" if cap is not None and r["processes"] == 2 else "-"
@@ -859,7 +862,7 @@ def format_study(result: dict, show_targets: bool = False) -> str:
         lines.append(f"{r['mode']:<6} {r['jobs']:>4} {r['threads_per_run']:>7} {r['seconds']:>8.1f} "
                      f"{r['speedup']:>7.2f}x {of_cap:>11} {r['run_seconds']:>8.1f} {r['run_growth']:>9.2f}x "
                      f"{r['outside_runs_core_seconds']:>19.1f} {start:>11} "
-                     f"{'yes' if r['same_matrices_as_jobs1'] else 'NO':>13} {load:>17}")
+                     f"{'yes' if r['same_matrices_as_jobs1'] else 'NO':>13} {load:>17} {r.get('workers') or '-':>7}")
     if show_targets:
         lines.append("budgets:")
         lines += [f"  {x['target']}: {x['value']}: {_within(x['met'])}" for x in result["targets"]]
