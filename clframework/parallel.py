@@ -382,7 +382,7 @@ class Pool(Executor):
                         while not finished.empty():
                             receive(finished.get())
                         with lock:
-                            if not waiting:
+                            if not waiting or state["broken"]:  # a broken pool's runs go to new workers at once
                                 break
                             i = waiting.pop()
                         results[i] = fn(self.shared, payloads[i])
