@@ -54,8 +54,8 @@ def _project_unscaled(gs: List[torch.Tensor], refs: List[torch.Tensor], both: Li
     tensor per g_ref: g itself where the minibatch reached, zeros or the removed component where only g_ref did.
     Without a conflict one pass (the dot product, reading g and g_ref), with one two more (g_ref . g_ref, then
     g - c g_ref written anew); None when float32's range does not make the sign and the ratio trustworthy (a dot
-    product or squared norm not finite, or so small that products flushed below the normal range could matter):
-    then `_project_scaled`."""
+    product or squared norm not finite, or so small that products flushed below the normal range could matter, or
+    their ratio beyond float32): then `_project_scaled`."""
     info = torch.finfo(refs[0].dtype)
     safe = sum(r.numel() for r in refs) * info.tiny / info.eps  # every flushed product together < eps of it
     dot = _dot([gs[j] for j in both], [refs[j] for j in both], refs[0]).item()
@@ -64,7 +64,7 @@ def _project_unscaled(gs: List[torch.Tensor], refs: List[torch.Tensor], both: Li
     if dot > 0:
         return _standing(gs, refs)
     norm2 = torch.stack(torch._foreach_powsum(refs, 2)).sum().item()
-    if not safe < norm2 < math.inf:
+    if not safe < norm2 < math.inf or abs(dot) >= norm2 * info.max:  # (the ratio must be a float32 too)
         return None
     scale = dot / norm2
     only = [j for j, g in enumerate(gs) if g is None]

@@ -279,3 +279,11 @@ def test_grouped_loss_gives_the_gradient_of_the_parts_losses_bit_for_bit():
             if g is not None:
                 assert torch.equal(g, w)
                 assert torch.allclose(g, p, rtol=1e-5, atol=1e-7)
+
+
+def test_a_ratio_beyond_float32_takes_the_scaled_way():
+    """g . g_ref / g_ref . g_ref = -1e39 (a huge g, a small g_ref): not a float32, so the unscaled way declines and
+    the projection (here g's whole component along g_ref removed) stays finite."""
+    g, r = torch.tensor([-1e36, 3.0]), torch.tensor([1e-3, 0.0])
+    p = agem_project(g, r)
+    assert torch.isfinite(p).all() and torch.allclose(p.double(), _closed_form(g, r), rtol=1e-6)
