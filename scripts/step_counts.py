@@ -6,6 +6,7 @@ on the full task (12,000 examples). Counts, not times: the load of a shared mach
     python scripts/step_counts.py naive lwf si ewc mas              # this checkout
     python scripts/step_counts.py lwf ewc mas --at a512baf          # the strategies' files of an older commit
     python scripts/step_counts.py agem --at a512baf                 # (A-GEM's memory.py is this checkout's)
+    python scripts/step_counts.py naive agem --foreach              # the Trainer's optimizer with foreach=True
 """
 import argparse
 import cProfile
@@ -20,6 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 from clframework import Trainer, make_strategy, mlp
 from clframework.apps.bench import shrink
 from clframework.benchmarks import make_benchmark
+from clframework.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,8 +78,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("strategies", nargs="+")
     parser.add_argument("--at", default="", help="a commit whose strategies/<name>.py to count instead")
+    parser.add_argument("--foreach", action="store_true", help="the Trainer's optimizer with foreach=True")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.foreach:
+        make = Recipe.make_optimizer
+
+        def foreach(self, params):
+            optimizer = make(self, params)
+            for group in optimizer.param_groups:
+                group["foreach"] = True
+            return optimizer
+
+        Recipe.make_optimizer = foreach
     full = make_benchmark("split-fashion-mnist")
     stream = shrink(full, 4, 640)
     for name in args.strategies:
