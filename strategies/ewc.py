@@ -303,8 +303,9 @@ class EWC(Strategy):
             return
         ps, fisher_sum, centre = self._plan(model)
         if ps:  # grad += lambda (sum_t F_t) (theta - centre), as MAS: two passes (the difference a new tensor, the
-            # allocator reusing last step's block). Exactly 0 is added where theta = centre (one task: theta*) or
-            # sum_t F_t = 0, so Adam never turns round-off into steps on weights with no gradient (always-black pixels)
+            # allocator reusing last step's block). Exactly 0 is added where theta = centre (theta* wherever the tasks
+            # with a Fisher agree on it: weighted_anchor) or sum_t F_t = 0, so Adam never turns round-off into steps
+            # on weights with no gradient (always-black pixels)
             diff = torch._foreach_sub(ps, centre)
             torch._foreach_addcmul_([p.grad for p in ps], diff, fisher_sum, value=self.ewc_lambda)
 
