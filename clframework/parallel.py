@@ -476,6 +476,47 @@ def ray_module():
     return ray
 
 
+# What a fresh Ray worker imports before its first run can train: torch, and torch._dynamo, which every optimizer
+# step imports (torch/optim/optimizer.py, _use_grad) and which costs about as much again; and our run's code. A
+# local instance's workers import them as they start (Ray's `preload_python_modules`), while this process loads the
+# stream; on a cluster, start it with `RAY_preload_python_modules=torch,torch._dynamo,clframework.study ray start`.
+RAY_PRELOAD = ("torch", "torch._dynamo", "clframework.study")
+
+
+def start_ray(address: str, **options) -> None:
+    """Start a local Ray instance (RAY_LOCAL; `options`: ray.init's, e.g. num_cpus) or connect to a cluster.
+
+    A local instance listens on the loopback address only, where Ray is imported here first: nothing outside this
+    machine needs it. Ray's switch for that is RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read as Ray is imported (its
+    `_node_ip_address="127.0.0.1"` is rewritten to the machine's address)."""
+    if address == RAY_LOCAL and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray = ray_module()
+    if address == RAY_LOCAL:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 _system_config={"preload_python_modules": list(RAY_PRELOAD)}, **options)
+    else:
+        ray.init(address=address, log_to_driver=False, configure_logging=False, **options)
+
+
+@contextmanager
+def ray_started(backend: "Backend"):
+    """Ray started (where the study uses it and nothing started it yet) before the caller loads its stream, so that
+    the workers' imports overlap that; stopped on exit if started here."""
+    if backend.ray is None:
+        yield
+        return
+    ray = ray_module()
+    if ray.is_initialized():
+        yield
+        return
+    start_ray(backend.ray)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 class RayTasks(Executor):
     """Each run a Ray task asking for `threads` CPUs (and a GPU share where the cluster has GPUs); Ray retries a
     task whose worker died (max_retries), and the driver receives every result."""
@@ -484,10 +525,7 @@ class RayTasks(Executor):
         ray = self.ray = ray_module()
         self.started = not ray.is_initialized()
         if self.started:
-            if address == RAY_LOCAL:
-                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-            else:
-                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            start_ray(address)
         if gpus is None:
             gpus = 1.0 if device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         self.threads, self.plugins = threads, plugins

@@ -17,7 +17,7 @@ from . import provenance
 from .callbacks import prepare_study
 from .checkpoint import CHECKPOINT, CONFIG, RESULTS, STUDY, OutputFolder, load_checkpoint
 from .config import RunConfig, build_stream, check_study, overrides, protocol_source, with_stream_protocol
-from .parallel import Backend, Executor, open_executor, plugin_modules
+from .parallel import Backend, Executor, open_executor, plugin_modules, ray_started
 from .plugin import STRATEGIES
 from .progress import StudyProgress
 from .registry import RegistryError
@@ -118,17 +118,18 @@ def compare_configs(configs: Dict[str, RunConfig], seeds: Seeds, out_dir: Option
     backend = backend or Backend()
     plugins = study_plugins(list(configs.values())) if backend.parallel else []
     label = benchmark if stream is None else stream.name
-    stream = build_stream(first, stream)  # data errors before the folder is touched
-    stream.validate()
-    for cfg in configs.values():  # a strategy that cannot run on the stream: before the first run
-        check_subset(stream, cfg.eval_subset, cfg.evaluate_on)
-    check_study(list(configs.values()), stream, checkpoint_every)
-    own_progress = progress is None
-    progress = progress or StudyProgress("compare", quiet)
-    args = (configs, seeds, quiet, callbacks_for, checkpoint_every, stream, started, summary_callbacks, label,
-            backend, plugins, progress, executor, on_run, figures)
-    return in_study_folders(lambda *folders: _compare(*args, *folders), out_dir, checkpoint_dir, resume, overwrite,
-                            progress if own_progress else None)
+    with ray_started(backend):
+        stream = build_stream(first, stream)  # data errors before the folder is touched
+        stream.validate()
+        for cfg in configs.values():  # a strategy that cannot run on the stream: before the first run
+            check_subset(stream, cfg.eval_subset, cfg.evaluate_on)
+        check_study(list(configs.values()), stream, checkpoint_every)
+        own_progress = progress is None
+        progress = progress or StudyProgress("compare", quiet)
+        args = (configs, seeds, quiet, callbacks_for, checkpoint_every, stream, started, summary_callbacks, label,
+                backend, plugins, progress, executor, on_run, figures)
+        return in_study_folders(lambda *folders: _compare(*args, *folders), out_dir, checkpoint_dir, resume,
+                                overwrite, progress if own_progress else None)
 
 
 class StudyFolders:

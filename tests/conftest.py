@@ -5,6 +5,8 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# the tests' local Ray instances on the loopback address only (Ray reads this as it is imported; see start_ray)
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def _share_the_cores() -> int:

@@ -777,7 +777,7 @@ def run_study_bench(config: StudyBenchConfig, progress: Callable[[str], None] = 
     from dataclasses import replace
 
     from ..config import RunConfig
-    from ..parallel import cores, start_method
+    from ..parallel import RAY_LOCAL, cores, ray_module, start_method, start_ray
     from ..study import compare
 
     config.check()
@@ -799,11 +799,8 @@ def run_study_bench(config: StudyBenchConfig, progress: Callable[[str], None] = 
         # how jobs2's worker starts: the Pool's own choice, made here the same way (forked, or spawned: importing torch)
         workers = start_method(backend.threads_per_run(), "cpu") if backend.jobs > 1 else "ray" if backend.ray else None
         if mode == "ray":
-            import ray
-
             start = time.perf_counter()
-            ray.init(num_cpus=cores(), _node_ip_address="127.0.0.1", include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
+            start_ray(RAY_LOCAL, num_cpus=cores())  # as `--ray` starts it (its workers preload torch)
             ray_start = time.perf_counter() - start
         try:
             start = time.perf_counter()
@@ -812,7 +809,7 @@ def run_study_bench(config: StudyBenchConfig, progress: Callable[[str], None] = 
             seconds = time.perf_counter() - start
         finally:
             if mode == "ray":
-                ray.shutdown()
+                ray_module().shutdown()
         runs = [r for s in summary["strategies"].values() for r in s["runs"]]
         matrices = {n: [r["accuracy_matrix"] for r in s["runs"]] for n, s in summary["strategies"].items()}
         width = cores() if mode == "ray" else backend.jobs  # the processes that train side by side

@@ -32,7 +32,7 @@ from ..augment import make_augment
 from ..config import RunConfig, augment_seed, model_for, recipe_of
 from ..models import model_name
 from ..recipe import RECIPE_FIELDS
-from ..parallel import Backend, Executor, open_executor
+from ..parallel import Backend, Executor, open_executor, ray_started
 from ..plugin import STRATEGIES, make_strategy
 from ..progress import StudyProgress
 from ..runner import DEFAULT_CHECKPOINT_EVERY
@@ -252,9 +252,10 @@ def reproduce(name: str, out_dir: Path, dataset: Optional[str] = None, quick: bo
     out_dir = Path(out_dir)
     own_progress = progress is None
     progress = progress or StudyProgress(f"reproduce {name}", quiet)
+    backend = backend or Backend()
     try:
-        with OutputFolder(out_dir, resume=resume, overwrite=overwrite):
-            return _reproduce(exp, p, out_dir, quiet, log, resume, checkpoint_every, device, backend or Backend(),
+        with OutputFolder(out_dir, resume=resume, overwrite=overwrite), ray_started(backend):
+            return _reproduce(exp, p, out_dir, quiet, log, resume, checkpoint_every, device, backend,
                               progress, checkpoint_dir, callbacks_for, summary_callbacks, figures)
     finally:
         if own_progress:

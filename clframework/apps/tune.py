@@ -13,7 +13,7 @@ from clframework.benchmarks.scenarios import holdout
 from clframework.evaluation.results import write_json
 
 from ..config import RunConfig, build_stream, check_study, with_stream_protocol
-from ..parallel import Backend, open_executor
+from ..parallel import Backend, open_executor, ray_started
 from ..progress import StudyProgress
 from ..registry import RegistryError
 from ..runner import DEFAULT_CHECKPOINT_EVERY
@@ -56,17 +56,18 @@ def tune(base: RunConfig, grid: Dict[str, List[str]], validation: float = 0.1, s
     points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
     configs = [replace(base, hparams={**base.hparams, **point}, evaluate_on="valid") for point in points]
     resolved = [c.resolved()["hparams"] for c in configs]  # every grid point checked before training
-    stream = holdout(build_stream(base, stream), validation, seed=0)
-    stream.validate()  # data errors before the folder is touched
-    check_study(configs, stream, checkpoint_every)
     backend = backend or Backend()
-    plugins = study_plugins(configs) if backend.parallel else []
-    own_progress = progress is None
-    progress = progress or StudyProgress(f"tune {base.strategy}", quiet)
-    args = (base, keys, configs, resolved, stream, seeds, quiet, log, checkpoint_every, backend, plugins, progress,
-            callbacks_for, figures)
-    return in_study_folders(lambda *folders: _tune(*args, *folders), out_dir, checkpoint_dir, resume, overwrite,
-                            progress if own_progress else None)
+    with ray_started(backend):
+        stream = holdout(build_stream(base, stream), validation, seed=0)
+        stream.validate()  # data errors before the folder is touched
+        check_study(configs, stream, checkpoint_every)
+        plugins = study_plugins(configs) if backend.parallel else []
+        own_progress = progress is None
+        progress = progress or StudyProgress(f"tune {base.strategy}", quiet)
+        args = (base, keys, configs, resolved, stream, seeds, quiet, log, checkpoint_every, backend, plugins,
+                progress, callbacks_for, figures)
+        return in_study_folders(lambda *folders: _tune(*args, *folders), out_dir, checkpoint_dir, resume, overwrite,
+                                progress if own_progress else None)
 
 
 def _tune(base, keys, configs, resolved, stream, seeds, quiet, log, checkpoint_every, backend, plugins, progress,
