@@ -1,5 +1,6 @@
 """`clframework bench` in a tiny setting: every entry appears in the printed table with positive numbers, and the
 files written with --out hold the same rows."""
+import copy
 import json
 import re
 
@@ -240,3 +241,118 @@ def test_bench_rehearsal_group_with_avalanches_entries(capsys):
     assert code == 0
     printed = {m.group(1) for m in map(ROW.match, capsys.readouterr().out.splitlines()) if m}
     assert printed == set(B.REHEARSAL_ENTRIES)
+
+
+def _quick(tasks: int = 2, agem: dict = None):
+    """The bench's QUICK stream (split MNIST, `tasks` tasks of 256 examples, 1 epoch), its settings and one initial
+    model."""
+    from clframework.models import build_model
+
+    config = BenchConfig(entries=["floor", "agem", "floor-agem"], **{**B.QUICK, "tasks": tasks},
+                         hparams={"agem": agem or {}})
+    stream, cfg, hparams = resolve(config)
+    torch.manual_seed(0)
+    return stream, cfg, hparams, build_model(cfg["model"], stream.input_shape, stream.head_sizes, cfg["hidden"])
+
+
+def _train(entry, init, stream, cfg, hparams):
+    """A copy of `init` trained by the bench's entry; the rows of each trunk forward; the matrix-product FLOPs."""
+    model, rows = copy.deepcopy(init), []
+    hook = model.trunk.register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
+    with B.MatrixProducts(torch.device("cpu")) as products:
+        B.finish(B.runners(hparams, len(stream))[entry](model, stream, cfg, B.Clock(torch.device("cpu")), 0))
+    hook.remove()
+    return model, rows, products.flops
+
+
+def test_floor_agem_ends_as_the_floor_and_computes_agems_reference_gradients():
+    """floor-agem only adds work: its weights and accuracy end exactly as the floor's. The work: from the second
+    task on, one reference gradient per step on A-GEM's memory (200 of the 256 examples of task 1; sample_size 256
+    takes it whole), with exactly A-GEM's matrix products, which a count by hand from the widths gives too: per
+    reference example a forward, the weights' gradients (the forward's count again) and the inputs' gradients of every
+    layer but the first."""
+    from clframework.evaluation.evaluator import evaluate_stream
+
+    stream, cfg, hparams, init = _quick()
+    floor, floor_rows, floor_flops = _train("floor", init, stream, cfg, hparams)
+    ours, rows, flops = _train("floor-agem", init, stream, cfg, hparams)
+    _, agem_rows, agem_flops = _train("agem", init, stream, cfg, hparams)
+    for (name, a), b in zip(floor.state_dict().items(), ours.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert evaluate_stream(floor, stream, "cpu") == evaluate_stream(ours, stream, "cpu")
+    steps = 256 // 64  # per task
+    assert floor_rows == [64] * 2 * steps
+    assert rows == [64] * steps + [64, 200] * steps == agem_rows
+    widths = [784, 256, 256, 2]
+    layers = [2 * a * b for a, b in zip(widths, widths[1:])]  # FLOPs per example of each layer's product
+    assert flops - floor_flops == steps * 200 * (2 * sum(layers) + sum(layers[1:]))
+    assert flops == agem_flops
+
+
+def test_floor_agem_draws_a_new_reference_batch_each_step_from_a_memory_of_agems_size():
+    """per_task 100 of 256: A-GEM's memory holds 100 examples after task 1 (taken whole by a sample of 150) and 200
+    after task 2, from which 150 are drawn anew each step, each through its own task's head."""
+    stream, cfg, hparams, init = _quick(3, {"memory_size": 300, "sample_size": 150, "per_task": 100})
+    model, rows, heads, inputs = copy.deepcopy(init), [], [[], []], []
+
+    def seen(module, args):
+        rows.append(len(args[0]))
+        inputs.append(float(args[0].sum()))
+
+    model.trunk.register_forward_pre_hook(seen)
+    for h in (0, 1):
+        model.heads[h].register_forward_pre_hook(lambda module, args, h=h: heads[h].append(len(args[0])))
+    B.finish(B.runners(hparams, 3)["floor-agem"](model, stream, cfg, B.Clock(torch.device("cpu")), 0))
+    assert rows == [64] * 4 + [64, 100] * 4 + [64, 150] * 4
+    drawn = inputs[-7::2]  # the four reference batches of task 3
+    assert len(set(drawn)) == 4  # a new draw each step
+    assert heads[0][4:8] == [100] * 4  # task 2's reference: task 1's memory, through head 0
+    task3_refs = list(zip(heads[0][8:], heads[1][4:]))  # head 1 also ran task 2's four minibatches
+    assert len(task3_refs) == 4 and all(a + b == 150 and a > 0 and b > 0 for a, b in task3_refs)
+
+
+def test_floor_agems_memory_keeps_each_offered_example_with_equal_probability():
+    """The memory A-GEM's reservoir would hold, in distribution: after 30 then 10 examples with size 10, each of
+    the 40 is kept with probability 10/40; with per_task 5, task 2 offers 5 of its 10, so task 1's are kept with
+    10/35 and task 2's with 5/10 x 10/35. Rows in head order, the size min(size, offered)."""
+    gen = torch.Generator().manual_seed(0)
+    x1, x2 = torch.arange(30.0)[:, None], torch.arange(30.0, 40.0)[:, None]
+    trials = 2000
+    for per_task, p1, p2 in ((0, 10 / 40, 10 / 40), (5, 10 / 35, 5 / 10 * 10 / 35)):
+        kept = torch.zeros(40)
+        for _ in range(trials):
+            memory = B._keep_uniform(None, 0, x1, torch.zeros(30, dtype=torch.long), 1, 10, 0, gen)
+            assert len(memory[1]) == 10
+            x, _, head = B._keep_uniform(memory, 30, x2, torch.ones(10, dtype=torch.long), 0, 10, per_task, gen)
+            assert len(head) == 10 and bool((head[1:] >= head[:-1]).all())  # head 0 first
+            assert torch.equal(head == 0, x[:, 0] >= 30)  # each example with its own task's head
+            kept[x[:, 0].long()] += 1
+        freq = kept / trials
+        assert (freq[:30] - p1).abs().max() < 0.04 and (freq[30:] - p2).abs().max() < 0.04  # 4 standard errors
+
+
+def test_agems_budget_line_cites_its_irreducible_work_when_floor_agem_ran():
+    """A-GEM's line gives floor-agem's own paired ratio and spread, and whether the budget is within reach (that
+    ratio at most 2.2x), out of reach, or cannot be told (floor-agem's spread too wide); without floor-agem, nothing."""
+    def row(entry, ratio, spread):
+        return {"entry": entry, "ratio": ratio, "cpu_ratio": ratio, "spread": spread, "acc": 0.9, "peak_mb": 0.0,
+                "seconds": ratio, "cpu_seconds": ratio}
+
+    rows = [row("floor", 1.0, 0.01), row("agem", 2.3, 0.01), row("floor-agem", 2.05, 0.01)]
+    (line,) = B.targets(rows, 0.03)
+    assert line["target"] == "agem <= 2.20x floor" and line["met"] is False  # A-GEM's own verdict, as before
+    assert line["value"] == ("2.300x (CPU 2.300x); its irreducible work alone (floor-agem) 2.050x (spread 1.0%): "
+                             "the budget is within reach")
+    assert line["irreducible"] == {"entry": "floor-agem", "ratio": 2.05, "spread": 0.01, "reachable": True}
+    rows[2] = row("floor-agem", 2.25, 0.01)
+    assert B.targets(rows, 0.03)[0]["value"].endswith("2.250x (spread 1.0%): the budget is out of reach")
+    rows[2] = row("floor-agem", 2.05, 0.05)
+    (line,) = B.targets(rows, 0.03)
+    assert line["value"].endswith("(spread 5.0%): its spread too wide to tell whether the budget is within reach")
+    assert line["irreducible"]["reachable"] is None
+    assert "irreducible" not in B.targets(rows[:2], 0.03)[0]["value"]
+    result = {"benchmark": "b", "tasks": 1, "train_examples": [8], "device": "cpu", "repeats": 4,
+              "train": {"epochs": 1, "batch_size": 8, "lr": 0.1, "hidden": [4]}, "machine": {"threads": 1},
+              "rows": rows, "verdict": B.verdict(rows, 0.03), "targets": B.targets(rows, 0.03)}
+    for text in (B.format_table(result, show_targets=True), B.format_markdown(result)):
+        assert "its irreducible work alone (floor-agem) 2.050x (spread 5.0%)" in text

@@ -311,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--repeats", type=int, default=5,
                     help="timed passes over the stream, the entries taking turns task by task (default 5)")
     bp.add_argument("--entries", default="all", help="comma-separated subset of: floor, our strategies (naive,si,ewc,"
-                    "mas,lwf,replay,agem) and avalanche-NAME for each (default all); or 'rehearsal': floor, naive, "
+                    "mas,lwf,replay,agem) and avalanche-NAME for each (default all), floor-agem (the floor plus the "
+                    "reference gradient every A-GEM step computes; not in all); or 'rehearsal': floor, naive, "
                     "er, der, derpp, er_ace, icarl, gdumb and Avalanche's der, er_ace, gdumb (needs "
                     "--setting class)")
     bp.add_argument("--setting", choices=["task", "domain", "class"], help="the benchmark's setting (default: its own)")
