@@ -6,7 +6,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from clframework import RunConfig, compare  # noqa: E402
-from clframework.parallel import Backend, ray_started  # noqa: E402
+from clframework.parallel import Backend, cores, ray_started  # noqa: E402
 
 pytestmark = pytest.mark.slow  # starts real local Ray instances
 
@@ -50,4 +50,4 @@ def test_the_study_bench_times_ray_on_the_instance_that_ray_starts_and_stops_it(
     assert code == 0 and not ray.is_initialized()
     rows = {r["mode"]: r for r in json.loads((tmp_path / "study.json").read_text())["rows"]}
     assert rows["ray"]["ray_start_seconds"] > 0 and rows["ray"]["workers"] == "ray"
-    assert rows["ray"]["same_matrices_as_jobs1"] is True and rows["ray"]["processes"] == 2
+    assert rows["ray"]["same_matrices_as_jobs1"] is True and rows["ray"]["processes"] == cores()  # Ray's CPUs
