@@ -1,8 +1,8 @@
-"""clframework without mlxtend or wandb (a machine such as the GPU one, where neither is installed).
+"""clframework without mlxtend, wandb or Ray (a machine such as the GPU one, where none is installed).
 
 Each case runs in a process of its own (forked from one that imported torch and clframework's CLI, never either
 package: checked) where importing either package raises ImportError (a `None` entry in sys.modules), so nothing
-reaches them: the datasets on disk work, the embedded benchmarks and --wandb stop with one
+reaches them: the datasets on disk work, the embedded benchmarks, --wandb and --ray stop with one
 clear line before any training.
 """
 import json
@@ -13,7 +13,7 @@ from fake_datasets import mnist_arrays, write_idx_set
 
 pytestmark = pytest.mark.slow  # interpreters without wandb or mlxtend
 
-BLOCKED = ("wandb", "mlxtend")
+BLOCKED = ("wandb", "mlxtend", "ray")
 
 
 def nothing_written(folder):
@@ -23,7 +23,7 @@ def nothing_written(folder):
 
 @pytest.fixture(scope="module")
 def cli():
-    """`clframework ARGS` with wandb and mlxtend made unimportable; also reports whether either got imported."""
+    """`clframework ARGS` with wandb, mlxtend and Ray made unimportable; also reports whether any got imported."""
     from forkserver import ForkServer
 
     with ForkServer(["torch", "clframework.apps.cli"]) as server:
@@ -83,3 +83,11 @@ def test_embedded_benchmark_and_wandb_say_what_is_missing(tmp_path, fashion_root
     proc = cli(["list"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "split-mnist-5k" in proc.stdout and "data NOT on this machine" in proc.stdout
+
+
+def test_ray_says_what_is_missing_before_the_stream_loads(tmp_path, fashion_root, cli):
+    proc = cli(["compare", "--strategies", "naive", "--benchmark", "split-fashion-mnist", "--data-root",
+                str(fashion_root), "--seeds", "1", "--ray", "--quiet", "--out", str(tmp_path / "c")], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "clframework: error: --ray needs Ray: pip install 'clframework[ray]'"
+    assert nothing_written(tmp_path / "c")
