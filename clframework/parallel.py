@@ -500,32 +500,26 @@ def start_ray(address: str, **options) -> None:
 
 
 @contextmanager
-def ray_started(backend: "Backend"):
-    """Ray started (where the study uses it and nothing started it yet) before the caller loads its stream, so that
-    the workers' imports overlap that; stopped on exit if started here."""
-    if backend.ray is None:
+def ray_started(backend: "Backend", **options):
+    """Ray started (where the study uses it and nothing started it yet; `options` as start_ray's) before the caller
+    loads its stream, so that the workers' imports overlap that; stopped on exit if started here."""
+    if backend.ray is None or ray_module().is_initialized():
         yield
         return
-    ray = ray_module()
-    if ray.is_initialized():
-        yield
-        return
-    start_ray(backend.ray)
+    start_ray(backend.ray, **options)
     try:
         yield
     finally:
-        ray.shutdown()
+        ray_module().shutdown()
 
 
 class RayTasks(Executor):
-    """Each run a Ray task asking for `threads` CPUs (and a GPU share where the cluster has GPUs); Ray retries a
-    task whose worker died (max_retries), and the driver receives every result."""
+    """Each run a Ray task asking for `threads` CPUs (and a GPU share where the cluster has GPUs), on the Ray that
+    `ray_started` started or connected to; Ray retries a task whose worker died (max_retries), and the driver receives
+    every result."""
 
-    def __init__(self, shared, address: str, threads: int, plugins, gpus: Optional[float], device: str):
+    def __init__(self, shared, threads: int, plugins, gpus: Optional[float], device: str):
         ray = self.ray = ray_module()
-        self.started = not ray.is_initialized()
-        if self.started:
-            start_ray(address)
         if gpus is None:
             gpus = 1.0 if device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         self.threads, self.plugins = threads, plugins
@@ -547,21 +541,14 @@ class RayTasks(Executor):
                        cancel=lambda: [ray.cancel(r) for r in submitted], get=get,
                        ready=lambda pending: [set(x) for x in ray.wait(list(pending), num_returns=1)])
 
-    def close(self) -> None:
-        if self.started:
-            self.ray.shutdown()
-
 
 @contextmanager
 def open_executor(backend: Backend, shared, plugins=(), device: str = "auto"):
     """An Executor for `backend` holding `shared` (the stream) once; closed (workers stopped) on exit."""
     threads = backend.threads_per_run()
     if backend.ray is not None:
-        ex = RayTasks(shared, backend.ray, threads, list(plugins), backend.gpus_per_run, device)
-        try:
-            yield ex
-        finally:
-            ex.close()
+        with ray_started(backend):
+            yield RayTasks(shared, threads, list(plugins), backend.gpus_per_run, device)
     elif backend.jobs > 1:
         with tempfile.TemporaryDirectory(prefix="clframework-study-") as folder:
             ex = Pool(shared, backend.jobs, threads, list(plugins), folder, device)

@@ -536,7 +536,6 @@ def test_exception_in_a_strategy_shows_traceback_and_where_and_keeps_finished_ta
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_compare_goes_on_past_a_run_that_raised_writes_its_summary_and_exits_1(tmp_path, python):
     """Issue 19: an exception in a strategy's hook during compare exited 2 (the docs say 1), wrote no summary and never
     ran the remaining runs."""
@@ -1070,7 +1069,7 @@ def test_free_space_is_checked_against_the_checkpoints_size_before_training(tmp_
 @contextmanager
 def mounted_tmpfs(folder: Path, size: str):
     """A real tmpfs of `size` mounted on `folder`, unmounted after. Mounting needs root (CI runs as root): without it
-    the test fails naming that, never skips."""
+    the test fails with a message naming root."""
     folder.mkdir()
     mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True,
                            text=True)

@@ -883,7 +883,7 @@ def run_study_bench(config: StudyBenchConfig, progress: Callable[[str], None] = 
     from dataclasses import replace
 
     from ..config import RunConfig
-    from ..parallel import RAY_LOCAL, cores, ray_module, start_method, start_ray
+    from ..parallel import cores, ray_started, start_method
     from ..study import compare
 
     config.check()
@@ -901,21 +901,16 @@ def run_study_bench(config: StudyBenchConfig, progress: Callable[[str], None] = 
             backend=_backend("jobs1"))
     rows = []
     for mode in config.modes:
-        backend, ray_start, load_before = _backend(mode), None, _load()
+        backend, load_before = _backend(mode), _load()
         # how jobs2's worker starts: the Pool's own choice, made here the same way (forked, or spawned: importing torch)
         workers = start_method(backend.threads_per_run(), "cpu") if backend.jobs > 1 else "ray" if backend.ray else None
-        if mode == "ray":
-            start = time.perf_counter()
-            start_ray(RAY_LOCAL, num_cpus=cores())  # as `--ray` starts it (its workers preload torch)
-            ray_start = time.perf_counter() - start
-        try:
+        start = time.perf_counter()
+        with ray_started(backend, num_cpus=cores()):  # ray: started as `--ray` starts it (workers preloading torch)
+            ray_start = time.perf_counter() - start if mode == "ray" else None
             start = time.perf_counter()
             summary = compare(list(config.strategies), config.benchmark, config.seeds, base=base, quiet=True,
                               backend=backend)
             seconds = time.perf_counter() - start
-        finally:
-            if mode == "ray":
-                ray_module().shutdown()
         runs = [r for s in summary["strategies"].values() for r in s["runs"]]
         matrices = {n: [r["accuracy_matrix"] for r in s["runs"]] for n, s in summary["strategies"].items()}
         width = cores() if mode == "ray" else backend.jobs  # the processes that train side by side
